@@ -1,0 +1,31 @@
+//! # batpak
+//!
+//! An embedded event store with a blocking API: an append-only, crash-safe
+//! log of events on local disk, indexed in memory, with causal links
+//! (correlation and causation ids), per-entity hash chains, optimistic
+//! concurrency, idempotency keys and policy gates.
+//!
+//! ```
+//! use batpak::prelude::*;
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(StoreConfig::new(dir.path()))?;
+//! let order = Coordinate::new("order:42", "tenant:acme")?;
+//! let placed = store.append(&order, EventKind::custom(1, 1), &serde_json::json!({"sku": "tea"}))?;
+//! store.append_reaction(&order, EventKind::custom(1, 2), &"paid", placed.event_id, placed.event_id)?;
+//! assert_eq!(store.stream("order:42").len(), 2);
+//! assert_eq!(store.by_correlation(placed.event_id).len(), 2);
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Modules: [`coordinate`] (where events live), [`event`] (what they are),
+//! [`store`] (the store), [`id`] and [`wire`] (ids and their serde forms).
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod coordinate;
+pub mod event;
+pub mod id;
+pub mod prelude;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,12 @@
+//! The everyday names: `use batpak::prelude::*;`.
+
+pub use crate::coordinate::{Coordinate, CoordinateError, DagPosition, KindFilter, Region};
+pub use crate::event::{
+    Event, EventHeader, EventKind, EventSourced, HashChain, Reactive, StoredEvent,
+};
+pub use crate::id::EventId;
+pub use crate::store::{
+    AppendOptions, AppendReceipt, BatchAppendItem, BatchConfig, BatchStage, CausationRef, Closed,
+    DiskPos, Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Open, RestartPolicy, Store,
+    StoreConfig, StoreError, SyncConfig, SyncMode, WriterConfig,
+};

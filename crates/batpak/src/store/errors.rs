@@ -1,0 +1,180 @@
+//! Every error the store returns: [`StoreError`] and [`BatchStage`].
+
+use crate::coordinate::CoordinateError;
+use crate::event::EventKind;
+use std::path::PathBuf;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which step of a batch append failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchStage {
+    /// Limits, CAS, idempotency or causation references were checked.
+    Validation,
+    /// An item was encoded.
+    Encoding,
+    /// The batch was written to the log.
+    Writing,
+    /// The batch was made durable.
+    Syncing,
+    /// The batch was added to the index.
+    Indexing,
+}
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An operating-system I/O error.
+    #[error("IO error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An invalid coordinate.
+    #[error("coordinate error: {0}")]
+    Coordinate(#[from] CoordinateError),
+    /// A payload or stored value could not be (de)serialized.
+    #[error("serialization error: {0}")]
+    Serialization(#[source] BoxError),
+    /// A frame's checksum did not match when it was read.
+    #[error("CRC mismatch in segment {segment_id} at offset {offset}")]
+    CrcMismatch {
+        /// Segment id.
+        segment_id: u64,
+        /// Offset of the frame.
+        offset: u64,
+    },
+    /// A segment (or record in it) is damaged or of an unknown format.
+    #[error("corrupt segment {segment_id}: {detail}")]
+    CorruptSegment {
+        /// Segment id.
+        segment_id: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No visible event has this id.
+    #[error("event {0:032x} not found")]
+    NotFound(u128),
+    /// `with_cas(expected)` but the entity's newest event has another clock.
+    #[error("CAS failed for {entity}: expected seq {expected}, got {actual}")]
+    SequenceMismatch {
+        /// Entity.
+        entity: String,
+        /// The clock the caller expected.
+        expected: u32,
+        /// The entity's newest clock.
+        actual: u32,
+    },
+    /// `with_cas(n)` on an entity with no events.
+    #[error("CAS failed for {entity}: expected seq {expected}, but the stream is empty")]
+    StreamIsEmpty {
+        /// Entity.
+        entity: String,
+        /// The clock the caller expected.
+        expected: u32,
+    },
+    /// `with_cas_empty()` on an entity that has events.
+    #[error("CAS failed for {entity}: expected an empty stream, newest seq is {actual}")]
+    StreamNotEmpty {
+        /// Entity.
+        entity: String,
+        /// The entity's newest clock.
+        actual: u32,
+    },
+    /// The writer stopped after a panic beyond its restart budget.
+    #[error("writer thread crashed")]
+    WriterCrashed,
+    /// A projection cache backend failed.
+    #[error("cache error: {0}")]
+    CacheFailed(#[source] BoxError),
+    /// A configuration value is out of range.
+    #[error("invalid config: {0}")]
+    Configuration(String),
+    /// Kept for compatibility; batpak never requires idempotency keys.
+    #[error("group commit (batch > 1) requires an idempotency key on every append")]
+    IdempotencyRequired,
+    /// A batch append failed; nothing of it was written.
+    #[error("batch failed at item {item_index} during {stage:?}: {source}")]
+    BatchFailed {
+        /// Index of the item that failed.
+        item_index: usize,
+        /// Step that failed.
+        stage: BatchStage,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The idempotency key is already the id of an event at another coordinate or of another kind.
+    #[error("idempotency key {key:032x} was already used for a different event")]
+    IdempotencyConflict {
+        /// The key.
+        key: u128,
+    },
+    /// Category 0 kinds are reserved for the store.
+    #[error("event kind {0} is reserved for the store")]
+    ReservedKind(EventKind),
+    /// Another store (in this or another process) holds the directory.
+    #[error("data directory {} is locked by another store", .0.display())]
+    Locked(PathBuf),
+    /// The store was opened read-only.
+    #[error("store is open read-only")]
+    ReadOnly,
+    /// The writer stopped after an I/O failure; reopen the store to recover.
+    #[error("writer stopped after an I/O failure ({0}); reopen the store to recover")]
+    Poisoned(String),
+    /// The encoded payload is larger than `single_append_max_bytes`.
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The entity already has `u32::MAX + 1` events.
+    #[error("entity {entity} has reached the maximum clock")]
+    ClockOverflow {
+        /// Entity.
+        entity: String,
+    },
+    /// The index is full (2^30 events in one open store).
+    #[error("index capacity exhausted: {0}")]
+    CapacityExhausted(String),
+    /// A test fault fired (only with the `dangerous-test-hooks` feature).
+    #[error("fault injected: {0}")]
+    FaultInjected(String),
+}
+
+impl StoreError {
+    pub(crate) fn serialization(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Serialization(Box::new(e))
+    }
+
+    pub(crate) fn corrupt(segment_id: u64, detail: impl ToString) -> Self {
+        StoreError::CorruptSegment {
+            segment_id,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn sources_are_exposed() {
+        let inner = StoreError::NotFound(1);
+        let e = StoreError::BatchFailed {
+            item_index: 2,
+            stage: BatchStage::Validation,
+            source: Box::new(inner),
+        };
+        assert!(e.source().unwrap().to_string().contains("not found"));
+        let io = StoreError::from(std::io::Error::other("disk"));
+        assert!(io.source().is_some());
+        assert_eq!(
+            StoreError::NotFound(0xab).to_string(),
+            "event 000000000000000000000000000000ab not found"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! Payload codec: a `serde_json::Value` as MessagePack.
+//!
+//! The payload contract (SPEC §3.11) says readers get exactly
+//! `serde_json::to_value(&p)`, so the store converts every payload to a
+//! `Value` first and stores that tree. MessagePack keeps integers and `f64`
+//! bits exact (JSON text would round floats through decimal). The codec is
+//! hand-written so that decoding bytes from disk never panics, never recurses
+//! without bound and never allocates more than the input can justify.
+
+use serde_json::{Map, Number, Value};
+
+/// Deepest nesting accepted when encoding or decoding a payload (the same
+/// limit `serde_json` applies when parsing). Deeper payloads are refused at
+/// append time, so decoding never needs more stack than this allows.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Why payload bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PayloadError {
+    #[error("payload truncated at byte {0}")]
+    Truncated(usize),
+    #[error("unsupported MessagePack tag {tag:#04x} at byte {at}")]
+    UnsupportedTag { tag: u8, at: usize },
+    #[error("invalid UTF-8 in string at byte {0}")]
+    InvalidUtf8(usize),
+    #[error("non-string map key at byte {0}")]
+    NonStringKey(usize),
+    #[error("non-finite float at byte {0}")]
+    NonFiniteFloat(usize),
+    #[error("payload nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("{0} trailing bytes after payload")]
+    TrailingBytes(usize),
+}
+
+/// Append the MessagePack encoding of `value` to `out`.
+pub(crate) fn encode_value(value: &Value, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+    encode_at(value, out, 0)
+}
+
+fn encode_at(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), PayloadError> {
+    if depth > MAX_DEPTH {
+        return Err(PayloadError::TooDeep);
+    }
+    match value {
+        Value::Null => out.push(0xc0),
+        Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
+        Value::Number(n) => encode_number(n, out),
+        Value::String(s) => encode_str(s, out),
+        Value::Array(items) => {
+            encode_len(items.len(), 0x90, 15, 0xdc, 0xdd, out);
+            for item in items {
+                encode_at(item, out, depth + 1)?;
+            }
+        }
+        Value::Object(map) => {
+            encode_len(map.len(), 0x80, 15, 0xde, 0xdf, out);
+            for (k, v) in map {
+                encode_str(k, out);
+                encode_at(v, out, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_number(n: &Number, out: &mut Vec<u8>) {
+    if let Some(u) = n.as_u64() {
+        match u {
+            0..=0x7f => out.push(u as u8),
+            0x80..=0xff => out.extend_from_slice(&[0xcc, u as u8]),
+            0x100..=0xffff => {
+                out.push(0xcd);
+                out.extend_from_slice(&(u as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(0xce);
+                out.extend_from_slice(&(u as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(0xcf);
+                out.extend_from_slice(&u.to_be_bytes());
+            }
+        }
+    } else if let Some(i) = n.as_i64() {
+        // Only negatives reach here: non-negative integers are `as_u64`.
+        if i >= -32 {
+            out.push(i as i8 as u8);
+        } else if i >= i64::from(i8::MIN) {
+            out.extend_from_slice(&[0xd0, i as i8 as u8]);
+        } else if i >= i64::from(i16::MIN) {
+            out.push(0xd1);
+            out.extend_from_slice(&(i as i16).to_be_bytes());
+        } else if i >= i64::from(i32::MIN) {
+            out.push(0xd2);
+            out.extend_from_slice(&(i as i32).to_be_bytes());
+        } else {
+            out.push(0xd3);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+    } else {
+        // serde_json numbers are u64, i64 or finite f64.
+        let f = n.as_f64().unwrap_or(0.0);
+        out.push(0xcb);
+        out.extend_from_slice(&f.to_be_bytes());
+    }
+}
+
+fn encode_str(s: &str, out: &mut Vec<u8>) {
+    let len = s.len();
+    if len <= 31 {
+        out.push(0xa0 | len as u8);
+    } else if len <= 0xff {
+        out.extend_from_slice(&[0xd9, len as u8]);
+    } else {
+        encode_len(len, 0, 0, 0xda, 0xdb, out);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Length prefix: fix form when `len <= fix_max` (and `fix_base != 0`), else the 16- or 32-bit form.
+fn encode_len(len: usize, fix_base: u8, fix_max: usize, tag16: u8, tag32: u8, out: &mut Vec<u8>) {
+    if fix_base != 0 && len <= fix_max {
+        out.push(fix_base | len as u8);
+    } else if len <= 0xffff {
+        out.push(tag16);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(tag32);
+        // Payloads are capped far below 4 GiB by `single_append_max_bytes`.
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+}
+
+/// Decode a complete payload; trailing bytes are an error.
+pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    let v = r.value(0)?;
+    if r.pos != bytes.len() {
+        return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
+    }
+    Ok(v)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(PayloadError::Truncated(self.pos))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PayloadError> {
+        let s = self.take(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, PayloadError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn len16(&mut self) -> Result<usize, PayloadError> {
+        Ok(usize::from(u16::from_be_bytes(self.array()?)))
+    }
+
+    fn len32(&mut self) -> Result<usize, PayloadError> {
+        usize::try_from(u32::from_be_bytes(self.array()?))
+            .map_err(|_| PayloadError::Truncated(self.pos))
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn string(&mut self, len: usize) -> Result<String, PayloadError> {
+        let at = self.pos;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| PayloadError::InvalidUtf8(at))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, PayloadError> {
+        if depth > MAX_DEPTH {
+            return Err(PayloadError::TooDeep);
+        }
+        let at = self.pos;
+        let tag = self.u8()?;
+        Ok(match tag {
+            0x00..=0x7f => Value::from(tag),
+            0xe0..=0xff => Value::from(tag as i8),
+            0xc0 => Value::Null,
+            0xc2 => Value::Bool(false),
+            0xc3 => Value::Bool(true),
+            0xcc => Value::from(self.u8()?),
+            0xcd => Value::from(u16::from_be_bytes(self.array()?)),
+            0xce => Value::from(u32::from_be_bytes(self.array()?)),
+            0xcf => Value::from(u64::from_be_bytes(self.array()?)),
+            0xd0 => Value::from(i8::from_be_bytes(self.array()?)),
+            0xd1 => Value::from(i16::from_be_bytes(self.array()?)),
+            0xd2 => Value::from(i32::from_be_bytes(self.array()?)),
+            0xd3 => Value::from(i64::from_be_bytes(self.array()?)),
+            0xca => float(f64::from(f32::from_be_bytes(self.array()?)), at)?,
+            0xcb => float(f64::from_be_bytes(self.array()?), at)?,
+            0xa0..=0xbf => Value::String(self.string(usize::from(tag & 0x1f))?),
+            0xd9 => {
+                let n = usize::from(self.u8()?);
+                Value::String(self.string(n)?)
+            }
+            0xda => {
+                let n = self.len16()?;
+                Value::String(self.string(n)?)
+            }
+            0xdb => {
+                let n = self.len32()?;
+                Value::String(self.string(n)?)
+            }
+            0x90..=0x9f => self.array_items(usize::from(tag & 0x0f), depth)?,
+            0xdc => {
+                let n = self.len16()?;
+                self.array_items(n, depth)?
+            }
+            0xdd => {
+                let n = self.len32()?;
+                self.array_items(n, depth)?
+            }
+            0x80..=0x8f => self.map_items(usize::from(tag & 0x0f), depth)?,
+            0xde => {
+                let n = self.len16()?;
+                self.map_items(n, depth)?
+            }
+            0xdf => {
+                let n = self.len32()?;
+                self.map_items(n, depth)?
+            }
+            _ => return Err(PayloadError::UnsupportedTag { tag, at }),
+        })
+    }
+
+    fn array_items(&mut self, n: usize, depth: usize) -> Result<Value, PayloadError> {
+        // Every element takes at least one byte, so the input bounds the allocation.
+        if n > self.remaining() {
+            return Err(PayloadError::Truncated(self.pos));
+        }
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn map_items(&mut self, n: usize, depth: usize) -> Result<Value, PayloadError> {
+        if n.saturating_mul(2) > self.remaining() {
+            return Err(PayloadError::Truncated(self.pos));
+        }
+        let mut map = Map::new();
+        for _ in 0..n {
+            let at = self.pos;
+            let key = match self.value(depth + 1)? {
+                Value::String(s) => s,
+                _ => return Err(PayloadError::NonStringKey(at)),
+            };
+            let v = self.value(depth + 1)?;
+            map.insert(key, v);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+fn float(f: f64, at: usize) -> Result<Value, PayloadError> {
+    Number::from_f64(f)
+        .map(Value::Number)
+        .ok_or(PayloadError::NonFiniteFloat(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn round_trip(v: &Value) -> Value {
+        let mut buf = Vec::new();
+        encode_value(v, &mut buf).unwrap();
+        decode_value(&buf).unwrap()
+    }
+
+    #[test]
+    fn edge_values_round_trip_exactly() {
+        let v = json!({
+            "u": [0, 127, 128, 255, 256, 65535, 65536, 4294967295u64, 4294967296u64, u64::MAX],
+            "i": [-1, -32, -33, -128, -129, -32768, -32769, -2147483648i64, -2147483649i64, i64::MIN],
+            "f": [0.1, -0.0, 1.0, 1e308, f64::MIN_POSITIVE, 0.30000000000000004],
+            "s": ["", "a", "x".repeat(31), "x".repeat(32), "x".repeat(255), "x".repeat(256), "x".repeat(70000), "ünï😀"],
+            "n": null, "b": [true, false],
+            "nested": {"a": {"b": {"c": []}}},
+            "big": (0..20).collect::<Vec<_>>(),
+        });
+        let back = round_trip(&v);
+        assert_eq!(back, v);
+        // Float bits are preserved, not just approximately equal.
+        assert_eq!(back["f"][0].as_f64().unwrap().to_bits(), 0.1f64.to_bits());
+        assert!(back["f"][2].is_f64(), "1.0 stays a float");
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        // array32 claiming 4 billion elements in a 5-byte input
+        assert!(matches!(
+            decode_value(&[0xdd, 0xff, 0xff, 0xff, 0xff]),
+            Err(PayloadError::Truncated(_))
+        ));
+        assert!(matches!(
+            decode_value(&[0xdb, 0xff, 0xff, 0xff, 0xff]),
+            Err(PayloadError::Truncated(_))
+        ));
+        assert!(matches!(
+            decode_value(&[0xc1]),
+            Err(PayloadError::UnsupportedTag { .. })
+        ));
+        assert!(matches!(
+            decode_value(&[0xa2, 0xff, 0xfe]),
+            Err(PayloadError::InvalidUtf8(_))
+        ));
+        assert!(matches!(
+            decode_value(&[0x81, 0x01, 0x01]),
+            Err(PayloadError::NonStringKey(_))
+        ));
+        assert!(matches!(
+            decode_value(&[0xc0, 0xc0]),
+            Err(PayloadError::TrailingBytes(1))
+        ));
+        assert!(matches!(decode_value(&[]), Err(PayloadError::Truncated(0))));
+        let nan = [0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            decode_value(&nan),
+            Err(PayloadError::NonFiniteFloat(0))
+        ));
+        let deep = vec![0x91u8; 5000];
+        assert!(matches!(
+            decode_value(&deep),
+            Err(PayloadError::TooDeep | PayloadError::Truncated(_))
+        ));
+    }
+
+    #[test]
+    fn too_deep_to_encode() {
+        let mut v = json!(null);
+        for _ in 0..(MAX_DEPTH + 2) {
+            v = json!([v]);
+        }
+        assert_eq!(
+            encode_value(&v, &mut Vec::new()),
+            Err(PayloadError::TooDeep)
+        );
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,10}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_round_trips(v in arb_value()) {
+            prop_assert_eq!(round_trip(&v), v);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_value(&bytes);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Event records: the body of an event frame (layout in the module above).
+
+use super::frame::{seal_frame, FRAME_HEADER_LEN};
+use super::{le, FormatError};
+use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
+
+pub(crate) const RECORD_EVENT: u8 = 1;
+pub(crate) const EVENT_FIXED_LEN: usize = 192;
+const LINK_HAS_CAUSATION: u8 = 0x01;
+
+/// Offsets inside an event record.
+pub(crate) mod off {
+    pub(crate) const FLAGS: usize = 1;
+    pub(crate) const KIND: usize = 2;
+    pub(crate) const ENTITY_LEN: usize = 4;
+    pub(crate) const SCOPE_LEN: usize = 6;
+    pub(crate) const CLOCK: usize = 8;
+    pub(crate) const PAYLOAD_LEN: usize = 12;
+    pub(crate) const GLOBAL_SEQ: usize = 16;
+    pub(crate) const TIMESTAMP: usize = 24;
+    pub(crate) const HLC_COUNTER: usize = 32;
+    pub(crate) const LINK_FLAGS: usize = 34;
+    pub(crate) const BATCH_SIZE: usize = 36;
+    pub(crate) const BATCH_INDEX: usize = 40;
+    pub(crate) const EVENT_ID: usize = 48;
+    pub(crate) const CORRELATION_ID: usize = 64;
+    pub(crate) const CAUSATION_ID: usize = 80;
+    pub(crate) const PREV_HASH: usize = 96;
+    pub(crate) const EVENT_HASH: usize = 128;
+    pub(crate) const CONTENT_HASH: usize = 160;
+}
+
+/// An event record, borrowed from the bytes it was decoded from (or to be encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventRecord<'a> {
+    pub(crate) flags: u8,
+    pub(crate) kind: u16,
+    pub(crate) clock: u32,
+    pub(crate) global_seq: u64,
+    pub(crate) timestamp_us: i64,
+    pub(crate) hlc_counter: u16,
+    pub(crate) batch_size: u32,
+    pub(crate) batch_index: u32,
+    pub(crate) event_id: u128,
+    pub(crate) correlation_id: u128,
+    pub(crate) causation_id: Option<u128>,
+    pub(crate) prev_hash: [u8; 32],
+    pub(crate) event_hash: [u8; 32],
+    pub(crate) content_hash: [u8; 32],
+    pub(crate) entity: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Total frame length for an event with these variable parts.
+pub(crate) fn event_frame_len(entity_len: usize, scope_len: usize, payload_len: usize) -> usize {
+    FRAME_HEADER_LEN + EVENT_FIXED_LEN + entity_len + scope_len + payload_len
+}
+
+impl EventRecord<'_> {
+    pub(crate) fn frame_len(&self) -> usize {
+        event_frame_len(self.entity.len(), self.scope.len(), self.payload.len())
+    }
+
+    /// Encode the whole frame into `out`, which must be exactly [`Self::frame_len`] bytes.
+    pub(crate) fn write_frame(&self, out: &mut [u8]) {
+        debug_assert_eq!(out.len(), self.frame_len());
+        let b = &mut out[FRAME_HEADER_LEN..];
+        b[0] = RECORD_EVENT;
+        b[off::FLAGS] = self.flags;
+        b[off::KIND..off::KIND + 2].copy_from_slice(&self.kind.to_le_bytes());
+        b[off::ENTITY_LEN..off::ENTITY_LEN + 2]
+            .copy_from_slice(&(self.entity.len() as u16).to_le_bytes());
+        b[off::SCOPE_LEN..off::SCOPE_LEN + 2]
+            .copy_from_slice(&(self.scope.len() as u16).to_le_bytes());
+        b[off::CLOCK..off::CLOCK + 4].copy_from_slice(&self.clock.to_le_bytes());
+        b[off::PAYLOAD_LEN..off::PAYLOAD_LEN + 4]
+            .copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        b[off::GLOBAL_SEQ..off::GLOBAL_SEQ + 8].copy_from_slice(&self.global_seq.to_le_bytes());
+        b[off::TIMESTAMP..off::TIMESTAMP + 8].copy_from_slice(&self.timestamp_us.to_le_bytes());
+        b[off::HLC_COUNTER..off::HLC_COUNTER + 2].copy_from_slice(&self.hlc_counter.to_le_bytes());
+        b[off::LINK_FLAGS] = if self.causation_id.is_some() {
+            LINK_HAS_CAUSATION
+        } else {
+            0
+        };
+        b[35] = 0;
+        b[off::BATCH_SIZE..off::BATCH_SIZE + 4].copy_from_slice(&self.batch_size.to_le_bytes());
+        b[off::BATCH_INDEX..off::BATCH_INDEX + 4].copy_from_slice(&self.batch_index.to_le_bytes());
+        b[44..48].fill(0);
+        b[off::EVENT_ID..off::EVENT_ID + 16].copy_from_slice(&self.event_id.to_le_bytes());
+        b[off::CORRELATION_ID..off::CORRELATION_ID + 16]
+            .copy_from_slice(&self.correlation_id.to_le_bytes());
+        b[off::CAUSATION_ID..off::CAUSATION_ID + 16]
+            .copy_from_slice(&self.causation_id.unwrap_or(0).to_le_bytes());
+        b[off::PREV_HASH..off::PREV_HASH + 32].copy_from_slice(&self.prev_hash);
+        b[off::EVENT_HASH..off::EVENT_HASH + 32].copy_from_slice(&self.event_hash);
+        b[off::CONTENT_HASH..off::CONTENT_HASH + 32].copy_from_slice(&self.content_hash);
+        let mut at = EVENT_FIXED_LEN;
+        for part in [self.entity.as_bytes(), self.scope.as_bytes(), self.payload] {
+            b[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        seal_frame(out);
+    }
+
+    /// Encode into a new buffer (tests and tools; the write path encodes in place).
+    #[cfg(test)]
+    pub(crate) fn to_frame(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.frame_len()];
+        self.write_frame(&mut v);
+        v
+    }
+}
+
+/// Decode an event record from a frame body (the checksum was checked by the frame decoder).
+pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> {
+    if body.len() < EVENT_FIXED_LEN {
+        return Err(FormatError::Short {
+            what: "event record",
+            need: EVENT_FIXED_LEN,
+            have: body.len(),
+        });
+    }
+    if body[0] != RECORD_EVENT {
+        return Err(FormatError::invalid("record type", body[0].to_string()));
+    }
+    let link = body[off::LINK_FLAGS];
+    if link & !LINK_HAS_CAUSATION != 0 || body[35] != 0 || le::u32_at(body, 44) != 0 {
+        return Err(FormatError::invalid("reserved bits", "not zero"));
+    }
+    let entity_len = usize::from(le::u16_at(body, off::ENTITY_LEN));
+    let scope_len = usize::from(le::u16_at(body, off::SCOPE_LEN));
+    let payload_len = le::u32_at(body, off::PAYLOAD_LEN) as usize;
+    if entity_len == 0 || entity_len > MAX_COORDINATE_COMPONENT_LEN {
+        return Err(FormatError::invalid(
+            "entity length",
+            entity_len.to_string(),
+        ));
+    }
+    if scope_len == 0 || scope_len > MAX_COORDINATE_COMPONENT_LEN {
+        return Err(FormatError::invalid("scope length", scope_len.to_string()));
+    }
+    let need = EVENT_FIXED_LEN + entity_len + scope_len + payload_len;
+    if body.len() != need {
+        return Err(FormatError::invalid(
+            "event record length",
+            format!("fields need {need} bytes, body has {}", body.len()),
+        ));
+    }
+    let e_end = EVENT_FIXED_LEN + entity_len;
+    let s_end = e_end + scope_len;
+    let entity = std::str::from_utf8(&body[EVENT_FIXED_LEN..e_end])
+        .map_err(|_| FormatError::invalid("entity", "not UTF-8"))?;
+    let scope = std::str::from_utf8(&body[e_end..s_end])
+        .map_err(|_| FormatError::invalid("scope", "not UTF-8"))?;
+    crate::coordinate::validate(entity, scope)
+        .map_err(|e| FormatError::invalid("coordinate", e.to_string()))?;
+    let batch_size = le::u32_at(body, off::BATCH_SIZE);
+    let batch_index = le::u32_at(body, off::BATCH_INDEX);
+    if batch_size != 0 && batch_index >= batch_size {
+        return Err(FormatError::invalid(
+            "batch index",
+            format!("{batch_index} of {batch_size}"),
+        ));
+    }
+    Ok(EventRecord {
+        flags: body[off::FLAGS],
+        kind: le::u16_at(body, off::KIND),
+        clock: le::u32_at(body, off::CLOCK),
+        global_seq: le::u64_at(body, off::GLOBAL_SEQ),
+        timestamp_us: le::u64_at(body, off::TIMESTAMP) as i64,
+        hlc_counter: le::u16_at(body, off::HLC_COUNTER),
+        batch_size,
+        batch_index,
+        event_id: le::u128_at(body, off::EVENT_ID),
+        correlation_id: le::u128_at(body, off::CORRELATION_ID),
+        causation_id: (link & LINK_HAS_CAUSATION != 0)
+            .then(|| le::u128_at(body, off::CAUSATION_ID)),
+        prev_hash: le::arr32_at(body, off::PREV_HASH),
+        event_hash: le::arr32_at(body, off::EVENT_HASH),
+        content_hash: le::arr32_at(body, off::CONTENT_HASH),
+        entity,
+        scope,
+        payload: &body[s_end..],
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::frame::decode_frame;
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample<'a>(payload: &'a [u8]) -> EventRecord<'a> {
+        EventRecord {
+            flags: 0x09,
+            kind: 0x1002,
+            clock: 3,
+            global_seq: 77,
+            timestamp_us: 1_700_000_000_123_456,
+            hlc_counter: 2,
+            batch_size: 0,
+            batch_index: 0,
+            event_id: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+            correlation_id: 5,
+            causation_id: Some(6),
+            prev_hash: [0x99; 32],
+            event_hash: [0xAA; 32],
+            content_hash: [0xBB; 32],
+            entity: "order:1",
+            scope: "tenant",
+            payload,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let rec = sample(b"\x81\xa1a\x01");
+        let frame = rec.to_frame();
+        let (body, len) = decode_frame(&frame).unwrap();
+        assert_eq!(len, frame.len());
+        assert_eq!(decode_event(body).unwrap(), rec);
+        let mut root = sample(b"\xc0");
+        root.causation_id = None;
+        let frame = root.to_frame();
+        assert_eq!(decode_event(decode_frame(&frame).unwrap().0).unwrap(), root);
+    }
+
+    #[test]
+    fn golden_bytes() {
+        // A change to the event layout must change FORMAT_VERSION; this pins the bytes.
+        let frame = sample(b"\xc0").to_frame();
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_EVENT_FRAME);
+    }
+
+    const GOLDEN_EVENT_FRAME: &str = concat!(
+        "ba7cf7a1ce00000048d65dce", // marker, body length 206, CRC
+        "010902100700060003000000010000004d000000000000004022201824",
+        "0a060002000100000000000000000000000000100f0e0d0c0b0a09080706050403020105",
+        "000000000000000000000000000000060000000000000000000000000000009999999999",
+        "999999999999999999999999999999999999999999999999999999aaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb6f726465723a3174656e616e74c0"
+    );
+
+    #[test]
+    fn inconsistent_lengths_are_refused() {
+        let frame = sample(b"\xc0").to_frame();
+        let body = &frame[FRAME_HEADER_LEN..];
+        assert!(decode_event(&body[..body.len() - 1]).is_err());
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert!(decode_event(&longer).is_err());
+        let mut bad = body.to_vec();
+        bad[off::ENTITY_LEN] = 0;
+        bad[off::ENTITY_LEN + 1] = 0;
+        assert!(decode_event(&bad).is_err());
+        let mut bad = body.to_vec();
+        bad[off::LINK_FLAGS] = 0x80;
+        assert!(decode_event(&bad).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_event(&bytes);
+        }
+
+        #[test]
+        fn mutated_records_never_panic(pos in 0usize..200, val in any::<u8>()) {
+            let frame = sample(b"\x92\x01\x02").to_frame();
+            let mut body = frame[FRAME_HEADER_LEN..].to_vec();
+            let p = pos % body.len();
+            body[p] = val;
+            let _ = decode_event(&body);
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The in-memory index: every event's compact record, found by id, by entity
+//! (in clock order), by scope, by kind, by correlation and by causation.
+//!
+//! Owns only memory. It never reads or writes files; the write path and
+//! recovery feed it records, and the read path turns them into public
+//! [`IndexEntry`] values on the way out.
+//!
+//! Records live in commit order in a chunked arena, so a record's *slot*
+//! (its position in that order) is also its global-sequence order. Every list
+//! (per entity, scope, kind, ...) holds 4-byte slots, and references between
+//! events (correlation, causation) are slots too when the target is in the
+//! store, so no id is stored twice.
+
+mod entry;
+mod query;
+mod records;
+
+pub use entry::{ClockKey, DiskPos, IndexEntry};
+pub(crate) use query::SlotQuery;
+
+use crate::coordinate::{Coordinate, Region};
+use crate::event::{EventKind, HashChain};
+use crate::store::StoreError;
+use hashbrown::{HashMap, HashTable};
+use records::{Record, RecordArena};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Most events one open store can index: slot numbers use 31 bits (the top
+/// bit marks references to ids outside the store).
+pub(crate) const MAX_SLOTS: u32 = (1 << 31) - 1;
+const NO_REF: u32 = u32::MAX;
+const EXTERNAL_REF: u32 = 1 << 31;
+
+/// An event as the write path or recovery hands it to the index.
+pub(crate) struct NewRecord<'a> {
+    pub(crate) event_id: u128,
+    pub(crate) correlation_id: u128,
+    pub(crate) causation_id: Option<u128>,
+    pub(crate) entity: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) kind: EventKind,
+    pub(crate) timestamp_us: i64,
+    pub(crate) hlc_counter: u16,
+    pub(crate) clock: u32,
+    pub(crate) event_hash: [u8; 32],
+    pub(crate) global_seq: u64,
+    pub(crate) segment_id: u64,
+    pub(crate) offset: u64,
+    pub(crate) length: u32,
+}
+
+/// What the write path needs to know about an entity's newest event.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntityTail {
+    pub(crate) clock: u32,
+    pub(crate) event_hash: [u8; 32],
+    pub(crate) timestamp_us: i64,
+    pub(crate) hlc_counter: u16,
+}
+
+struct EntityInfo {
+    name: Arc<str>,
+    /// Slots in clock order (which is also slot order).
+    slots: Vec<u32>,
+    tail_timestamp_us: i64,
+    tail_hlc_counter: u16,
+}
+
+struct ScopeInfo {
+    name: Arc<str>,
+    slots: Vec<u32>,
+}
+
+/// The index. Not internally synchronised: the store wraps it in a lock.
+#[derive(Default)]
+pub(crate) struct Index {
+    records: RecordArena,
+    /// Global sequence of each slot, as runs of consecutive numbers:
+    /// `(first slot, its sequence)`. Usually a single run.
+    seq_runs: Vec<(u32, u64)>,
+    by_id: HashTable<u32>,
+    entities: Vec<EntityInfo>,
+    entity_ids: HashMap<Arc<str>, u32>,
+    /// Entity names in order, for prefix queries.
+    entity_order: BTreeMap<Arc<str>, u32>,
+    scopes: Vec<ScopeInfo>,
+    scope_ids: HashMap<Arc<str>, u32>,
+    /// Coordinate id -> (entity id, scope id).
+    coords: Vec<(u32, u32)>,
+    coord_ids: HashMap<(u32, u32), u32>,
+    by_kind: HashMap<u16, Vec<u32>>,
+    /// Events whose correlation id is not their own id, by correlation id.
+    by_correlation: HashMap<u128, Vec<u32>>,
+    /// Events with a causation id, by that id.
+    by_causation: HashMap<u128, Vec<u32>>,
+    /// Ids referenced by correlation/causation that are not events in the store.
+    external_ids: Vec<u128>,
+}
+
+#[inline]
+fn id_hash(id: u128) -> u64 {
+    // UUIDv7 keeps its randomness in the low bits, idempotency keys may be
+    // small counters: mix both halves so every bit reaches the bucket index
+    // and the control byte.
+    let x = (id as u64) ^ ((id >> 64) as u64).rotate_left(29);
+    let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^ (x >> 32)
+}
+
+impl Index {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of records (visible or not).
+    pub(crate) fn len(&self) -> u32 {
+        self.records.len()
+    }
+
+    pub(crate) fn slot_of(&self, id: u128) -> Option<u32> {
+        let records = &self.records;
+        self.by_id
+            .find(id_hash(id), |&slot| records.get(slot).event_id() == id)
+            .copied()
+    }
+
+    pub(crate) fn global_seq(&self, slot: u32) -> u64 {
+        let i = self.seq_runs.partition_point(|&(first, _)| first <= slot) - 1;
+        let (first, seq) = self.seq_runs[i];
+        seq + u64::from(slot - first)
+    }
+
+    pub(crate) fn event_id(&self, slot: u32) -> u128 {
+        self.records.get(slot).event_id()
+    }
+
+    pub(crate) fn coordinate(&self, slot: u32) -> Coordinate {
+        let (e, s) = self.coords[self.records.get(slot).coord as usize];
+        Coordinate::from_interned(
+            self.entities[e as usize].name.clone(),
+            self.scopes[s as usize].name.clone(),
+        )
+    }
+
+    pub(crate) fn kind(&self, slot: u32) -> EventKind {
+        self.records.get(slot).kind()
+    }
+
+    pub(crate) fn disk_pos(&self, slot: u32) -> DiskPos {
+        self.records.get(slot).disk_pos()
+    }
+
+    fn entity_of(&self, slot: u32) -> u32 {
+        self.coords[self.records.get(slot).coord as usize].0
+    }
+
+    /// The newest event of `entity`, if it has any.
+    pub(crate) fn entity_tail(&self, entity: &str) -> Option<EntityTail> {
+        let info = &self.entities[*self.entity_ids.get(entity)? as usize];
+        let last = *info.slots.last()?;
+        let rec = self.records.get(last);
+        Some(EntityTail {
+            clock: rec.clock,
+            event_hash: rec.event_hash,
+            timestamp_us: info.tail_timestamp_us,
+            hlc_counter: info.tail_hlc_counter,
+        })
+    }
+
+    /// Slots of `entity` in clock order (all of them; callers filter visibility).
+    pub(crate) fn entity_slots(&self, entity: &str) -> &[u32] {
+        self.entity_ids
+            .get(entity)
+            .map_or(&[], |&e| self.entities[e as usize].slots.as_slice())
+    }
+
+    fn intern_entity(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.entity_ids.get(name) {
+            return id;
+        }
+        let id = self.entities.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.entities.push(EntityInfo {
+            name: name.clone(),
+            slots: Vec::new(),
+            tail_timestamp_us: i64::MIN,
+            tail_hlc_counter: 0,
+        });
+        self.entity_ids.insert(name.clone(), id);
+        self.entity_order.insert(name, id);
+        id
+    }
+
+    fn intern_scope(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.scope_ids.get(name) {
+            return id;
+        }
+        let id = self.scopes.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.scopes.push(ScopeInfo {
+            name: name.clone(),
+            slots: Vec::new(),
+        });
+        self.scope_ids.insert(name, id);
+        id
+    }
+
+    fn intern_coord(&mut self, entity: u32, scope: u32) -> u32 {
+        let next = self.coords.len() as u32;
+        *self.coord_ids.entry((entity, scope)).or_insert_with(|| {
+            self.coords.push((entity, scope));
+            next
+        })
+    }
+
+    fn reference(&mut self, id: u128) -> u32 {
+        match self.slot_of(id) {
+            Some(slot) => slot,
+            None => {
+                self.external_ids.push(id);
+                EXTERNAL_REF | (self.external_ids.len() as u32 - 1)
+            }
+        }
+    }
+
+    fn resolve(&self, slot: u32, reference: u32) -> u128 {
+        if reference == NO_REF {
+            self.event_id(slot)
+        } else if reference & EXTERNAL_REF != 0 {
+            self.external_ids[(reference & !EXTERNAL_REF) as usize]
+        } else {
+            self.event_id(reference)
+        }
+    }
+
+    /// Add a record. Records arrive in commit order with increasing global
+    /// sequences and per-entity clocks.
+    pub(crate) fn insert(&mut self, new: &NewRecord<'_>) -> Result<u32, StoreError> {
+        let slot = self.len();
+        if slot >= MAX_SLOTS {
+            return Err(StoreError::CapacityExhausted(format!("{MAX_SLOTS} events")));
+        }
+        let segment = u32::try_from(new.segment_id)
+            .map_err(|_| StoreError::CapacityExhausted(format!("segment id {}", new.segment_id)))?;
+        let offset = u32::try_from(new.offset)
+            .map_err(|_| StoreError::CapacityExhausted(format!("segment offset {}", new.offset)))?;
+        let entity = self.intern_entity(new.entity);
+        let scope = self.intern_scope(new.scope);
+        let coord = self.intern_coord(entity, scope);
+        // Correlation defaults to the event itself (NO_REF); causation NO_REF means none.
+        let corr = if new.correlation_id == new.event_id {
+            NO_REF
+        } else {
+            self.reference(new.correlation_id)
+        };
+        let cause = new.causation_id.map_or(NO_REF, |c| self.reference(c));
+        let wall_ms = u64::try_from(new.timestamp_us).unwrap_or(0) / 1000;
+        self.records.push(Record::new(
+            new.event_id,
+            new.event_hash,
+            wall_ms,
+            new.kind,
+            segment,
+            offset,
+            new.length,
+            coord,
+            new.clock,
+            corr,
+            cause,
+        ));
+        match self.seq_runs.last() {
+            Some(&(first, seq)) if seq + u64::from(slot - first) + 1 == new.global_seq => {}
+            _ => self.seq_runs.push((slot, new.global_seq)),
+        }
+        let records = &self.records;
+        self.by_id.insert_unique(id_hash(new.event_id), slot, |&s| {
+            id_hash(records.get(s).event_id())
+        });
+        let info = &mut self.entities[entity as usize];
+        info.slots.push(slot);
+        info.tail_timestamp_us = new.timestamp_us;
+        info.tail_hlc_counter = new.hlc_counter;
+        self.scopes[scope as usize].slots.push(slot);
+        self.by_kind.entry(new.kind.raw()).or_default().push(slot);
+        if corr != NO_REF {
+            self.by_correlation
+                .entry(new.correlation_id)
+                .or_default()
+                .push(slot);
+        }
+        if let Some(c) = new.causation_id {
+            self.by_causation.entry(c).or_default().push(slot);
+        }
+        Ok(slot)
+    }
+
+    /// The previous event of the same entity, if it is in the index.
+    fn predecessor(&self, slot: u32) -> Option<u32> {
+        let slots = &self.entities[self.entity_of(slot) as usize].slots;
+        let clock = self.records.get(slot).clock as usize;
+        // Clocks are dense unless events were removed; fall back to a search.
+        let pos = if slots.get(clock) == Some(&slot) {
+            clock
+        } else {
+            slots.binary_search(&slot).ok()?
+        };
+        pos.checked_sub(1).map(|p| slots[p])
+    }
+
+    /// The predecessor only when it is the directly preceding clock, so the
+    /// chain link is known from memory.
+    pub(crate) fn chain_predecessor(&self, slot: u32) -> Option<u32> {
+        let prev = self.predecessor(slot)?;
+        (self.records.get(prev).clock + 1 == self.records.get(slot).clock).then_some(prev)
+    }
+
+    pub(crate) fn hash_chain(&self, slot: u32) -> HashChain {
+        let rec = self.records.get(slot);
+        let prev_hash = match self.chain_predecessor(slot) {
+            Some(p) => self.records.get(p).event_hash,
+            None => [0; 32],
+        };
+        HashChain {
+            prev_hash,
+            event_hash: rec.event_hash,
+        }
+    }
+
+    /// The public view of one record.
+    pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
+        let rec = self.records.get(slot);
+        IndexEntry {
+            event_id: rec.event_id(),
+            correlation_id: self.resolve(slot, rec.corr),
+            causation_id: (rec.cause != NO_REF).then(|| self.resolve(slot, rec.cause)),
+            coord: self.coordinate(slot),
+            kind: rec.kind(),
+            wall_ms: rec.wall_ms(),
+            clock: rec.clock,
+            hash_chain: self.hash_chain(slot),
+            disk_pos: rec.disk_pos(),
+            global_sequence: self.global_seq(slot),
+        }
+    }
+
+    pub(crate) fn entries(&self, slots: &[u32]) -> Vec<IndexEntry> {
+        slots.iter().map(|&s| self.entry(s)).collect()
+    }
+
+    /// Heap bytes held by the index (capacities, not lengths), for diagnostics.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn vec_bytes<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        fn map_bytes<K, V>(m: &HashMap<K, V>) -> usize {
+            m.capacity() * (size_of::<(K, V)>() + 1)
+        }
+        fn lists<K>(m: &HashMap<K, Vec<u32>>) -> usize {
+            m.values().map(vec_bytes).sum::<usize>()
+        }
+        self.records.heap_bytes()
+            + vec_bytes(&self.seq_runs)
+            + self.by_id.capacity() * (size_of::<u32>() + 1)
+            + self
+                .entities
+                .iter()
+                .map(|e| size_of::<EntityInfo>() + vec_bytes(&e.slots) + e.name.len() + 16)
+                .sum::<usize>()
+            + map_bytes(&self.entity_ids)
+            + self.entity_order.len() * (size_of::<(Arc<str>, u32)>() + 8)
+            + self
+                .scopes
+                .iter()
+                .map(|s| size_of::<ScopeInfo>() + vec_bytes(&s.slots) + s.name.len() + 16)
+                .sum::<usize>()
+            + map_bytes(&self.scope_ids)
+            + vec_bytes(&self.coords)
+            + map_bytes(&self.coord_ids)
+            + map_bytes(&self.by_kind)
+            + lists(&self.by_kind)
+            + map_bytes(&self.by_correlation)
+            + lists(&self.by_correlation)
+            + map_bytes(&self.by_causation)
+            + lists(&self.by_causation)
+            + vec_bytes(&self.external_ids)
+    }
+
+    pub(crate) fn entity_count(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Slots of events correlated to `id` (the root itself when it is in the
+    /// store and self-correlated, then every event naming `id` as correlation).
+    pub(crate) fn correlation_slots(&self, id: u128) -> Vec<u32> {
+        let mut out = Vec::new();
+        if let Some(root) = self.slot_of(id) {
+            if self.records.get(root).corr == NO_REF {
+                out.push(root);
+            }
+        }
+        if let Some(list) = self.by_correlation.get(&id) {
+            out.extend_from_slice(list);
+        }
+        out.sort_unstable();
+        out
+    }
+
+    pub(crate) fn causation_slots(&self, id: u128) -> &[u32] {
+        self.by_causation.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn query_slots(&self, region: &Region, visible: u32) -> Vec<u32> {
+        SlotQuery::new(self, region, visible).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! The data directory: its lock, its listing, and directory fsync.
+
+use crate::store::format::segment::parse_segment_file_name;
+use crate::store::StoreError;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive `flock` on `<dir>/LOCK`, held for the store's lifetime.
+/// `flock` locks belong to the open file description, so a second open in the
+/// same process is refused just like one from another process.
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+            Err(TryLockError::Error(e)) => Err(StoreError::Io(e)),
+        }
+    }
+}
+
+/// The segment files of a directory, ordered by numeric id.
+pub(crate) struct SegmentListing {
+    pub(crate) segments: Vec<(u64, PathBuf)>,
+}
+
+impl SegmentListing {
+    pub(crate) fn read(dir: &Path) -> Result<Self, StoreError> {
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
+                if entry.file_type()?.is_file() {
+                    segments.push((id, entry.path()));
+                }
+            }
+        }
+        segments.sort_unstable_by_key(|(id, _)| *id);
+        Ok(Self { segments })
+    }
+}
+
+/// fsync a directory so that entries created, renamed or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_within_one_process() {
+        let d = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(d.path()).unwrap();
+        assert!(matches!(
+            DirLock::acquire(d.path()),
+            Err(StoreError::Locked(_))
+        ));
+        drop(first);
+        assert!(DirLock::acquire(d.path()).is_ok());
+    }
+
+    #[test]
+    fn listing_orders_numerically_and_ignores_strangers() {
+        let d = tempfile::tempdir().unwrap();
+        for name in [
+            "00000000000000000010.seg",
+            "00000000000000000009.seg",
+            "00000000000000000100.seg",
+            "notes.txt",
+            "9.seg",
+        ] {
+            std::fs::write(d.path().join(name), b"").unwrap();
+        }
+        let ids: Vec<u64> = SegmentListing::read(d.path())
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(ids, vec![9, 10, 100]);
+    }
+}

@@ -1,0 +1,392 @@
+//! One segment file and its memory map.
+
+use crate::store::config::SyncMode;
+use crate::store::format::segment::SEGMENT_HEADER_LEN;
+use crate::store::StoreError;
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// First allocation of a new segment, and the largest single growth step
+/// (smaller when growth writes zeros, which the growing append waits for).
+const MIN_GROW: u64 = 1024 * 1024;
+const MAX_GROW: u64 = 16 * 1024 * 1024;
+const MAX_ZERO_GROW: u64 = 4 * 1024 * 1024;
+
+/// A segment file mapped for its whole capacity.
+pub(crate) struct Segment {
+    id: u64,
+    file: File,
+    map: MmapRaw,
+    /// Current file length. Only bytes below it are backed by the file, so no
+    /// access may reach past it (that would fault); it only grows while mapped.
+    file_len: AtomicU64,
+}
+
+impl Segment {
+    fn map(id: u64, file: File, capacity: u64, writable: bool) -> Result<Self, StoreError> {
+        let file_len = file.metadata()?.len();
+        let capacity = capacity.max(file_len).max(1);
+        let len = usize::try_from(capacity)
+            .map_err(|_| StoreError::corrupt(id, "segment larger than the address space"))?;
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        let map = if writable {
+            opts.map_raw(&file)?
+        } else {
+            opts.map_raw_read_only(&file)?
+        };
+        Ok(Self {
+            id,
+            file,
+            map,
+            file_len: AtomicU64::new(file_len),
+        })
+    }
+
+    /// Map an existing segment read-only, exactly its current length.
+    pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
+        let file = File::open(path)?;
+        Self::map(id, file, 0, false)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn file_len(&self) -> u64 {
+        self.file_len.load(Ordering::Acquire)
+    }
+
+    /// Refuse a range that is not backed by the file.
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.file_len() && end <= self.map.len() as u64 => Ok(()),
+            _ => Err(StoreError::corrupt(
+                self.id,
+                format!(
+                    "range {offset}+{len} is beyond the end of the segment ({} bytes)",
+                    self.file_len()
+                ),
+            )),
+        }
+    }
+
+    /// The bytes `offset..offset + len`, which the caller checked with [`Self::check_range`].
+    pub(crate) fn slice(&self, offset: u64, len: u64) -> &[u8] {
+        debug_assert!(self.check_range(offset, len).is_ok());
+        let end = offset
+            .saturating_add(len)
+            .min(self.file_len())
+            .min(self.map.len() as u64);
+        let start = offset.min(end);
+        // SAFETY: `start..end` lies inside the mapping and below the file length,
+        // so every byte is mapped and backed by the file. Bytes below a committed
+        // frame end are never written again (the log is append-only and the
+        // writer only writes past its write position), and readers learn of a
+        // frame only after its writer released the index lock, so no write to
+        // these bytes can race with this shared borrow.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(start as usize),
+                (end - start) as usize,
+            )
+        }
+    }
+
+    /// The whole file as bytes (used by scans).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.slice(0, self.file_len().min(self.map.len() as u64))
+    }
+
+    /// Make everything written to this segment durable.
+    pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
+        // On Linux fsync/fdatasync also write back pages dirtied through a
+        // shared mapping; elsewhere msync is needed first.
+        #[cfg(not(target_os = "linux"))]
+        self.map.flush()?;
+        match mode {
+            SyncMode::SyncAll => self.file.sync_all()?,
+            SyncMode::SyncData => self.file.sync_data()?,
+        }
+        Ok(())
+    }
+}
+
+/// The writer's handle on the segment it appends to.
+///
+/// Two ways in: [`ActiveSegment::append`] copies a frame straight into the
+/// shared mapping (handed to the OS at once: relaxed mode), and
+/// [`ActiveSegment::append_buffered`] collects frames for one `pwrite` per
+/// group commit (durable mode, where nothing is visible before its sync
+/// anyway, and where data written with `pwrite` syncs much faster than pages
+/// dirtied through a mapping).
+pub(crate) struct ActiveSegment {
+    seg: Arc<Segment>,
+    write_pos: u64,
+    /// Frames appended with `append_buffered` and not yet written to the file;
+    /// they start at `write_pos - pending.len()`.
+    pending: Vec<u8>,
+    prealloc: Prealloc,
+}
+
+impl ActiveSegment {
+    /// Create a new segment file with `header`, allocated and synced.
+    pub(crate) fn create(
+        path: &Path,
+        id: u64,
+        header: &[u8],
+        capacity: u64,
+        prealloc: Prealloc,
+    ) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let initial = capacity.min(MIN_GROW.max(header.len() as u64));
+        allocate(&file, 0, initial, prealloc)?;
+        file.write_all_at(header, 0)?;
+        file.sync_all()?;
+        let seg = Segment::map(id, file, capacity, true)?;
+        Ok(Self {
+            seg: Arc::new(seg),
+            write_pos: header.len() as u64,
+            pending: Vec::new(),
+            prealloc,
+        })
+    }
+
+    /// Continue writing an existing segment whose frames end at `write_pos`.
+    pub(crate) fn reopen(
+        path: &Path,
+        id: u64,
+        write_pos: u64,
+        capacity: u64,
+        prealloc: Prealloc,
+    ) -> Result<Self, StoreError> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let seg = Segment::map(id, file, capacity, true)?;
+        Ok(Self {
+            seg: Arc::new(seg),
+            write_pos,
+            pending: Vec::new(),
+            prealloc,
+        })
+    }
+
+    pub(crate) fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    pub(crate) fn write_pos(&self) -> u64 {
+        self.write_pos
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.seg.map.len() as u64
+    }
+
+    /// No frame written yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.write_pos <= SEGMENT_HEADER_LEN as u64
+    }
+
+    /// Grow the file so that `end` bytes are backed by disk blocks.
+    fn ensure_allocated(&mut self, end: u64) -> Result<(), StoreError> {
+        let cur = self.seg.file_len();
+        if end <= cur {
+            return Ok(());
+        }
+        let max_step = match self.prealloc {
+            Prealloc::Reserve => MAX_GROW,
+            Prealloc::Zeros => MAX_ZERO_GROW,
+        };
+        let step = cur.clamp(MIN_GROW, max_step);
+        let new_len = end.max(cur + step).min(self.capacity());
+        if new_len < end {
+            return Err(StoreError::corrupt(
+                self.seg.id,
+                "frame does not fit in the segment mapping",
+            ));
+        }
+        allocate(&self.seg.file, cur, new_len - cur, self.prealloc)?;
+        self.seg.file_len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reserve `len` bytes at the write position, let `fill` write the whole
+    /// frame into them, and return the frame's offset. Nothing is committed if
+    /// allocation fails; the caller publishes the frame (index) afterwards.
+    pub(crate) fn append(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64, StoreError> {
+        debug_assert!(
+            self.pending.is_empty(),
+            "mixing buffered and mapped appends"
+        );
+        let offset = self.write_pos;
+        let end = offset + len as u64;
+        self.ensure_allocated(end)?;
+        // SAFETY: `offset..end` is inside the mapping (ensure_allocated checked
+        // it against the capacity) and backed by the file (allocated above).
+        // Only the writer, which holds `&mut self`, touches bytes at or past
+        // `write_pos`, and no reader knows of them until they are published,
+        // so this exclusive borrow aliases nothing.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(self.seg.map.as_mut_ptr().add(offset as usize), len)
+        };
+        fill(buf);
+        self.write_pos = end;
+        Ok(offset)
+    }
+}
+
+impl ActiveSegment {
+    /// Like [`ActiveSegment::append`], but the frame waits in memory until
+    /// [`ActiveSegment::flush_pending`] writes every waiting frame at once.
+    pub(crate) fn append_buffered(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64, StoreError> {
+        let offset = self.write_pos;
+        let end = offset + len as u64;
+        if end > self.capacity() {
+            return Err(StoreError::corrupt(
+                self.seg.id,
+                "frame does not fit in the segment mapping",
+            ));
+        }
+        self.ensure_allocated(end)?;
+        let start = self.pending.len();
+        self.pending.resize(start + len, 0);
+        fill(&mut self.pending[start..]);
+        self.write_pos = end;
+        Ok(offset)
+    }
+
+    /// Write every buffered frame to the file with one `pwrite`. On failure
+    /// the frames stay buffered (and the caller poisons the store).
+    pub(crate) fn flush_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let at = self.write_pos - self.pending.len() as u64;
+        self.seg.file.write_all_at(&self.pending, at)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// How a segment gets disk blocks ahead of the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prealloc {
+    /// `fallocate`: instant, but the blocks start "unwritten", and the first
+    /// write to each one costs a metadata commit in the next sync.
+    Reserve,
+    /// Write zeros and sync them once: the blocks are plain written blocks,
+    /// so a later data sync has no metadata to commit (durable mode, where
+    /// every append waits for a sync).
+    Zeros,
+}
+
+const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Give `file` real blocks for `off..off + len` (extending it), so later
+/// writes cannot fail for lack of space (a full disk is reported here, as an
+/// error from the call that needed the space).
+fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreError> {
+    if len == 0 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    if how == Prealloc::Reserve {
+        use std::os::fd::AsRawFd;
+        let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+        let (o, l) = (
+            libc::off_t::try_from(off).map_err(|_| invalid())?,
+            libc::off_t::try_from(len).map_err(|_| invalid())?,
+        );
+        // SAFETY: fallocate on a valid, open descriptor with in-range offsets;
+        // it touches no memory of this process.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, o, l) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if !matches!(
+            err.raw_os_error(),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+        ) {
+            return Err(err.into());
+        }
+    }
+    // Zero fill (asked for, or no fallocate on this filesystem).
+    let mut at = off;
+    while at < off + len {
+        let n = (off + len - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    if how == Prealloc::Zeros {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_grow_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        let mut a = ActiveSegment::create(
+            &path,
+            1,
+            &[7u8; SEGMENT_HEADER_LEN],
+            8 * MIN_GROW,
+            Prealloc::Reserve,
+        )
+        .unwrap();
+        assert!(a.is_empty());
+        assert_eq!(a.segment().file_len(), MIN_GROW);
+        let mut offsets = Vec::new();
+        // Cross several growth steps.
+        for i in 0..40u8 {
+            offsets.push(a.append(100_000, |b| b.fill(i)).unwrap());
+        }
+        assert!(a.segment().file_len() >= a.write_pos());
+        for (i, off) in offsets.iter().enumerate() {
+            let s = a.segment();
+            s.check_range(*off, 100_000).unwrap();
+            assert!(s.slice(*off, 100_000).iter().all(|&b| b == i as u8));
+        }
+        assert!(a.segment().check_range(a.capacity(), 1).is_err());
+        assert!(a.segment().check_range(u64::MAX, 1).is_err());
+        a.segment().sync(SyncMode::SyncData).unwrap();
+        // Data written through the mapping is in the file.
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk[offsets[3] as usize], 3);
+        // A frame past the capacity is refused, not written.
+        assert!(a
+            .append((8 * MIN_GROW) as usize, |_| panic!("must not be called"))
+            .is_err());
+    }
+
+    #[test]
+    fn read_only_map_matches_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        std::fs::write(&path, b"hello world").unwrap();
+        let s = Segment::open_read_only(&path, 9).unwrap();
+        assert_eq!(s.bytes(), b"hello world");
+        assert_eq!(s.id(), 9);
+    }
+}

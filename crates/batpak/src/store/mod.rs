@@ -1,0 +1,404 @@
+//! The store: [`Store`] and everything it is built from.
+//!
+//! | module        | owns                                                        |
+//! |---------------|-------------------------------------------------------------|
+//! | `config`      | [`StoreConfig`] and its validation                          |
+//! | `errors`      | [`StoreError`], [`BatchStage`]                              |
+//! | `format`      | every byte on disk (segments, frames, records, payloads)    |
+//! | `log`         | segment files, mapping, growth, sync: bytes in, bytes out   |
+//! | `write`       | the append path, group commit, background sync              |
+//! | `read`        | `get`, `walk_ancestors`, queries                            |
+//! | `index`       | the in-memory index                                         |
+//! | `recovery`    | rebuilding the index at open                                |
+//! | `projection`  | projection caches                                           |
+//! | `stats`       | statistics and diagnostics                                  |
+//!
+//! `Store` itself is a thin shell: it validates arguments, builds drafts and
+//! delegates to the modules above through the shared state.
+
+mod config;
+mod errors;
+mod format;
+pub mod index;
+mod log;
+pub mod projection;
+mod read;
+pub mod recovery;
+pub mod stats;
+mod write;
+
+pub use config::{
+    BatchConfig, ClockFn, IndexConfig, IndexLayout, RestartPolicy, StoreConfig, SyncConfig,
+    SyncMode, WriterConfig, MAX_SEGMENT_BYTES, MAX_SINGLE_APPEND_BYTES,
+};
+pub use errors::{BatchStage, StoreError};
+pub use index::{ClockKey, DiskPos, IndexEntry};
+pub use projection::{CacheCapabilities, CacheMeta, Freshness, NoCache, ProjectionCache};
+pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
+pub use stats::{StoreDiagnostics, StoreStats};
+pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
+
+use crate::coordinate::{Coordinate, KindFilter, Region};
+use crate::event::{EventKind, StoredEvent};
+use index::Index;
+use log::{DirLock, Log};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use write::durability::Durability;
+use write::{Condition, Draft, Flusher, Writer};
+
+/// Typestate marker for an open store.
+pub struct Open;
+
+/// Typestate marker for a cleanly closed store.
+pub struct Closed;
+
+/// State shared by the store handle and the threads it starts.
+pub(crate) struct Shared {
+    pub(crate) config: StoreConfig,
+    pub(crate) log: Log,
+    pub(crate) index: RwLock<Index>,
+    /// `None` when opened read-only.
+    pub(crate) writer: Option<Mutex<Writer>>,
+    pub(crate) durability: Durability,
+    /// Present in relaxed mode, where a background thread syncs.
+    pub(crate) flusher: Option<Flusher>,
+    pub(crate) recovery: RecoveryReport,
+    #[allow(dead_code)] // read by projections
+    pub(crate) cache: Box<dyn ProjectionCache>,
+}
+
+/// An embedded event store. Every method blocks; the handle is `Send + Sync`
+/// (share it with `Arc`).
+///
+/// ```
+/// use batpak::prelude::*;
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(StoreConfig::new(dir.path()))?;
+/// let coord = Coordinate::new("order:1", "tenant:a")?;
+/// let receipt = store.append(&coord, EventKind::custom(1, 1), &serde_json::json!({"qty": 2}))?;
+/// let event = store.get(receipt.event_id)?;
+/// assert_eq!(event.event.payload["qty"], 2);
+/// assert_eq!(store.stream("order:1").len(), 1);
+/// store.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store<State = Open> {
+    shared: Arc<Shared>,
+    flusher_thread: Option<JoinHandle<()>>,
+    lock: Option<DirLock>,
+    closed: bool,
+    _state: PhantomData<State>,
+}
+
+impl Store<Open> {
+    /// Open (or create) the store in `config.data_dir`, rebuilding the index
+    /// from the segments. Uses [`NoCache`] for projections.
+    ///
+    /// # Errors
+    /// `Configuration` for invalid settings, `Locked` when another store holds
+    /// the directory, `Io` when it cannot be created or read.
+    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with_cache(config, Box::new(NoCache))
+    }
+
+    /// Open with a custom projection cache backend.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_cache(
+        config: StoreConfig,
+        cache: Box<dyn ProjectionCache>,
+    ) -> Result<Self, StoreError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let prealloc = if config.durable_receipts() {
+            log::Prealloc::Zeros
+        } else {
+            log::Prealloc::Reserve
+        };
+        let log = Log::new(
+            &config.data_dir,
+            config.sync.mode,
+            config.segment_max_bytes,
+            prealloc,
+        );
+        let recovered = recovery::recover(&log, &config, true)?;
+        let written = recovered.index.len();
+        let active = recovered
+            .active
+            .ok_or_else(|| StoreError::corrupt(0, "recovery produced no active segment"))?;
+        let flusher = (!config.durable_receipts()).then(Flusher::default);
+        let shared = Arc::new(Shared {
+            writer: Some(Mutex::new(Writer::new(active, recovered.next_seq, written))),
+            durability: Durability::new(written),
+            index: RwLock::new(recovered.index),
+            recovery: recovered.report,
+            flusher,
+            log,
+            config,
+            cache,
+        });
+        let flusher_thread = match shared.flusher {
+            Some(_) => Some(Flusher::spawn(shared.clone())?),
+            None => None,
+        };
+        Ok(Self {
+            shared,
+            flusher_thread,
+            lock: Some(lock),
+            closed: false,
+            _state: PhantomData,
+        })
+    }
+
+    fn draft<'a>(
+        &self,
+        coord: &'a Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<Draft<'a>, StoreError> {
+        if kind.is_system() {
+            return Err(StoreError::ReservedKind(kind));
+        }
+        let payload = write::encode_payload(payload)?;
+        let event_id = opts
+            .idempotency_key
+            .unwrap_or_else(crate::id::generate_v7_id);
+        Ok(Draft {
+            coord,
+            kind,
+            payload,
+            event_id,
+            correlation_id: opts.correlation_id,
+            causation_id: opts.causation_id,
+            flags: opts.flags,
+            condition: Condition::from_options(&opts),
+            idempotent: opts.idempotency_key.is_some(),
+        })
+    }
+
+    /// Append a root event: a fresh UUIDv7 id, correlated to itself, no causation.
+    ///
+    /// # Errors
+    /// `ReservedKind`, `Serialization` (the payload cannot become a JSON value),
+    /// `PayloadTooLarge`, `Io`, `Poisoned`, `ReadOnly`.
+    pub fn append(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.append_with_options(coord, kind, payload, AppendOptions::new())
+    }
+
+    /// Append a reaction: an event caused by `causation_id` in the causal tree `correlation_id`.
+    ///
+    /// # Errors
+    /// As [`Store::append`].
+    pub fn append_reaction(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        correlation_id: u128,
+        causation_id: u128,
+    ) -> Result<AppendReceipt, StoreError> {
+        let opts = AppendOptions::new()
+            .with_correlation(correlation_id)
+            .with_causation(causation_id);
+        self.append_with_options(coord, kind, payload, opts)
+    }
+
+    /// Append with a CAS condition, an idempotency key, causal links or flags.
+    /// The idempotency check comes first, then the condition; both are atomic
+    /// with the write (SPEC §3.7, §3.8).
+    ///
+    /// # Errors
+    /// As [`Store::append`], plus `SequenceMismatch`, `StreamIsEmpty`,
+    /// `StreamNotEmpty` and `IdempotencyConflict`.
+    pub fn append_with_options(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let inflight = self.shared.durability.begin_append();
+        let draft = self.draft(coord, kind, payload, opts)?;
+        self.shared.append_draft(draft, inflight)
+    }
+
+    /// The event with this id.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown or not yet visible id; `CrcMismatch` or
+    /// `CorruptSegment` when its frame is damaged.
+    pub fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
+        self.shared.get(event_id)
+    }
+
+    /// Index entries matching `region`, in global-sequence order.
+    #[must_use]
+    pub fn query(&self, region: &Region) -> Vec<IndexEntry> {
+        self.shared.query(region)
+    }
+
+    /// The event and then its predecessors in its entity's hash chain, newest
+    /// first, at most `limit` events. Empty for an unknown id.
+    pub fn walk_ancestors(
+        &self,
+        event_id: u128,
+        limit: usize,
+    ) -> Vec<StoredEvent<serde_json::Value>> {
+        self.shared.walk_ancestors(event_id, limit)
+    }
+
+    /// Every event of exactly this entity (any scope), in clock order.
+    #[must_use]
+    pub fn stream(&self, entity: &str) -> Vec<IndexEntry> {
+        self.shared.stream(entity)
+    }
+
+    /// Every event in exactly this scope, in global-sequence order.
+    #[must_use]
+    pub fn by_scope(&self, scope: &str) -> Vec<IndexEntry> {
+        self.query(&Region::scope(scope))
+    }
+
+    /// Every event of this kind, in global-sequence order.
+    #[must_use]
+    pub fn by_fact(&self, kind: EventKind) -> Vec<IndexEntry> {
+        self.query(&Region::all().with_fact(KindFilter::Exact(kind)))
+    }
+
+    /// Every event whose correlation id is `correlation_id` (including the
+    /// root itself), in global-sequence order.
+    #[must_use]
+    pub fn by_correlation(&self, correlation_id: u128) -> Vec<IndexEntry> {
+        self.shared.by_correlation(correlation_id)
+    }
+
+    /// Every event whose causation id is `event_id`, in global-sequence order.
+    #[must_use]
+    pub fn children(&self, event_id: u128) -> Vec<IndexEntry> {
+        self.shared.children(event_id)
+    }
+
+    /// Make everything acknowledged so far durable.
+    ///
+    /// # Errors
+    /// `Poisoned` after an earlier I/O failure, or the sync's own failure.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.shared.sync_all_written()
+    }
+
+    /// Sync, stop the store's threads and release the directory.
+    ///
+    /// # Errors
+    /// `Poisoned` if the writer stopped after an I/O failure (nothing
+    /// acknowledged as durable was lost, but later writes were refused).
+    pub fn close(mut self) -> Result<Closed, StoreError> {
+        self.closed = true;
+        self.stop_threads();
+        let result = self
+            .shared
+            .durability
+            .check()
+            .and_then(|()| self.shared.sync_all_written());
+        self.lock = None;
+        result.map(|()| Closed)
+    }
+
+    /// Headline counters.
+    pub fn stats(&self) -> StoreStats {
+        let next_seq = self.next_global_sequence();
+        StoreStats {
+            event_count: self.shared.durability.visible() as usize,
+            global_sequence: next_seq,
+        }
+    }
+
+    fn next_global_sequence(&self) -> u64 {
+        match &self.shared.writer {
+            Some(w) => w.lock().next_seq,
+            None => {
+                let index = self.shared.index.read();
+                index
+                    .len()
+                    .checked_sub(1)
+                    .map_or(0, |s| index.global_seq(s) + 1)
+            }
+        }
+    }
+
+    /// Detailed figures and what recovery found.
+    pub fn diagnostics(&self) -> StoreDiagnostics {
+        let s = &self.shared;
+        let global_sequence = self.next_global_sequence();
+        let index = s.index.read();
+        let visible = s.durability.visible();
+        let heap = index.heap_bytes();
+        let cfg = &s.config;
+        StoreDiagnostics {
+            event_count: visible as usize,
+            global_sequence,
+            visible_sequence: visible
+                .checked_sub(1)
+                .map_or(0, |v| index.global_seq(v) + 1),
+            data_dir: cfg.data_dir.clone(),
+            segment_max_bytes: cfg.segment_max_bytes,
+            fd_budget: cfg.fd_budget,
+            restart_policy: cfg.writer.restart_policy.clone(),
+            index_layout: cfg.index.layout.name(),
+            tile_count: 0,
+            segment_count: s.log.segment_count(),
+            entity_count: index.entity_count(),
+            pending_events: (index.len() - visible.min(index.len())) as usize,
+            index_heap_bytes: heap,
+            index_bytes_per_event: if index.len() == 0 {
+                0.0
+            } else {
+                heap as f64 / f64::from(index.len())
+            },
+            durable_receipts: cfg.durable_receipts(),
+            syncs: s.durability.sync_count(),
+            sync_mode: cfg.sync.mode,
+            poisoned: s.durability.check().err().map(|e| e.to_string()),
+            read_only: s.writer.is_none(),
+            recovery: s.recovery.clone(),
+        }
+    }
+}
+
+impl<State> Store<State> {
+    fn stop_threads(&mut self) {
+        if let Some(f) = &self.shared.flusher {
+            f.stop();
+        }
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Dropping a store without `close()` stops its threads and syncs what it can
+/// (best effort); everything acknowledged as durable already is.
+impl<State> Drop for Store<State> {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.stop_threads();
+        if !self.shared.durability.is_poisoned() {
+            if let Err(e) = self.shared.sync_all_written() {
+                tracing::warn!(error = %e, "batpak: sync on drop failed");
+            }
+        }
+    }
+}

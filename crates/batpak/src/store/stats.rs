@@ -1,0 +1,62 @@
+//! Runtime statistics and diagnostics snapshots.
+
+use crate::store::config::{RestartPolicy, SyncMode};
+use crate::store::recovery::RecoveryReport;
+use std::path::PathBuf;
+
+/// Headline counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct StoreStats {
+    /// Events readers can see.
+    pub event_count: usize,
+    /// The next global sequence to be assigned.
+    pub global_sequence: u64,
+}
+
+/// Everything the store can tell about itself.
+#[derive(Clone, Debug)]
+#[must_use]
+#[non_exhaustive]
+pub struct StoreDiagnostics {
+    /// Events readers can see.
+    pub event_count: usize,
+    /// The next global sequence to be assigned.
+    pub global_sequence: u64,
+    /// One past the global sequence of the newest visible event (0 when empty).
+    pub visible_sequence: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Configured segment size.
+    pub segment_max_bytes: u64,
+    /// Configured descriptor budget.
+    pub fd_budget: usize,
+    /// Configured restart policy.
+    pub restart_policy: RestartPolicy,
+    /// Configured (compatibility-only) index layout name.
+    pub index_layout: &'static str,
+    /// Kept for compatibility: always 0 (batpak's index has no tiles).
+    pub tile_count: usize,
+    /// Segment files.
+    pub segment_count: usize,
+    /// Distinct entities.
+    pub entity_count: usize,
+    /// Events written but not yet visible (waiting for their sync).
+    pub pending_events: usize,
+    /// Heap bytes held by the index.
+    pub index_heap_bytes: usize,
+    /// `index_heap_bytes / event_count`.
+    pub index_bytes_per_event: f64,
+    /// Whether every receipt means "on stable storage".
+    pub durable_receipts: bool,
+    /// Group-commit syncs performed since open.
+    pub syncs: u64,
+    /// Configured sync mode.
+    pub sync_mode: SyncMode,
+    /// Why the writer stopped, if it did.
+    pub poisoned: Option<String>,
+    /// Opened with `open_read_only`.
+    pub read_only: bool,
+    /// What `open` found and did.
+    pub recovery: RecoveryReport,
+}

@@ -1,0 +1,423 @@
+//! Group commit and the poison flag.
+//!
+//! Appenders that need durability do not hand their event to another thread:
+//! each waits here after writing it. The first waiter becomes the leader and
+//! syncs the active segment for everyone written so far; waiters that arrive
+//! during that sync park, and the next leader covers them. One fsync thus
+//! covers every append waiting when it starts.
+//!
+//! Waking matters as much as syncing on a small machine: waiters park on an
+//! address (not on a condition variable that hands a mutex from one waiter to
+//! the next), so a leader releases every covered waiter at once and each
+//! checks the atomic watermark without taking a lock.
+
+use crate::store::StoreError;
+use parking_lot::Mutex;
+use parking_lot_core::{DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest a leader waits for other appenders to finish writing before it
+/// syncs, so that one fsync covers them too. Only spent while other appenders
+/// are actually running (a lone appender never waits).
+const MAX_GATHER: Duration = Duration::from_micros(250);
+
+/// Shared durability state of a store.
+#[derive(Default)]
+pub(crate) struct Durability {
+    /// Slots below this are on stable storage.
+    synced: AtomicU32,
+    /// A leader is syncing.
+    syncing: AtomicBool,
+    /// Parked waiters by the slot count they wait for (to know how many a
+    /// sync releases).
+    waiting: Mutex<BTreeMap<u32, u32>>,
+    /// Waiters released by a sync that have not yet woken up; they will
+    /// usually append again at once, so the next leader waits for them.
+    leaving: AtomicU32,
+    /// Appenders between entering the API and finishing their write.
+    inflight: AtomicU32,
+    /// A leader is waiting in `gather`.
+    gathering: AtomicBool,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<Option<String>>,
+    /// Slots readers may see: synced slots in durable mode, written slots otherwise.
+    visible: AtomicU32,
+    /// Syncs performed (diagnostics: events per sync shows group commit at work).
+    syncs: AtomicU64,
+    /// Bumped whenever waiters should re-check (a sync ended, poison).
+    epoch: AtomicU32,
+}
+
+/// Counts an appender as in flight until dropped (after its write).
+pub(crate) struct InflightGuard<'a>(&'a Durability);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake_gatherer();
+    }
+}
+
+impl Durability {
+    pub(crate) fn new(recovered: u32) -> Self {
+        let d = Self::default();
+        d.synced.store(recovered, Ordering::Release);
+        d.visible.store(recovered, Ordering::Release);
+        d
+    }
+
+    /// Mark the caller as an appender that will soon write.
+    pub(crate) fn begin_append(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self)
+    }
+
+    fn gather_key(&self) -> usize {
+        std::ptr::from_ref(&self.inflight) as usize
+    }
+
+    fn busy(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) > 0 || self.leaving.load(Ordering::Acquire) > 0
+    }
+
+    /// Wake a gathering leader once nobody it waits for is left.
+    fn wake_gatherer(&self) {
+        if self.gathering.load(Ordering::Acquire) && !self.busy() {
+            // SAFETY: the key is this struct's `inflight` address, used only
+            // by `gather`; unpark touches only parking_lot's table.
+            unsafe {
+                parking_lot_core::unpark_all(self.gather_key(), DEFAULT_UNPARK_TOKEN);
+            }
+        }
+    }
+
+    pub(crate) fn visible(&self) -> u32 {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    /// Make slots below `n` visible (never moves backwards).
+    pub(crate) fn publish(&self, n: u32) {
+        self.visible.fetch_max(n, Ordering::AcqRel);
+    }
+
+    /// Syncs performed so far.
+    pub(crate) fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Fail if an earlier I/O failure stopped the writer.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self.poison_reason.lock().clone().unwrap_or_default();
+            return Err(StoreError::Poisoned(reason));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn poison(&self, reason: String) {
+        tracing::error!(%reason, "batpak writer poisoned; reopen the store to recover");
+        {
+            let mut r = self.poison_reason.lock();
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.poisoned.store(true, Ordering::Release);
+        // Wake every waiter so it sees the poison instead of waiting forever.
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        epoch::wake_all(&self.epoch);
+    }
+
+    /// Raise the synced watermark to `n` and release the waiters it covers.
+    fn advance(&self, n: u32, publish: bool) {
+        if self.synced.fetch_max(n, Ordering::AcqRel) >= n {
+            return;
+        }
+        if publish {
+            self.publish(n);
+        }
+        let released = {
+            let mut w = self.waiting.lock();
+            let rest = w.split_off(&(n + 1));
+            let covered = std::mem::replace(&mut *w, rest);
+            covered.values().sum::<u32>()
+        };
+        if released > 0 {
+            self.leaving.fetch_add(released, Ordering::AcqRel);
+        }
+    }
+
+    /// Record that everything below `n` is durable (a rotation synced a segment).
+    pub(crate) fn mark_synced(&self, n: u32, publish: bool) {
+        self.advance(n, publish);
+        self.wake_all();
+    }
+
+    /// Let appenders that are about to write (or were just released and will
+    /// append again) get their events in, so this sync covers them too. The
+    /// leader sleeps meanwhile (the appenders need the CPU) and the last of
+    /// them wakes it.
+    fn gather(&self) {
+        if !self.busy() {
+            return;
+        }
+        let deadline = Instant::now() + MAX_GATHER;
+        self.gathering.store(true, Ordering::Release);
+        while self.busy() && Instant::now() < deadline {
+            // SAFETY: as in `wake_gatherer`; `validate` only reads atomics.
+            unsafe {
+                parking_lot_core::park(
+                    self.gather_key(),
+                    || self.busy(),
+                    || {},
+                    |_, _| {},
+                    DEFAULT_PARK_TOKEN,
+                    Some(deadline),
+                );
+            }
+        }
+        self.gathering.store(false, Ordering::Release);
+    }
+
+    fn register(&self, target: u32) {
+        *self.waiting.lock().entry(target).or_insert(0) += 1;
+    }
+
+    /// Forget a registration: either it is still in the map, or a sync
+    /// released it and counted it as leaving.
+    fn unregister(&self, target: u32) {
+        let mut w = self.waiting.lock();
+        match w.get_mut(&target) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                w.remove(&target);
+            }
+            None => {
+                self.leaving.fetch_sub(1, Ordering::AcqRel);
+                drop(w);
+                self.wake_gatherer();
+            }
+        }
+    }
+
+    /// Block until slots below `target` are durable. `sync_once` performs one
+    /// sync and returns how many slots it covered; it runs on the calling
+    /// thread when this caller becomes the leader. When `publish` is set
+    /// (durable mode), synced slots become visible to readers.
+    pub(crate) fn wait_durable(
+        &self,
+        target: u32,
+        publish: bool,
+        sync_once: impl Fn(u32) -> Result<u32, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut registered = false;
+        let result = loop {
+            if self.synced.load(Ordering::Acquire) >= target {
+                break Ok(());
+            }
+            if let Err(e) = self.check() {
+                break Err(e);
+            }
+            if self
+                .syncing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let outcome = self.lead(publish, &sync_once);
+                self.syncing.store(false, Ordering::Release);
+                self.wake_all();
+                if let Err(e) = outcome {
+                    break Err(e);
+                }
+                continue;
+            }
+            if !registered {
+                self.register(target);
+                registered = true;
+            }
+            // Read the epoch before re-checking: a state change after the
+            // check also bumps the epoch, so the wait returns at once.
+            let seen = self.epoch.load(Ordering::Acquire);
+            let still_waiting = self.syncing.load(Ordering::Acquire)
+                && self.synced.load(Ordering::Acquire) < target
+                && !self.poisoned.load(Ordering::Acquire);
+            if still_waiting {
+                epoch::wait(&self.epoch, seen);
+            }
+        };
+        if registered {
+            self.unregister(target);
+        }
+        result
+    }
+
+    /// One leader round: gather, sync, advance the watermark.
+    fn lead(
+        &self,
+        publish: bool,
+        sync_once: &impl Fn(u32) -> Result<u32, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.gather();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let already = self.synced.load(Ordering::Acquire);
+        match sync_once(already) {
+            Ok(covered) => {
+                self.advance(covered, publish);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("sync failed: {e}");
+                self.poison(reason.clone());
+                Err(StoreError::Poisoned(reason))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn one_sync_covers_all_waiters() {
+        let d = Arc::new(Durability::new(0));
+        let written = Arc::new(AtomicU32::new(0));
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let threads = 8;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (d, written, syncs, barrier) =
+                    (d.clone(), written.clone(), syncs.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mine = written.fetch_add(1, Ordering::SeqCst) + 1;
+                    barrier.wait();
+                    d.wait_durable(mine, true, |_| {
+                        syncs.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        Ok(written.load(Ordering::SeqCst))
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(d.visible(), threads as u32);
+        // Every waiter wrote before any sync began, so the first sync covers all.
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(d.leaving.load(Ordering::SeqCst), 0, "accounting balances");
+        assert!(d.waiting.lock().is_empty());
+    }
+
+    #[test]
+    fn failed_sync_poisons_and_reports() {
+        let d = Durability::new(0);
+        let r = d.wait_durable(1, true, |_| {
+            Err(StoreError::Io(std::io::Error::other("EIO")))
+        });
+        assert!(matches!(r, Err(StoreError::Poisoned(_))));
+        assert!(matches!(d.check(), Err(StoreError::Poisoned(m)) if m.contains("EIO")));
+        assert_eq!(
+            d.visible(),
+            0,
+            "nothing becomes visible after a failed sync"
+        );
+        let r = d.wait_durable(1, true, |_| panic!("must not sync when poisoned"));
+        assert!(matches!(r, Err(StoreError::Poisoned(_))));
+    }
+
+    #[test]
+    fn parked_waiters_see_poison() {
+        let d = Arc::new(Durability::new(0));
+        let gate = Arc::new(Barrier::new(2));
+        let leader = {
+            let (d, gate) = (d.clone(), gate.clone());
+            std::thread::spawn(move || {
+                d.wait_durable(1, true, |_| {
+                    gate.wait();
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    Err(StoreError::Io(std::io::Error::other("EIO")))
+                })
+            })
+        };
+        gate.wait();
+        // This waiter parks behind the leader and must be woken by the poison.
+        let r = d.wait_durable(2, true, |_| panic!("poisoned store must not sync"));
+        assert!(matches!(r, Err(StoreError::Poisoned(_))));
+        assert!(matches!(
+            leader.join().unwrap(),
+            Err(StoreError::Poisoned(_))
+        ));
+    }
+}
+
+/// Waiting on a 32-bit word: one `futex` wake releases every waiter at once
+/// (on Linux), instead of one wake-up per thread.
+mod epoch {
+    use std::sync::atomic::AtomicU32;
+
+    /// Sleep while `word` holds `seen` (spurious returns are fine).
+    pub(super) fn wait(word: &AtomicU32, seen: u32) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference and
+        // sleeps only while it equals `seen`; no memory is written.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: the key is the word's address, used only here; `validate`
+        // only reads the atomic.
+        unsafe {
+            use std::sync::atomic::Ordering;
+            parking_lot_core::park(
+                word.as_ptr() as usize,
+                || word.load(Ordering::Acquire) == seen,
+                || {},
+                |_, _| {},
+                parking_lot_core::DEFAULT_PARK_TOKEN,
+                None,
+            );
+        }
+    }
+
+    /// Wake every thread waiting on `word` (after changing it).
+    pub(super) fn wake_all(word: &AtomicU32) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: FUTEX_WAKE only uses the address as a key.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: as in `wait`.
+        unsafe {
+            parking_lot_core::unpark_all(
+                word.as_ptr() as usize,
+                parking_lot_core::DEFAULT_UNPARK_TOKEN,
+            );
+        }
+    }
+}
