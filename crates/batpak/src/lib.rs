@@ -19,13 +19,20 @@
 //! ```
 //!
 //! Modules: [`coordinate`] (where events live), [`event`] (what they are),
-//! [`store`] (the store), [`id`] and [`wire`] (ids and their serde forms).
+//! [`store`] (the store), [`guard`] and [`pipeline`] (policy gates before a
+//! write), [`outcome`] (results of multi-step work), [`typestate`] (state
+//! machines checked by the compiler), [`id`] and [`wire`] (ids and their
+//! serde forms).
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod coordinate;
 pub mod event;
+pub mod guard;
 pub mod id;
+pub mod outcome;
+pub mod pipeline;
 pub mod prelude;
 pub mod store;
+pub mod typestate;
 pub mod wire;

@@ -4,7 +4,10 @@ pub use crate::coordinate::{Coordinate, CoordinateError, DagPosition, KindFilter
 pub use crate::event::{
     Event, EventHeader, EventKind, EventSourced, HashChain, Reactive, StoredEvent,
 };
+pub use crate::guard::{Denial, Gate, GateSet, Receipt};
 pub use crate::id::EventId;
+pub use crate::outcome::{ErrorKind, Outcome, OutcomeError};
+pub use crate::pipeline::{Committed, Pipeline, Proposal};
 pub use crate::store::{
     AppendOptions, AppendReceipt, BatchAppendItem, BatchConfig, BatchStage, CausationRef, Closed,
     DiskPos, Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Open, RestartPolicy, Store,

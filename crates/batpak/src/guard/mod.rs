@@ -211,7 +211,8 @@ impl<Ctx> GateSet<Ctx> {
                         "unknown panic".to_owned()
                     };
                     // A gate whose `evaluate` panicked may panic in `name` too.
-                    let name = catch_unwind(AssertUnwindSafe(|| gate.name())).unwrap_or("<unnamed gate>");
+                    let name =
+                        catch_unwind(AssertUnwindSafe(|| gate.name())).unwrap_or("<unnamed gate>");
                     denials.push(Denial::new(name, message).with_code(Denial::GATE_DEFECT));
                 }
             }
@@ -246,7 +247,9 @@ impl<Ctx> Default for GateSet<Ctx> {
 
 impl<Ctx> fmt::Debug for GateSet<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GateSet").field("gates", &self.names()).finish()
+        f.debug_struct("GateSet")
+            .field("gates", &self.names())
+            .finish()
     }
 }
 
@@ -326,7 +329,11 @@ mod tests {
         let d = gates.evaluate(&5, Proposal::new(())).unwrap_err();
         assert_eq!(d.gate, "first");
         assert_eq!(d.code, "LOW");
-        assert_eq!(HITS.load(Ordering::SeqCst), 0, "gates after a denial must not run");
+        assert_eq!(
+            HITS.load(Ordering::SeqCst),
+            0,
+            "gates after a denial must not run"
+        );
     }
 
     #[test]
@@ -384,15 +391,27 @@ mod tests {
         assert_eq!(shared.description(), "balance floor");
         assert_eq!(gates.names(), ["arc", "boxed", "even"]);
         assert!(gates.evaluate(&2, Proposal::new(())).is_ok());
-        assert_eq!(gates.evaluate(&3, Proposal::new(())).unwrap_err().gate, "even");
-        assert_eq!(format!("{gates:?}"), r#"GateSet { gates: ["arc", "boxed", "even"] }"#);
+        assert_eq!(
+            gates.evaluate(&3, Proposal::new(())).unwrap_err().gate,
+            "even"
+        );
+        assert_eq!(
+            format!("{gates:?}"),
+            r#"GateSet { gates: ["arc", "boxed", "even"] }"#
+        );
     }
 
     #[test]
     fn denial_builders_display_and_serialize() {
-        let d = Denial::new("g", "no").with_code("C").with_context("k", "v").with_context("k", "w");
+        let d = Denial::new("g", "no")
+            .with_code("C")
+            .with_context("k", "v")
+            .with_context("k", "w");
         assert_eq!(d.to_string(), "[g] no");
-        assert_eq!(d.context, [("k".into(), "v".into()), ("k".into(), "w".into())]);
+        assert_eq!(
+            d.context,
+            [("k".into(), "v".into()), ("k".into(), "w".into())]
+        );
         let err: &dyn std::error::Error = &d;
         assert!(err.source().is_none());
         let json = serde_json::to_value(&d).unwrap();

@@ -117,5 +117,7 @@ pub fn join_any<T>(outcomes: Vec<Outcome<T>>) -> Outcome<T> {
             other => return other,
         }
     }
-    Outcome::Err(last_err.unwrap_or_else(|| OutcomeError::internal("join_any called with empty vec")))
+    Outcome::Err(
+        last_err.unwrap_or_else(|| OutcomeError::internal("join_any called with empty vec")),
+    )
 }

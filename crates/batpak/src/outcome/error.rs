@@ -38,7 +38,10 @@ impl ErrorKind {
     pub const fn is_domain(&self) -> bool {
         matches!(
             self,
-            ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Validation | ErrorKind::PolicyRejection
+            ErrorKind::NotFound
+                | ErrorKind::Conflict
+                | ErrorKind::Validation
+                | ErrorKind::PolicyRejection
         )
     }
 
@@ -47,7 +50,10 @@ impl ErrorKind {
     pub const fn is_operational(&self) -> bool {
         matches!(
             self,
-            ErrorKind::StorageError | ErrorKind::Timeout | ErrorKind::Serialization | ErrorKind::Internal
+            ErrorKind::StorageError
+                | ErrorKind::Timeout
+                | ErrorKind::Serialization
+                | ErrorKind::Internal
         )
     }
 }

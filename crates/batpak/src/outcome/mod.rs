@@ -105,7 +105,12 @@ impl<T> Outcome<T> {
     }
 
     /// `Retry { .. }`.
-    pub fn retry(after_ms: u64, attempt: u32, max_attempts: u32, reason: impl Into<String>) -> Self {
+    pub fn retry(
+        after_ms: u64,
+        attempt: u32,
+        max_attempts: u32,
+        reason: impl Into<String>,
+    ) -> Self {
         Outcome::Retry {
             after_ms,
             attempt,
@@ -166,7 +171,10 @@ impl<T> Outcome<T> {
     /// True for the final states: `Ok`, `Err` and `Cancelled`.
     #[must_use]
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Outcome::Ok(_) | Outcome::Err(_) | Outcome::Cancelled { .. })
+        matches!(
+            self,
+            Outcome::Ok(_) | Outcome::Err(_) | Outcome::Cancelled { .. }
+        )
     }
 
     fn shape<U>(self) -> Shape<T, U> {
@@ -200,7 +208,9 @@ impl<T> Outcome<T> {
     pub fn map<U, F: FnOnce(T) -> U + Clone>(self, f: F) -> Outcome<U> {
         match self.shape() {
             Shape::Value(v) => Outcome::Ok(f(v)),
-            Shape::Batch(items) => Outcome::Batch(items.into_iter().map(|o| o.map(f.clone())).collect()),
+            Shape::Batch(items) => {
+                Outcome::Batch(items.into_iter().map(|o| o.map(f.clone())).collect())
+            }
             Shape::Other(o) => o,
         }
     }
@@ -264,9 +274,12 @@ impl<T> Outcome<T> {
                 f(&e);
                 Outcome::Err(e)
             }
-            Outcome::Batch(items) => {
-                Outcome::Batch(items.into_iter().map(|o| o.inspect_err(f.clone())).collect())
-            }
+            Outcome::Batch(items) => Outcome::Batch(
+                items
+                    .into_iter()
+                    .map(|o| o.inspect_err(f.clone()))
+                    .collect(),
+            ),
             other => other,
         }
     }
@@ -306,7 +319,9 @@ impl<T> Outcome<T> {
         match self {
             Outcome::Ok(v) => Ok(v),
             Outcome::Err(e) => Err(e),
-            Outcome::Cancelled { reason } => Err(OutcomeError::internal(format!("cancelled: {reason}"))),
+            Outcome::Cancelled { reason } => {
+                Err(OutcomeError::internal(format!("cancelled: {reason}")))
+            }
             _ => Err(OutcomeError::internal("outcome is not terminal")),
         }
     }

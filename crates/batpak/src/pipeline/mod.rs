@@ -157,7 +157,9 @@ impl<Ctx> From<GateSet<Ctx>> for Pipeline<Ctx> {
 
 impl<Ctx> fmt::Debug for Pipeline<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pipeline").field("gates", &self.gates).finish()
+        f.debug_struct("Pipeline")
+            .field("gates", &self.gates)
+            .finish()
     }
 }
 
@@ -229,7 +231,10 @@ mod tests {
         let receipt = Pipeline::<u32>::bypass(Proposal::new(vec![1, 2]), &Migration);
         assert_eq!(receipt.payload(), &vec![1, 2]);
         assert_eq!(receipt.reason(), "migration");
-        assert_eq!(receipt.justification(), "legacy data was validated upstream");
+        assert_eq!(
+            receipt.justification(),
+            "legacy data was validated upstream"
+        );
         assert!(format!("{receipt:?}").contains("migration"));
         let c = Pipeline::<u32>::commit_bypass(receipt, fake_commit).unwrap();
         assert_eq!(c.payload, vec![1, 2]);

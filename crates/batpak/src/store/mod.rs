@@ -234,6 +234,21 @@ impl Store<Open> {
         self.shared.append_draft(draft, inflight)
     }
 
+    /// Append a typestate transition: its kind and payload, as [`Store::append`].
+    /// The store does not track which state an entity is in; the types did
+    /// the checking before this call.
+    ///
+    /// # Errors
+    /// As [`Store::append`].
+    pub fn apply_transition<From, To, P: Serialize>(
+        &self,
+        coord: &Coordinate,
+        transition: crate::typestate::transition::Transition<From, To, P>,
+    ) -> Result<AppendReceipt, StoreError> {
+        let kind = transition.kind();
+        self.append(coord, kind, &transition.into_payload())
+    }
+
     /// The event with this id.
     ///
     /// # Errors

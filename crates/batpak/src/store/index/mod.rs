@@ -22,7 +22,7 @@ use crate::coordinate::{Coordinate, Region};
 use crate::event::{EventKind, HashChain};
 use crate::store::StoreError;
 use hashbrown::{HashMap, HashTable};
-use records::{Record, RecordArena};
+use records::{Record, RecordArena, MAX_COORDS};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -67,6 +67,16 @@ struct EntityInfo {
     tail_hlc_counter: u16,
 }
 
+/// The causal links of a non-root event.
+#[derive(Clone, Copy)]
+struct Link {
+    slot: u32,
+    /// `NO_REF` = the event itself, else a slot or external reference.
+    corr: u32,
+    /// `NO_REF` = none, else a slot or external reference.
+    cause: u32,
+}
+
 struct ScopeInfo {
     name: Arc<str>,
     slots: Vec<u32>,
@@ -90,6 +100,8 @@ pub(crate) struct Index {
     coords: Vec<(u32, u32)>,
     coord_ids: HashMap<(u32, u32), u32>,
     by_kind: HashMap<u16, Vec<u32>>,
+    /// Links of events that have a causation or a foreign correlation, by slot (sorted).
+    links: Vec<Link>,
     /// Events whose correlation id is not their own id, by correlation id.
     by_correlation: HashMap<u128, Vec<u32>>,
     /// Events with a causation id, by that id.
@@ -136,7 +148,7 @@ impl Index {
     }
 
     pub(crate) fn coordinate(&self, slot: u32) -> Coordinate {
-        let (e, s) = self.coords[self.records.get(slot).coord as usize];
+        let (e, s) = self.coords[self.records.get(slot).coord() as usize];
         Coordinate::from_interned(
             self.entities[e as usize].name.clone(),
             self.scopes[s as usize].name.clone(),
@@ -152,7 +164,7 @@ impl Index {
     }
 
     fn entity_of(&self, slot: u32) -> u32 {
-        self.coords[self.records.get(slot).coord as usize].0
+        self.coords[self.records.get(slot).coord() as usize].0
     }
 
     /// The newest event of `entity`, if it has any.
@@ -248,6 +260,11 @@ impl Index {
         let entity = self.intern_entity(new.entity);
         let scope = self.intern_scope(new.scope);
         let coord = self.intern_coord(entity, scope);
+        if coord >= MAX_COORDS {
+            return Err(StoreError::CapacityExhausted(format!(
+                "{MAX_COORDS} coordinates"
+            )));
+        }
         // Correlation defaults to the event itself (NO_REF); causation NO_REF means none.
         let corr = if new.correlation_id == new.event_id {
             NO_REF
@@ -266,11 +283,13 @@ impl Index {
             new.length,
             coord,
             new.clock,
-            corr,
-            cause,
+            corr != NO_REF || cause != NO_REF,
         ));
+        if corr != NO_REF || cause != NO_REF {
+            self.links.push(Link { slot, corr, cause });
+        }
         match self.seq_runs.last() {
-            Some(&(first, seq)) if seq + u64::from(slot - first) + 1 == new.global_seq => {}
+            Some(&(first, seq)) if seq + u64::from(slot - first) == new.global_seq => {}
             _ => self.seq_runs.push((slot, new.global_seq)),
         }
         let records = &self.records;
@@ -328,12 +347,25 @@ impl Index {
     }
 
     /// The public view of one record.
+    fn link(&self, slot: u32) -> Option<&Link> {
+        if !self.records.get(slot).has_links() {
+            return None;
+        }
+        self.links
+            .binary_search_by_key(&slot, |l| l.slot)
+            .ok()
+            .map(|i| &self.links[i])
+    }
+
     pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
         let rec = self.records.get(slot);
+        let link = self.link(slot);
         IndexEntry {
             event_id: rec.event_id(),
-            correlation_id: self.resolve(slot, rec.corr),
-            causation_id: (rec.cause != NO_REF).then(|| self.resolve(slot, rec.cause)),
+            correlation_id: self.resolve(slot, link.map_or(NO_REF, |l| l.corr)),
+            causation_id: link
+                .filter(|l| l.cause != NO_REF)
+                .map(|l| self.resolve(slot, l.cause)),
             coord: self.coordinate(slot),
             kind: rec.kind(),
             wall_ms: rec.wall_ms(),
@@ -385,6 +417,7 @@ impl Index {
             + map_bytes(&self.by_causation)
             + lists(&self.by_causation)
             + vec_bytes(&self.external_ids)
+            + vec_bytes(&self.links)
     }
 
     pub(crate) fn entity_count(&self) -> usize {
@@ -396,7 +429,7 @@ impl Index {
     pub(crate) fn correlation_slots(&self, id: u128) -> Vec<u32> {
         let mut out = Vec::new();
         if let Some(root) = self.slot_of(id) {
-            if self.records.get(root).corr == NO_REF {
+            if self.link(root).is_none_or(|l| l.corr == NO_REF) {
                 out.push(root);
             }
         }

@@ -78,7 +78,7 @@ impl<'a> SlotQuery<'a> {
     fn matches(&self, slot: u32) -> bool {
         let idx = self.index;
         let rec = idx.records.get(slot);
-        let (e, s) = idx.coords[rec.coord as usize];
+        let (e, s) = idx.coords[rec.coord() as usize];
         let r = self.region;
         r.entity_prefix
             .as_deref()

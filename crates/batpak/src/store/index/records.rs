@@ -3,9 +3,10 @@
 use super::DiskPos;
 use crate::event::EventKind;
 
-/// 84 bytes per event, 4-byte aligned (no padding). The public `IndexEntry`
+/// 76 bytes per event, 4-byte aligned (no padding). The public `IndexEntry`
 /// (with its coordinate strings and 128-bit correlation and causation ids)
-/// is rebuilt from this on the way out.
+/// is rebuilt from this on the way out. Causal links live apart (most
+/// events are roots and have none).
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub(super) struct Record {
@@ -18,15 +19,18 @@ pub(super) struct Record {
     segment: u32,
     offset: u32,
     length: u32,
-    pub(super) coord: u32,
+    /// Coordinate id, with [`HAS_LINKS`] set when the event has a causal link entry.
+    coord_and_flag: u32,
     pub(super) clock: u32,
-    /// Correlation: `NO_REF` = the event itself, else a slot or external reference.
-    pub(super) corr: u32,
-    /// Causation: `NO_REF` = none, else a slot or external reference.
-    pub(super) cause: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Record>() == 84);
+/// Set in `coord_and_flag` when the event's correlation or causation is
+/// recorded in the index's link list.
+const HAS_LINKS: u32 = 1 << 31;
+/// Coordinate ids stay below this.
+pub(super) const MAX_COORDS: u32 = HAS_LINKS;
+
+const _: () = assert!(std::mem::size_of::<Record>() == 76);
 
 impl Record {
     #[allow(clippy::too_many_arguments)]
@@ -40,8 +44,7 @@ impl Record {
         length: u32,
         coord: u32,
         clock: u32,
-        corr: u32,
-        cause: u32,
+        has_links: bool,
     ) -> Self {
         let wall_ms = wall_ms.min((1 << 48) - 1);
         Self {
@@ -52,11 +55,19 @@ impl Record {
             segment,
             offset,
             length,
-            coord,
+            coord_and_flag: coord | if has_links { HAS_LINKS } else { 0 },
             clock,
-            corr,
-            cause,
         }
+    }
+
+    #[inline]
+    pub(super) fn coord(&self) -> u32 {
+        self.coord_and_flag & !HAS_LINKS
+    }
+
+    #[inline]
+    pub(super) fn has_links(&self) -> bool {
+        self.coord_and_flag & HAS_LINKS != 0
     }
 
     #[inline]
@@ -104,9 +115,11 @@ impl RecordArena {
 
     pub(super) fn push(&mut self, rec: Record) {
         match self.chunks.last_mut() {
+            // The first chunk grows normally, so a small store stays small;
+            // later chunks are allocated whole and never move.
             Some(c) if c.len() < CHUNK => c.push(rec),
             _ => {
-                let mut c = Vec::with_capacity(CHUNK);
+                let mut c = Vec::with_capacity(if self.chunks.is_empty() { 64 } else { CHUNK });
                 c.push(rec);
                 self.chunks.push(c);
             }

@@ -102,6 +102,22 @@ impl Segment {
         self.slice(0, self.file_len().min(self.map.len() as u64))
     }
 
+    /// Drop this process's page mappings of the segment (the pages stay in
+    /// the page cache and fault back in on the next read), so scanning a
+    /// whole log at open does not leave it counted as resident memory.
+    pub(crate) fn release_pages(&self) {
+        // SAFETY: MADV_DONTNEED on a *shared file* mapping only unmaps pages
+        // from this process; their contents stay in the page cache and file,
+        // so any later read (including through slices handed out earlier)
+        // faults the same bytes back in. Nothing is discarded.
+        if let Err(e) = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        } {
+            tracing::debug!(error = %e, "madvise(DONTNEED) failed; pages stay resident");
+        }
+    }
+
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
         // On Linux fsync/fdatasync also write back pages dirtied through a
@@ -296,7 +312,7 @@ pub(crate) enum Prealloc {
     Zeros,
 }
 
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Give `file` real blocks for `off..off + len` (extending it), so later
 /// writes cannot fail for lack of space (a full disk is reported here, as an

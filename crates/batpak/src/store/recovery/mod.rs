@@ -355,6 +355,7 @@ pub(crate) fn recover(
             continue;
         }
         let (end, torn) = scan.segment(&seg);
+        seg.release_pages();
         if !newest {
             if let Some(len) = torn {
                 scan.damage(*id, end, len, "damaged end of a sealed segment");

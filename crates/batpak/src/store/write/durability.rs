@@ -14,13 +14,10 @@
 use crate::store::StoreError;
 use parking_lot::Mutex;
 use parking_lot_core::{DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Longest a leader waits for other appenders to finish writing before it
-/// syncs, so that one fsync covers them too. Only spent while other appenders
-/// are actually running (a lone appender never waits).
+/// Longest a leader waits for the rest of its group before it syncs.
 const MAX_GATHER: Duration = Duration::from_micros(250);
 
 /// Shared durability state of a store.
@@ -28,14 +25,13 @@ const MAX_GATHER: Duration = Duration::from_micros(250);
 pub(crate) struct Durability {
     /// Slots below this are on stable storage.
     synced: AtomicU32,
+    /// Slots written to the log (not necessarily synced).
+    written: AtomicU32,
     /// A leader is syncing.
     syncing: AtomicBool,
-    /// Parked waiters by the slot count they wait for (to know how many a
-    /// sync releases).
-    waiting: Mutex<BTreeMap<u32, u32>>,
-    /// Waiters released by a sync that have not yet woken up; they will
-    /// usually append again at once, so the next leader waits for them.
-    leaving: AtomicU32,
+    /// How many slots the previous sync covered: the size of the group the
+    /// next leader waits for (see [`Durability::gather`]).
+    last_group: AtomicU32,
     /// Appenders between entering the API and finishing their write.
     inflight: AtomicU32,
     /// A leader is waiting in `gather`.
@@ -64,6 +60,7 @@ impl Durability {
     pub(crate) fn new(recovered: u32) -> Self {
         let d = Self::default();
         d.synced.store(recovered, Ordering::Release);
+        d.written.store(recovered, Ordering::Release);
         d.visible.store(recovered, Ordering::Release);
         d
     }
@@ -74,19 +71,31 @@ impl Durability {
         InflightGuard(self)
     }
 
+    /// Record that slots below `n` are written to the log.
+    pub(crate) fn note_written(&self, n: u32) {
+        self.written.fetch_max(n, Ordering::AcqRel);
+    }
+
     fn gather_key(&self) -> usize {
-        std::ptr::from_ref(&self.inflight) as usize
+        std::ptr::from_ref(&self.gathering) as usize
     }
 
-    fn busy(&self) -> bool {
-        self.inflight.load(Ordering::Acquire) > 0 || self.leaving.load(Ordering::Acquire) > 0
+    /// The group is complete: as many writes wait as the previous sync
+    /// covered, and nobody is half-way through an append.
+    fn group_ready(&self) -> bool {
+        let pending = self
+            .written
+            .load(Ordering::Acquire)
+            .saturating_sub(self.synced.load(Ordering::Acquire));
+        pending >= self.last_group.load(Ordering::Acquire)
+            && self.inflight.load(Ordering::Acquire) == 0
     }
 
-    /// Wake a gathering leader once nobody it waits for is left.
+    /// Wake a gathering leader once its group is complete.
     fn wake_gatherer(&self) {
-        if self.gathering.load(Ordering::Acquire) && !self.busy() {
-            // SAFETY: the key is this struct's `inflight` address, used only
-            // by `gather`; unpark touches only parking_lot's table.
+        if self.gathering.load(Ordering::Acquire) && self.group_ready() {
+            // SAFETY: the key is the address of `gathering`, used only by
+            // `gather`; unpark touches only parking_lot's table.
             unsafe {
                 parking_lot_core::unpark_all(self.gather_key(), DEFAULT_UNPARK_TOKEN);
             }
@@ -138,22 +147,11 @@ impl Durability {
         epoch::wake_all(&self.epoch);
     }
 
-    /// Raise the synced watermark to `n` and release the waiters it covers.
+    /// Raise the synced watermark to `n`.
     fn advance(&self, n: u32, publish: bool) {
-        if self.synced.fetch_max(n, Ordering::AcqRel) >= n {
-            return;
-        }
+        self.synced.fetch_max(n, Ordering::AcqRel);
         if publish {
             self.publish(n);
-        }
-        let released = {
-            let mut w = self.waiting.lock();
-            let rest = w.split_off(&(n + 1));
-            let covered = std::mem::replace(&mut *w, rest);
-            covered.values().sum::<u32>()
-        };
-        if released > 0 {
-            self.leaving.fetch_add(released, Ordering::AcqRel);
         }
     }
 
@@ -163,22 +161,27 @@ impl Durability {
         self.wake_all();
     }
 
-    /// Let appenders that are about to write (or were just released and will
-    /// append again) get their events in, so this sync covers them too. The
-    /// leader sleeps meanwhile (the appenders need the CPU) and the last of
-    /// them wakes it.
+    /// Wait (briefly) for the rest of the group before syncing.
+    ///
+    /// Appenders that a sync releases usually append again at once, but on a
+    /// small machine waking them costs more than a sync. So a leader waits
+    /// until as many writes are pending as the previous sync covered (and no
+    /// append is half-way), up to [`MAX_GATHER`]; it sleeps meanwhile, since
+    /// the appenders need the CPU, and the append completing the group wakes
+    /// it. A lone appender has a group of one and never waits; when load
+    /// drops, one round waits out the timeout and the group shrinks to fit.
     fn gather(&self) {
-        if !self.busy() {
+        if self.group_ready() {
             return;
         }
         let deadline = Instant::now() + MAX_GATHER;
         self.gathering.store(true, Ordering::Release);
-        while self.busy() && Instant::now() < deadline {
+        while !self.group_ready() && Instant::now() < deadline {
             // SAFETY: as in `wake_gatherer`; `validate` only reads atomics.
             unsafe {
                 parking_lot_core::park(
                     self.gather_key(),
-                    || self.busy(),
+                    || !self.group_ready(),
                     || {},
                     |_, _| {},
                     DEFAULT_PARK_TOKEN,
@@ -189,45 +192,22 @@ impl Durability {
         self.gathering.store(false, Ordering::Release);
     }
 
-    fn register(&self, target: u32) {
-        *self.waiting.lock().entry(target).or_insert(0) += 1;
-    }
-
-    /// Forget a registration: either it is still in the map, or a sync
-    /// released it and counted it as leaving.
-    fn unregister(&self, target: u32) {
-        let mut w = self.waiting.lock();
-        match w.get_mut(&target) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                w.remove(&target);
-            }
-            None => {
-                self.leaving.fetch_sub(1, Ordering::AcqRel);
-                drop(w);
-                self.wake_gatherer();
-            }
-        }
-    }
-
     /// Block until slots below `target` are durable. `sync_once` performs one
     /// sync and returns how many slots it covered; it runs on the calling
     /// thread when this caller becomes the leader. When `publish` is set
-    /// (durable mode), synced slots become visible to readers.
+    /// (durable mode), synced slots become visible to readers and leaders
+    /// gather their group first.
     pub(crate) fn wait_durable(
         &self,
         target: u32,
         publish: bool,
         sync_once: impl Fn(u32) -> Result<u32, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut registered = false;
-        let result = loop {
+        loop {
             if self.synced.load(Ordering::Acquire) >= target {
-                break Ok(());
+                return Ok(());
             }
-            if let Err(e) = self.check() {
-                break Err(e);
-            }
+            self.check()?;
             if self
                 .syncing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -236,14 +216,8 @@ impl Durability {
                 let outcome = self.lead(publish, &sync_once);
                 self.syncing.store(false, Ordering::Release);
                 self.wake_all();
-                if let Err(e) = outcome {
-                    break Err(e);
-                }
+                outcome?;
                 continue;
-            }
-            if !registered {
-                self.register(target);
-                registered = true;
             }
             // Read the epoch before re-checking: a state change after the
             // check also bumps the epoch, so the wait returns at once.
@@ -254,11 +228,7 @@ impl Durability {
             if still_waiting {
                 epoch::wait(&self.epoch, seen);
             }
-        };
-        if registered {
-            self.unregister(target);
         }
-        result
     }
 
     /// One leader round: gather, sync, advance the watermark.
@@ -267,11 +237,17 @@ impl Durability {
         publish: bool,
         sync_once: &impl Fn(u32) -> Result<u32, StoreError>,
     ) -> Result<(), StoreError> {
-        self.gather();
+        if publish {
+            self.gather();
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let already = self.synced.load(Ordering::Acquire);
         match sync_once(already) {
             Ok(covered) => {
+                if publish {
+                    self.last_group
+                        .store(covered.saturating_sub(already).max(1), Ordering::Release);
+                }
                 self.advance(covered, publish);
                 Ok(())
             }
@@ -318,8 +294,6 @@ mod tests {
         assert_eq!(d.visible(), threads as u32);
         // Every waiter wrote before any sync began, so the first sync covers all.
         assert_eq!(syncs.load(Ordering::SeqCst), 1);
-        assert_eq!(d.leaving.load(Ordering::SeqCst), 0, "accounting balances");
-        assert!(d.waiting.lock().is_empty());
     }
 
     #[test]

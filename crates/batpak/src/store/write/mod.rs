@@ -294,6 +294,7 @@ impl Shared {
         };
         w.next_seq += 1;
         w.written = slot + 1;
+        self.durability.note_written(w.written);
         if !durable {
             self.durability.publish(w.written);
             w.unsynced += 1;
