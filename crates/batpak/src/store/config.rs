@@ -78,7 +78,9 @@ pub enum RestartPolicy {
 /// The write path's tuning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// Bound on appends waiting for the writer (back-pressure); default 4096.
+    /// Most appends on their way into the log at once (encoding or waiting
+    /// for the writer lock); further callers block until one is written.
+    /// Default 4096.
     pub channel_capacity: usize,
     /// Stack size for threads the store spawns; `None` uses the platform default.
     pub stack_size: Option<usize>,

@@ -135,7 +135,10 @@ impl Store<Open> {
         let flusher = (!config.durable_receipts()).then(Flusher::default);
         let shared = Arc::new(Shared {
             writer: Some(Mutex::new(Writer::new(active, recovered.next_seq, written))),
-            durability: Durability::new(written),
+            durability: Durability::new(
+                written,
+                u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX),
+            ),
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
             flusher,

@@ -34,6 +34,10 @@ pub(crate) struct Durability {
     last_group: AtomicU32,
     /// Appenders between entering the API and finishing their write.
     inflight: AtomicU32,
+    /// Bound on `inflight`.
+    max_inflight: AtomicU32,
+    /// Appenders waiting for `inflight` to drop below the bound.
+    room_waiters: AtomicU32,
     /// A leader is waiting in `gather`.
     gathering: AtomicBool,
     poisoned: AtomicBool,
@@ -52,23 +56,67 @@ pub(crate) struct InflightGuard<'a>(&'a Durability);
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.room_waiters.load(Ordering::Acquire) > 0 {
+            // Someone may be waiting for room (back-pressure).
+            // SAFETY: the key is the address of `max_inflight`, used only by
+            // `begin_append`; unpark touches only parking_lot's table.
+            unsafe {
+                parking_lot_core::unpark_one(self.0.room_key(), |_| DEFAULT_UNPARK_TOKEN);
+            }
+        }
         self.0.wake_gatherer();
     }
 }
 
 impl Durability {
-    pub(crate) fn new(recovered: u32) -> Self {
+    /// `max_inflight` bounds the appenders between entering the API and
+    /// finishing their write (back-pressure; `writer.channel_capacity`).
+    pub(crate) fn new(recovered: u32, max_inflight: u32) -> Self {
         let d = Self::default();
+        d.max_inflight.store(max_inflight.max(1), Ordering::Relaxed);
         d.synced.store(recovered, Ordering::Release);
         d.written.store(recovered, Ordering::Release);
         d.visible.store(recovered, Ordering::Release);
         d
     }
 
-    /// Mark the caller as an appender that will soon write.
+    fn room_key(&self) -> usize {
+        std::ptr::from_ref(&self.max_inflight) as usize
+    }
+
+    /// Mark the caller as an appender that will soon write, first waiting
+    /// for room when `max_inflight` appenders are already on their way.
     pub(crate) fn begin_append(&self) -> InflightGuard<'_> {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(self)
+        let max = self.max_inflight.load(Ordering::Relaxed);
+        let mut n = self.inflight.load(Ordering::Acquire);
+        loop {
+            if n < max {
+                match self.inflight.compare_exchange_weak(
+                    n,
+                    n + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return InflightGuard(self),
+                    Err(now) => n = now,
+                }
+                continue;
+            }
+            self.room_waiters.fetch_add(1, Ordering::AcqRel);
+            // SAFETY: as in `InflightGuard::drop`; `validate` only reads an atomic.
+            unsafe {
+                parking_lot_core::park(
+                    self.room_key(),
+                    || self.inflight.load(Ordering::Acquire) >= max,
+                    || {},
+                    |_, _| {},
+                    DEFAULT_PARK_TOKEN,
+                    None,
+                );
+            }
+            self.room_waiters.fetch_sub(1, Ordering::AcqRel);
+            n = self.inflight.load(Ordering::Acquire);
+        }
     }
 
     /// Record that slots below `n` are written to the log.
@@ -268,7 +316,7 @@ mod tests {
 
     #[test]
     fn one_sync_covers_all_waiters() {
-        let d = Arc::new(Durability::new(0));
+        let d = Arc::new(Durability::new(0, 64));
         let written = Arc::new(AtomicU32::new(0));
         let syncs = Arc::new(AtomicUsize::new(0));
         let threads = 8;
@@ -297,8 +345,36 @@ mod tests {
     }
 
     #[test]
+    fn back_pressure_bounds_appenders_in_flight() {
+        let d = Arc::new(Durability::new(0, 2));
+        let peak = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (d, peak) = (d.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let g = d.begin_append();
+                        peak.fetch_max(d.inflight.load(Ordering::SeqCst), Ordering::SeqCst);
+                        std::thread::yield_now();
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            2,
+            "never more than the bound, and the bound is reached"
+        );
+        assert_eq!(d.inflight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn failed_sync_poisons_and_reports() {
-        let d = Durability::new(0);
+        let d = Durability::new(0, 64);
         let r = d.wait_durable(1, true, |_| {
             Err(StoreError::Io(std::io::Error::other("EIO")))
         });
@@ -315,7 +391,7 @@ mod tests {
 
     #[test]
     fn parked_waiters_see_poison() {
-        let d = Arc::new(Durability::new(0));
+        let d = Arc::new(Durability::new(0, 64));
         let gate = Arc::new(Barrier::new(2));
         let leader = {
             let (d, gate) = (d.clone(), gate.clone());
