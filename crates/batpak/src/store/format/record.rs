@@ -113,6 +113,21 @@ impl EventRecord<'_> {
     }
 }
 
+/// The `(prev_hash, event_hash)` of the event frame `frame` (a whole frame,
+/// header included), read in place without checking the frame: for building
+/// index entries from frames whose checksum was verified when they were indexed.
+pub(crate) fn chain_in_frame(frame: &[u8]) -> Option<([u8; 32], [u8; 32])> {
+    let at = FRAME_HEADER_LEN + off::PREV_HASH;
+    let end = FRAME_HEADER_LEN + off::EVENT_HASH + 32;
+    if frame.len() < end || frame[FRAME_HEADER_LEN] != RECORD_EVENT {
+        return None;
+    }
+    Some((
+        le::arr32_at(frame, at),
+        le::arr32_at(frame, FRAME_HEADER_LEN + off::EVENT_HASH),
+    ))
+}
+
 /// Decode an event record from a frame body (the checksum was checked by the frame decoder).
 pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> {
     if body.len() < EVENT_FIXED_LEN {

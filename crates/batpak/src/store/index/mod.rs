@@ -63,6 +63,10 @@ struct EntityInfo {
     name: Arc<str>,
     /// Slots in clock order (which is also slot order).
     slots: Vec<u32>,
+    /// The newest event's hash, timestamp and HLC counter: what the next
+    /// append of this entity chains onto. (Other events' hashes are read
+    /// from their frames.)
+    tail_hash: [u8; 32],
     tail_timestamp_us: i64,
     tail_hlc_counter: u16,
 }
@@ -174,7 +178,7 @@ impl Index {
         let rec = self.records.get(last);
         Some(EntityTail {
             clock: rec.clock,
-            event_hash: rec.event_hash,
+            event_hash: info.tail_hash,
             timestamp_us: info.tail_timestamp_us,
             hlc_counter: info.tail_hlc_counter,
         })
@@ -196,6 +200,7 @@ impl Index {
         self.entities.push(EntityInfo {
             name: name.clone(),
             slots: Vec::new(),
+            tail_hash: [0; 32],
             tail_timestamp_us: i64::MIN,
             tail_hlc_counter: 0,
         });
@@ -275,7 +280,6 @@ impl Index {
         let wall_ms = u64::try_from(new.timestamp_us).unwrap_or(0) / 1000;
         self.records.push(Record::new(
             new.event_id,
-            new.event_hash,
             wall_ms,
             new.kind,
             segment,
@@ -298,6 +302,7 @@ impl Index {
         });
         let info = &mut self.entities[entity as usize];
         info.slots.push(slot);
+        info.tail_hash = new.event_hash;
         info.tail_timestamp_us = new.timestamp_us;
         info.tail_hlc_counter = new.hlc_counter;
         self.scopes[scope as usize].slots.push(slot);
@@ -315,7 +320,7 @@ impl Index {
     }
 
     /// The previous event of the same entity, if it is in the index.
-    fn predecessor(&self, slot: u32) -> Option<u32> {
+    pub(crate) fn predecessor(&self, slot: u32) -> Option<u32> {
         let slots = &self.entities[self.entity_of(slot) as usize].slots;
         let clock = self.records.get(slot).clock as usize;
         // Clocks are dense unless events were removed; fall back to a search.
@@ -327,26 +332,8 @@ impl Index {
         pos.checked_sub(1).map(|p| slots[p])
     }
 
-    /// The predecessor only when it is the directly preceding clock, so the
-    /// chain link is known from memory.
-    pub(crate) fn chain_predecessor(&self, slot: u32) -> Option<u32> {
-        let prev = self.predecessor(slot)?;
-        (self.records.get(prev).clock + 1 == self.records.get(slot).clock).then_some(prev)
-    }
-
-    pub(crate) fn hash_chain(&self, slot: u32) -> HashChain {
-        let rec = self.records.get(slot);
-        let prev_hash = match self.chain_predecessor(slot) {
-            Some(p) => self.records.get(p).event_hash,
-            None => [0; 32],
-        };
-        HashChain {
-            prev_hash,
-            event_hash: rec.event_hash,
-        }
-    }
-
-    /// The public view of one record.
+    /// The public view of one record. Its `hash_chain` is left zero: hashes
+    /// live in the frames, and the read path fills them in.
     fn link(&self, slot: u32) -> Option<&Link> {
         if !self.records.get(slot).has_links() {
             return None;
@@ -370,14 +357,10 @@ impl Index {
             kind: rec.kind(),
             wall_ms: rec.wall_ms(),
             clock: rec.clock,
-            hash_chain: self.hash_chain(slot),
+            hash_chain: HashChain::default(),
             disk_pos: rec.disk_pos(),
             global_sequence: self.global_seq(slot),
         }
-    }
-
-    pub(crate) fn entries(&self, slots: &[u32]) -> Vec<IndexEntry> {
-        slots.iter().map(|&s| self.entry(s)).collect()
     }
 
     /// Heap bytes held by the index (capacities, not lengths), for diagnostics.

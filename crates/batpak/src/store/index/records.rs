@@ -3,15 +3,14 @@
 use super::DiskPos;
 use crate::event::EventKind;
 
-/// 76 bytes per event, 4-byte aligned (no padding). The public `IndexEntry`
-/// (with its coordinate strings and 128-bit correlation and causation ids)
-/// is rebuilt from this on the way out. Causal links live apart (most
-/// events are roots and have none).
+/// 44 bytes per event, 4-byte aligned (no padding). The public `IndexEntry`
+/// (with its coordinate strings, 128-bit correlation and causation ids and
+/// hash chain) is rebuilt from this on the way out. Causal links live apart
+/// (most events are roots and have none); hashes stay in the frames on disk.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub(super) struct Record {
     id: [u8; 16],
-    pub(super) event_hash: [u8; 32],
     /// Low 32 bits of wall-clock milliseconds.
     wall_lo: u32,
     /// High 16 bits of the 48-bit milliseconds, then the kind in the top 16 bits.
@@ -30,13 +29,12 @@ const HAS_LINKS: u32 = 1 << 31;
 /// Coordinate ids stay below this.
 pub(super) const MAX_COORDS: u32 = HAS_LINKS;
 
-const _: () = assert!(std::mem::size_of::<Record>() == 76);
+const _: () = assert!(std::mem::size_of::<Record>() == 44);
 
 impl Record {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         id: u128,
-        event_hash: [u8; 32],
         wall_ms: u64,
         kind: EventKind,
         segment: u32,
@@ -49,7 +47,6 @@ impl Record {
         let wall_ms = wall_ms.min((1 << 48) - 1);
         Self {
             id: id.to_le_bytes(),
-            event_hash,
             wall_lo: wall_ms as u32,
             wall_hi_kind: ((wall_ms >> 32) as u32) | (u32::from(kind.raw()) << 16),
             segment,

@@ -9,12 +9,42 @@ use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
 use crate::store::format::frame::decode_frame;
 use crate::store::format::payload::decode_value;
-use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
-use crate::store::index::{DiskPos, IndexEntry};
+use crate::store::index::{DiskPos, Index, IndexEntry};
+use crate::store::log::FrameCursor;
 use crate::store::{Shared, StoreError};
 
 impl Shared {
+    /// Public entries for `slots`, with hash chains read from their frames.
+    pub(crate) fn entries(&self, index: &Index, slots: &[u32]) -> Vec<IndexEntry> {
+        let mut frames = FrameCursor::new(&self.log);
+        slots
+            .iter()
+            .map(|&slot| {
+                let mut e = index.entry(slot);
+                let pos = e.disk_pos;
+                let chain = frames
+                    .frame(pos.segment_id, pos.offset, u64::from(pos.length))
+                    .ok()
+                    .and_then(chain_in_frame);
+                match chain {
+                    Some((prev_hash, event_hash)) => {
+                        e.hash_chain = HashChain {
+                            prev_hash,
+                            event_hash,
+                        }
+                    }
+                    None => tracing::warn!(
+                        ?pos,
+                        "index entry's frame is unreadable; hash chain left empty"
+                    ),
+                }
+                e
+            })
+            .collect()
+    }
+
     /// Read and check the frame at `pos` and turn it into a stored event.
     pub(crate) fn read_event(
         &self,
@@ -54,7 +84,7 @@ impl Shared {
     pub(crate) fn query(&self, region: &Region) -> Vec<IndexEntry> {
         let index = self.index.read();
         let slots = index.query_slots(region, self.durability.visible());
-        index.entries(&slots)
+        self.entries(&index, &slots)
     }
 
     pub(crate) fn stream(&self, entity: &str) -> Vec<IndexEntry> {
@@ -62,7 +92,7 @@ impl Shared {
         let visible = self.durability.visible();
         let slots = index.entity_slots(entity);
         let n = slots.partition_point(|&s| s < visible);
-        index.entries(&slots[..n])
+        self.entries(&index, &slots[..n])
     }
 
     pub(crate) fn by_correlation(&self, correlation_id: u128) -> Vec<IndexEntry> {
@@ -70,7 +100,7 @@ impl Shared {
         let visible = self.durability.visible();
         let mut slots = index.correlation_slots(correlation_id);
         slots.retain(|&s| s < visible);
-        index.entries(&slots)
+        self.entries(&index, &slots)
     }
 
     pub(crate) fn children(&self, event_id: u128) -> Vec<IndexEntry> {
@@ -78,23 +108,27 @@ impl Shared {
         let visible = self.durability.visible();
         let slots = index.causation_slots(event_id);
         let n = slots.partition_point(|&s| s < visible);
-        index.entries(&slots[..n])
+        self.entries(&index, &slots[..n])
     }
 
-    /// The event, then its predecessors in its entity's chain, newest first.
+    /// The event, then its predecessors in its entity's chain, newest first,
+    /// following `prev_hash` links (clock order without blake3). The walk
+    /// stops at a predecessor whose hash does not match the link (it was
+    /// removed) or that cannot be read.
     pub(crate) fn walk_ancestors(
         &self,
         event_id: u128,
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
-        let mut out = Vec::new();
+        let mut out: Vec<StoredEvent<serde_json::Value>> = Vec::new();
         let visible = self.durability.visible();
+        let locate = |index: &Index, s: u32| (s, index.disk_pos(s), index.coordinate(s));
         let mut next = {
             let index = self.index.read();
             index
                 .slot_of(event_id)
                 .filter(|&s| s < visible)
-                .map(|s| (s, index.disk_pos(s), index.coordinate(s)))
+                .map(|s| locate(&index, s))
         };
         while let Some((slot, pos, coord)) = next.take() {
             if out.len() >= limit {
@@ -107,25 +141,24 @@ impl Shared {
                     break;
                 }
             };
-            let prev_hash = ev.event.hash_chain.map_or([0; 32], |c| c.prev_hash);
+            if let Some(newer) = out.last() {
+                let link = newer.event.hash_chain.map_or([0; 32], |c| c.prev_hash);
+                let hash = ev.event.hash_chain.map_or([0; 32], |c| c.event_hash);
+                if cfg!(feature = "blake3") && link != hash {
+                    break;
+                }
+            }
+            let is_first = cfg!(feature = "blake3")
+                && ev.event.hash_chain.is_some_and(|c| c.prev_hash == [0; 32]);
             out.push(ev);
+            if is_first {
+                break;
+            }
             let index = self.index.read();
-            next = index.chain_predecessor(slot).and_then(|p| {
-                // Follow the hash link; without blake3 every hash is zero and
-                // the walk follows clock order instead.
-                let linked =
-                    cfg!(not(feature = "blake3")) || index.hash_chain(slot).prev_hash == prev_hash;
-                (linked && prev_hash_known(prev_hash))
-                    .then(|| (p, index.disk_pos(p), index.coordinate(p)))
-            });
+            next = index.predecessor(slot).map(|p| locate(&index, p));
         }
         out
     }
-}
-
-/// A zero `prev_hash` marks the first event of an entity (with blake3 on).
-fn prev_hash_known(prev_hash: [u8; 32]) -> bool {
-    cfg!(not(feature = "blake3")) || prev_hash != [0; 32]
 }
 
 /// Decode the event frame in `bytes` (exactly one frame) at `pos`.
