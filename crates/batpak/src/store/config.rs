@@ -191,6 +191,9 @@ pub struct StoreConfig {
     pub index: IndexConfig,
     /// Clock for event timestamps (µs since the epoch); `None` = system time.
     pub clock: Option<ClockFn>,
+    /// Fault injection for tests (feature `dangerous-test-hooks`); no builder.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub fault_injector: Option<Arc<dyn crate::store::fault::FaultInjector>>,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -229,6 +232,8 @@ impl StoreConfig {
             sync: SyncConfig::default(),
             index: IndexConfig::default(),
             clock: None,
+            #[cfg(feature = "dangerous-test-hooks")]
+            fault_injector: None,
         }
     }
 

@@ -135,7 +135,30 @@ pub enum StoreError {
         /// Entity.
         entity: String,
     },
-    /// The index is full (2^30 events in one open store).
+    /// A store file other than a segment (removed-event record, checkpoint
+    /// metadata) is missing or damaged; the store refuses to guess.
+    #[error("{}: {detail}", path.display())]
+    RecordDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A batch is malformed: a causation reference to a later item, a
+    /// repeated idempotency key, or keys of which only some were used before.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// A batch exceeds `batch.max_size` or `batch.max_bytes`.
+    #[error("batch {limit} is {actual}, over the limit of {max}")]
+    BatchLimit {
+        /// Which limit (`"size"` in items or `"bytes"` of payload).
+        limit: &'static str,
+        /// The batch's value.
+        actual: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// The index is full (2^31 events in one open store).
     #[error("index capacity exhausted: {0}")]
     CapacityExhausted(String),
     /// A test fault fired (only with the `dangerous-test-hooks` feature).

@@ -18,9 +18,15 @@
 
 mod config;
 mod errors;
+#[cfg(feature = "dangerous-test-hooks")]
+pub mod fault;
+#[cfg(not(feature = "dangerous-test-hooks"))]
+#[allow(dead_code, unreachable_pub)]
+mod fault;
 mod format;
 pub mod index;
 mod log;
+mod maintenance;
 pub mod projection;
 mod read;
 pub mod recovery;
@@ -32,6 +38,11 @@ pub use config::{
     SyncMode, WriterConfig, MAX_SEGMENT_BYTES, MAX_SINGLE_APPEND_BYTES,
 };
 pub use errors::{BatchStage, StoreError};
+#[cfg(feature = "dangerous-test-hooks")]
+pub use fault::{
+    CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint,
+    ProbabilisticInjector,
+};
 pub use index::{ClockKey, DiskPos, IndexEntry};
 pub use projection::{CacheCapabilities, CacheMeta, Freshness, NoCache, ProjectionCache};
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
@@ -67,6 +78,8 @@ pub(crate) struct Shared {
     /// Present in relaxed mode, where a background thread syncs.
     pub(crate) flusher: Option<Flusher>,
     pub(crate) recovery: RecoveryReport,
+    /// Sealed segments waiting for their footer.
+    pub(crate) sealer: maintenance::Sealer,
     #[allow(dead_code)] // read by projections
     pub(crate) cache: Box<dyn ProjectionCache>,
 }
@@ -89,6 +102,7 @@ pub(crate) struct Shared {
 pub struct Store<State = Open> {
     shared: Arc<Shared>,
     flusher_thread: Option<JoinHandle<()>>,
+    sealer_thread: Option<JoinHandle<()>>,
     lock: Option<DirLock>,
     closed: bool,
     _state: PhantomData<State>,
@@ -141,6 +155,7 @@ impl Store<Open> {
             ),
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
+            sealer: maintenance::Sealer::default(),
             flusher,
             log,
             config,
@@ -150,9 +165,14 @@ impl Store<Open> {
             Some(_) => Some(Flusher::spawn(shared.clone())?),
             None => None,
         };
+        let sealer_thread = Some(maintenance::Sealer::spawn(
+            shared.clone(),
+            recovered.unsealed,
+        )?);
         Ok(Self {
             shared,
             flusher_thread,
+            sealer_thread,
             lock: Some(lock),
             closed: false,
             _state: PhantomData,
@@ -252,6 +272,39 @@ impl Store<Open> {
         self.append(coord, kind, &transition.into_payload())
     }
 
+    /// Append `items` atomically: all become visible together or none, and
+    /// after a crash all are present or none. One sync covers the batch.
+    /// Each item's CAS condition is checked against its entity as it is just
+    /// before that item; idempotency keys make a retried batch return the
+    /// original receipts.
+    ///
+    /// # Errors
+    /// `BatchFailed { item_index, stage, source }`; nothing of the batch is written.
+    pub fn append_batch(
+        &self,
+        items: Vec<BatchAppendItem>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        let inflight = self.shared.durability.begin_append();
+        self.shared.append_batch(items, None, inflight)
+    }
+
+    /// Like [`Store::append_batch`], with every item correlated to
+    /// `correlation_id` and items whose causation is `CausationRef::None`
+    /// caused by `causation_id`.
+    ///
+    /// # Errors
+    /// As [`Store::append_batch`].
+    pub fn append_reaction_batch(
+        &self,
+        correlation_id: u128,
+        causation_id: u128,
+        items: Vec<BatchAppendItem>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        let inflight = self.shared.durability.begin_append();
+        self.shared
+            .append_batch(items, Some((correlation_id, causation_id)), inflight)
+    }
+
     /// The event with this id.
     ///
     /// # Errors
@@ -324,11 +377,14 @@ impl Store<Open> {
     pub fn close(mut self) -> Result<Closed, StoreError> {
         self.closed = true;
         self.stop_threads();
-        let result = self
+        let mut result = self
             .shared
             .durability
             .check()
             .and_then(|()| self.shared.sync_all_written());
+        if result.is_ok() && self.shared.config.index.enable_checkpoint {
+            result = maintenance::write_checkpoint(&self.shared);
+        }
         self.lock = None;
         result.map(|()| Closed)
     }
@@ -400,6 +456,10 @@ impl<State> Store<State> {
             f.stop();
         }
         if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+        }
+        self.shared.sealer.finish();
+        if let Some(t) = self.sealer_thread.take() {
             let _ = t.join();
         }
     }

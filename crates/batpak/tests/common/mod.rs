@@ -39,3 +39,40 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Remove the checkpoint, so the next open cannot use it.
+pub fn remove_checkpoint(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("checkpoint.bpk"));
+}
+
+/// Erase every segment footer (zero it and its trailer), so the next open
+/// has to scan the frames.
+pub fn strip_footers(dir: &Path) -> usize {
+    let mut stripped = 0;
+    for path in segment_files(dir) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let Some(last) = bytes.iter().rposition(|&b| b != 0) else {
+            continue;
+        };
+        if last + 1 < 16 || &bytes[last + 1 - 8..=last] != b"BPKFOOT1" {
+            continue;
+        }
+        let t = last + 1 - 16;
+        let footer_at = u64::from_le_bytes(bytes[t..t + 8].try_into().unwrap()) as usize;
+        bytes[footer_at..].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        stripped += 1;
+    }
+    stripped
+}
+
+/// Everything a reader can observe of a store, for comparing two opens.
+pub fn observe(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in store.query(&Region::all()) {
+        let ev = store.get(e.event_id).unwrap();
+        out.push(format!("{e:?} {}", serde_json::to_string(&ev).unwrap()));
+    }
+    out.push(format!("{:?}", store.stats()));
+    out
+}

@@ -63,9 +63,12 @@
 //! slicing or allocating, and reports damage as [`FormatError`]; none panics.
 
 pub(crate) mod chain;
+pub(crate) mod checkpoint;
+pub(crate) mod footer;
 pub(crate) mod frame;
 pub(crate) mod payload;
 pub(crate) mod record;
+pub(crate) mod removed;
 pub(crate) mod segment;
 
 /// Version written into every segment header. Bump it for any change to the

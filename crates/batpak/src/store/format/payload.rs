@@ -142,6 +142,17 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
     Ok(v)
 }
 
+/// Check that `bytes` decode to a payload, without building it (batch items
+/// arrive as bytes; the store must never accept what it cannot read back).
+pub(crate) fn validate(bytes: &[u8]) -> Result<(), PayloadError> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    r.skip(0)?;
+    if r.pos != bytes.len() {
+        return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
+    }
+    Ok(())
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -246,6 +257,57 @@ impl<'a> Reader<'a> {
             }
             _ => return Err(PayloadError::UnsupportedTag { tag, at }),
         })
+    }
+
+    /// Like `value`, but only checks and advances.
+    fn skip(&mut self, depth: usize) -> Result<(), PayloadError> {
+        if depth > MAX_DEPTH {
+            return Err(PayloadError::TooDeep);
+        }
+        let at = self.pos;
+        let tag = self.u8()?;
+        let (strlen, items, pairs) = match tag {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => return Ok(()),
+            0xcc | 0xd0 => return self.take(1).map(drop),
+            0xcd | 0xd1 => return self.take(2).map(drop),
+            0xce | 0xd2 => return self.take(4).map(drop),
+            0xcf | 0xd3 => return self.take(8).map(drop),
+            0xca => return float(f64::from(f32::from_be_bytes(self.array()?)), at).map(drop),
+            0xcb => return float(f64::from_be_bytes(self.array()?), at).map(drop),
+            0xa0..=0xbf => (Some(usize::from(tag & 0x1f)), 0, 0),
+            0xd9 => (Some(usize::from(self.u8()?)), 0, 0),
+            0xda => (Some(self.len16()?), 0, 0),
+            0xdb => (Some(self.len32()?), 0, 0),
+            0x90..=0x9f => (None, usize::from(tag & 0x0f), 0),
+            0xdc => (None, self.len16()?, 0),
+            0xdd => (None, self.len32()?, 0),
+            0x80..=0x8f => (None, 0, usize::from(tag & 0x0f)),
+            0xde => (None, 0, self.len16()?),
+            0xdf => (None, 0, self.len32()?),
+            _ => return Err(PayloadError::UnsupportedTag { tag, at }),
+        };
+        if let Some(n) = strlen {
+            let at = self.pos;
+            let bytes = self.take(n)?;
+            return std::str::from_utf8(bytes)
+                .map(drop)
+                .map_err(|_| PayloadError::InvalidUtf8(at));
+        }
+        if items.max(pairs.saturating_mul(2)) > self.remaining() {
+            return Err(PayloadError::Truncated(self.pos));
+        }
+        for _ in 0..items {
+            self.skip(depth + 1)?;
+        }
+        for _ in 0..pairs {
+            let at = self.pos;
+            match self.buf.get(at) {
+                Some(0xa0..=0xbf | 0xd9 | 0xda | 0xdb) => self.skip(depth + 1)?,
+                _ => return Err(PayloadError::NonStringKey(at)),
+            }
+            self.skip(depth + 1)?;
+        }
+        Ok(())
     }
 
     fn array_items(&mut self, n: usize, depth: usize) -> Result<Value, PayloadError> {
@@ -394,7 +456,18 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode_value(&bytes);
+            // The validator accepts exactly what the decoder accepts.
+            prop_assert_eq!(validate(&bytes).is_ok(), decode_value(&bytes).is_ok());
+        }
+
+        #[test]
+        fn encoded_values_validate(v in arb_value()) {
+            let mut buf = Vec::new();
+            encode_value(&v, &mut buf).unwrap();
+            prop_assert!(validate(&buf).is_ok());
+            if buf.len() > 1 {
+                prop_assert_eq!(validate(&buf[..buf.len() - 1]).is_ok(), decode_value(&buf[..buf.len() - 1]).is_ok());
+            }
         }
     }
 }

@@ -12,10 +12,12 @@
 //! store, so no id is stored twice.
 
 mod entry;
+mod image;
 mod query;
 mod records;
 
 pub use entry::{ClockKey, DiskPos, IndexEntry};
+pub(crate) use image::{EntityImage, IndexLoader, IndexTables, LinkImage, RecordImage};
 pub(crate) use query::SlotQuery;
 
 use crate::coordinate::{Coordinate, Region};
@@ -48,6 +50,27 @@ pub(crate) struct NewRecord<'a> {
     pub(crate) segment_id: u64,
     pub(crate) offset: u64,
     pub(crate) length: u32,
+}
+
+/// A stored event found by its id (an idempotency key): live, or removed by
+/// compaction and remembered in the durable removed-event record.
+pub(crate) struct KeyHit<'a> {
+    pub(crate) entity: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) kind: EventKind,
+    pub(crate) global_seq: u64,
+    /// All zero for a removed event.
+    pub(crate) disk_pos: DiskPos,
+    /// `None` for a removed event.
+    pub(crate) slot: Option<u32>,
+}
+
+/// What the durable record keeps of an event that compaction removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RemovedEvent {
+    coord: u32,
+    kind: EventKind,
+    global_seq: u64,
 }
 
 /// What the write path needs to know about an entity's newest event.
@@ -112,6 +135,8 @@ pub(crate) struct Index {
     by_causation: HashMap<u128, Vec<u32>>,
     /// Ids referenced by correlation/causation that are not events in the store.
     external_ids: Vec<u128>,
+    /// Events removed by compaction: their ids stay reserved for idempotency.
+    removed: HashMap<u128, RemovedEvent>,
 }
 
 #[inline]
@@ -141,6 +166,57 @@ impl Index {
             .copied()
     }
 
+    /// Find a live or removed event by id.
+    pub(crate) fn find_key(&self, id: u128) -> Option<KeyHit<'_>> {
+        let (coord, kind, global_seq, disk_pos, slot) = match self.slot_of(id) {
+            Some(slot) => {
+                let rec = self.records.get(slot);
+                (
+                    rec.coord(),
+                    rec.kind(),
+                    self.global_seq(slot),
+                    rec.disk_pos(),
+                    Some(slot),
+                )
+            }
+            None => {
+                let r = self.removed.get(&id)?;
+                (r.coord, r.kind, r.global_seq, DiskPos::default(), None)
+            }
+        };
+        let (e, s) = self.coords[coord as usize];
+        Some(KeyHit {
+            entity: &self.entities[e as usize].name,
+            scope: &self.scopes[s as usize].name,
+            kind,
+            global_seq,
+            disk_pos,
+            slot,
+        })
+    }
+
+    /// Remember an event removed by compaction (from the durable record).
+    pub(crate) fn insert_removed(
+        &mut self,
+        id: u128,
+        entity: &str,
+        scope: &str,
+        kind: EventKind,
+        global_seq: u64,
+    ) {
+        let e = self.intern_entity(entity);
+        let s = self.intern_scope(scope);
+        let coord = self.intern_coord(e, s);
+        self.removed.insert(
+            id,
+            RemovedEvent {
+                coord,
+                kind,
+                global_seq,
+            },
+        );
+    }
+
     pub(crate) fn global_seq(&self, slot: u32) -> u64 {
         let i = self.seq_runs.partition_point(|&(first, _)| first <= slot) - 1;
         let (first, seq) = self.seq_runs[i];
@@ -157,10 +233,6 @@ impl Index {
             self.entities[e as usize].name.clone(),
             self.scopes[s as usize].name.clone(),
         )
-    }
-
-    pub(crate) fn kind(&self, slot: u32) -> EventKind {
-        self.records.get(slot).kind()
     }
 
     pub(crate) fn disk_pos(&self, slot: u32) -> DiskPos {
@@ -401,6 +473,7 @@ impl Index {
             + lists(&self.by_causation)
             + vec_bytes(&self.external_ids)
             + vec_bytes(&self.links)
+            + map_bytes(&self.removed)
     }
 
     pub(crate) fn entity_count(&self) -> usize {

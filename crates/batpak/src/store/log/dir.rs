@@ -52,6 +52,34 @@ impl SegmentListing {
     }
 }
 
+/// Replace `dir/name` with `bytes` atomically: write a temporary file, sync
+/// it, rename it over the target and sync the directory. A crash leaves the
+/// old file or the new one.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomically_with(dir, name, bytes, |_| Ok(()))
+}
+
+/// [`write_atomically`], calling `step` after the temporary file is synced
+/// (`false`) and after the rename (`true`): where tests inject crashes.
+pub(crate) fn write_atomically_with(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    step: impl Fn(bool) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    step(false)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    step(true)?;
+    sync_dir(dir)
+}
+
 /// fsync a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)?.sync_all()?;

@@ -17,7 +17,7 @@
 mod dir;
 mod segment;
 
-pub(crate) use dir::{DirLock, SegmentListing};
+pub(crate) use dir::{write_atomically, write_atomically_with, DirLock, SegmentListing};
 pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
 
 use crate::store::config::SyncMode;
@@ -84,6 +84,10 @@ impl Log {
         self.segments.read().get(&id).cloned()
     }
 
+    pub(crate) fn segment_ids(&self) -> Vec<u64> {
+        self.segments.read().keys().copied().collect()
+    }
+
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.read().len()
     }
@@ -125,21 +129,47 @@ impl Log {
         min_frame_len: u64,
         now_us: i64,
     ) -> Result<ActiveSegment, StoreError> {
+        self.create_segment_with(id, min_frame_len, now_us, || Ok(()))
+    }
+
+    /// [`Log::create_segment`], calling `created` after the file is created
+    /// and synced, before the directory is (where tests inject crashes).
+    fn create_segment_with(
+        &self,
+        id: u64,
+        min_frame_len: u64,
+        now_us: i64,
+        created: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<ActiveSegment, StoreError> {
         let path = self.dir.join(segment_file_name(id));
         let header = SegmentHeader {
             segment_id: id,
             created_us: now_us,
         };
-        let active = ActiveSegment::create(
-            &path,
-            id,
-            &header.encode(),
-            self.capacity_for(min_frame_len),
-            self.prealloc,
-        )?;
+        let capacity = self.capacity_for(min_frame_len);
+        let active =
+            match ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc) {
+                Err(StoreError::Io(e))
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && Self::holds_no_frame(&path) =>
+                {
+                    // Left by an earlier attempt that failed before using it.
+                    std::fs::remove_file(&path)?;
+                    ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc)?
+                }
+                other => other?,
+            };
+        created()?;
         dir::sync_dir(&self.dir)?;
         self.register(active.segment().clone());
         Ok(active)
+    }
+
+    /// A segment file with nothing but (at most) a header and zero fill.
+    fn holds_no_frame(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|b| {
+            crate::store::format::frame::all_zero(b.get(SEGMENT_HEADER_LEN..).unwrap_or_default())
+        })
     }
 
     /// Finish `old` (sync it so everything in it is durable) and start segment
@@ -149,10 +179,11 @@ impl Log {
         old: &mut ActiveSegment,
         frame_len: u64,
         now_us: i64,
+        created: impl FnOnce() -> Result<(), StoreError>,
     ) -> Result<ActiveSegment, StoreError> {
         old.flush_pending()?;
         old.segment().sync(self.sync_mode)?;
-        self.create_segment(old.segment().id() + 1, frame_len, now_us)
+        self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)
     }
 }
 

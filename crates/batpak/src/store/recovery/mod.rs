@@ -1,17 +1,31 @@
-//! Opening a store: rebuild the index from the segments and decide where the
-//! writer continues (SPEC §5.1).
+//! Opening a store: rebuild the index and decide where the writer continues
+//! (SPEC §5.1).
 //!
-//! Every frame is scanned and checked. A torn tail (bytes after the last good
-//! frame of the newest segment that are not all zero) is truncated; a damaged
-//! region followed by good frames is skipped and reported, never served, and
-//! the frames after it are kept. A batch whose frames are not all present is
-//! discarded as a whole. Global sequences continue after the highest one seen.
+//! Three sources, fastest first, each checked before it is trusted:
+//! 1. the checkpoint written by the last `close()` (an image of the index,
+//!    checked against the segments it covers), then whatever was written
+//!    after it;
+//! 2. the footer of each sealed segment (a compact table of its events,
+//!    checked against its last frame);
+//! 3. the frames themselves.
 //!
-//! Recovery reads files and writes only to repair the newest segment's tail;
-//! a read-only open modifies nothing.
+//! Footers and frames feed the same assembly step, so both obey the same
+//! rules: a batch whose frames are not all present is discarded as a whole;
+//! a damaged region followed by good frames is skipped and reported, never
+//! served; a torn tail of the newest segment is truncated; global sequences
+//! continue after the highest one used (including removed events').
+//!
+//! Recovery writes only to repair the newest segment's tail or to create the
+//! first files of a new store; a read-only open modifies nothing.
+
+mod removed;
+
+pub(crate) use removed::load_removed;
 
 use crate::event::EventKind;
-use crate::store::format::frame::{next_valid_frame, probe, Probe};
+use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
+use crate::store::format::footer::{self, Footer};
+use crate::store::format::frame::{decode_frame, next_valid_frame, probe, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{Index, NewRecord};
@@ -28,6 +42,10 @@ pub enum OpenPath {
     /// The directory held no segments.
     #[default]
     NewStore,
+    /// From the checkpoint, plus the events written after it.
+    Checkpoint,
+    /// From segment footers (and a scan of the newest segment).
+    Footers,
     /// Every frame of every segment was scanned.
     FullScan,
 }
@@ -52,16 +70,25 @@ pub struct TruncatedTail {
     pub segment_id: u64,
     /// New end of the segment's frames.
     pub offset: u64,
-    /// Bytes that were discarded (not counting zero fill).
+    /// Bytes that were discarded.
     pub length: u64,
 }
 
 /// What recovery found and did, reported by `Store::diagnostics()`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecoveryReport {
     /// How the index was rebuilt.
     pub open_path: OpenPath,
-    /// Segments read.
+    /// Why the checkpoint was not used, when one existed.
+    pub checkpoint_rejected: Option<String>,
+    /// Events taken from the checkpoint.
+    pub events_from_checkpoint: u64,
+    /// Segments indexed from their footers.
+    pub segments_from_footers: usize,
+    /// Sealed segments whose footer was missing or failed a check (scanned instead).
+    pub footers_rejected: usize,
+    /// Segments whose frames were scanned (wholly, or after the checkpoint).
     pub segments_scanned: usize,
     /// Events indexed.
     pub events_recovered: u64,
@@ -74,6 +101,8 @@ pub struct RecoveryReport {
     /// Events whose `prev_hash` did not match the previous event of their
     /// entity (a predecessor was lost to damage).
     pub chain_breaks: u64,
+    /// Events remembered as removed by compaction.
+    pub removed_events: u64,
     /// Time spent opening, in microseconds.
     pub elapsed_us: u64,
 }
@@ -84,66 +113,102 @@ pub(crate) struct Recovered {
     pub(crate) next_seq: u64,
     /// The segment the writer continues (`None` when read-only).
     pub(crate) active: Option<ActiveSegment>,
+    /// Sealed segments that have no valid footer yet (writable opens write them).
+    pub(crate) unsealed: Vec<u64>,
     pub(crate) report: RecoveryReport,
 }
 
-/// A decoded frame waiting to be indexed (batch members wait for their batch).
-struct Pending {
+/// An event's fields as found in a frame or a footer entry, except its strings.
+#[derive(Clone, Copy)]
+struct Meta {
     segment_id: u64,
     offset: u64,
     length: u32,
-    rec: OwnedRecord,
-}
-
-/// The parts of an event record the index needs, owned.
-struct OwnedRecord {
     event_id: u128,
     correlation_id: u128,
     causation_id: Option<u128>,
-    entity: Box<str>,
-    scope: Box<str>,
     kind: u16,
     timestamp_us: i64,
     hlc_counter: u16,
     clock: u32,
-    prev_hash: [u8; 32],
+    /// Footers do not carry it.
+    prev_hash: Option<[u8; 32]>,
     event_hash: [u8; 32],
     global_seq: u64,
     batch_size: u32,
     batch_index: u32,
 }
 
-impl OwnedRecord {
-    fn from(rec: &EventRecord<'_>) -> Self {
+/// One event as found, borrowing its strings from the frame or footer.
+#[derive(Clone, Copy)]
+struct Found<'a> {
+    m: Meta,
+    entity: &'a str,
+    scope: &'a str,
+}
+
+impl<'a> Found<'a> {
+    fn from_record(segment_id: u64, offset: u64, length: u32, r: &EventRecord<'a>) -> Self {
         Self {
-            event_id: rec.event_id,
-            correlation_id: rec.correlation_id,
-            causation_id: rec.causation_id,
-            entity: rec.entity.into(),
-            scope: rec.scope.into(),
-            kind: rec.kind,
-            timestamp_us: rec.timestamp_us,
-            hlc_counter: rec.hlc_counter,
-            clock: rec.clock,
-            prev_hash: rec.prev_hash,
-            event_hash: rec.event_hash,
-            global_seq: rec.global_seq,
-            batch_size: rec.batch_size,
-            batch_index: rec.batch_index,
+            m: Meta {
+                segment_id,
+                offset,
+                length,
+                event_id: r.event_id,
+                correlation_id: r.correlation_id,
+                causation_id: r.causation_id,
+                kind: r.kind,
+                timestamp_us: r.timestamp_us,
+                hlc_counter: r.hlc_counter,
+                clock: r.clock,
+                prev_hash: Some(r.prev_hash),
+                event_hash: r.event_hash,
+                global_seq: r.global_seq,
+                batch_size: r.batch_size,
+                batch_index: r.batch_index,
+            },
+            entity: r.entity,
+            scope: r.scope,
+        }
+    }
+
+    fn to_owned(self) -> Owned {
+        Owned {
+            m: self.m,
+            entity: self.entity.into(),
+            scope: self.scope.into(),
         }
     }
 }
 
-struct Scan {
-    index: Index,
-    report: RecoveryReport,
-    /// Highest global sequence indexed, if any.
-    max_seq: Option<u64>,
-    /// Frames of the batch being assembled.
-    batch: Vec<Pending>,
+/// A batch member waiting for the rest of its batch (strings owned, since
+/// a batch may continue in the next segment).
+struct Owned {
+    m: Meta,
+    entity: Box<str>,
+    scope: Box<str>,
 }
 
-impl Scan {
+impl Owned {
+    fn get(&self) -> Found<'_> {
+        Found {
+            m: self.m,
+            entity: &self.entity,
+            scope: &self.scope,
+        }
+    }
+}
+
+/// The assembly step shared by frames and footers.
+struct Assembly {
+    index: Index,
+    report: RecoveryReport,
+    /// Highest global sequence used so far, if any.
+    max_seq: Option<u64>,
+    batch: Vec<Owned>,
+}
+
+impl Assembly {
     fn damage(&mut self, segment_id: u64, offset: u64, length: u64, detail: impl Into<String>) {
         let detail = detail.into();
         tracing::warn!(segment_id, offset, length, %detail, "batpak: skipping damaged region");
@@ -156,145 +221,168 @@ impl Scan {
     }
 
     fn discard_batch(&mut self, why: &str) {
-        if self.batch.is_empty() {
-            return;
+        if let Some(first) = self.batch.first() {
+            tracing::warn!(
+                segment_id = first.m.segment_id,
+                offset = first.m.offset,
+                events = self.batch.len(),
+                why,
+                "batpak: discarding incomplete batch"
+            );
+            self.report.discarded_batch_events += self.batch.len() as u64;
+            self.batch.clear();
         }
-        let first = &self.batch[0];
-        tracing::warn!(
-            segment_id = first.segment_id,
-            offset = first.offset,
-            events = self.batch.len(),
-            why,
-            "batpak: discarding incomplete batch"
-        );
-        self.report.discarded_batch_events += self.batch.len() as u64;
-        self.batch.clear();
     }
 
-    /// Take one decoded event frame.
-    fn frame(&mut self, p: Pending) {
-        let r = &p.rec;
-        if r.batch_size == 0 {
+    /// Position (segment, offset) of the first frame of a pending batch.
+    fn pending_batch_start(&self) -> Option<(u64, u64)> {
+        self.batch.first().map(|b| (b.m.segment_id, b.m.offset))
+    }
+
+    /// Take one event, in log order.
+    fn take(&mut self, f: Found<'_>) {
+        let m = f.m;
+        if m.batch_size == 0 {
             self.discard_batch("interrupted by a single event");
-            self.index_one(p);
+            self.index_one(f);
             return;
         }
-        let expected_index = self.batch.len() as u32;
-        let continues = self.batch.first().is_some_and(|f| {
-            f.rec.batch_size == r.batch_size
-                && f.rec.global_seq + u64::from(expected_index) == r.global_seq
+        let expected = self.batch.len() as u32;
+        let continues = self.batch.first().is_some_and(|b| {
+            b.m.batch_size == m.batch_size && b.m.global_seq + u64::from(expected) == m.global_seq
         });
-        if r.batch_index != expected_index || (expected_index > 0 && !continues) {
+        if m.batch_index != expected || (expected > 0 && !continues) {
             self.discard_batch("interrupted by another batch");
-            if r.batch_index != 0 {
-                let (seg, off, len) = (p.segment_id, p.offset, u64::from(p.length));
+            if m.batch_index != 0 {
                 self.report.discarded_batch_events += 1;
+                let (seg, off, len) = (m.segment_id, m.offset, u64::from(m.length));
                 self.damage(seg, off, len, "batch member without the start of its batch");
                 return;
             }
         }
-        let complete = r.batch_index + 1 == r.batch_size;
-        self.batch.push(p);
+        let complete = m.batch_index + 1 == m.batch_size;
+        if complete && self.batch.is_empty() {
+            self.index_one(f);
+            return;
+        }
+        self.batch.push(f.to_owned());
         if complete {
-            for p in std::mem::take(&mut self.batch) {
-                self.index_one(p);
+            for b in std::mem::take(&mut self.batch) {
+                self.index_one(b.get());
             }
         }
     }
 
-    fn index_one(&mut self, p: Pending) {
-        let r = &p.rec;
-        if self.max_seq.is_some_and(|m| r.global_seq <= m) {
+    fn index_one(&mut self, found: Found<'_>) {
+        let f = found.m;
+        let (seg, off, len) = (f.segment_id, f.offset, u64::from(f.length));
+        if self.max_seq.is_some_and(|m| f.global_seq <= m) {
             self.damage(
-                p.segment_id,
-                p.offset,
-                u64::from(p.length),
-                format!("global sequence {} out of order", r.global_seq),
+                seg,
+                off,
+                len,
+                format!("global sequence {} out of order", f.global_seq),
             );
             return;
         }
-        if self.index.slot_of(r.event_id).is_some() {
+        if self.index.find_key(f.event_id).is_some() {
             self.damage(
-                p.segment_id,
-                p.offset,
-                u64::from(p.length),
-                format!("duplicate event id {:032x}", r.event_id),
+                seg,
+                off,
+                len,
+                format!("duplicate event id {:032x}", f.event_id),
             );
             return;
         }
-        match self.index.entity_tail(&r.entity) {
-            Some(tail) if r.clock <= tail.clock => {
+        match self.index.entity_tail(found.entity) {
+            Some(tail) if f.clock <= tail.clock => {
                 self.damage(
-                    p.segment_id,
-                    p.offset,
-                    u64::from(p.length),
-                    format!("entity clock {} not after {}", r.clock, tail.clock),
+                    seg,
+                    off,
+                    len,
+                    format!("entity clock {} not after {}", f.clock, tail.clock),
                 );
                 return;
             }
-            Some(tail) if tail.event_hash != r.prev_hash || tail.clock + 1 != r.clock => {
+            Some(tail)
+                if tail.clock + 1 != f.clock
+                    || f.prev_hash.is_some_and(|p| p != tail.event_hash) =>
+            {
                 self.report.chain_breaks += 1;
             }
-            None if r.clock != 0 || r.prev_hash != [0; 32] => self.report.chain_breaks += 1,
+            None if f.clock != 0 || f.prev_hash.is_some_and(|p| p != [0; 32]) => {
+                self.report.chain_breaks += 1
+            }
             _ => {}
         }
         let res = self.index.insert(&NewRecord {
-            event_id: r.event_id,
-            correlation_id: r.correlation_id,
-            causation_id: r.causation_id,
-            entity: &r.entity,
-            scope: &r.scope,
-            kind: EventKind::from_raw(r.kind),
-            timestamp_us: r.timestamp_us,
-            hlc_counter: r.hlc_counter,
-            clock: r.clock,
-            event_hash: r.event_hash,
-            global_seq: r.global_seq,
-            segment_id: p.segment_id,
-            offset: p.offset,
-            length: p.length,
+            event_id: f.event_id,
+            correlation_id: f.correlation_id,
+            causation_id: f.causation_id,
+            entity: found.entity,
+            scope: found.scope,
+            kind: EventKind::from_raw(f.kind),
+            timestamp_us: f.timestamp_us,
+            hlc_counter: f.hlc_counter,
+            clock: f.clock,
+            event_hash: f.event_hash,
+            global_seq: f.global_seq,
+            segment_id: f.segment_id,
+            offset: f.offset,
+            length: f.length,
         });
         match res {
             Ok(_) => {
-                self.max_seq = Some(r.global_seq);
+                self.max_seq = Some(f.global_seq);
                 self.report.events_recovered += 1;
             }
-            Err(e) => self.damage(p.segment_id, p.offset, u64::from(p.length), e.to_string()),
+            Err(e) => self.damage(seg, off, len, e.to_string()),
         }
     }
 
-    /// Scan one segment's frames; returns the offset where its frames end and
-    /// whether non-zero bytes follow (a torn tail).
-    fn segment(&mut self, seg: &Segment) -> (u64, Option<u64>) {
+    /// Scan the frames of `seg` from `from`. Returns where its frames end,
+    /// the length of a torn tail after them, and whether a footer ends them.
+    fn scan(&mut self, seg: &Segment, from: u64) -> ScanEnd {
+        self.report.segments_scanned += 1;
         let bytes = seg.bytes();
         let id = seg.id();
-        let mut pos = SEGMENT_HEADER_LEN;
-        match SegmentHeader::decode(bytes) {
-            Ok(h) if h.segment_id == id => {}
-            Ok(h) => self.damage(
-                id,
-                0,
-                SEGMENT_HEADER_LEN as u64,
-                format!("header names segment {}", h.segment_id),
-            ),
-            Err(e) => self.damage(
-                id,
-                0,
-                SEGMENT_HEADER_LEN.min(bytes.len()) as u64,
-                format!("segment header: {e}"),
-            ),
+        let mut pos = from as usize;
+        if pos == SEGMENT_HEADER_LEN {
+            match SegmentHeader::decode(bytes) {
+                Ok(h) if h.segment_id == id => {}
+                Ok(h) => self.damage(
+                    id,
+                    0,
+                    SEGMENT_HEADER_LEN as u64,
+                    format!("header names segment {}", h.segment_id),
+                ),
+                Err(e) => self.damage(
+                    id,
+                    0,
+                    SEGMENT_HEADER_LEN.min(bytes.len()) as u64,
+                    format!("segment header: {e}"),
+                ),
+            }
         }
         loop {
             match probe(bytes, pos) {
-                Probe::End => return (pos as u64, None),
+                Probe::End => {
+                    return ScanEnd {
+                        end: pos as u64,
+                        torn: None,
+                        sealed: false,
+                    }
+                }
                 Probe::Frame { body, len } => {
+                    if footer::is_footer(body) {
+                        return ScanEnd {
+                            end: pos as u64,
+                            torn: None,
+                            sealed: true,
+                        };
+                    }
                     match decode_event(body) {
-                        Ok(rec) => self.frame(Pending {
-                            segment_id: id,
-                            offset: pos as u64,
-                            length: len as u32,
-                            rec: OwnedRecord::from(&rec),
-                        }),
+                        Ok(rec) => self.take(Found::from_record(id, pos as u64, len as u32, &rec)),
                         Err(e) => self.damage(
                             id,
                             pos as u64,
@@ -315,107 +403,304 @@ impl Scan {
                         pos = next;
                     }
                     None => {
-                        let torn = bytes.len() - pos;
-                        return (pos as u64, Some(torn as u64));
+                        return ScanEnd {
+                            end: pos as u64,
+                            torn: Some((bytes.len() - pos) as u64),
+                            sealed: false,
+                        }
                     }
                 },
             }
         }
     }
+
+    /// Index a sealed segment from its footer, if the footer passes its checks.
+    fn take_footer(&mut self, seg: &Segment) -> Result<(), String> {
+        let bytes = seg.bytes();
+        match SegmentHeader::decode(bytes) {
+            Ok(h) if h.segment_id == seg.id() => {}
+            _ => return Err("segment header does not check".into()),
+        }
+        let at = footer::locate(bytes).ok_or("no footer trailer")? as usize;
+        let f: Footer = footer::decode(bytes.get(at..).ok_or("footer offset beyond the file")?)
+            .map_err(|e| e.to_string())?;
+        if f.segment_id != seg.id() || f.frames_end != at as u64 {
+            return Err(format!(
+                "footer names segment {} ending at {}",
+                f.segment_id, f.frames_end
+            ));
+        }
+        // The cheap check against the frames: the last one listed is intact and is that event.
+        if let Some(last) = f.entries.last() {
+            let end = u64::from(last.offset) + u64::from(last.length);
+            if end > f.frames_end {
+                return Err("last entry lies beyond the frames".into());
+            }
+            let frame = &bytes[last.offset as usize..end as usize];
+            let (body, _) = decode_frame(frame).map_err(|e| format!("last frame: {e}"))?;
+            let rec = decode_event(body).map_err(|e| format!("last frame: {e}"))?;
+            if rec.event_id != last.event_id || rec.global_seq != last.global_seq {
+                return Err("last frame is not the footer's last event".into());
+            }
+        }
+        for e in &f.entries {
+            let (entity, scope) = &f.coords[e.coord as usize];
+            self.take(Found {
+                m: Meta {
+                    segment_id: f.segment_id,
+                    offset: u64::from(e.offset),
+                    length: e.length,
+                    event_id: e.event_id,
+                    correlation_id: e.correlation_id,
+                    causation_id: e.causation_id,
+                    kind: e.kind,
+                    timestamp_us: e.timestamp_us,
+                    hlc_counter: e.hlc_counter,
+                    clock: e.clock,
+                    prev_hash: None,
+                    event_hash: e.event_hash,
+                    global_seq: e.global_seq,
+                    batch_size: e.batch_size,
+                    batch_index: e.batch_index,
+                },
+                entity,
+                scope,
+            });
+        }
+        Ok(())
+    }
 }
 
-/// Rebuild the index from the segments in `log`'s directory and register them.
+struct ScanEnd {
+    end: u64,
+    torn: Option<u64>,
+    sealed: bool,
+}
+
+/// Load the checkpoint if it exists and agrees with the segments on disk.
+fn load_checkpoint(
+    dir: &Path,
+    listing: &SegmentListing,
+    report: &mut RecoveryReport,
+) -> Option<Checkpoint> {
+    let bytes = match std::fs::read(dir.join(CHECKPOINT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            report.checkpoint_rejected = Some(format!("unreadable: {e}"));
+            return None;
+        }
+    };
+    let reject = |report: &mut RecoveryReport, why: String| {
+        tracing::warn!(%why, "batpak: checkpoint not used; rebuilding from the segments");
+        report.checkpoint_rejected = Some(why);
+        None
+    };
+    let cp = match checkpoint::decode(&bytes) {
+        Ok(cp) => cp,
+        Err(e) => return reject(report, e.to_string()),
+    };
+    let Some(last_covered) = cp.segments.last().map(|s| s.segment_id) else {
+        return reject(report, "covers no segment".into());
+    };
+    let on_disk: Vec<u64> = listing
+        .segments
+        .iter()
+        .map(|s| s.0)
+        .take_while(|&id| id <= last_covered)
+        .collect();
+    let covered: Vec<u64> = cp.segments.iter().map(|s| s.segment_id).collect();
+    if on_disk != covered {
+        return reject(
+            report,
+            format!("covers segments {covered:?}, the directory has {on_disk:?}"),
+        );
+    }
+    for s in &cp.segments {
+        let path = &listing.segments.iter().find(|x| x.0 == s.segment_id)?.1;
+        let check = || -> Result<(), String> {
+            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            if len < s.frames_end {
+                return Err(format!(
+                    "segment {} is {len} bytes, the checkpoint covers {}",
+                    s.segment_id, s.frames_end
+                ));
+            }
+            if s.last_length > 0 {
+                use std::os::unix::fs::FileExt;
+                let mut frame = vec![0u8; s.last_length as usize];
+                file.read_exact_at(&mut frame, s.last_offset)
+                    .map_err(|e| e.to_string())?;
+                let (body, _) = decode_frame(&frame)
+                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
+                let rec = decode_event(body)
+                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
+                if rec.event_id != s.last_event_id {
+                    return Err(format!(
+                        "segment {} last frame holds another event",
+                        s.segment_id
+                    ));
+                }
+            }
+            Ok(())
+        };
+        if let Err(why) = check() {
+            return reject(report, why);
+        }
+    }
+    Some(cp)
+}
+
+/// Rebuild the index from the files in `log`'s directory and register the segments.
 pub(crate) fn recover(
     log: &Log,
     config: &StoreConfig,
     writable: bool,
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
-    let listing = SegmentListing::read(log.dir())?;
-    let mut scan = Scan {
+    let dir = log.dir();
+    let listing = SegmentListing::read(dir)?;
+    let removed = load_removed(dir, !listing.segments.is_empty(), writable)?;
+    let mut report = RecoveryReport::default();
+    let checkpoint = load_checkpoint(dir, &listing, &mut report);
+    let mut asm = Assembly {
         index: Index::new(),
-        report: RecoveryReport::default(),
+        report,
         max_seq: None,
         batch: Vec::new(),
     };
-    let mut active = None;
-    let count = listing.segments.len();
-    if count > 0 {
-        scan.report.open_path = OpenPath::FullScan;
+    // (segment id, offset) where the frames after the checkpoint begin.
+    let mut resume: Option<(u64, u64)> = None;
+    if let Some(cp) = checkpoint {
+        asm.report.open_path = OpenPath::Checkpoint;
+        asm.report.events_from_checkpoint = u64::from(cp.index.len());
+        asm.max_seq = cp.next_seq.checked_sub(1);
+        resume = cp.segments.last().map(|s| (s.segment_id, s.frames_end));
+        asm.index = cp.index;
+    } else if !listing.segments.is_empty() {
+        asm.report.open_path = OpenPath::FullScan;
     }
+    for r in &removed {
+        asm.index.insert_removed(
+            r.event_id,
+            &r.entity,
+            &r.scope,
+            EventKind::from_raw(r.kind),
+            r.global_seq,
+        );
+        asm.max_seq = asm.max_seq.max(Some(r.global_seq));
+    }
+    asm.report.removed_events = removed.len() as u64;
+
+    let mut active = None;
+    let mut unsealed = Vec::new();
+    let count = listing.segments.len();
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
-        let seg = Segment::open_read_only(path, *id)?;
-        scan.report.segments_scanned += 1;
-        if newest && writable && seg.file_len() < SEGMENT_HEADER_LEN as u64 {
+        if newest && writable && std::fs::metadata(path)?.len() < SEGMENT_HEADER_LEN as u64 {
             // Crashed while creating the segment: it never held a frame.
-            drop(seg);
             std::fs::remove_file(path)?;
             active = Some(log.create_segment(*id, 0, config.now_us())?);
             continue;
         }
-        let (end, torn) = scan.segment(&seg);
+        let seg = Segment::open_read_only(path, *id)?;
+        let covered = resume.is_some_and(|(last, _)| *id < last);
+        let start = match resume {
+            Some((last, end)) if *id == last => end,
+            _ => SEGMENT_HEADER_LEN as u64,
+        };
+        if covered {
+            log.register(Arc::new(seg));
+            continue;
+        }
+        let from_footer = !newest && start == SEGMENT_HEADER_LEN as u64 && {
+            match asm.take_footer(&seg) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::debug!(segment_id = *id, %why, "batpak: footer not used; scanning");
+                    asm.report.footers_rejected += 1;
+                    false
+                }
+            }
+        };
+        if from_footer {
+            asm.report.segments_from_footers += 1;
+            seg.release_pages();
+            log.register(Arc::new(seg));
+            continue;
+        }
+        let end = asm.scan(&seg, start);
         seg.release_pages();
         if !newest {
-            if let Some(len) = torn {
-                scan.damage(*id, end, len, "damaged end of a sealed segment");
+            if let Some(len) = end.torn {
+                asm.damage(*id, end.end, len, "damaged end of a sealed segment");
+            }
+            if !end.sealed {
+                unsealed.push(*id);
             }
             log.register(Arc::new(seg));
             continue;
         }
-        // The newest segment: a batch still open at its end never committed.
-        let batch_start = scan.batch.first().map(|p| (p.segment_id, p.offset));
-        let batch_len = scan.batch.len();
-        scan.discard_batch("not committed before the end of the log");
-        let mut end = end;
-        let mut cut = torn;
-        if let Some((seg_id, off)) = batch_start.filter(|_| batch_len > 0) {
-            // Cut the uncommitted batch's frames in this segment too, so that
-            // later appends never follow half a batch.
+        // The newest segment. A batch still open at its end never committed:
+        // cut it off too, so that later appends never follow half a batch.
+        let mut frames_end = end.end;
+        let mut cut = end.torn;
+        if let Some((seg_id, off)) = asm.pending_batch_start() {
             let from = if seg_id == *id {
                 off
             } else {
                 SEGMENT_HEADER_LEN as u64
             };
-            if from < end {
-                cut = Some(cut.unwrap_or(0) + (end - from));
-                end = from;
+            if from < frames_end {
+                cut = Some(cut.unwrap_or(0) + (frames_end - from));
+                frames_end = from;
             }
         }
-        let file_len = seg.file_len();
+        asm.discard_batch("not committed before the end of the log");
         if let Some(len) = cut {
             tracing::warn!(
                 segment_id = *id,
-                offset = end,
+                offset = frames_end,
                 bytes = len,
                 "batpak: torn tail"
             );
-            scan.report.truncated_tail = Some(TruncatedTail {
+            asm.report.truncated_tail = Some(TruncatedTail {
                 segment_id: *id,
-                offset: end,
+                offset: frames_end,
                 length: len,
             });
         }
-        if !writable {
+        let file_len = seg.file_len();
+        if !writable || end.sealed {
+            // Sealed (the crash came after its footer, before the next
+            // segment existed): the next append starts a new segment.
             log.register(Arc::new(seg));
+            if writable {
+                active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
+            }
             continue;
         }
         drop(seg);
         if cut.is_some() {
-            truncate(path, end)?;
+            truncate(path, frames_end)?;
         }
-        active = Some(log.reopen_active(path, *id, end, file_len)?);
+        active = Some(log.reopen_active(path, *id, frames_end, file_len)?);
     }
+    asm.discard_batch("not committed before the end of the log");
     if writable && active.is_none() {
         active = Some(log.create_segment(1, 0, config.now_us())?);
     }
-    scan.report.elapsed_us = started.elapsed().as_micros() as u64;
-    let next_seq = scan.max_seq.map_or(0, |m| m + 1);
+    if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
+        asm.report.open_path = OpenPath::Footers;
+    }
+    asm.report.elapsed_us = started.elapsed().as_micros() as u64;
     Ok(Recovered {
-        index: scan.index,
-        next_seq,
+        next_seq: asm.max_seq.map_or(0, |m| m + 1),
+        index: asm.index,
         active,
-        report: scan.report,
+        unsealed,
+        report: asm.report,
     })
 }
 

@@ -10,6 +10,7 @@
 //!
 //! This module must not read frames back or answer queries; it only appends.
 
+mod batch;
 pub(crate) mod durability;
 mod flusher;
 mod options;
@@ -19,12 +20,15 @@ pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
 
 use crate::coordinate::Coordinate;
 use crate::event::EventKind;
+#[cfg(feature = "dangerous-test-hooks")]
+use crate::store::fault::FaultAction;
+use crate::store::fault::InjectionPoint;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
 use crate::store::format::record::EventRecord;
-use crate::store::index::{EntityTail, Index, NewRecord, MAX_SLOTS};
+use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
 use crate::store::log::ActiveSegment;
-use crate::store::{Shared, StoreError};
+use crate::store::{BatchStage, Shared, StoreError};
 use durability::InflightGuard;
 use parking_lot::RwLockUpgradableReadGuard;
 use serde::Serialize;
@@ -106,7 +110,7 @@ impl Condition {
     }
 }
 
-/// An append after its caller-side work (validation, encoding, hashing).
+/// An append after its caller-side work (validation, encoding, ids).
 pub(crate) struct Draft<'a> {
     pub(crate) coord: &'a Coordinate,
     pub(crate) kind: EventKind,
@@ -119,6 +123,40 @@ pub(crate) struct Draft<'a> {
     pub(crate) condition: Condition,
     /// The event id is an idempotency key.
     pub(crate) idempotent: bool,
+}
+
+/// Why an append (or one item of a batch) failed, and at which step.
+pub(crate) struct Failure {
+    pub(crate) item: usize,
+    pub(crate) stage: BatchStage,
+    pub(crate) error: StoreError,
+}
+
+impl Failure {
+    fn at(item: usize, stage: BatchStage, error: StoreError) -> Self {
+        Self { item, stage, error }
+    }
+
+    /// The error a batch call returns.
+    pub(crate) fn into_batch_error(self) -> StoreError {
+        match self.error {
+            // Already describes the batch (or is a fault the test asked for).
+            e @ (StoreError::BatchFailed { .. } | StoreError::FaultInjected(_)) => e,
+            e => StoreError::BatchFailed {
+                item_index: self.item,
+                stage: self.stage,
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+/// What a stored idempotency key says about a retry of `draft`.
+enum KeyLookup {
+    /// The key is unused.
+    New,
+    /// The key's event is this one: its receipt and the slot to wait for.
+    Retry(AppendReceipt, Option<u32>),
 }
 
 impl Shared {
@@ -141,163 +179,215 @@ impl Shared {
         Ok(())
     }
 
-    fn receipt_for(&self, index: &Index, slot: u32) -> AppendReceipt {
-        AppendReceipt {
-            event_id: index.event_id(slot),
-            sequence: index.global_seq(slot),
-            disk_pos: index.disk_pos(slot),
+    /// Run an injected fault, if the test configured one for `point`.
+    #[inline]
+    pub(crate) fn fault(&self, point: InjectionPoint) -> Result<(), StoreError> {
+        #[cfg(feature = "dangerous-test-hooks")]
+        if let Some(injector) = &self.config.fault_injector {
+            match injector.on(point) {
+                FaultAction::Continue => {}
+                FaultAction::Fail => return Err(StoreError::FaultInjected(format!("{point:?}"))),
+                FaultAction::Panic => panic!("fault injected: {point:?}"),
+                FaultAction::Crash => std::process::abort(),
+            }
         }
+        let _ = point;
+        Ok(())
     }
 
-    /// Append one event: the whole single-append path.
-    /// `inflight` marks the caller as about to write; it is released once the
-    /// frame is in the log, before waiting for durability.
+    /// Check `draft`'s idempotency key (if any) against the stored events.
+    fn lookup_key(&self, index: &Index, draft: &Draft<'_>) -> Result<KeyLookup, StoreError> {
+        let Some(hit) = index.find_key(draft.event_id) else {
+            return Ok(KeyLookup::New);
+        };
+        if !draft.idempotent
+            || hit.entity != draft.coord.entity()
+            || hit.scope != draft.coord.scope()
+            || hit.kind != draft.kind
+        {
+            // Without a key this is a fresh id colliding with a stored one:
+            // astronomically unlikely, and refused rather than duplicated.
+            return Err(StoreError::IdempotencyConflict {
+                key: draft.event_id,
+            });
+        }
+        let receipt = AppendReceipt {
+            event_id: draft.event_id,
+            sequence: hit.global_seq,
+            disk_pos: hit.disk_pos,
+        };
+        Ok(KeyLookup::Retry(receipt, hit.slot))
+    }
+
+    /// Append one event: the whole single-append path. `inflight` marks the
+    /// caller as about to write; it is released once the frame is in the
+    /// log, before waiting for durability.
     pub(crate) fn append_draft(
         &self,
         draft: Draft<'_>,
         inflight: InflightGuard<'_>,
     ) -> Result<AppendReceipt, StoreError> {
         self.validate_event(draft.kind, draft.payload.len())?;
-        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
-        let content_hash = chain::content_hash(&draft.payload);
+        let drafts = [draft];
+        let receipts = self
+            .append_drafts(&drafts, false, inflight)
+            .map_err(|f| f.error)?;
+        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
+    }
+
+    /// The shared core of single and batch appends: under the writer lock,
+    /// check keys and conditions, assign clocks, sequences and hashes, copy
+    /// the frames into the log, index them; then wait for durability. With
+    /// `batch`, the frames are marked as one atomic batch (recovery keeps all
+    /// of them or none) and become visible together.
+    pub(crate) fn append_drafts(
+        &self,
+        drafts: &[Draft<'_>],
+        batch: bool,
+        inflight: InflightGuard<'_>,
+    ) -> Result<Vec<AppendReceipt>, Failure> {
+        let validation = |item, e| Failure::at(item, BatchStage::Validation, e);
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| validation(0, StoreError::ReadOnly))?;
+        let content: Vec<[u8; 32]> = drafts
+            .iter()
+            .map(|d| chain::content_hash(&d.payload))
+            .collect();
         let now_us = self.config.now_us();
-        let entity = draft.coord.entity();
+        let batch_size = if batch {
+            u32::try_from(drafts.len())
+                .map_err(|_| validation(0, StoreError::InvalidBatch("too many items".into())))?
+        } else {
+            0
+        };
 
         let mut w = writer.lock();
-        self.durability.check()?;
+        self.durability.check().map_err(|e| validation(0, e))?;
         let index = self.index.upgradable_read();
 
-        if draft.idempotent {
-            if let Some(slot) = index.slot_of(draft.event_id) {
-                if index.coordinate(slot) != *draft.coord || index.kind(slot) != draft.kind {
-                    return Err(StoreError::IdempotencyConflict {
-                        key: draft.event_id,
-                    });
-                }
-                let receipt = self.receipt_for(&index, slot);
-                drop(index);
-                drop(w);
-                drop(inflight);
-                self.wait_visible(slot + 1)?;
-                return Ok(receipt);
+        // Idempotency first: a retry returns the original receipts even when
+        // its conditions no longer hold. A batch is retried whole or not at all.
+        let mut retries = Vec::new();
+        for (i, d) in drafts.iter().enumerate() {
+            match self.lookup_key(&index, d).map_err(|e| validation(i, e))? {
+                KeyLookup::New => {}
+                KeyLookup::Retry(receipt, slot) => retries.push((i, receipt, slot)),
             }
-        } else if index.slot_of(draft.event_id).is_some() {
-            // A fresh v7 id colliding with a stored one is astronomically
-            // unlikely; refuse rather than make two events share an id.
-            return Err(StoreError::IdempotencyConflict {
-                key: draft.event_id,
-            });
+        }
+        if !retries.is_empty() {
+            if retries.len() != drafts.len() {
+                let first_new = (0..drafts.len())
+                    .find(|i| retries.iter().all(|r| r.0 != *i))
+                    .unwrap_or(0);
+                return Err(validation(
+                    first_new,
+                    StoreError::InvalidBatch(format!(
+                        "{} of {} idempotency keys were already used: a batch is retried whole or not at all",
+                        retries.len(),
+                        drafts.len()
+                    )),
+                ));
+            }
+            drop(index);
+            drop(w);
+            drop(inflight);
+            let wait_for = retries.iter().filter_map(|r| r.2).max();
+            if let Some(slot) = wait_for {
+                self.wait_visible(slot + 1).map_err(|e| validation(0, e))?;
+            }
+            return Ok(retries.into_iter().map(|r| r.1).collect());
         }
 
-        let tail = index.entity_tail(entity);
-        draft.condition.check(entity, tail.as_ref())?;
-        let clock = match &tail {
-            Some(t) => t
-                .clock
-                .checked_add(1)
-                .ok_or_else(|| StoreError::ClockOverflow {
-                    entity: entity.to_owned(),
-                })?,
-            None => 0,
-        };
-        if index.len() >= MAX_SLOTS {
-            return Err(StoreError::CapacityExhausted(format!("{MAX_SLOTS} events")));
+        let base = index.len();
+        if u64::from(base) + drafts.len() as u64 > u64::from(MAX_SLOTS) {
+            return Err(validation(
+                0,
+                StoreError::CapacityExhausted(format!("{MAX_SLOTS} events")),
+            ));
         }
-        // Per entity, time never goes backwards; events in the same
-        // millisecond are told apart by the HLC counter.
-        let (timestamp_us, hlc_counter) = match &tail {
-            Some(t) => {
-                let ts = now_us.max(t.timestamp_us);
-                let same_ms = ts.div_euclid(1000) == t.timestamp_us.div_euclid(1000);
-                (
-                    ts,
-                    if same_ms {
-                        t.hlc_counter.saturating_add(1)
-                    } else {
-                        0
-                    },
-                )
-            }
-            None => (now_us, 0),
-        };
-        let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
-        let mut rec = EventRecord {
-            flags: draft.flags,
-            kind: draft.kind.raw(),
-            clock,
-            global_seq: w.next_seq,
-            timestamp_us,
-            hlc_counter,
-            batch_size: 0,
-            batch_index: 0,
-            event_id: draft.event_id,
-            correlation_id: draft.correlation_id.unwrap_or(draft.event_id),
-            causation_id: draft.causation_id,
-            prev_hash,
-            event_hash: [0; 32],
-            content_hash,
-            entity,
-            scope: draft.coord.scope(),
-            payload: &draft.payload,
-        };
-        rec.event_hash = chain::event_hash(&prev_hash, &rec);
-        let frame_len = rec.frame_len();
+        let records = self.plan(&index, w.next_seq, drafts, &content, now_us, batch_size)?;
+        self.fault(InjectionPoint::BatchValidated)
+            .map_err(|e| validation(0, e))?;
 
-        if !self.log.fits(&w.active, frame_len as u64) {
-            self.rotate(&mut w, frame_len as u64, index.len(), now_us)?;
-        }
-        let segment_id = w.active.segment().id();
+        // Copy the frames into the log. A failure part-way leaves frames of an
+        // incomplete batch behind, which recovery discards; nothing is indexed.
         let durable = self.config.durable_receipts();
-        let offset = if durable {
-            w.active
-                .append_buffered(frame_len, |buf| rec.write_frame(buf))?
-        } else {
-            w.active.append(frame_len, |buf| rec.write_frame(buf))?
-        };
-
-        let mut index = RwLockUpgradableReadGuard::upgrade(index);
-        let inserted = index.insert(&NewRecord {
-            event_id: rec.event_id,
-            correlation_id: rec.correlation_id,
-            causation_id: rec.causation_id,
-            entity,
-            scope: rec.scope,
-            kind: draft.kind,
-            timestamp_us,
-            hlc_counter,
-            clock,
-            event_hash: rec.event_hash,
-            global_seq: rec.global_seq,
-            segment_id,
-            offset,
-            length: frame_len as u32,
-        });
-        let slot = match inserted {
-            Ok(slot) => slot,
-            Err(e) => {
-                // The frame is in the log but not in the index: stop writing
-                // rather than let the two disagree. Reopening rebuilds both.
-                self.durability
-                    .poison(format!("index insert failed after write: {e}"));
-                return Err(e);
+        let mut positions = Vec::with_capacity(records.len());
+        for (i, rec) in records.iter().enumerate() {
+            let frame_len = rec.frame_len();
+            if !self.log.fits(&w.active, frame_len as u64) {
+                self.rotate(&mut w, frame_len as u64, base, now_us)
+                    .map_err(|e| Failure::at(i, BatchStage::Syncing, e))?;
             }
-        };
-        drop(index);
-        let receipt = AppendReceipt {
-            event_id: rec.event_id,
-            sequence: rec.global_seq,
-            disk_pos: crate::store::index::DiskPos {
+            let segment_id = w.active.segment().id();
+            let written = if durable {
+                w.active
+                    .append_buffered(frame_len, |buf| rec.write_frame(buf))
+            } else {
+                w.active.append(frame_len, |buf| rec.write_frame(buf))
+            };
+            let offset = written.map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
+            positions.push(DiskPos {
                 segment_id,
                 offset,
                 length: frame_len as u32,
-            },
-        };
-        w.next_seq += 1;
-        w.written = slot + 1;
+            });
+            self.fault(InjectionPoint::ItemWritten(i))
+                .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
+        }
+        let last = records.len().saturating_sub(1);
+        self.fault(InjectionPoint::FramesWritten)
+            .map_err(|e| Failure::at(last, BatchStage::Writing, e))?;
+
+        let mut index = RwLockUpgradableReadGuard::upgrade(index);
+        for (i, (rec, pos)) in records.iter().zip(&positions).enumerate() {
+            let inserted = index.insert(&NewRecord {
+                event_id: rec.event_id,
+                correlation_id: rec.correlation_id,
+                causation_id: rec.causation_id,
+                entity: rec.entity,
+                scope: rec.scope,
+                kind: EventKind::from_raw(rec.kind),
+                timestamp_us: rec.timestamp_us,
+                hlc_counter: rec.hlc_counter,
+                clock: rec.clock,
+                event_hash: rec.event_hash,
+                global_seq: rec.global_seq,
+                segment_id: pos.segment_id,
+                offset: pos.offset,
+                length: pos.length,
+            });
+            if let Err(e) = inserted {
+                // The frames are in the log but not all in the index: stop
+                // writing rather than let the two disagree. Reopening
+                // rebuilds both.
+                self.durability
+                    .poison(format!("index insert failed after write: {e}"));
+                return Err(Failure::at(i, BatchStage::Indexing, e));
+            }
+        }
+        drop(index);
+        let receipts: Vec<AppendReceipt> = records
+            .iter()
+            .zip(&positions)
+            .map(|(rec, pos)| AppendReceipt {
+                event_id: rec.event_id,
+                sequence: rec.global_seq,
+                disk_pos: *pos,
+            })
+            .collect();
+        w.next_seq += records.len() as u64;
+        w.written = base + records.len() as u32;
         self.durability.note_written(w.written);
+        // Not fatal: the events are indexed but not yet visible; the caller
+        // gets the error and nothing it saw can vanish.
+        self.fault(InjectionPoint::Indexed)
+            .map_err(|e| Failure::at(last, BatchStage::Indexing, e))?;
         if !durable {
             self.durability.publish(w.written);
-            w.unsynced += 1;
+            w.unsynced += records.len() as u32;
             if w.unsynced >= self.config.sync.every_n_events {
                 w.unsynced = 0;
                 if let Some(f) = &self.flusher {
@@ -305,12 +395,111 @@ impl Shared {
                 }
             }
         }
+        let target = w.written;
         drop(w);
         drop(inflight);
         if durable {
-            self.wait_visible(slot + 1)?;
+            self.wait_visible(target)
+                .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
-        Ok(receipt)
+        Ok(receipts)
+    }
+
+    /// Give each draft its clock, time, sequence and hash, checking its
+    /// condition against its entity as it is just before it (earlier items
+    /// of the same call included).
+    fn plan<'d>(
+        &self,
+        index: &Index,
+        next_seq: u64,
+        drafts: &'d [Draft<'d>],
+        content: &[[u8; 32]],
+        now_us: i64,
+        batch_size: u32,
+    ) -> Result<Vec<EventRecord<'d>>, Failure> {
+        let mut overlay: Vec<(&str, EntityTail)> = Vec::new();
+        let mut overlay_map: hashbrown::HashMap<&str, EntityTail> = hashbrown::HashMap::new();
+        let use_map = drafts.len() > 16;
+        let mut records = Vec::with_capacity(drafts.len());
+        for (i, d) in drafts.iter().enumerate() {
+            let entity = d.coord.entity();
+            let local = if use_map {
+                overlay_map.get(entity).copied()
+            } else {
+                overlay
+                    .iter()
+                    .rev()
+                    .find(|(e, _)| *e == entity)
+                    .map(|(_, t)| *t)
+            };
+            let tail = local.or_else(|| index.entity_tail(entity));
+            d.condition
+                .check(entity, tail.as_ref())
+                .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
+            let clock = match &tail {
+                Some(t) => t.clock.checked_add(1).ok_or_else(|| {
+                    Failure::at(
+                        i,
+                        BatchStage::Validation,
+                        StoreError::ClockOverflow {
+                            entity: entity.to_owned(),
+                        },
+                    )
+                })?,
+                None => 0,
+            };
+            // Per entity, time never goes backwards; events in the same
+            // millisecond are told apart by the HLC counter.
+            let (timestamp_us, hlc_counter) = match &tail {
+                Some(t) => {
+                    let ts = now_us.max(t.timestamp_us);
+                    let same_ms = ts.div_euclid(1000) == t.timestamp_us.div_euclid(1000);
+                    (
+                        ts,
+                        if same_ms {
+                            t.hlc_counter.saturating_add(1)
+                        } else {
+                            0
+                        },
+                    )
+                }
+                None => (now_us, 0),
+            };
+            let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
+            let mut rec = EventRecord {
+                flags: d.flags,
+                kind: d.kind.raw(),
+                clock,
+                global_seq: next_seq + i as u64,
+                timestamp_us,
+                hlc_counter,
+                batch_size,
+                batch_index: if batch_size > 0 { i as u32 } else { 0 },
+                event_id: d.event_id,
+                correlation_id: d.correlation_id.unwrap_or(d.event_id),
+                causation_id: d.causation_id,
+                prev_hash,
+                event_hash: [0; 32],
+                content_hash: content[i],
+                entity,
+                scope: d.coord.scope(),
+                payload: &d.payload,
+            };
+            rec.event_hash = chain::event_hash(&prev_hash, &rec);
+            let new_tail = EntityTail {
+                clock,
+                event_hash: rec.event_hash,
+                timestamp_us,
+                hlc_counter,
+            };
+            if use_map {
+                overlay_map.insert(entity, new_tail);
+            } else {
+                overlay.push((entity, new_tail));
+            }
+            records.push(rec);
+        }
+        Ok(records)
     }
 
     /// Seal the active segment and start the next one. Everything written so
@@ -328,13 +517,18 @@ impl Shared {
                 "segment id {next_id}"
             )));
         }
+        self.fault(InjectionPoint::BeforeRotate)?;
         let new = self
             .log
-            .rotate(&mut w.active, frame_len, now_us)
+            .rotate(&mut w.active, frame_len, now_us, || {
+                self.fault(InjectionPoint::SegmentCreated)
+            })
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "segment rotation failed");
             })?;
+        let sealed = w.active.segment().id();
         w.active = new;
+        self.sealer.request(sealed);
         self.durability
             .mark_synced(written, self.config.durable_receipts());
         Ok(())
@@ -362,10 +556,13 @@ impl Shared {
                 // fsync itself runs without it.
                 let (segment, written) = {
                     let mut w = writer.lock();
+                    self.fault(InjectionPoint::BeforeFlush)?;
                     w.active.flush_pending()?;
                     (w.active.segment().clone(), w.written)
                 };
+                self.fault(InjectionPoint::BeforeSync)?;
                 segment.sync(self.log.sync_mode())?;
+                self.fault(InjectionPoint::Sync)?;
                 Ok(if max_batch == 0 {
                     written
                 } else {

@@ -1,0 +1,177 @@
+//! Fault injection for crash and failure tests (feature `dangerous-test-hooks`).
+//!
+//! The store calls its configured [`FaultInjector`] at named points of the
+//! write path, rotation, sync, footer and checkpoint writing; the injector
+//! answers whether to go on, fail with [`StoreError::FaultInjected`], panic,
+//! or abort the whole process (a crash, as far as the files are concerned).
+//! Never enable this feature in production builds.
+//!
+//! [`StoreError::FaultInjected`]: crate::store::StoreError::FaultInjected
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A place in the store's code where a fault can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InjectionPoint {
+    /// A batch passed validation; nothing is written yet.
+    BatchValidated,
+    /// Item `n` of a batch (or a single append, item 0) was copied into the log.
+    ItemWritten(usize),
+    /// Every frame of an append is in the log; the index is not updated yet.
+    FramesWritten,
+    /// The index holds the new events; they are not visible or synced yet.
+    Indexed,
+    /// A group-commit leader is about to write the buffered frames.
+    BeforeFlush,
+    /// The buffered frames are written; the fsync has not run.
+    BeforeSync,
+    /// The fsync returned successfully (return `Fail` to simulate `EIO`).
+    Sync,
+    /// A segment is full and about to be synced and sealed.
+    BeforeRotate,
+    /// The full segment's footer is written; the next segment does not exist yet.
+    FooterWritten,
+    /// A new segment file was created and synced; the directory is not synced yet.
+    SegmentCreated,
+    /// The checkpoint's temporary file is written and synced.
+    CheckpointWritten,
+    /// The checkpoint was renamed into place; the directory is not synced yet.
+    CheckpointRenamed,
+}
+
+/// What to do at an injection point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultAction {
+    /// Carry on normally.
+    Continue,
+    /// Return `StoreError::FaultInjected` from the operation.
+    Fail,
+    /// Panic on the calling thread.
+    Panic,
+    /// Abort the process immediately (no destructors, no flushing): a crash.
+    Crash,
+}
+
+/// Name kept from the original crate's API.
+pub type CountdownAction = FaultAction;
+
+/// Decides what happens at each injection point.
+pub trait FaultInjector: Send + Sync {
+    /// Called every time the store passes `point`.
+    fn on(&self, point: InjectionPoint) -> FaultAction;
+}
+
+/// Fires `action` on the `n`-th time (counting from 1) the store passes
+/// `point`, and lets every other pass continue.
+#[derive(Debug)]
+pub struct CountdownInjector {
+    point: InjectionPoint,
+    remaining: AtomicU64,
+    action: FaultAction,
+}
+
+impl CountdownInjector {
+    /// Fire `action` on the `nth` pass of `point` (1 = the first pass).
+    #[must_use]
+    pub fn new(point: InjectionPoint, nth: u64, action: FaultAction) -> Self {
+        Self {
+            point,
+            remaining: AtomicU64::new(nth.max(1)),
+            action,
+        }
+    }
+
+    /// Whether the fault has fired.
+    #[must_use]
+    pub fn fired(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+}
+
+impl FaultInjector for CountdownInjector {
+    fn on(&self, point: InjectionPoint) -> FaultAction {
+        if point != self.point {
+            return FaultAction::Continue;
+        }
+        let prev = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+        match prev {
+            Ok(1) => self.action,
+            _ => FaultAction::Continue,
+        }
+    }
+}
+
+/// Fires `action` at every point with probability `p`, from a seeded
+/// generator, so a failing random run can be replayed.
+#[derive(Debug)]
+pub struct ProbabilisticInjector {
+    threshold: u64,
+    action: FaultAction,
+    state: Mutex<u64>,
+}
+
+impl ProbabilisticInjector {
+    /// `p` in `0.0..=1.0`; `seed` makes the sequence of decisions reproducible.
+    #[must_use]
+    pub fn new(p: f64, seed: u64, action: FaultAction) -> Self {
+        Self {
+            threshold: (p.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            action,
+            state: Mutex::new(seed | 1),
+        }
+    }
+}
+
+impl FaultInjector for ProbabilisticInjector {
+    fn on(&self, _point: InjectionPoint) -> FaultAction {
+        let mut s = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // xorshift64*: small, seedable, good enough to pick crash points.
+        *s ^= *s >> 12;
+        *s ^= *s << 25;
+        *s ^= *s >> 27;
+        let r = s.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        if r < self.threshold {
+            self.action
+        } else {
+            FaultAction::Continue
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn countdown_fires_once_on_the_nth_pass() {
+        let f = CountdownInjector::new(InjectionPoint::ItemWritten(2), 2, FaultAction::Fail);
+        assert_eq!(f.on(InjectionPoint::ItemWritten(1)), FaultAction::Continue);
+        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Continue);
+        assert!(!f.fired());
+        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Fail);
+        assert!(f.fired());
+        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Continue);
+    }
+
+    #[test]
+    fn probabilistic_is_reproducible() {
+        let run = || {
+            let f = ProbabilisticInjector::new(0.3, 42, FaultAction::Fail);
+            (0..100)
+                .map(|_| f.on(InjectionPoint::Sync))
+                .collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let fails = a.iter().filter(|x| **x == FaultAction::Fail).count();
+        assert!((10..60).contains(&fails), "{fails}");
+    }
+}

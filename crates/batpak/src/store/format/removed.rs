@@ -1,0 +1,207 @@
+//! The removed-event record: what compaction leaves of each event it removes
+//! (id, global sequence, kind, coordinate), so idempotency keys of removed
+//! events keep returning their original receipts and their sequence numbers
+//! are never reused (SPEC §3.8).
+//!
+//! ```text
+//! file `removed.bpk`, written whole and atomically (temp file, fsync, rename)
+//!  0  8  magic "BATPAKRM"
+//!  8  2  version (1)
+//! 10  6  reserved, zero
+//! 16  8  entry count N
+//! 24  8  body length B (bytes of entries)
+//! 32  B  entries, each:
+//!          16  event id
+//!           8  global sequence
+//!           2  kind
+//!           2  entity length E, 2  scope length S
+//!           E  entity, S  scope
+//! 32+B 4 CRC-32 of bytes 0..32+B
+//! ```
+//!
+//! The file exists in every store (empty until a compaction removes events):
+//! a missing or damaged file is an error at open, never an empty record.
+
+use super::{le, FormatError};
+use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
+
+pub(crate) const REMOVED_FILE: &str = "removed.bpk";
+const MAGIC: &[u8; 8] = b"BATPAKRM";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 32;
+const ENTRY_FIXED: usize = 16 + 8 + 2 + 2 + 2;
+
+/// One removed event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RemovedEntry {
+    pub(crate) event_id: u128,
+    pub(crate) global_seq: u64,
+    pub(crate) kind: u16,
+    pub(crate) entity: String,
+    pub(crate) scope: String,
+}
+
+pub(crate) fn encode(entries: &[RemovedEntry]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(entries.len() * 64);
+    for e in entries {
+        body.extend_from_slice(&e.event_id.to_le_bytes());
+        body.extend_from_slice(&e.global_seq.to_le_bytes());
+        body.extend_from_slice(&e.kind.to_le_bytes());
+        body.extend_from_slice(&(e.entity.len() as u16).to_le_bytes());
+        body.extend_from_slice(&(e.scope.len() as u16).to_le_bytes());
+        body.extend_from_slice(e.entity.as_bytes());
+        body.extend_from_slice(e.scope.as_bytes());
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode(b: &[u8]) -> Result<Vec<RemovedEntry>, FormatError> {
+    if b.len() < HEADER_LEN + 4 {
+        return Err(FormatError::Short {
+            what: "removed-event record",
+            need: HEADER_LEN + 4,
+            have: b.len(),
+        });
+    }
+    if &b[0..8] != MAGIC {
+        return Err(FormatError::BadMagic("removed-event record"));
+    }
+    let version = le::u16_at(b, 8);
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let count = le::u64_at(b, 16);
+    let body_len = le::u64_at(b, 24);
+    let end = usize::try_from(body_len)
+        .ok()
+        .and_then(|l| l.checked_add(HEADER_LEN))
+        .filter(|&e| e + 4 == b.len())
+        .ok_or_else(|| {
+            FormatError::invalid(
+                "removed-event record length",
+                format!("{body_len} body bytes in a {}-byte file", b.len()),
+            )
+        })?;
+    if crc32fast::hash(&b[..end]) != le::u32_at(b, end) {
+        return Err(FormatError::Checksum("removed-event record"));
+    }
+    // Each entry takes at least ENTRY_FIXED + 2 bytes, which bounds the allocation.
+    if count > (body_len / (ENTRY_FIXED as u64 + 2)) {
+        return Err(FormatError::invalid(
+            "removed-event count",
+            count.to_string(),
+        ));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut at = HEADER_LEN;
+    for _ in 0..count {
+        if at + ENTRY_FIXED > end {
+            return Err(FormatError::Short {
+                what: "removed-event entry",
+                need: ENTRY_FIXED,
+                have: end - at,
+            });
+        }
+        let elen = usize::from(le::u16_at(b, at + 26));
+        let slen = usize::from(le::u16_at(b, at + 28));
+        if elen == 0
+            || slen == 0
+            || elen > MAX_COORDINATE_COMPONENT_LEN
+            || slen > MAX_COORDINATE_COMPONENT_LEN
+        {
+            return Err(FormatError::invalid(
+                "removed-event coordinate",
+                format!("{elen}/{slen} bytes"),
+            ));
+        }
+        let s = at + ENTRY_FIXED;
+        if s + elen + slen > end {
+            return Err(FormatError::Short {
+                what: "removed-event coordinate",
+                need: elen + slen,
+                have: end - s,
+            });
+        }
+        let text = |r: std::ops::Range<usize>| {
+            std::str::from_utf8(&b[r])
+                .map(str::to_owned)
+                .map_err(|_| FormatError::invalid("removed-event coordinate", "not UTF-8"))
+        };
+        entries.push(RemovedEntry {
+            event_id: le::u128_at(b, at),
+            global_seq: le::u64_at(b, at + 16),
+            kind: le::u16_at(b, at + 24),
+            entity: text(s..s + elen)?,
+            scope: text(s + elen..s + elen + slen)?,
+        });
+        at = s + elen + slen;
+    }
+    if at != end {
+        return Err(FormatError::invalid(
+            "removed-event record",
+            format!("{} bytes after the last entry", end - at),
+        ));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<RemovedEntry> {
+        vec![
+            RemovedEntry {
+                event_id: 1,
+                global_seq: 10,
+                kind: 0x1001,
+                entity: "order:1".into(),
+                scope: "t".into(),
+            },
+            RemovedEntry {
+                event_id: u128::MAX,
+                global_seq: u64::MAX,
+                kind: 2,
+                entity: "é".into(),
+                scope: "s".repeat(1024),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_and_empty() {
+        assert_eq!(decode(&encode(&sample())).unwrap(), sample());
+        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+        assert_eq!(encode(&[]).len(), 36);
+        assert_eq!(&encode(&[])[..10], b"BATPAKRM\x01\x00");
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let good = encode(&sample());
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(decode(&bad).is_err(), "flip at {i}");
+        }
+        assert!(decode(&good[..good.len() - 1]).is_err());
+        assert!(decode(b"").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Writing the checkpoint on `close()`.
+
+use crate::store::fault::InjectionPoint;
+use crate::store::format::checkpoint::{encode, CoveredSegment, CHECKPOINT_FILE};
+use crate::store::format::segment::SEGMENT_HEADER_LEN;
+use crate::store::log::write_atomically_with;
+use crate::store::{Shared, StoreError};
+
+/// Write a checkpoint of everything written so far. The caller has synced
+/// the log: the checkpoint never covers an event that is not durable.
+pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
+    let Some(writer) = shared.writer.as_ref() else {
+        return Ok(());
+    };
+    let w = writer.lock();
+    let index = shared.index.read();
+    let active_id = w.active.segment().id();
+    // The last indexed event of every segment: what `open` checks the
+    // checkpoint against.
+    let mut last = std::collections::BTreeMap::new();
+    for slot in 0..index.len() {
+        let pos = index.disk_pos(slot);
+        last.insert(pos.segment_id, (pos, index.event_id(slot)));
+    }
+    let segments: Vec<CoveredSegment> = shared
+        .log
+        .segment_ids()
+        .into_iter()
+        .filter(|&id| id <= active_id)
+        .map(|id| {
+            let (pos, event_id) = last.get(&id).copied().unwrap_or_default();
+            let frames_end = if id == active_id {
+                w.active.write_pos()
+            } else if pos.length > 0 {
+                pos.offset + u64::from(pos.length)
+            } else {
+                SEGMENT_HEADER_LEN as u64
+            };
+            CoveredSegment {
+                segment_id: id,
+                frames_end,
+                last_offset: pos.offset,
+                last_length: pos.length,
+                last_event_id: event_id,
+            }
+        })
+        .collect();
+    let bytes = encode(w.next_seq, &segments, &index);
+    drop(index);
+    write_atomically_with(shared.log.dir(), CHECKPOINT_FILE, &bytes, |renamed| {
+        shared.fault(if renamed {
+            InjectionPoint::CheckpointRenamed
+        } else {
+            InjectionPoint::CheckpointWritten
+        })
+    })?;
+    drop(w);
+    Ok(())
+}

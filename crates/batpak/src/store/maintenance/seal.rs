@@ -1,0 +1,125 @@
+//! Footers: built from a sealed segment's frames and written after them, by
+//! a background thread so rotation never waits for them.
+
+use crate::store::format::footer::{self, Footer, FooterEntry};
+use crate::store::format::frame::{probe, Probe};
+use crate::store::format::record::decode_event;
+use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
+use crate::store::log::Log;
+use crate::store::{Shared, StoreError};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Write the footer of sealed segment `id`. Does nothing if it already has
+/// one. Refuses (and leaves the segment to be scanned at open) if any frame
+/// is damaged: a footer describes intact frames only.
+pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
+    let seg = log
+        .segment(id)
+        .ok_or_else(|| StoreError::corrupt(id, "segment to seal is not part of the store"))?;
+    let bytes = seg.bytes();
+    let mut coords: Vec<(String, String)> = Vec::new();
+    let mut coord_ids: hashbrown::HashMap<(&str, &str), u32> = hashbrown::HashMap::new();
+    let mut entries = Vec::new();
+    let mut pos = SEGMENT_HEADER_LEN;
+    loop {
+        match probe(bytes, pos) {
+            Probe::End => break,
+            Probe::Frame { body, .. } if footer::is_footer(body) => return Ok(()),
+            Probe::Frame { body, len } => {
+                let r = decode_event(body).map_err(|e| {
+                    StoreError::corrupt(id, format!("sealing: frame at {pos}: {e}"))
+                })?;
+                let coord = *coord_ids.entry((r.entity, r.scope)).or_insert_with(|| {
+                    coords.push((r.entity.to_owned(), r.scope.to_owned()));
+                    coords.len() as u32 - 1
+                });
+                entries.push(FooterEntry {
+                    offset: pos as u32,
+                    length: len as u32,
+                    global_seq: r.global_seq,
+                    timestamp_us: r.timestamp_us,
+                    event_id: r.event_id,
+                    correlation_id: r.correlation_id,
+                    causation_id: r.causation_id,
+                    event_hash: r.event_hash,
+                    clock: r.clock,
+                    coord,
+                    kind: r.kind,
+                    hlc_counter: r.hlc_counter,
+                    flags: r.flags,
+                    batch_size: r.batch_size,
+                    batch_index: r.batch_index,
+                });
+                pos += len;
+            }
+            Probe::Damaged(e) => {
+                return Err(StoreError::corrupt(
+                    id,
+                    format!("sealing: frame at {pos}: {e}"),
+                ))
+            }
+        }
+    }
+    let bytes_out = Footer {
+        segment_id: id,
+        frames_end: pos as u64,
+        coords,
+        entries,
+    }
+    .encode();
+    seg.release_pages();
+    // A separate handle: the segment may be mapped from a read-only descriptor.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log.dir().join(segment_file_name(id)))?;
+    file.write_all_at(&bytes_out, pos as u64)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+/// The queue of sealed segments waiting for their footer, drained by a
+/// background thread.
+#[derive(Default)]
+pub(crate) struct Sealer {
+    tx: parking_lot::Mutex<Option<flume::Sender<u64>>>,
+}
+
+impl Sealer {
+    /// Start the thread with `backlog` already queued. It holds the shared
+    /// state, not the `Store`, and ends once [`Sealer::finish`] closed the
+    /// queue and the queued footers are written.
+    pub(crate) fn spawn(shared: Arc<Shared>, backlog: Vec<u64>) -> std::io::Result<JoinHandle<()>> {
+        let (tx, rx) = flume::unbounded::<u64>();
+        for id in backlog {
+            let _ = tx.send(id);
+        }
+        *shared.sealer.tx.lock() = Some(tx);
+        let mut builder = std::thread::Builder::new().name("batpak-sealer".into());
+        if let Some(size) = shared.config.writer.stack_size {
+            builder = builder.stack_size(size);
+        }
+        builder.spawn(move || {
+            for id in rx.iter() {
+                let result = seal_segment(&shared.log, id)
+                    .and_then(|()| shared.fault(crate::store::fault::InjectionPoint::FooterWritten));
+                if let Err(e) = result {
+                    tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+                }
+            }
+        })
+    }
+
+    /// Queue a sealed segment for its footer.
+    pub(crate) fn request(&self, id: u64) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(id);
+        }
+    }
+
+    /// Close the queue: the thread writes what is queued and ends.
+    pub(crate) fn finish(&self) {
+        self.tx.lock().take();
+    }
+}
