@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
+/// How long a busy lock is retried before `open` reports `Locked`.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// An exclusive `flock` on `<dir>/LOCK`, held for the store's lifetime.
 /// `flock` locks belong to the open file description, so a second open in the
@@ -22,10 +24,20 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(dir.join(LOCK_FILE))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
-            Err(TryLockError::Error(e)) => Err(StoreError::Io(e)),
+        // A process that forks (to spawn a program) shares our lock until
+        // the child's exec closes its copy of the descriptor; a store closed
+        // and reopened during that instant would see its own lock. So a busy
+        // lock is retried for a moment before it counts as held.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
+                Err(TryLockError::Error(e)) => return Err(StoreError::Io(e)),
+            }
         }
     }
 }

@@ -287,6 +287,31 @@ impl ActiveSegment {
         Ok(offset)
     }
 
+    /// Take back everything written from `pos` on: buffered bytes are dropped,
+    /// bytes already in the file are zeroed and the zeros synced, so the
+    /// frames can reappear neither now nor after a crash.
+    pub(crate) fn roll_back_to(&mut self, pos: u64, mode: SyncMode) -> Result<(), StoreError> {
+        let pos = pos.max(SEGMENT_HEADER_LEN as u64).min(self.write_pos);
+        let buffered_from = self.write_pos - self.pending.len() as u64;
+        if pos >= buffered_from {
+            self.pending.truncate((pos - buffered_from) as usize);
+            self.write_pos = pos;
+            return Ok(());
+        }
+        self.pending.clear();
+        let len = (buffered_from - pos) as usize;
+        // SAFETY: `pos..buffered_from` lies below the write position, inside
+        // the mapping and the allocated file (it was written before). Only
+        // the writer (`&mut self`) writes here, and none of these frames was
+        // published to readers (the append that wrote them failed).
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(self.seg.map.as_mut_ptr().add(pos as usize), len)
+        };
+        bytes.fill(0);
+        self.write_pos = pos;
+        self.seg.sync(mode)
+    }
+
     /// Write every buffered frame to the file with one `pwrite`. On failure
     /// the frames stay buffered (and the caller poisons the store).
     pub(crate) fn flush_pending(&mut self) -> Result<(), StoreError> {

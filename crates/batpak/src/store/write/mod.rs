@@ -26,6 +26,7 @@ use crate::store::fault::InjectionPoint;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
 use crate::store::format::record::EventRecord;
+use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
 use crate::store::log::ActiveSegment;
 use crate::store::{BatchStage, Shared, StoreError};
@@ -311,35 +312,17 @@ impl Shared {
         self.fault(InjectionPoint::BatchValidated)
             .map_err(|e| validation(0, e))?;
 
-        // Copy the frames into the log. A failure part-way leaves frames of an
-        // incomplete batch behind, which recovery discards; nothing is indexed.
-        let durable = self.config.durable_receipts();
-        let mut positions = Vec::with_capacity(records.len());
-        for (i, rec) in records.iter().enumerate() {
-            let frame_len = rec.frame_len();
-            if !self.log.fits(&w.active, frame_len as u64) {
-                self.rotate(&mut w, frame_len as u64, base, now_us)
-                    .map_err(|e| Failure::at(i, BatchStage::Syncing, e))?;
+        // Copy the frames into the log. If that fails part-way, the frames
+        // already copied are taken back (see `roll_back`); nothing is indexed.
+        let started_at = (w.active.segment().id(), w.active.write_pos());
+        let positions = match self.write_frames(&mut w, &records, base, now_us) {
+            Ok(p) => p,
+            Err(failure) => {
+                self.roll_back(&mut w, started_at);
+                return Err(failure);
             }
-            let segment_id = w.active.segment().id();
-            let written = if durable {
-                w.active
-                    .append_buffered(frame_len, |buf| rec.write_frame(buf))
-            } else {
-                w.active.append(frame_len, |buf| rec.write_frame(buf))
-            };
-            let offset = written.map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
-            positions.push(DiskPos {
-                segment_id,
-                offset,
-                length: frame_len as u32,
-            });
-            self.fault(InjectionPoint::ItemWritten(i))
-                .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
-        }
+        };
         let last = records.len().saturating_sub(1);
-        self.fault(InjectionPoint::FramesWritten)
-            .map_err(|e| Failure::at(last, BatchStage::Writing, e))?;
 
         let mut index = RwLockUpgradableReadGuard::upgrade(index);
         for (i, (rec, pos)) in records.iter().zip(&positions).enumerate() {
@@ -381,10 +364,13 @@ impl Shared {
         w.next_seq += records.len() as u64;
         w.written = base + records.len() as u32;
         self.durability.note_written(w.written);
-        // Not fatal: the events are indexed but not yet visible; the caller
-        // gets the error and nothing it saw can vanish.
-        self.fault(InjectionPoint::Indexed)
-            .map_err(|e| Failure::at(last, BatchStage::Indexing, e))?;
+        if let Err(e) = self.fault(InjectionPoint::Indexed) {
+            // Nothing real fails here; an injected failure stands for "the
+            // writer died with indexed, unpublished events": stop writing.
+            self.durability.poison(e.to_string());
+            return Err(Failure::at(last, BatchStage::Indexing, e));
+        }
+        let durable = self.config.durable_receipts();
         if !durable {
             self.durability.publish(w.written);
             w.unsynced += records.len() as u32;
@@ -403,6 +389,60 @@ impl Shared {
                 .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
         Ok(receipts)
+    }
+
+    /// Copy `records` into the log, rotating segments as they fill.
+    fn write_frames(
+        &self,
+        w: &mut Writer,
+        records: &[EventRecord<'_>],
+        indexed: u32,
+        now_us: i64,
+    ) -> Result<Vec<DiskPos>, Failure> {
+        let durable = self.config.durable_receipts();
+        let mut positions = Vec::with_capacity(records.len());
+        for (i, rec) in records.iter().enumerate() {
+            let frame_len = rec.frame_len();
+            if !self.log.fits(&w.active, frame_len as u64) {
+                self.rotate(w, frame_len as u64, indexed, now_us)
+                    .map_err(|e| Failure::at(i, BatchStage::Syncing, e))?;
+            }
+            let segment_id = w.active.segment().id();
+            let written = if durable {
+                w.active
+                    .append_buffered(frame_len, |buf| rec.write_frame(buf))
+            } else {
+                w.active.append(frame_len, |buf| rec.write_frame(buf))
+            };
+            let offset = written.map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
+            positions.push(DiskPos {
+                segment_id,
+                offset,
+                length: frame_len as u32,
+            });
+            self.fault(InjectionPoint::ItemWritten(i))
+                .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
+        }
+        self.fault(InjectionPoint::FramesWritten)
+            .map_err(|e| Failure::at(records.len().saturating_sub(1), BatchStage::Writing, e))?;
+        Ok(positions)
+    }
+
+    /// Take back the frames of a failed append from the active segment, so
+    /// that a failed batch never reappears after a restart. Frames that a
+    /// rotation already moved into an earlier segment stay there, but as an
+    /// incomplete batch, which recovery discards. If even that fails, the
+    /// writer stops (`Poisoned`).
+    fn roll_back(&self, w: &mut Writer, (segment_id, pos): (u64, u64)) {
+        let from = if w.active.segment().id() == segment_id {
+            pos
+        } else {
+            SEGMENT_HEADER_LEN as u64
+        };
+        if let Err(e) = w.active.roll_back_to(from, self.log.sync_mode()) {
+            self.durability
+                .poison(format!("could not take back a failed append: {e}"));
+        }
     }
 
     /// Give each draft its clock, time, sequence and hash, checking its
