@@ -6,23 +6,27 @@
 //! ```text
 //! sealed segment: [header][frames ...][footer frame][trailer][zero fill]
 //!
-//! footer frame: an ordinary frame (marker, length, CRC) whose body is
+//! footer frame: an ordinary frame (marker, length, CRC; its length may
+//! exceed an event frame's limit) whose body is
 //!   0  1  record type = 2
 //!   1  1  footer version (1)
 //!   2  2  reserved, zero
 //!   4  4  coordinate count C
 //!   8  4  entry count N
-//!  12  4  reserved, zero
+//!  12  4  tail count T
 //!  16  8  segment id
 //!  24  8  frames end: offset of this footer frame (= end of the event frames)
 //!  32     C coordinates: u16 entity length, u16 scope length, entity, scope
-//!         N entries of ENTRY_LEN (128) bytes:
-//!           0 4 frame offset      4 4 frame length     8 8 global sequence
-//!          16 8 timestamp µs     24 16 event id        40 16 correlation id
-//!          56 16 causation id    72 32 event hash     104 4 clock
-//!         108 4 coordinate index 112 2 kind           114 2 HLC counter
-//!         116 1 event flags      117 1 link flags (bit 0: has causation)
-//!         118 2 reserved         120 4 batch size     124 4 batch index
+//!         N entries of ENTRY_LEN (96) bytes:
+//!           0 4 frame offset       4 4 frame length     8 8 global sequence
+//!          16 8 timestamp µs      24 16 event id       40 16 correlation id
+//!          56 16 causation id     72 4 clock           76 4 coordinate index
+//!          80 2 kind              82 2 HLC counter     84 1 event flags
+//!          85 1 link flags (bit 0: has causation)      86 2 reserved
+//!          88 4 batch size        92 4 batch index
+//!         T tails of 36 bytes: u32 entry index, [32] event hash — the last
+//!           event of each entity in this segment (what the next append of
+//!           that entity chains onto; other hashes stay in the frames)
 //!
 //! trailer (16 bytes, the last non-zero bytes of the file):
 //!   0 8 footer frame offset    8 8 magic "BPKFOOT1"
@@ -36,10 +40,11 @@ use super::frame::{decode_frame, seal_frame, FRAME_HEADER_LEN};
 use super::{le, FormatError};
 use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
 
-pub(crate) const RECORD_FOOTER: u8 = 2;
+use super::RECORD_FOOTER;
 const VERSION: u8 = 1;
 const FIXED: usize = 32;
-pub(crate) const ENTRY_LEN: usize = 128;
+pub(crate) const ENTRY_LEN: usize = 96;
+const TAIL_LEN: usize = 36;
 pub(crate) const TRAILER_LEN: usize = 16;
 const TRAILER_MAGIC: &[u8; 8] = b"BPKFOOT1";
 
@@ -53,6 +58,7 @@ pub(crate) struct FooterEntry {
     pub(crate) event_id: u128,
     pub(crate) correlation_id: u128,
     pub(crate) causation_id: Option<u128>,
+    /// Known for the last event of each entity in the segment; zero otherwise.
     pub(crate) event_hash: [u8; 32],
     pub(crate) clock: u32,
     pub(crate) coord: u32,
@@ -73,10 +79,13 @@ pub(crate) struct Footer {
 }
 
 impl Footer {
-    /// The footer frame followed by the trailer, for a footer placed at `self.frames_end`.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The footer frame followed by the trailer, for a footer placed at
+    /// `self.frames_end`. `tails` lists, for each entity, the index of its
+    /// last entry; their hashes are kept.
+    pub(crate) fn encode(&self, tails: &[u32]) -> Vec<u8> {
         let coord_bytes: usize = self.coords.iter().map(|(e, s)| 4 + e.len() + s.len()).sum();
-        let body_len = FIXED + coord_bytes + self.entries.len() * ENTRY_LEN;
+        let body_len =
+            FIXED + coord_bytes + self.entries.len() * ENTRY_LEN + tails.len() * TAIL_LEN;
         let mut out = vec![0u8; FRAME_HEADER_LEN + body_len + TRAILER_LEN];
         {
             let b = &mut out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len];
@@ -84,6 +93,7 @@ impl Footer {
             b[1] = VERSION;
             b[4..8].copy_from_slice(&(self.coords.len() as u32).to_le_bytes());
             b[8..12].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
+            b[12..16].copy_from_slice(&(tails.len() as u32).to_le_bytes());
             b[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
             b[24..32].copy_from_slice(&self.frames_end.to_le_bytes());
             let mut at = FIXED;
@@ -105,16 +115,20 @@ impl Footer {
                 r[24..40].copy_from_slice(&x.event_id.to_le_bytes());
                 r[40..56].copy_from_slice(&x.correlation_id.to_le_bytes());
                 r[56..72].copy_from_slice(&x.causation_id.unwrap_or(0).to_le_bytes());
-                r[72..104].copy_from_slice(&x.event_hash);
-                r[104..108].copy_from_slice(&x.clock.to_le_bytes());
-                r[108..112].copy_from_slice(&x.coord.to_le_bytes());
-                r[112..114].copy_from_slice(&x.kind.to_le_bytes());
-                r[114..116].copy_from_slice(&x.hlc_counter.to_le_bytes());
-                r[116] = x.flags;
-                r[117] = u8::from(x.causation_id.is_some());
-                r[120..124].copy_from_slice(&x.batch_size.to_le_bytes());
-                r[124..128].copy_from_slice(&x.batch_index.to_le_bytes());
+                r[72..76].copy_from_slice(&x.clock.to_le_bytes());
+                r[76..80].copy_from_slice(&x.coord.to_le_bytes());
+                r[80..82].copy_from_slice(&x.kind.to_le_bytes());
+                r[82..84].copy_from_slice(&x.hlc_counter.to_le_bytes());
+                r[84] = x.flags;
+                r[85] = u8::from(x.causation_id.is_some());
+                r[88..92].copy_from_slice(&x.batch_size.to_le_bytes());
+                r[92..96].copy_from_slice(&x.batch_index.to_le_bytes());
                 at += ENTRY_LEN;
+            }
+            for &t in tails {
+                b[at..at + 4].copy_from_slice(&t.to_le_bytes());
+                b[at + 4..at + 36].copy_from_slice(&self.entries[t as usize].event_hash);
+                at += TAIL_LEN;
             }
         }
         let frame_end = FRAME_HEADER_LEN + body_len;
@@ -203,16 +217,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Footer, FormatError> {
         coords.push((e, s));
         at += el + sl;
     }
-    if b.len() - at != nentries * ENTRY_LEN {
+    let ntails = le::u32_at(b, 12) as usize;
+    if b.len() - at != nentries * ENTRY_LEN + ntails * TAIL_LEN {
         return Err(FormatError::invalid(
             "footer length",
             format!("{} bytes for {nentries} entries", b.len() - at),
         ));
     }
     let mut entries = Vec::with_capacity(nentries);
-    for r in b[at..].chunks_exact(ENTRY_LEN) {
-        let coord = le::u32_at(r, 108);
-        if coord as usize >= coords.len() || r[117] & !1 != 0 {
+    let tails_at = at + nentries * ENTRY_LEN;
+    for r in b[at..tails_at].chunks_exact(ENTRY_LEN) {
+        let coord = le::u32_at(r, 76);
+        if coord as usize >= coords.len() || r[85] & !1 != 0 {
             return Err(FormatError::invalid(
                 "footer entry",
                 format!("coordinate {coord}"),
@@ -225,16 +241,23 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Footer, FormatError> {
             timestamp_us: le::u64_at(r, 16) as i64,
             event_id: le::u128_at(r, 24),
             correlation_id: le::u128_at(r, 40),
-            causation_id: (r[117] & 1 != 0).then(|| le::u128_at(r, 56)),
-            event_hash: le::arr32_at(r, 72),
-            clock: le::u32_at(r, 104),
+            causation_id: (r[85] & 1 != 0).then(|| le::u128_at(r, 56)),
+            event_hash: [0; 32],
+            clock: le::u32_at(r, 72),
             coord,
-            kind: le::u16_at(r, 112),
-            hlc_counter: le::u16_at(r, 114),
-            flags: r[116],
-            batch_size: le::u32_at(r, 120),
-            batch_index: le::u32_at(r, 124),
+            kind: le::u16_at(r, 80),
+            hlc_counter: le::u16_at(r, 82),
+            flags: r[84],
+            batch_size: le::u32_at(r, 88),
+            batch_index: le::u32_at(r, 92),
         });
+    }
+    for t in b[tails_at..].chunks_exact(TAIL_LEN) {
+        let i = le::u32_at(t, 0) as usize;
+        let entry = entries
+            .get_mut(i)
+            .ok_or_else(|| FormatError::invalid("footer tail", format!("entry {i}")))?;
+        entry.event_hash = le::arr32_at(t, 4);
     }
     Ok(Footer {
         segment_id: le::u64_at(b, 16),
@@ -266,7 +289,7 @@ mod tests {
                     event_id: u128::from(i) << 64 | 7,
                     correlation_id: 5,
                     causation_id: if i == 1 { Some(9) } else { None },
-                    event_hash: [i as u8; 32],
+                    event_hash: if i == 2 { [9; 32] } else { [0; 32] },
                     clock: i,
                     coord: i % 2,
                     kind: 0x1001,
@@ -282,7 +305,7 @@ mod tests {
     #[test]
     fn round_trip_and_locate() {
         let f = sample();
-        let bytes = f.encode();
+        let bytes = f.encode(&[2]);
         assert_eq!(decode(&bytes).unwrap(), f);
         let mut file = vec![7u8; 4096];
         file.extend_from_slice(&bytes);
@@ -294,7 +317,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected() {
-        let bytes = sample().encode();
+        let bytes = sample().encode(&[2]);
         let frame_len = bytes.len() - TRAILER_LEN;
         for i in 0..frame_len {
             let mut bad = bytes.clone();

@@ -6,8 +6,10 @@ use super::{le, FormatError};
 pub(crate) const FRAME_MARKER: u32 = 0xA1F7_7CBA;
 const MARKER_BYTES: [u8; 4] = FRAME_MARKER.to_le_bytes();
 pub(crate) const FRAME_HEADER_LEN: usize = 12;
-/// Largest body accepted by a decoder: the largest payload the config allows
-/// (64 MiB) plus the fixed record part and two maximal coordinate strings.
+/// Largest event body accepted by a decoder: the largest payload the config
+/// allows (64 MiB) plus the fixed record part and two maximal coordinate
+/// strings. Footer frames (a table of a whole segment) are bounded only by
+/// the bytes present.
 pub(crate) const MAX_BODY_LEN: usize = 64 * 1024 * 1024 + 4096;
 
 /// CRC over the length field and the body, so a damaged length is caught too.
@@ -68,7 +70,8 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<(&[u8], usize), FormatError> {
     }
     let body_len = le::u32_at(buf, 4);
     let body_len_usize = body_len as usize;
-    if body_len_usize == 0 || body_len_usize > MAX_BODY_LEN {
+    let footer = buf.get(FRAME_HEADER_LEN) == Some(&super::RECORD_FOOTER);
+    if body_len_usize == 0 || (body_len_usize > MAX_BODY_LEN && !footer) {
         return Err(FormatError::invalid("frame length", body_len.to_string()));
     }
     let total = FRAME_HEADER_LEN + body_len_usize;

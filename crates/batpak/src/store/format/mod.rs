@@ -71,6 +71,11 @@ pub(crate) mod record;
 pub(crate) mod removed;
 pub(crate) mod segment;
 
+/// Record type of an event frame (first byte of its body).
+pub(crate) const RECORD_EVENT: u8 = 1;
+/// Record type of a segment footer frame.
+pub(crate) const RECORD_FOOTER: u8 = 2;
+
 /// Version written into every segment header. Bump it for any change to the
 /// bytes described above, and teach the decoders the old version or refuse it.
 pub(crate) const FORMAT_VERSION: u16 = 1;

@@ -4,7 +4,7 @@ use super::frame::{seal_frame, FRAME_HEADER_LEN};
 use super::{le, FormatError};
 use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
 
-pub(crate) const RECORD_EVENT: u8 = 1;
+use super::RECORD_EVENT;
 pub(crate) const EVENT_FIXED_LEN: usize = 192;
 const LINK_HAS_CAUSATION: u8 = 0x01;
 

@@ -2,7 +2,7 @@
 //! rebuilt with every reference checked, since the bytes come from disk.
 //! (The byte layout itself is `format::checkpoint`'s business.)
 
-use super::records::Record;
+use super::records::{Record, RecordArena};
 use super::{EntityInfo, Index, Link, ScopeInfo, EXTERNAL_REF, NO_REF};
 use crate::event::EventKind;
 use hashbrown::HashMap;
@@ -105,10 +105,34 @@ impl Index {
 pub(crate) struct IndexLoader {
     index: Index,
     tables: IndexTables,
+    /// Records flagged as having links.
+    with_links: u32,
 }
 
 fn bad(detail: impl Into<String>) -> String {
     detail.into()
+}
+
+/// The id table of `records`, refusing a repeated id.
+fn build_id_table(records: &RecordArena) -> Result<hashbrown::HashTable<u32>, String> {
+    let mut table = hashbrown::HashTable::with_capacity(records.len() as usize);
+    let hash = |slot: &u32| super::id_hash(records.get(*slot).event_id());
+    for slot in 0..records.len() {
+        let id = records.get(slot).event_id();
+        match table.entry(
+            super::id_hash(id),
+            |&x| records.get(x).event_id() == id,
+            hash,
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => {
+                return Err(bad(format!("record {slot}: duplicate event id")))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+    }
+    Ok(table)
 }
 
 impl IndexLoader {
@@ -152,41 +176,25 @@ impl IndexLoader {
         }
         index.coords = tables.coords.clone();
         index.external_ids = tables.external_ids.clone();
-        index.by_id.reserve(expected_records as usize, |_| 0);
-        Ok(Self { index, tables })
+        let _ = expected_records;
+        Ok(Self {
+            index,
+            tables,
+            with_links: 0,
+        })
     }
 
     /// Add the next record (in slot order).
     pub(crate) fn push(&mut self, r: RecordImage) -> Result<(), String> {
         let idx = &mut self.index;
-        let slot = idx.records.len();
-        let Some(&(e, s)) = idx.coords.get(r.coord as usize) else {
+        if r.coord as usize >= idx.coords.len() {
+            let slot = idx.records.len();
             return Err(bad(format!("record {slot} names coordinate {}", r.coord)));
-        };
-        let info = &mut idx.entities[e as usize];
-        if let Some(&prev) = info.slots.last() {
-            if idx.records.get(prev).clock >= r.clock {
-                return Err(bad(format!(
-                    "record {slot}: entity clock {} does not increase",
-                    r.clock
-                )));
-            }
-        }
-        let kind = EventKind::from_raw(r.kind);
-        let records = &idx.records;
-        if idx
-            .by_id
-            .find(super::id_hash(r.event_id), |&x| {
-                records.get(x).event_id() == r.event_id
-            })
-            .is_some()
-        {
-            return Err(bad(format!("record {slot}: duplicate event id")));
         }
         idx.records.push(Record::new(
             r.event_id,
             r.wall_ms,
-            kind,
+            EventKind::from_raw(r.kind),
             r.segment,
             r.offset,
             r.length,
@@ -194,19 +202,64 @@ impl IndexLoader {
             r.clock,
             r.has_links,
         ));
-        let records = &idx.records;
-        idx.by_id
-            .insert_unique(super::id_hash(r.event_id), slot, |&x| {
-                super::id_hash(records.get(x).event_id())
-            });
-        info.slots.push(slot);
-        idx.scopes[s as usize].slots.push(slot);
-        idx.by_kind.entry(r.kind).or_default().push(slot);
+        self.with_links += u32::from(r.has_links);
+        Ok(())
+    }
+
+    /// The per-entity, per-scope and per-kind lists, checking that each
+    /// entity's clocks increase.
+    fn build_lists(&mut self, records: &RecordArena) -> Result<(), String> {
+        let idx = &mut self.index;
+        let mut kinds: Vec<(u16, Vec<u32>)> = Vec::new();
+        for slot in 0..records.len() {
+            let rec = records.get(slot);
+            let (e, s) = idx.coords[rec.coord() as usize];
+            let info = &mut idx.entities[e as usize];
+            if let Some(&prev) = info.slots.last() {
+                if records.get(prev).clock >= rec.clock {
+                    return Err(bad(format!(
+                        "record {slot}: entity clock {} does not increase",
+                        rec.clock
+                    )));
+                }
+            }
+            info.slots.push(slot);
+            idx.scopes[s as usize].slots.push(slot);
+            // Kinds are few and usually repeat: find the list without hashing.
+            let kind = rec.kind().raw();
+            let at = match kinds.iter().position(|(k, _)| *k == kind) {
+                Some(at) => at,
+                None => {
+                    kinds.push((kind, Vec::new()));
+                    kinds.len() - 1
+                }
+            };
+            kinds[at].1.push(slot);
+        }
+        idx.by_kind = kinds.into_iter().collect();
         Ok(())
     }
 
     /// Attach sequences and links, check them, and return the index.
     pub(crate) fn finish(mut self) -> Result<Index, String> {
+        let records = std::mem::take(&mut self.index.records);
+        // The id table costs a cache miss per event; on a large image it is
+        // built on a second thread while this one builds the lists.
+        let by_id = if records.len() < 65_536 {
+            self.build_lists(&records)?;
+            build_id_table(&records)?
+        } else {
+            std::thread::scope(|scope| {
+                let ids = scope.spawn(|| build_id_table(&records));
+                let lists = self.build_lists(&records);
+                let ids = ids
+                    .join()
+                    .map_err(|_| bad("building the id table panicked"))?;
+                lists.and(ids)
+            })?
+        };
+        self.index.by_id = by_id;
+        self.index.records = records;
         let n = self.index.records.len();
         let runs = std::mem::take(&mut self.tables.seq_runs);
         if n > 0 && runs.first().map(|r| r.0) != Some(0) {
@@ -248,10 +301,7 @@ impl IndexLoader {
             }
             prev_slot = Some(l.slot);
         }
-        let with_links = (0..n)
-            .filter(|&s| self.index.records.get(s).has_links())
-            .count();
-        if with_links != links.len() {
+        if self.with_links as usize != links.len() {
             return Err(bad("records flagged with links have no link entry"));
         }
         let mut by_correlation: HashMap<u128, Vec<u32>> = HashMap::new();
@@ -372,7 +422,16 @@ mod tests {
         let mut l = IndexLoader::new(a.tables(), a.len()).unwrap();
         let mut recs: Vec<_> = a.record_images().collect();
         recs[6].event_id = recs[2].event_id;
-        assert!(recs.into_iter().try_for_each(|r| l.push(r)).is_err());
+        recs.into_iter().try_for_each(|r| l.push(r)).unwrap();
+        assert!(l.finish().err().unwrap().contains("duplicate event id"));
+
+        // A clock that goes backwards within an entity.
+        let mut l = IndexLoader::new(a.tables(), a.len()).unwrap();
+        let mut recs: Vec<_> = a.record_images().collect();
+        let last_a = recs.iter().rposition(|r| r.coord == recs[0].coord).unwrap();
+        recs[last_a].clock = 0;
+        recs.into_iter().try_for_each(|r| l.push(r)).unwrap();
+        assert!(l.finish().err().unwrap().contains("clock"));
 
         let mut t = a.tables();
         t.seq_runs = vec![(0, 10), (0, 5)];

@@ -92,6 +92,17 @@ pub(crate) fn write_atomically_with(
     sync_dir(dir)
 }
 
+/// Map a whole file read-only. Only for files batpak replaces by rename and
+/// never truncates in place (the checkpoint), so the map stays valid even if
+/// a newer version is renamed over the file meanwhile.
+pub(crate) fn map_whole_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = File::open(path)?;
+    // SAFETY: the mapped file is only ever replaced by `rename`, which leaves
+    // this inode (and so the mapping) intact; it is never truncated or written
+    // in place, so the bytes cannot change or vanish under the mapping.
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
 /// fsync a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)?.sync_all()?;

@@ -17,7 +17,9 @@
 mod dir;
 mod segment;
 
-pub(crate) use dir::{write_atomically, write_atomically_with, DirLock, SegmentListing};
+pub(crate) use dir::{
+    map_whole_file, write_atomically, write_atomically_with, DirLock, SegmentListing,
+};
 pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
 
 use crate::store::config::SyncMode;

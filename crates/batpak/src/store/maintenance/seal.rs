@@ -62,13 +62,21 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
             }
         }
     }
+    // The last entry of each entity keeps its hash (what the entity's next
+    // append chains onto).
+    let mut last_of_entity: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        last_of_entity.insert(coords[e.coord as usize].0.as_str(), i as u32);
+    }
+    let mut tails: Vec<u32> = last_of_entity.into_values().collect();
+    tails.sort_unstable();
     let bytes_out = Footer {
         segment_id: id,
         frames_end: pos as u64,
         coords,
         entries,
     }
-    .encode();
+    .encode(&tails);
     seg.release_pages();
     // A separate handle: the segment may be mapped from a read-only descriptor.
     let file = std::fs::OpenOptions::new()

@@ -29,7 +29,7 @@ use crate::store::format::frame::{decode_frame, next_valid_frame, probe, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{Index, NewRecord};
-use crate::store::log::{ActiveSegment, Log, Segment, SegmentListing};
+use crate::store::log::{map_whole_file, ActiveSegment, Log, Segment, SegmentListing};
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
 use std::sync::Arc;
@@ -483,7 +483,7 @@ fn load_checkpoint(
     listing: &SegmentListing,
     report: &mut RecoveryReport,
 ) -> Option<Checkpoint> {
-    let bytes = match std::fs::read(dir.join(CHECKPOINT_FILE)) {
+    let bytes = match map_whole_file(&dir.join(CHECKPOINT_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
