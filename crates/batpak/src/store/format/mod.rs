@@ -67,6 +67,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod footer;
 pub(crate) mod frame;
 pub(crate) mod payload;
+pub(crate) mod payload_ser;
 pub(crate) mod record;
 pub(crate) mod removed;
 pub(crate) mod segment;

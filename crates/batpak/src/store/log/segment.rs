@@ -15,6 +15,8 @@ use std::sync::Arc;
 const MIN_GROW: u64 = 1024 * 1024;
 const MAX_GROW: u64 = 16 * 1024 * 1024;
 const MAX_ZERO_GROW: u64 = 4 * 1024 * 1024;
+/// Allocated bytes the background keeps ahead of the writer.
+const GROW_AHEAD: u64 = 4 * 1024 * 1024;
 
 /// A segment file mapped for its whole capacity.
 pub(crate) struct Segment {
@@ -24,10 +26,20 @@ pub(crate) struct Segment {
     /// Current file length. Only bytes below it are backed by the file, so no
     /// access may reach past it (that would fault); it only grows while mapped.
     file_len: AtomicU64,
+    /// How growth gets blocks, and who is growing the file right now (the
+    /// writer, or the background thread growing it ahead of the writer).
+    prealloc: Prealloc,
+    growth: parking_lot::Mutex<()>,
 }
 
 impl Segment {
-    fn map(id: u64, file: File, capacity: u64, writable: bool) -> Result<Self, StoreError> {
+    fn map(
+        id: u64,
+        file: File,
+        capacity: u64,
+        writable: bool,
+        prealloc: Prealloc,
+    ) -> Result<Self, StoreError> {
         let file_len = file.metadata()?.len();
         let capacity = capacity.max(file_len).max(1);
         let len = usize::try_from(capacity)
@@ -44,13 +56,15 @@ impl Segment {
             file,
             map,
             file_len: AtomicU64::new(file_len),
+            prealloc,
+            growth: parking_lot::Mutex::new(()),
         })
     }
 
     /// Map an existing segment read-only, exactly its current length.
     pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
         let file = File::open(path)?;
-        Self::map(id, file, 0, false)
+        Self::map(id, file, 0, false, Prealloc::Reserve)
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -118,6 +132,34 @@ impl Segment {
         }
     }
 
+    /// Grow the file so that at least `end` bytes are backed by disk blocks
+    /// (by at least one step, at most to the mapping's capacity). Bytes
+    /// beyond the current length hold no data, so growing never touches
+    /// anything written.
+    pub(crate) fn grow(&self, end: u64) -> Result<(), StoreError> {
+        let _growing = self.growth.lock();
+        let cur = self.file_len();
+        if end <= cur {
+            return Ok(());
+        }
+        let max_step = match self.prealloc {
+            Prealloc::Reserve => MAX_GROW,
+            Prealloc::Zeros => MAX_ZERO_GROW,
+        };
+        let step = cur.clamp(MIN_GROW, max_step);
+        let capacity = self.map.len() as u64;
+        let new_len = end.max(cur + step).min(capacity);
+        if new_len < end {
+            return Err(StoreError::corrupt(
+                self.id,
+                "frame does not fit in the segment mapping",
+            ));
+        }
+        allocate(&self.file, cur, new_len - cur, self.prealloc)?;
+        self.file_len.store(new_len, Ordering::Release);
+        Ok(())
+    }
+
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
         // On Linux fsync/fdatasync also write back pages dirtied through a
@@ -146,7 +188,8 @@ pub(crate) struct ActiveSegment {
     /// Frames appended with `append_buffered` and not yet written to the file;
     /// they start at `write_pos - pending.len()`.
     pending: Vec<u8>,
-    prealloc: Prealloc,
+    /// File length up to which background growth was already asked for.
+    growth_asked: u64,
 }
 
 impl ActiveSegment {
@@ -167,12 +210,12 @@ impl ActiveSegment {
         allocate(&file, 0, initial, prealloc)?;
         file.write_all_at(header, 0)?;
         file.sync_all()?;
-        let seg = Segment::map(id, file, capacity, true)?;
+        let seg = Segment::map(id, file, capacity, true, prealloc)?;
         Ok(Self {
             seg: Arc::new(seg),
             write_pos: header.len() as u64,
             pending: Vec::new(),
-            prealloc,
+            growth_asked: 0,
         })
     }
 
@@ -185,12 +228,12 @@ impl ActiveSegment {
         prealloc: Prealloc,
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let seg = Segment::map(id, file, capacity, true)?;
+        let seg = Segment::map(id, file, capacity, true, prealloc)?;
         Ok(Self {
             seg: Arc::new(seg),
             write_pos,
             pending: Vec::new(),
-            prealloc,
+            growth_asked: 0,
         })
     }
 
@@ -211,27 +254,31 @@ impl ActiveSegment {
         self.write_pos <= SEGMENT_HEADER_LEN as u64
     }
 
-    /// Grow the file so that `end` bytes are backed by disk blocks.
+    /// Make sure `end` bytes are backed by disk blocks, growing the file on
+    /// this thread if the background growth has not got that far.
     fn ensure_allocated(&mut self, end: u64) -> Result<(), StoreError> {
-        let cur = self.seg.file_len();
-        if end <= cur {
+        if end <= self.seg.file_len() {
             return Ok(());
         }
-        let max_step = match self.prealloc {
-            Prealloc::Reserve => MAX_GROW,
-            Prealloc::Zeros => MAX_ZERO_GROW,
-        };
-        let step = cur.clamp(MIN_GROW, max_step);
-        let new_len = end.max(cur + step).min(self.capacity());
-        if new_len < end {
-            return Err(StoreError::corrupt(
-                self.seg.id,
-                "frame does not fit in the segment mapping",
-            ));
+        self.seg.grow(end)
+    }
+
+    /// When fewer than [`GROW_AHEAD`] allocated bytes remain ahead of the
+    /// write position, the length the file should grow to (once per
+    /// request): growing ahead on another thread keeps the cost of
+    /// allocating (zero-filling, in durable mode) off the append path.
+    pub(crate) fn growth_wanted(&mut self) -> Option<u64> {
+        let have = self.seg.file_len();
+        let capacity = self.capacity();
+        if have >= capacity
+            || have.saturating_sub(self.write_pos) >= GROW_AHEAD
+            || self.growth_asked > have
+        {
+            return None;
         }
-        allocate(&self.seg.file, cur, new_len - cur, self.prealloc)?;
-        self.seg.file_len.store(new_len, Ordering::Release);
-        Ok(())
+        let target = (self.write_pos + 2 * GROW_AHEAD).min(capacity);
+        self.growth_asked = target;
+        Some(target)
     }
 
     /// Reserve `len` bytes at the write position, let `fill` write the whole

@@ -5,7 +5,7 @@ use crate::store::format::footer::{self, Footer, FooterEntry};
 use crate::store::format::frame::{probe, Probe};
 use crate::store::format::record::decode_event;
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
-use crate::store::log::Log;
+use crate::store::log::{Log, Segment};
 use crate::store::{Shared, StoreError};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -87,11 +87,19 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The queue of sealed segments waiting for their footer, drained by a
-/// background thread.
+/// Work for the background thread.
+enum Job {
+    /// Write the footer of this sealed segment.
+    Seal(u64),
+    /// Grow the active segment's file to this length ahead of the writer.
+    Grow(Arc<Segment>, u64),
+}
+
+/// The queue of background work (footers of sealed segments, growing the
+/// active segment ahead of the writer), drained by one thread.
 #[derive(Default)]
 pub(crate) struct Sealer {
-    tx: parking_lot::Mutex<Option<flume::Sender<u64>>>,
+    tx: parking_lot::Mutex<Option<flume::Sender<Job>>>,
 }
 
 impl Sealer {
@@ -99,9 +107,9 @@ impl Sealer {
     /// state, not the `Store`, and ends once [`Sealer::finish`] closed the
     /// queue and the queued footers are written.
     pub(crate) fn spawn(shared: Arc<Shared>, backlog: Vec<u64>) -> std::io::Result<JoinHandle<()>> {
-        let (tx, rx) = flume::unbounded::<u64>();
+        let (tx, rx) = flume::unbounded::<Job>();
         for id in backlog {
-            let _ = tx.send(id);
+            let _ = tx.send(Job::Seal(id));
         }
         *shared.sealer.tx.lock() = Some(tx);
         let mut builder = std::thread::Builder::new().name("batpak-sealer".into());
@@ -109,11 +117,22 @@ impl Sealer {
             builder = builder.stack_size(size);
         }
         builder.spawn(move || {
-            for id in rx.iter() {
-                let result = seal_segment(&shared.log, id)
-                    .and_then(|()| shared.fault(crate::store::fault::InjectionPoint::FooterWritten));
-                if let Err(e) = result {
-                    tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+            for job in rx.iter() {
+                match job {
+                    Job::Seal(id) => {
+                        let result = seal_segment(&shared.log, id)
+                            .and_then(|()| shared.fault(crate::store::fault::InjectionPoint::FooterWritten));
+                        if let Err(e) = result {
+                            tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+                        }
+                    }
+                    Job::Grow(segment, len) => {
+                        // A failure (a full disk) shows up again, as an error
+                        // of the append that needs the space.
+                        if let Err(e) = segment.grow(len) {
+                            tracing::debug!(segment_id = segment.id(), error = %e, "batpak: growing ahead failed");
+                        }
+                    }
                 }
             }
         })
@@ -122,7 +141,14 @@ impl Sealer {
     /// Queue a sealed segment for its footer.
     pub(crate) fn request(&self, id: u64) {
         if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(id);
+            let _ = tx.send(Job::Seal(id));
+        }
+    }
+
+    /// Queue growing `segment` to `len` bytes.
+    pub(crate) fn grow_ahead(&self, segment: Arc<Segment>, len: u64) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Job::Grow(segment, len));
         }
     }
 

@@ -25,6 +25,7 @@ use crate::store::fault::FaultAction;
 use crate::store::fault::InjectionPoint;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
+use crate::store::format::payload_ser;
 use crate::store::format::record::EventRecord;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
@@ -57,10 +58,15 @@ impl Writer {
 }
 
 /// Encode a payload the one way every append does: `serde_json::to_value`,
-/// stored as MessagePack (SPEC §3.11).
+/// stored as MessagePack (SPEC §3.11). Usually written directly, without
+/// building the `Value` tree; payloads the direct path is not sure about go
+/// through `to_value`, which also reports what cannot be stored.
 pub(crate) fn encode_payload(payload: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(160);
+    if payload_ser::encode(payload, &mut out).is_ok() {
+        return Ok(out);
+    }
     let value = serde_json::to_value(payload).map_err(StoreError::serialization)?;
-    let mut out = Vec::with_capacity(128);
     encode_value(&value, &mut out).map_err(StoreError::serialization)?;
     Ok(out)
 }
@@ -198,16 +204,18 @@ impl Shared {
 
     /// Check `draft`'s idempotency key (if any) against the stored events.
     fn lookup_key(&self, index: &Index, draft: &Draft<'_>) -> Result<KeyLookup, StoreError> {
+        // A freshly generated UUIDv7 (48-bit time, 74 random bits) cannot
+        // name a stored event; only caller-chosen keys need the lookup.
+        if !draft.idempotent {
+            return Ok(KeyLookup::New);
+        }
         let Some(hit) = index.find_key(draft.event_id) else {
             return Ok(KeyLookup::New);
         };
-        if !draft.idempotent
-            || hit.entity != draft.coord.entity()
+        if hit.entity != draft.coord.entity()
             || hit.scope != draft.coord.scope()
             || hit.kind != draft.kind
         {
-            // Without a key this is a fresh id colliding with a stored one:
-            // astronomically unlikely, and refused rather than duplicated.
             return Err(StoreError::IdempotencyConflict {
                 key: draft.event_id,
             });
@@ -322,6 +330,9 @@ impl Shared {
                 return Err(failure);
             }
         };
+        if let Some(len) = w.active.growth_wanted() {
+            self.sealer.grow_ahead(w.active.segment().clone(), len);
+        }
         let last = records.len().saturating_sub(1);
 
         let mut index = RwLockUpgradableReadGuard::upgrade(index);
