@@ -10,6 +10,7 @@ pub use crate::outcome::{ErrorKind, Outcome, OutcomeError};
 pub use crate::pipeline::{Committed, Pipeline, Proposal};
 pub use crate::store::{
     AppendOptions, AppendReceipt, BatchAppendItem, BatchConfig, BatchStage, CausationRef, Closed,
-    DiskPos, Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Open, RestartPolicy, Store,
-    StoreConfig, StoreError, SyncConfig, SyncMode, WriterConfig,
+    Cursor, DiskPos, Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Notification, Open,
+    RestartPolicy, Store, StoreConfig, StoreError, Subscription, SubscriptionOps, SyncConfig,
+    SyncMode, WriterConfig,
 };

@@ -17,6 +17,7 @@
 //! delegates to the modules above through the shared state.
 
 mod config;
+mod delivery;
 mod errors;
 #[cfg(feature = "dangerous-test-hooks")]
 pub mod fault;
@@ -37,6 +38,7 @@ pub use config::{
     BatchConfig, ClockFn, IndexConfig, IndexLayout, RestartPolicy, StoreConfig, SyncConfig,
     SyncMode, WriterConfig, MAX_SEGMENT_BYTES, MAX_SINGLE_APPEND_BYTES,
 };
+pub use delivery::{Cursor, Notification, Subscription, SubscriptionOps};
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
@@ -44,7 +46,10 @@ pub use fault::{
     ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
-pub use projection::{CacheCapabilities, CacheMeta, Freshness, NoCache, ProjectionCache};
+pub use projection::{
+    CacheCapabilities, CacheMeta, Freshness, NativeCache, NoCache, ProjectionCache,
+    ProjectionWatcher,
+};
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
 pub use stats::{StoreDiagnostics, StoreStats};
 pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
@@ -60,6 +65,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use write::durability::Durability;
 use write::{Condition, Draft, Flusher, Writer};
+
+impl Shared {
+    pub(crate) fn history_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Mark the store closed: waiting cursors and subscriptions end.
+    fn mark_closed(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.durability.wake_visibility_waiters();
+        self.subscribers.clear();
+    }
+}
 
 /// Typestate marker for an open store.
 pub struct Open;
@@ -80,8 +103,15 @@ pub(crate) struct Shared {
     pub(crate) recovery: RecoveryReport,
     /// Sealed segments waiting for their footer.
     pub(crate) sealer: maintenance::Sealer,
-    #[allow(dead_code)] // read by projections
+    /// Lossy subscribers.
+    pub(crate) subscribers: delivery::Subscribers,
+    /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) cache: Box<dyn ProjectionCache>,
+    /// In-memory tier in front of `cache`.
+    pub(crate) memo: projection::Memo,
+    /// Part of every projection cache key; bumped when compaction rewrites history.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 /// An embedded event store. Every method blocks; the handle is `Send + Sync`
@@ -117,6 +147,18 @@ impl Store<Open> {
     /// the directory, `Io` when it cannot be created or read.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         Self::open_with_cache(config, Box::new(NoCache))
+    }
+
+    /// Open with the file-backed [`NativeCache`] in `cache_path`.
+    ///
+    /// # Errors
+    /// `CacheFailed` if the cache directory cannot be used, else as [`Store::open`].
+    pub fn open_with_native_cache(
+        config: StoreConfig,
+        cache_path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, StoreError> {
+        let cache = NativeCache::open(cache_path)?;
+        Self::open_with_cache(config, Box::new(cache))
     }
 
     /// Open with a custom projection cache backend.
@@ -156,6 +198,10 @@ impl Store<Open> {
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
             sealer: maintenance::Sealer::default(),
+            subscribers: delivery::Subscribers::default(),
+            memo: projection::Memo::default(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
             flusher,
             log,
             config,
@@ -361,6 +407,26 @@ impl Store<Open> {
         self.shared.children(event_id)
     }
 
+    /// A guaranteed cursor over `region` from the beginning of history:
+    /// every matching committed event exactly once, in global-sequence
+    /// order, including events committed later.
+    pub fn cursor_guaranteed(&self, region: &Region) -> Cursor {
+        Cursor::new(self.shared.clone(), region, None)
+    }
+
+    /// A guaranteed cursor over `region` that starts after global sequence
+    /// `after` (`None`: from the beginning), to resume from a saved
+    /// [`Cursor::position`].
+    pub fn cursor_from(&self, region: &Region, after: Option<u64>) -> Cursor {
+        Cursor::new(self.shared.clone(), region, after)
+    }
+
+    /// A lossy subscription to events of `region` committed from now on.
+    /// `clock_range` is ignored (notifications carry no clock).
+    pub fn subscribe_lossy(&self, region: &Region) -> Subscription {
+        self.shared.subscribe(region)
+    }
+
     /// Make everything acknowledged so far durable.
     ///
     /// # Errors
@@ -376,6 +442,7 @@ impl Store<Open> {
     /// acknowledged as durable was lost, but later writes were refused).
     pub fn close(mut self) -> Result<Closed, StoreError> {
         self.closed = true;
+        self.shared.mark_closed();
         self.stop_threads();
         let mut result = self
             .shared
@@ -441,6 +508,7 @@ impl Store<Open> {
                 heap as f64 / f64::from(index.len())
             },
             durable_receipts: cfg.durable_receipts(),
+            subscribers: s.subscribers.len(),
             syncs: s.durability.sync_count(),
             sync_mode: cfg.sync.mode,
             poisoned: s.durability.check().err().map(|e| e.to_string()),
@@ -472,6 +540,7 @@ impl<State> Drop for Store<State> {
         if self.closed {
             return;
         }
+        self.shared.mark_closed();
         self.stop_threads();
         if !self.shared.durability.is_poisoned() {
             if let Err(e) = self.shared.sync_all_written() {

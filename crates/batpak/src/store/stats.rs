@@ -49,6 +49,8 @@ pub struct StoreDiagnostics {
     pub index_bytes_per_event: f64,
     /// Whether every receipt means "on stable storage".
     pub durable_receipts: bool,
+    /// Lossy subscribers currently registered.
+    pub subscribers: usize,
     /// Group-commit syncs performed since open.
     pub syncs: u64,
     /// Configured sync mode.

@@ -223,6 +223,30 @@ impl Index {
         seq + u64::from(slot - first)
     }
 
+    /// The first slot whose global sequence is greater than `seq`.
+    pub(crate) fn first_slot_after_seq(&self, seq: u64) -> u32 {
+        // Runs are sorted by slot and by sequence alike.
+        let i = self.seq_runs.partition_point(|&(_, s)| s <= seq);
+        if i == 0 {
+            return 0;
+        }
+        let (first, run_seq) = self.seq_runs[i - 1];
+        let run_end = self.seq_runs.get(i).map_or(self.len(), |r| r.0);
+        let past = u64::from(first).saturating_add(seq - run_seq + 1);
+        u32::try_from(past).map_or(run_end, |s| s.min(run_end))
+    }
+
+    /// Entity, scope and kind of a slot, without building a coordinate.
+    pub(crate) fn coordinate_parts(&self, slot: u32) -> (&str, &str, EventKind) {
+        let rec = self.records.get(slot);
+        let (e, s) = self.coords[rec.coord() as usize];
+        (
+            &self.entities[e as usize].name,
+            &self.scopes[s as usize].name,
+            rec.kind(),
+        )
+    }
+
     pub(crate) fn event_id(&self, slot: u32) -> u128 {
         self.records.get(slot).event_id()
     }

@@ -1,8 +1,19 @@
 //! Projections: folding an entity's events into a value (`Store::project`)
 //! and the caches that keep folded values between calls.
 //!
-//! Owns the cache traits and backends. It reads events through the store's
-//! read path and never writes to the log.
+//! Owns the cache traits, the backends (`NoCache`, `NativeCache`), the
+//! in-memory tier in front of them, the projection flow and watchers. It
+//! reads events through the store's read path and never writes to the log.
+
+mod flow;
+mod memo;
+mod native;
+mod watch;
+
+pub(crate) use memo::Memo;
+pub(crate) use native::key_hash;
+pub use native::NativeCache;
+pub use watch::ProjectionWatcher;
 
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};

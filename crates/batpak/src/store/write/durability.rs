@@ -48,6 +48,10 @@ pub(crate) struct Durability {
     syncs: AtomicU64,
     /// Bumped whenever waiters should re-check (a sync ended, poison).
     epoch: AtomicU32,
+    /// Bumped when slots become visible while someone waits for that
+    /// (cursors), and on close.
+    visibility: AtomicU32,
+    visibility_waiters: AtomicU32,
 }
 
 /// Counts an appender as in flight until dropped (after its write).
@@ -156,7 +160,39 @@ impl Durability {
 
     /// Make slots below `n` visible (never moves backwards).
     pub(crate) fn publish(&self, n: u32) {
-        self.visible.fetch_max(n, Ordering::AcqRel);
+        let before = self.visible.fetch_max(n, Ordering::SeqCst);
+        if before < n && self.visibility_waiters.load(Ordering::SeqCst) > 0 {
+            self.wake_visibility_waiters();
+        }
+    }
+
+    /// Wake everyone in [`Durability::wait_for_visible`] (new events, or the store closed).
+    pub(crate) fn wake_visibility_waiters(&self) {
+        self.visibility.fetch_add(1, Ordering::SeqCst);
+        epoch::wake_all(&self.visibility);
+    }
+
+    /// Sleep until more than `seen` slots are visible, someone calls
+    /// [`Durability::wake_visibility_waiters`], or `deadline` passes.
+    /// Returns false on timeout.
+    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Instant) -> bool {
+        self.visibility_waiters.fetch_add(1, Ordering::SeqCst);
+        let woken = loop {
+            let e = self.visibility.load(Ordering::SeqCst);
+            if self.visible.load(Ordering::SeqCst) > seen {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            epoch::wait_timeout(&self.visibility, e, deadline - now);
+            if self.visibility.load(Ordering::SeqCst) != e {
+                break true;
+            }
+        };
+        self.visibility_waiters.fetch_sub(1, Ordering::SeqCst);
+        woken
     }
 
     /// Syncs performed so far.
@@ -418,6 +454,42 @@ mod tests {
 /// (on Linux), instead of one wake-up per thread.
 mod epoch {
     use std::sync::atomic::AtomicU32;
+
+    /// Sleep while `word` holds `seen`, at most `timeout`.
+    pub(super) fn wait_timeout(word: &AtomicU32, seen: u32, timeout: std::time::Duration) {
+        #[cfg(target_os = "linux")]
+        {
+            let ts = libc::timespec {
+                tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: timeout.subsec_nanos().into(),
+            };
+            // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference,
+            // with a relative timeout read from a live timespec.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    seen,
+                    std::ptr::from_ref(&ts),
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: the key is the word's address, used only here; `validate`
+        // only reads the atomic.
+        unsafe {
+            use std::sync::atomic::Ordering;
+            parking_lot_core::park(
+                word.as_ptr() as usize,
+                || word.load(Ordering::Acquire) == seen,
+                || {},
+                |_, _| {},
+                parking_lot_core::DEFAULT_PARK_TOKEN,
+                Some(std::time::Instant::now() + timeout),
+            );
+        }
+    }
 
     /// Sleep while `word` holds `seen` (spurious returns are fine).
     pub(super) fn wait(word: &AtomicU32, seen: u32) {

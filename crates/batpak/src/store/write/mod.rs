@@ -399,6 +399,7 @@ impl Shared {
             self.wait_visible(target)
                 .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
+        self.dispatch();
         Ok(receipts)
     }
 

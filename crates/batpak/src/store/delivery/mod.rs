@@ -1,0 +1,140 @@
+//! Delivery of committed events to consumers: guaranteed cursors (pull,
+//! every event exactly once, in order), lossy subscriptions (push, never
+//! blocking the writer) and reactors (a cursor driving `append_reaction`).
+//!
+//! Consumers see only visible slots, so never an event that is not durable
+//! (durable mode) or half a batch. This module reads the index and never
+//! writes to the log; reactors append through the public `Store` API.
+
+mod cursor;
+mod reactor;
+mod subscription;
+
+pub use cursor::Cursor;
+pub use subscription::{Notification, Subscription, SubscriptionOps};
+
+use crate::coordinate::Region;
+use crate::store::Shared;
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One lossy subscriber.
+struct Subscriber {
+    region: Region,
+    tx: flume::Sender<Notification>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The lossy subscribers of a store and how far they have been served.
+#[derive(Default)]
+pub(crate) struct Subscribers {
+    list: RwLock<Vec<Subscriber>>,
+    count: AtomicU32,
+    /// Slots below this were offered to every subscriber present at the time.
+    dispatched: AtomicU32,
+    /// Set by every publisher; whoever holds `dispatching` serves it.
+    pending: AtomicBool,
+    dispatching: Mutex<()>,
+}
+
+impl Subscribers {
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire) as usize
+    }
+
+    /// Drop every subscriber (their receivers then see the channel close).
+    pub(crate) fn clear(&self) {
+        self.list.write().clear();
+        self.count.store(0, Ordering::Release);
+    }
+}
+
+impl Shared {
+    /// Offer newly visible events to the lossy subscribers. Called by whoever
+    /// made events visible, after releasing the writer lock; never blocks on
+    /// a subscriber (a full buffer counts a drop for that subscriber only).
+    pub(crate) fn dispatch(&self) {
+        let subs = &self.subscribers;
+        if subs.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        subs.pending.store(true, Ordering::Release);
+        loop {
+            let Some(_serving) = subs.dispatching.try_lock() else {
+                // The holder re-checks `pending` before it lets go.
+                return;
+            };
+            while subs.pending.swap(false, Ordering::AcqRel) {
+                self.offer_new_events();
+            }
+            drop(_serving);
+            if !subs.pending.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    /// Send notifications for slots `dispatched..visible`; the caller holds
+    /// `dispatching`.
+    fn offer_new_events(&self) {
+        let subs = &self.subscribers;
+        let from = subs.dispatched.load(Ordering::Acquire);
+        let to = self.durability.visible();
+        if from >= to {
+            return;
+        }
+        let mut gone = false;
+        {
+            let index = self.index.read();
+            let list = subs.list.read();
+            for slot in from..to {
+                let mut note: Option<Notification> = None;
+                for s in list.iter() {
+                    let (entity, scope, kind) = index.coordinate_parts(slot);
+                    if !s.region.matches_event(entity, scope, kind) {
+                        continue;
+                    }
+                    let n = note.get_or_insert_with(|| Notification::from_index(&index, slot));
+                    match s.tx.try_send(n.clone()) {
+                        Ok(()) => {}
+                        Err(flume::TrySendError::Full(_)) => {
+                            s.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(flume::TrySendError::Disconnected(_)) => gone = true,
+                    }
+                }
+            }
+        }
+        subs.dispatched.store(to, Ordering::Release);
+        if gone {
+            let mut list = subs.list.write();
+            list.retain(|s| !s.tx.is_disconnected());
+            subs.count.store(list.len() as u32, Ordering::Release);
+        }
+    }
+
+    /// Register a lossy subscriber for events made visible from now on.
+    pub(crate) fn subscribe(&self, region: &Region) -> Subscription {
+        let (tx, rx) = flume::bounded(self.config.broadcast_capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let subs = &self.subscribers;
+        let _serving = subs.dispatching.lock();
+        // Serve the subscribers already present up to now, so the new one
+        // starts exactly at the current visible point.
+        if subs.count.load(Ordering::Acquire) > 0 {
+            self.offer_new_events();
+        } else {
+            subs.dispatched
+                .store(self.durability.visible(), Ordering::Release);
+        }
+        let mut list = subs.list.write();
+        list.push(Subscriber {
+            region: region.clone(),
+            tx,
+            dropped: dropped.clone(),
+        });
+        subs.count.store(list.len() as u32, Ordering::Release);
+        Subscription::new(rx, region.clone(), dropped)
+    }
+}

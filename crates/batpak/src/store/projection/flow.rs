@@ -1,0 +1,189 @@
+//! `Store::project`: fold an entity's relevant events, using cached values
+//! when they are fresh enough.
+
+use super::{CacheMeta, Freshness};
+use crate::event::{Event, EventSourced};
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+
+/// The cache key of `T` for `entity`: entity, a type name that does not
+/// change between builds of the same code, the schema version and the
+/// history epoch (bumped when compaction rewrites history), so a value is
+/// never read back by another type, schema or history.
+pub(crate) fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch: u64) -> Vec<u8> {
+    let name = std::any::type_name::<T>();
+    let mut k = Vec::with_capacity(entity.len() + name.len() + 24);
+    k.extend_from_slice(entity.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&T::schema_version().to_le_bytes());
+    k.extend_from_slice(&epoch.to_le_bytes());
+    k
+}
+
+fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
+    let kinds = T::relevant_event_kinds();
+    kinds.is_empty() || kinds.contains(&kind)
+}
+
+impl Store {
+    /// Slots of `entity`'s visible events that `T` reads and whose global
+    /// sequence is above `after`, in clock order.
+    fn relevant_slots<T: EventSourced<serde_json::Value>>(
+        &self,
+        entity: &str,
+        after: Option<u64>,
+    ) -> Vec<u32> {
+        let index = self.shared.index.read();
+        let visible = self.shared.durability.visible();
+        let slots = index.entity_slots(entity);
+        let n = slots.partition_point(|&s| s < visible);
+        slots[..n]
+            .iter()
+            .copied()
+            .filter(|&s| {
+                after.is_none_or(|a| index.global_seq(s) > a)
+                    && relevant::<T>(index.coordinate_parts(s).2)
+            })
+            .collect()
+    }
+
+    /// Global sequence of `entity`'s newest event that `T` reads.
+    pub(crate) fn latest_relevant<T: EventSourced<serde_json::Value>>(
+        &self,
+        entity: &str,
+    ) -> Option<u64> {
+        let index = self.shared.index.read();
+        let visible = self.shared.durability.visible();
+        let slots = index.entity_slots(entity);
+        let n = slots.partition_point(|&s| s < visible);
+        slots[..n]
+            .iter()
+            .rev()
+            .find(|&&s| relevant::<T>(index.coordinate_parts(s).2))
+            .map(|&s| index.global_seq(s))
+    }
+
+    /// Read the events at `slots`, in order.
+    fn read_events(&self, slots: &[u32]) -> Result<Vec<Event<serde_json::Value>>, StoreError> {
+        let located: Vec<_> = {
+            let index = self.shared.index.read();
+            slots
+                .iter()
+                .map(|&s| (index.disk_pos(s), index.coordinate(s)))
+                .collect()
+        };
+        located
+            .into_iter()
+            .map(|(pos, coord)| self.shared.read_event(pos, coord).map(|e| e.event))
+            .collect()
+    }
+
+    fn cached(&self, key: &[u8]) -> Option<(Arc<[u8]>, CacheMeta)> {
+        if let Some(hit) = self.shared.memo.get(key) {
+            return Some(hit);
+        }
+        match self.shared.cache.get(key) {
+            Ok(Some((bytes, meta))) => {
+                let bytes: Arc<[u8]> = bytes.into();
+                self.shared.memo.put(key, bytes.clone(), meta.clone());
+                Some((bytes, meta))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // A cache that fails is only a miss.
+                tracing::warn!(error = %e, "batpak: projection cache read failed");
+                None
+            }
+        }
+    }
+
+    fn store_cached<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        watermark: u64,
+    ) -> Result<(), StoreError> {
+        let bytes: Arc<[u8]> = serde_json::to_vec(value)
+            .map_err(StoreError::serialization)?
+            .into();
+        let meta = CacheMeta {
+            watermark,
+            cached_at_us: self.shared.config.now_us(),
+        };
+        self.shared.memo.put(key, bytes.clone(), meta.clone());
+        if let Err(e) = self.shared.cache.put(key, &bytes, meta) {
+            tracing::warn!(error = %e, "batpak: projection cache write failed");
+        }
+        Ok(())
+    }
+
+    /// Fold `entity`'s events into a `T`.
+    ///
+    /// `Consistent` never returns a value older than the entity's newest
+    /// event of a kind `T` reads; `MaybeStale { max_stale_ms }` may return a
+    /// cached value younger than `max_stale_ms` by the store's clock (0
+    /// behaves like `Consistent`). With `incremental_projection` enabled and
+    /// `T::supports_incremental_apply()`, a cached value is brought up to
+    /// date by applying only the newer events.
+    ///
+    /// # Errors
+    /// `Serialization` if a cached or computed value cannot be (de)serialized,
+    /// read errors of the events.
+    pub fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<serde_json::Value>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + 'static,
+    {
+        let key = cache_key::<T>(entity, self.shared.history_epoch());
+        let latest = self.latest_relevant::<T>(entity);
+        let decode =
+            |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
+        let cached = self.cached(&key);
+        if let Some((bytes, meta)) = &cached {
+            let fresh = match freshness {
+                Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
+                    let age_us = self
+                        .shared
+                        .config
+                        .now_us()
+                        .saturating_sub(meta.cached_at_us);
+                    u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
+                }
+                _ => Some(meta.watermark) == latest,
+            };
+            if fresh {
+                // A value that no longer decodes (changed type) is a miss.
+                if let Ok(v) = decode(bytes) {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        let Some(latest) = latest else {
+            return Ok(T::from_events(&[]));
+        };
+        let incremental =
+            self.shared.config.index.incremental_projection && T::supports_incremental_apply();
+        if let (true, Some((bytes, meta))) = (incremental, &cached) {
+            if meta.watermark < latest {
+                if let Ok(mut state) = decode(bytes) {
+                    let newer = self.relevant_slots::<T>(entity, Some(meta.watermark));
+                    for event in self.read_events(&newer)? {
+                        state.apply_event(&event);
+                    }
+                    self.store_cached(&key, &state, latest)?;
+                    return Ok(Some(state));
+                }
+            }
+        }
+        let events = self.read_events(&self.relevant_slots::<T>(entity, None))?;
+        let state = T::from_events(&events);
+        if let Some(s) = &state {
+            self.store_cached(&key, s, latest)?;
+        }
+        Ok(state)
+    }
+}

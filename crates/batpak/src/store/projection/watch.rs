@@ -1,0 +1,98 @@
+//! Projection watchers: re-project an entity whenever it changes.
+
+use super::Freshness;
+use crate::coordinate::Region;
+use crate::event::EventSourced;
+use crate::store::{Store, StoreError, Subscription};
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
+
+/// Emits the projection of one entity each time a relevant event for it is
+/// committed. Pull-based: each [`ProjectionWatcher::recv`] blocks until the
+/// entity changes, re-projects and returns the new value. It always
+/// projects the latest state, so notifications dropped by a full buffer only
+/// merge updates, never lose one. It holds no strong reference to the store
+/// and ends (`Ok(None)`) when the store is closed or dropped.
+pub struct ProjectionWatcher<T> {
+    store: Weak<Store>,
+    entity: String,
+    freshness: Freshness,
+    subscription: Subscription,
+    /// Watermark of the last value returned.
+    last: Option<u64>,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> ProjectionWatcher<T>
+where
+    T: EventSourced<serde_json::Value> + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    /// Block until a relevant event for the entity is committed, then return
+    /// the entity's projection. `Ok(None)` once the store is gone (or if the
+    /// projection itself is `None`).
+    ///
+    /// # Errors
+    /// The projection's own errors (reading events, decoding cached values).
+    pub fn recv(&mut self) -> Result<Option<T>, StoreError> {
+        loop {
+            let Some(first) = self.subscription.recv() else {
+                return Ok(None);
+            };
+            // Everything queued meanwhile is covered by one re-projection.
+            let mut relevant = self.concerns(&first);
+            while let Ok(n) = self.subscription.receiver().try_recv() {
+                relevant |= self.concerns(&n);
+            }
+            if !relevant {
+                continue;
+            }
+            let Some(store) = self.store.upgrade() else {
+                return Ok(None);
+            };
+            let latest = store.latest_relevant::<T>(&self.entity);
+            if latest.is_none() || latest == self.last {
+                continue;
+            }
+            let value = store.project::<T>(&self.entity, &self.freshness)?;
+            self.last = latest;
+            return Ok(value);
+        }
+    }
+
+    fn concerns(&self, n: &crate::store::Notification) -> bool {
+        let kinds = T::relevant_event_kinds();
+        n.coord.entity() == self.entity && (kinds.is_empty() || kinds.contains(&n.kind))
+    }
+
+    /// The subscription feeding this watcher (its receiver can be awaited).
+    #[doc(hidden)]
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+}
+
+impl Store {
+    /// Watch the projection `T` of `entity`: see [`ProjectionWatcher`].
+    pub fn watch_projection<T>(
+        self: &Arc<Self>,
+        entity: &str,
+        freshness: Freshness,
+    ) -> ProjectionWatcher<T>
+    where
+        T: EventSourced<serde_json::Value>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Send
+            + 'static,
+    {
+        let subscription = self.subscribe_lossy(&Region::entity(entity));
+        ProjectionWatcher {
+            store: Arc::downgrade(self),
+            entity: entity.to_owned(),
+            freshness,
+            subscription,
+            last: None,
+            _value: PhantomData,
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Delivery (SPEC §4.4–§4.6): guaranteed cursors, lossy subscriptions and
+//! reactors, with real threads.
+
+mod common;
+
+use batpak::prelude::*;
+use batpak::store::{CountdownInjector, FaultAction, InjectionPoint};
+use common::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[test]
+fn cursor_delivers_everything_once_in_order_under_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_with(dir.path(), |c| {
+        c.with_segment_max_bytes(64 * 1024)
+    }));
+    let writers = 4;
+    let per = 150;
+    let mut cursor = store.cursor_guaranteed(&Region::entity("w"));
+    let start = Arc::new(Barrier::new(writers + 1));
+    let handles: Vec<_> = (0..writers)
+        .map(|t| {
+            let (store, start) = (store.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..per {
+                    if i % 10 == 0 {
+                        let items = (0..3)
+                            .map(|k| {
+                                BatchAppendItem::new(
+                                    coord(&format!("w{t}"), "s"),
+                                    KIND_A,
+                                    &json!([t, i, k]),
+                                    AppendOptions::new(),
+                                    CausationRef::None,
+                                )
+                                .unwrap()
+                            })
+                            .collect();
+                        store.append_batch(items).unwrap();
+                    } else {
+                        store
+                            .append(&coord(&format!("w{t}"), "s"), KIND_A, &json!([t, i]))
+                            .unwrap();
+                    }
+                    // Noise the cursor must not deliver.
+                    store.append(&coord("other", "s"), KIND_B, &i).unwrap();
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    let expected = writers * (per + per / 10 * 2);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < expected && Instant::now() < deadline {
+        if let Some(e) = cursor.wait_next(Duration::from_millis(200)) {
+            seen.push(e);
+        }
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(cursor.poll().is_none(), "nothing beyond what was written");
+    assert_eq!(seen.len(), expected);
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].global_sequence < w[1].global_sequence),
+        "in order"
+    );
+    let ids: HashSet<u128> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), expected, "exactly once");
+    assert!(seen.iter().all(|e| e.coord.entity().starts_with('w')));
+    let queried: Vec<u128> = store
+        .query(&Region::entity("w"))
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(seen.iter().map(|e| e.event_id).collect::<Vec<_>>(), queried);
+    assert_eq!(
+        cursor.position(),
+        Some(seen.last().unwrap().global_sequence)
+    );
+}
+
+#[test]
+fn cursors_follow_region_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..30u32 {
+        let kind = if i % 3 == 0 { KIND_B } else { KIND_A };
+        store
+            .append(
+                &coord(&format!("e{}", i % 2), if i % 5 == 0 { "s2" } else { "s1" }),
+                kind,
+                &i,
+            )
+            .unwrap();
+    }
+    for region in [
+        Region::all(),
+        Region::entity("e1"),
+        Region::scope("s2"),
+        Region::all().with_fact(KindFilter::Exact(KIND_B)),
+        Region::all().with_fact_category(1),
+        Region::entity("e0").with_clock_range((3, 7)),
+        Region::entity("e")
+            .with_scope("s1")
+            .with_fact(KindFilter::Exact(KIND_A)),
+    ] {
+        let mut c = store.cursor_guaranteed(&region);
+        let got: Vec<u128> = c.poll_batch(1000).iter().map(|e| e.event_id).collect();
+        let want: Vec<u128> = store.query(&region).iter().map(|e| e.event_id).collect();
+        assert_eq!(got, want, "{region:?}");
+        assert!(c.poll().is_none());
+    }
+}
+
+#[test]
+fn a_saved_position_resumes_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let region = Region::entity("order:");
+    let (first_half, saved) = {
+        let store = open(dir.path());
+        for i in 0..40 {
+            store
+                .append(&coord(&format!("order:{}", i % 4), "s"), KIND_A, &i)
+                .unwrap();
+            store.append(&coord("noise", "s"), KIND_A, &i).unwrap();
+        }
+        let mut c = store.cursor_guaranteed(&region);
+        let got: Vec<u128> = c.poll_batch(15).iter().map(|e| e.event_id).collect();
+        let pos = c.position();
+        store.close().unwrap();
+        (got, pos)
+    };
+    let store = open(dir.path());
+    for i in 40..50 {
+        store
+            .append(&coord(&format!("order:{}", i % 4), "s"), KIND_A, &i)
+            .unwrap();
+    }
+    let mut c = store.cursor_from(&region, saved);
+    let rest: Vec<u128> = c.poll_batch(1000).iter().map(|e| e.event_id).collect();
+    let all: Vec<u128> = store.query(&region).iter().map(|e| e.event_id).collect();
+    assert_eq!(first_half.len() + rest.len(), 50);
+    assert_eq!(
+        [first_half, rest].concat(),
+        all,
+        "nothing skipped, nothing repeated"
+    );
+    // from the beginning and past the end
+    assert_eq!(store.cursor_from(&region, None).poll_batch(1000).len(), 50);
+    assert!(store
+        .cursor_from(&region, Some(u64::MAX - 1))
+        .poll()
+        .is_none());
+}
+
+#[test]
+fn wait_next_sleeps_until_an_event_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let mut cursor = store.cursor_guaranteed(&Region::entity("late"));
+    let t = Instant::now();
+    assert!(
+        cursor.wait_next(Duration::from_millis(50)).is_none(),
+        "times out when nothing comes"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            store.append(&coord("late", "s"), KIND_A, &1).unwrap()
+        })
+    };
+    let t = Instant::now();
+    let got = cursor
+        .wait_next(Duration::from_secs(20))
+        .expect("woken by the append");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(got.event_id, writer.join().unwrap().event_id);
+    // Closing the store ends a waiting cursor at once.
+    let closer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(store);
+        })
+    };
+    drop(store);
+    let t = Instant::now();
+    assert!(cursor.wait_next(Duration::from_secs(20)).is_none());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "close wakes waiting cursors"
+    );
+    closer.join().unwrap();
+}
+
+#[test]
+fn lossy_subscribers_drop_alone_and_are_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), |c| c.with_broadcast_capacity(2));
+    let tiny = store.subscribe_lossy(&Region::entity("e"));
+    let other_scope = store.subscribe_lossy(&Region::scope("elsewhere"));
+    for i in 0..10 {
+        store.append(&coord("e", "s"), KIND_A, &i).unwrap();
+    }
+    // The writer never waited: all ten are stored.
+    assert_eq!(store.stats().event_count, 10);
+    let got: Vec<u64> = std::iter::from_fn(|| tiny.receiver().try_recv().ok())
+        .map(|n| n.sequence)
+        .collect();
+    assert_eq!(got, vec![0, 1], "the buffer kept the first two");
+    assert_eq!(tiny.dropped(), 8);
+    assert_eq!(other_scope.dropped(), 0, "drops are per subscriber");
+    assert!(other_scope.receiver().try_recv().is_err());
+    // A reader keeping up loses nothing.
+    let keeper = store.subscribe_lossy(&Region::all());
+    for i in 0..2 {
+        let r = store.append(&coord("f", "elsewhere"), KIND_B, &i).unwrap();
+        let n = keeper.recv().unwrap();
+        assert_eq!(
+            (n.event_id, n.kind, n.coord.entity()),
+            (r.event_id, KIND_B, "f")
+        );
+        assert_eq!(other_scope.recv().unwrap().event_id, r.event_id);
+    }
+    assert_eq!(store.diagnostics().subscribers, 3);
+    drop(tiny);
+    drop(other_scope);
+    store.append(&coord("e", "s"), KIND_A, &"after").unwrap();
+    store
+        .append(&coord("f", "elsewhere"), KIND_A, &"after")
+        .unwrap();
+    assert_eq!(
+        store.diagnostics().subscribers,
+        1,
+        "dropped subscribers are removed"
+    );
+    let mut ops = keeper.ops().filter(|n| n.coord.entity() == "f").take(1);
+    assert_eq!(ops.recv().unwrap().coord.entity(), "f");
+    assert!(ops.recv().is_none(), "take(1)");
+    store.close().unwrap();
+}
+
+#[test]
+fn subscribers_never_see_what_did_not_become_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
+        InjectionPoint::Sync,
+        2,
+        FaultAction::Fail,
+    )));
+    let store = Store::open(cfg).unwrap();
+    let sub = store.subscribe_lossy(&Region::all());
+    let mut cursor = store.cursor_guaranteed(&Region::all());
+    let ok = store.append(&coord("e", "s"), KIND_A, &1).unwrap();
+    assert!(
+        store.append(&coord("e", "s"), KIND_A, &2).is_err(),
+        "its sync failed"
+    );
+    assert_eq!(
+        sub.recv_timeout(Duration::from_secs(5)).unwrap().event_id,
+        ok.event_id
+    );
+    assert!(
+        sub.recv_timeout(Duration::from_millis(100)).is_none(),
+        "the unsynced event was never announced"
+    );
+    assert_eq!(cursor.poll_batch(10).len(), 1);
+}
+
+#[test]
+fn a_batch_is_announced_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let sub = store.subscribe_lossy(&Region::all());
+    let items = (0..5)
+        .map(|i| {
+            BatchAppendItem::new(
+                coord("b", "s"),
+                KIND_A,
+                &i,
+                AppendOptions::new(),
+                CausationRef::None,
+            )
+            .unwrap()
+        })
+        .collect();
+    let receipts = store.append_batch(items).unwrap();
+    let got: Vec<u128> = std::iter::from_fn(|| sub.receiver().try_recv().ok())
+        .map(|n| n.event_id)
+        .collect();
+    assert_eq!(got, receipts.iter().map(|r| r.event_id).collect::<Vec<_>>());
+}
+
+struct Auditor;
+
+impl Reactive<serde_json::Value> for Auditor {
+    fn react(
+        &self,
+        event: &Event<serde_json::Value>,
+    ) -> Vec<(Coordinate, EventKind, serde_json::Value)> {
+        let n = event.payload["n"].as_u64().unwrap_or(0);
+        let mut out = vec![(coord("audit", "s"), KIND_B, json!({ "of": n }))];
+        if n % 10 == 0 {
+            out.push((coord("audit", "s"), KIND_B, json!({ "milestone": n })));
+        }
+        out
+    }
+}
+
+fn reactions(store: &Store) -> Vec<IndexEntry> {
+    store.stream("audit")
+}
+
+fn wait_for_reactions(store: &Store, n: usize) {
+    let mut cursor = store.cursor_guaranteed(&Region::entity("audit"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while seen < n && Instant::now() < deadline {
+        if cursor.wait_next(Duration::from_millis(100)).is_some() {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n, "reactions did not arrive");
+}
+
+#[test]
+fn reactors_answer_every_trigger_once_and_stop_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = 200u64;
+    let expected = (triggers + triggers / 10) as usize;
+    {
+        let store = Arc::new(open_with(dir.path(), |c| c.with_sync_every_n_events(32)));
+        let handle = store
+            .react_loop(&Region::entity("order:"), Auditor)
+            .unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for n in (t..triggers).step_by(2) {
+                        store
+                            .append(
+                                &coord(&format!("order:{n}"), "s"),
+                                KIND_A,
+                                &json!({ "n": n }),
+                            )
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        wait_for_reactions(&store, expected);
+        let r = reactions(&store);
+        assert_eq!(r.len(), expected);
+        for e in &r {
+            let trigger = store.get(e.causation_id.unwrap()).unwrap();
+            assert!(trigger.coordinate.entity().starts_with("order:"));
+            assert_eq!(e.correlation_id, trigger.event.header.correlation_id);
+        }
+        let causes: HashSet<u128> = r.iter().map(|e| e.causation_id.unwrap()).collect();
+        assert_eq!(causes.len(), triggers as usize, "every trigger answered");
+        // The reactor holds no strong reference: the store can be unwrapped and closed.
+        let store = Arc::try_unwrap(store)
+            .ok()
+            .expect("reactor holds a strong reference");
+        store.close().unwrap();
+        handle.join().unwrap();
+    }
+    // A restart neither duplicates nor skips.
+    let store = Arc::new(open(dir.path()));
+    let handle = store
+        .react_loop(&Region::entity("order:"), Auditor)
+        .unwrap();
+    store
+        .append(&coord("order:new", "s"), KIND_A, &json!({ "n": 1000 }))
+        .unwrap();
+    wait_for_reactions(&store, expected + 2);
+    assert_eq!(reactions(&store).len(), expected + 2);
+    drop(store);
+    handle.join().unwrap();
+}
+
+#[test]
+fn a_reactor_thread_ends_when_the_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let handle = store.react_loop(&Region::all(), Auditor).unwrap();
+    drop(store);
+    let t = Instant::now();
+    handle.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
