@@ -310,7 +310,7 @@ impl Reactive<serde_json::Value> for Auditor {
     ) -> Vec<(Coordinate, EventKind, serde_json::Value)> {
         let n = event.payload["n"].as_u64().unwrap_or(0);
         let mut out = vec![(coord("audit", "s"), KIND_B, json!({ "of": n }))];
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             out.push((coord("audit", "s"), KIND_B, json!({ "milestone": n })));
         }
         out
