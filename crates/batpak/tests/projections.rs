@@ -3,7 +3,6 @@
 mod common;
 
 use batpak::prelude::*;
-use batpak::store::NativeCache;
 use common::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
