@@ -38,14 +38,15 @@ impl Store {
         let index = self.shared.index.read();
         let visible = self.shared.durability.visible();
         let slots = index.entity_slots(entity);
-        let n = slots.partition_point(|&s| s < visible);
-        slots[..n]
+        let end = slots.partition_point(|&s| s < visible);
+        // Slot order is sequence order: the newer events are a suffix.
+        let start = after.map_or(0, |a| {
+            slots[..end].partition_point(|&s| index.global_seq(s) <= a)
+        });
+        slots[start..end]
             .iter()
             .copied()
-            .filter(|&s| {
-                after.is_none_or(|a| index.global_seq(s) > a)
-                    && relevant::<T>(index.coordinate_parts(s).2)
-            })
+            .filter(|&s| relevant::<T>(index.coordinate_parts(s).2))
             .collect()
     }
 
