@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) subscribers: delivery::Subscribers,
     /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// Read-only stores: where `refresh` continues reading.
+    pub(crate) follow: Mutex<Option<recovery::Follow>>,
     pub(crate) cache: Box<dyn ProjectionCache>,
     /// In-memory tier in front of `cache`.
     pub(crate) memo: projection::Memo,
@@ -147,6 +149,80 @@ impl Store<Open> {
     /// the directory, `Io` when it cannot be created or read.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         Self::open_with_cache(config, Box::new(NoCache))
+    }
+
+    /// Open the store in `config.data_dir` for reading only, without taking
+    /// its lock and without modifying any file, so a store can be inspected
+    /// while its owner runs. Every write returns `ReadOnly`; call
+    /// [`Store::refresh`] to see what the owner appended since.
+    ///
+    /// # Errors
+    /// `Configuration`, `Io` when the directory cannot be read,
+    /// `RecordDamaged` for a missing or damaged removed-event record.
+    pub fn open_read_only(config: StoreConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        if !config.data_dir.is_dir() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not a store directory", config.data_dir.display()),
+            )));
+        }
+        let log = Log::new(
+            &config.data_dir,
+            config.sync.mode,
+            config.segment_max_bytes,
+            log::Prealloc::Reserve,
+        );
+        let recovered = recovery::recover(&log, &config, false)?;
+        let visible = recovered.index.len();
+        let shared = Arc::new(Shared {
+            writer: None,
+            durability: Durability::new(visible, 1),
+            index: RwLock::new(recovered.index),
+            recovery: recovered.report,
+            sealer: maintenance::Sealer::default(),
+            subscribers: delivery::Subscribers::default(),
+            memo: projection::Memo::default(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            follow: Mutex::new(recovered.follow),
+            flusher: None,
+            log,
+            config,
+            cache: Box::new(NoCache),
+        });
+        Ok(Self {
+            shared,
+            flusher_thread: None,
+            sealer_thread: None,
+            lock: None,
+            closed: false,
+            _state: PhantomData,
+        })
+    }
+
+    /// Read-only stores: index what the owner appended since the last look
+    /// (or since open), making it visible to queries, cursors and
+    /// subscribers. Returns how many events were added. A writable store
+    /// always sees its own appends; there this returns 0.
+    ///
+    /// # Errors
+    /// `Io` when the directory cannot be read.
+    pub fn refresh(&self) -> Result<u64, StoreError> {
+        let mut follow = self.shared.follow.lock();
+        let Some(follow) = follow.as_mut() else {
+            return Ok(0);
+        };
+        let added = {
+            let mut index = self.shared.index.write();
+            recovery::follow_up(&self.shared.log, &mut index, follow)?
+        };
+        if added > 0 {
+            let len = self.shared.index.read().len();
+            self.shared.durability.publish(len);
+            self.shared.dispatch();
+        }
+        Ok(added)
     }
 
     /// Open with the file-backed [`NativeCache`] in `cache_path`.
@@ -202,6 +278,7 @@ impl Store<Open> {
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
+            follow: Mutex::new(None),
             flusher,
             log,
             config,

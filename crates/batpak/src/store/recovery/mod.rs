@@ -115,6 +115,8 @@ pub(crate) struct Recovered {
     pub(crate) active: Option<ActiveSegment>,
     /// Sealed segments that have no valid footer yet (writable opens write them).
     pub(crate) unsealed: Vec<u64>,
+    /// Read-only opens: where `refresh` continues.
+    pub(crate) follow: Option<Follow>,
     pub(crate) report: RecoveryReport,
 }
 
@@ -471,6 +473,65 @@ impl Assembly {
     }
 }
 
+/// Where a read-only store continues reading what its owner appends.
+pub(crate) struct Follow {
+    segment_id: u64,
+    offset: u64,
+    /// The segment ended in a footer: continue with the next one.
+    sealed: bool,
+    batch: Vec<Owned>,
+    max_seq: Option<u64>,
+}
+
+/// Index the frames appended since the last look (read-only stores).
+/// Returns how many events were added to `index`.
+pub(crate) fn follow_up(
+    log: &Log,
+    index: &mut Index,
+    follow: &mut Follow,
+) -> Result<u64, StoreError> {
+    let listing = SegmentListing::read(log.dir())?;
+    let mut asm = Assembly {
+        index: std::mem::take(index),
+        report: RecoveryReport::default(),
+        max_seq: follow.max_seq,
+        batch: std::mem::take(&mut follow.batch),
+    };
+    let result = (|| {
+        let first = follow.segment_id;
+        for (id, path) in listing.segments.iter().filter(|(id, _)| *id >= first) {
+            if *id > follow.segment_id {
+                if !follow.sealed && follow.offset <= SEGMENT_HEADER_LEN as u64 {
+                    // An empty newest segment was replaced: start the next one.
+                }
+                follow.segment_id = *id;
+                follow.offset = SEGMENT_HEADER_LEN as u64;
+                follow.sealed = false;
+            } else if follow.sealed {
+                continue;
+            }
+            if std::fs::metadata(path)?.len() < SEGMENT_HEADER_LEN as u64 {
+                break; // being created
+            }
+            // Map the file as it is now (it may have grown since).
+            let seg = Segment::open_read_only(path, *id)?;
+            let end = asm.scan(&seg, follow.offset);
+            seg.release_pages();
+            log.register(Arc::new(seg));
+            follow.offset = end.end;
+            follow.sealed = end.sealed;
+            // A damaged or half-written frame at the end may still be being
+            // written: look again next time.
+        }
+        Ok::<(), StoreError>(())
+    })();
+    let added = asm.report.events_recovered;
+    follow.max_seq = asm.max_seq;
+    follow.batch = std::mem::take(&mut asm.batch);
+    *index = asm.index;
+    result.map(|()| added)
+}
+
 struct ScanEnd {
     end: u64,
     torn: Option<u64>,
@@ -594,6 +655,7 @@ pub(crate) fn recover(
     asm.report.removed_events = removed.len() as u64;
 
     let mut active = None;
+    let mut follow = None;
     let mut unsealed = Vec::new();
     let count = listing.segments.len();
     for (i, (id, path)) in listing.segments.iter().enumerate() {
@@ -642,6 +704,20 @@ pub(crate) fn recover(
             log.register(Arc::new(seg));
             continue;
         }
+        if !writable {
+            // Read-only: nothing is cut or written. A batch still open may
+            // yet be completed by the store's owner; `refresh` continues
+            // from here.
+            follow = Some(Follow {
+                segment_id: *id,
+                offset: end.end,
+                sealed: end.sealed,
+                batch: std::mem::take(&mut asm.batch),
+                max_seq: None,
+            });
+            log.register(Arc::new(seg));
+            continue;
+        }
         // The newest segment. A batch still open at its end never committed:
         // cut it off too, so that later appends never follow half a batch.
         let mut frames_end = end.end;
@@ -672,13 +748,11 @@ pub(crate) fn recover(
             });
         }
         let file_len = seg.file_len();
-        if !writable || end.sealed {
+        if end.sealed {
             // Sealed (the crash came after its footer, before the next
             // segment existed): the next append starts a new segment.
             log.register(Arc::new(seg));
-            if writable {
-                active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
-            }
+            active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
             continue;
         }
         drop(seg);
@@ -696,6 +770,10 @@ pub(crate) fn recover(
     }
     asm.report.elapsed_us = started.elapsed().as_micros() as u64;
     Ok(Recovered {
+        follow: follow.map(|f| Follow {
+            max_seq: asm.max_seq,
+            ..f
+        }),
         next_seq: asm.max_seq.map_or(0, |m| m + 1),
         index: asm.index,
         active,

@@ -148,7 +148,9 @@ impl Failure {
     pub(crate) fn into_batch_error(self) -> StoreError {
         match self.error {
             // Already describes the batch (or is a fault the test asked for).
-            e @ (StoreError::BatchFailed { .. } | StoreError::FaultInjected(_)) => e,
+            e @ (StoreError::BatchFailed { .. }
+            | StoreError::FaultInjected(_)
+            | StoreError::ReadOnly) => e,
             e => StoreError::BatchFailed {
                 item_index: self.item,
                 stage: self.stage,

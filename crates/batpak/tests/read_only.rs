@@ -1,0 +1,139 @@
+//! `Store::open_read_only`: no lock, no file modified, writes refused, and
+//! `refresh` follows what the owner appends.
+
+mod common;
+
+use batpak::prelude::*;
+use common::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Name and contents of every file in the directory.
+fn snapshot_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reads_beside_the_owner_and_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = open_with(dir.path(), |c| c.with_segment_max_bytes(4096));
+    for i in 0..30 {
+        owner
+            .append(
+                &coord("e", "s"),
+                KIND_A,
+                &json!({ "i": i, "p": "x".repeat(50) }),
+            )
+            .unwrap();
+    }
+    let reader = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(reader.query(&Region::all()).len(), 30);
+    assert!(reader.diagnostics().read_only);
+    let first = reader.query(&Region::all())[0].event_id;
+    assert_eq!(reader.get(first).unwrap().event.payload["i"], 0);
+    // Writes are refused.
+    assert!(matches!(
+        reader.append(&coord("e", "s"), KIND_A, &1),
+        Err(StoreError::ReadOnly)
+    ));
+    let item = BatchAppendItem::new(
+        coord("e", "s"),
+        KIND_A,
+        &1,
+        AppendOptions::new(),
+        CausationRef::None,
+    )
+    .unwrap();
+    assert!(matches!(
+        reader.append_batch(vec![item]),
+        Err(StoreError::ReadOnly)
+    ));
+    // The owner keeps appending (across segments, and a batch).
+    let mut cursor = reader.cursor_guaranteed(&Region::entity("e"));
+    assert_eq!(cursor.poll_batch(100).len(), 30);
+    for i in 30..60 {
+        owner
+            .append(
+                &coord("e", "s"),
+                KIND_A,
+                &json!({ "i": i, "p": "x".repeat(50) }),
+            )
+            .unwrap();
+    }
+    let items = (0..4)
+        .map(|i| {
+            BatchAppendItem::new(
+                coord("e", "s"),
+                KIND_B,
+                &i,
+                AppendOptions::new(),
+                CausationRef::None,
+            )
+            .unwrap()
+        })
+        .collect();
+    owner.append_batch(items).unwrap();
+    assert!(cursor.poll().is_none(), "not seen before a refresh");
+    assert_eq!(reader.refresh().unwrap(), 34);
+    assert_eq!(cursor.poll_batch(100).len(), 34);
+    assert_eq!(reader.query(&Region::all()), owner.query(&Region::all()));
+    assert_eq!(reader.refresh().unwrap(), 0);
+    drop(reader);
+    owner.close().unwrap();
+}
+
+#[test]
+fn modifies_nothing_even_with_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let store = open_with(dir.path(), |c| {
+            c.with_segment_max_bytes(2048).with_enable_checkpoint(false)
+        });
+        let mut r = None;
+        for i in 0..40 {
+            r = Some(
+                store
+                    .append(
+                        &coord("e", "s"),
+                        KIND_A,
+                        &json!({ "i": i, "p": "y".repeat(40) }),
+                    )
+                    .unwrap(),
+            );
+        }
+        store.close().unwrap();
+        r.unwrap()
+    };
+    // Leave a torn frame after the last one.
+    let path = dir
+        .path()
+        .join(format!("{:020}.seg", last.disk_pos.segment_id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = (last.disk_pos.offset + u64::from(last.disk_pos.length)) as usize;
+    let torn: Vec<u8> = bytes[last.disk_pos.offset as usize..end][..30].to_vec();
+    bytes[end..end + 30].copy_from_slice(&torn);
+    std::fs::write(&path, &bytes).unwrap();
+    let before = snapshot_files(dir.path());
+    {
+        let reader = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+        assert_eq!(reader.query(&Region::all()).len(), 40);
+        reader.refresh().unwrap();
+        reader.close().unwrap();
+    }
+    assert_eq!(
+        snapshot_files(dir.path()),
+        before,
+        "a read-only open changed a file"
+    );
+    assert!(Store::open_read_only(StoreConfig::new(dir.path().join("missing"))).is_err());
+}
