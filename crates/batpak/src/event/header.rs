@@ -8,6 +8,10 @@ pub const FLAG_REQUIRES_ACK: u8 = 0x01;
 pub const FLAG_TRANSACTIONAL: u8 = 0x02;
 /// Flag: the event is a replay of an earlier one. Carried, not acted on.
 pub const FLAG_REPLAY: u8 = 0x08;
+/// Flag: the event was committed past the policy gates with a bypass
+/// (`Store::append_bypassed`); its audit record is a child event of kind
+/// `EventKind::EFFECT_BYPASS`.
+pub const FLAG_BYPASS: u8 = 0x10;
 
 /// Metadata of an event. The store fills every field at append time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +48,8 @@ impl EventHeader {
     pub const FLAG_TRANSACTIONAL: u8 = FLAG_TRANSACTIONAL;
     /// Flag: the event is a replay.
     pub const FLAG_REPLAY: u8 = FLAG_REPLAY;
+    /// Flag: the event bypassed the policy gates.
+    pub const FLAG_BYPASS: u8 = FLAG_BYPASS;
 
     /// A header with no flags and an all-zero content hash.
     #[must_use]
@@ -92,6 +98,12 @@ impl EventHeader {
     #[must_use]
     pub fn is_replay(&self) -> bool {
         self.flags & FLAG_REPLAY != 0
+    }
+
+    /// `FLAG_BYPASS` is set.
+    #[must_use]
+    pub fn is_bypass(&self) -> bool {
+        self.flags & FLAG_BYPASS != 0
     }
 
     /// Microseconds between the event and `now_us`; 0 if the event is in the future.

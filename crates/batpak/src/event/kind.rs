@@ -60,6 +60,9 @@ impl EventKind {
     pub const EFFECT_CANCEL: EventKind = EventKind(0xD006);
     /// Effect: conflict.
     pub const EFFECT_CONFLICT: EventKind = EventKind(0xD007);
+    /// Effect: the audit record of an event committed with a gate bypass
+    /// (written by `Store::append_bypassed`).
+    pub const EFFECT_BYPASS: EventKind = EventKind(0xD008);
     /// A redacted event (payload removed by tombstone compaction).
     pub const TOMBSTONE: EventKind = EventKind(0x0FFE);
 

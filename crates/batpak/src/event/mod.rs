@@ -14,7 +14,7 @@ pub mod sourcing;
 #[cfg(feature = "blake3")]
 pub use hash::compute_hash;
 pub use hash::HashChain;
-pub use header::{EventHeader, FLAG_REPLAY, FLAG_REQUIRES_ACK, FLAG_TRANSACTIONAL};
+pub use header::{EventHeader, FLAG_BYPASS, FLAG_REPLAY, FLAG_REQUIRES_ACK, FLAG_TRANSACTIONAL};
 pub use kind::{EventKind, EventKindError};
 pub use sourcing::{EventSourced, Reactive};
 

@@ -52,7 +52,7 @@ pub use projection::{
 };
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
 pub use stats::{StoreDiagnostics, StoreStats};
-pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
+pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef};
 
 use crate::coordinate::{Coordinate, KindFilter, Region};
 use crate::event::{EventKind, StoredEvent};

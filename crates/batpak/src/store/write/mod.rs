@@ -13,9 +13,11 @@
 mod batch;
 pub(crate) mod durability;
 mod flusher;
+mod gated;
 mod options;
 
 pub(crate) use flusher::Flusher;
+pub use gated::BypassRecord;
 pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
 
 use crate::coordinate::Coordinate;
