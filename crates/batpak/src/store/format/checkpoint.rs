@@ -14,7 +14,8 @@
 //!        u64 next global sequence
 //!        u32 S, S segments: u64 id, u64 frames end, u64 last frame offset,
 //!            u32 last frame length (0 = no frame), u32 reserved, u128 last event id
-//!        u32 E, E entities: string name, [32] tail hash, i64 tail timestamp, u16 tail HLC counter
+//!        u32 E, E entities: string name, u8 has-tail, then the tail (zeros when
+//!            none): u32 clock, [32] hash, i64 timestamp, u16 HLC counter
 //!        u32 C, C scopes: string name
 //!        u32 K, K coordinates: u32 entity, u32 scope
 //!        u32 X, X external ids: u128
@@ -25,7 +26,9 @@
 //! ```
 
 use super::{le, FormatError};
-use crate::store::index::{EntityImage, Index, IndexLoader, IndexTables, LinkImage, RecordImage};
+use crate::store::index::{
+    EntityImage, EntityTail, Index, IndexLoader, IndexTables, LinkImage, RecordImage,
+};
 
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.bpk";
 const MAGIC: &[u8; 8] = b"BATPAKCP";
@@ -80,9 +83,17 @@ pub(crate) fn encode(next_seq: u64, segments: &[CoveredSegment], index: &Index) 
     put_count(&mut b, t.entities.len());
     for e in &t.entities {
         put_str(&mut b, &e.name);
-        b.extend_from_slice(&e.tail_hash);
-        b.extend_from_slice(&e.tail_timestamp_us.to_le_bytes());
-        b.extend_from_slice(&e.tail_hlc_counter.to_le_bytes());
+        let t = e.tail.unwrap_or(EntityTail {
+            clock: 0,
+            event_hash: [0; 32],
+            timestamp_us: 0,
+            hlc_counter: 0,
+        });
+        b.push(u8::from(e.tail.is_some()));
+        b.extend_from_slice(&t.clock.to_le_bytes());
+        b.extend_from_slice(&t.event_hash);
+        b.extend_from_slice(&t.timestamp_us.to_le_bytes());
+        b.extend_from_slice(&t.hlc_counter.to_le_bytes());
     }
     put_count(&mut b, t.scopes.len());
     for s in &t.scopes {
@@ -227,18 +238,26 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, FormatError> {
         });
     }
     let mut t = IndexTables::default();
-    let n = c.count(2 + 32 + 8 + 2, "checkpoint entities")?;
+    let n = c.count(2 + 1 + 4 + 32 + 8 + 2, "checkpoint entities")?;
     t.entities.reserve(n);
     for _ in 0..n {
         let name = c.string()?;
-        let tail_hash = le::arr32_at(c.take(32, "entity tail")?, 0);
-        let tail_timestamp_us = c.u64()? as i64;
-        let tail_hlc_counter = c.u16()?;
+        let has_tail = c.take(1, "entity tail")?[0];
+        let clock = c.u32()?;
+        let event_hash = le::arr32_at(c.take(32, "entity tail")?, 0);
+        let timestamp_us = c.u64()? as i64;
+        let hlc_counter = c.u16()?;
+        if has_tail > 1 {
+            return Err(FormatError::invalid("checkpoint entity", "tail flag"));
+        }
         t.entities.push(EntityImage {
             name,
-            tail_hash,
-            tail_timestamp_us,
-            tail_hlc_counter,
+            tail: (has_tail == 1).then_some(EntityTail {
+                clock,
+                event_hash,
+                timestamp_us,
+                hlc_counter,
+            }),
         });
     }
     let n = c.count(2, "checkpoint scopes")?;

@@ -10,14 +10,21 @@
 //! 10  6  reserved, zero
 //! 16  8  entry count N
 //! 24  8  body length B (bytes of entries)
-//! 32  B  entries, each:
+//! 32  8  history epoch (bumped by every compaction that removes or redacts)
+//! 40  B  entries, each:
 //!          16  event id
 //!           8  global sequence
 //!           2  kind
 //!           2  entity length E, 2  scope length S
+//!           4  entity clock
+//!           8  timestamp, µs
+//!          32  event hash
 //!           E  entity, S  scope
-//! 32+B 4 CRC-32 of bytes 0..32+B
+//! 40+B 4 CRC-32 of bytes 0..40+B
 //! ```
+//!
+//! Clock, time and hash let the entity's next append continue its chain
+//! even when its newest events were removed.
 //!
 //! The file exists in every store (empty until a compaction removes events):
 //! a missing or damaged file is an error at open, never an empty record.
@@ -28,8 +35,8 @@ use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
 pub(crate) const REMOVED_FILE: &str = "removed.bpk";
 const MAGIC: &[u8; 8] = b"BATPAKRM";
 const VERSION: u16 = 1;
-const HEADER_LEN: usize = 32;
-const ENTRY_FIXED: usize = 16 + 8 + 2 + 2 + 2;
+const HEADER_LEN: usize = 40;
+const ENTRY_FIXED: usize = 16 + 8 + 2 + 2 + 2 + 4 + 8 + 32;
 
 /// One removed event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,11 +44,22 @@ pub(crate) struct RemovedEntry {
     pub(crate) event_id: u128,
     pub(crate) global_seq: u64,
     pub(crate) kind: u16,
+    pub(crate) clock: u32,
+    pub(crate) timestamp_us: i64,
+    pub(crate) event_hash: [u8; 32],
     pub(crate) entity: String,
     pub(crate) scope: String,
 }
 
-pub(crate) fn encode(entries: &[RemovedEntry]) -> Vec<u8> {
+/// The record: the history epoch and the removed events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RemovedRecord {
+    pub(crate) epoch: u64,
+    pub(crate) entries: Vec<RemovedEntry>,
+}
+
+pub(crate) fn encode(record: &RemovedRecord) -> Vec<u8> {
+    let entries = &record.entries;
     let mut body = Vec::with_capacity(entries.len() * 64);
     for e in entries {
         body.extend_from_slice(&e.event_id.to_le_bytes());
@@ -49,6 +67,9 @@ pub(crate) fn encode(entries: &[RemovedEntry]) -> Vec<u8> {
         body.extend_from_slice(&e.kind.to_le_bytes());
         body.extend_from_slice(&(e.entity.len() as u16).to_le_bytes());
         body.extend_from_slice(&(e.scope.len() as u16).to_le_bytes());
+        body.extend_from_slice(&e.clock.to_le_bytes());
+        body.extend_from_slice(&e.timestamp_us.to_le_bytes());
+        body.extend_from_slice(&e.event_hash);
         body.extend_from_slice(e.entity.as_bytes());
         body.extend_from_slice(e.scope.as_bytes());
     }
@@ -58,13 +79,14 @@ pub(crate) fn encode(entries: &[RemovedEntry]) -> Vec<u8> {
     out.extend_from_slice(&[0; 6]);
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&record.epoch.to_le_bytes());
     out.extend_from_slice(&body);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-pub(crate) fn decode(b: &[u8]) -> Result<Vec<RemovedEntry>, FormatError> {
+pub(crate) fn decode(b: &[u8]) -> Result<RemovedRecord, FormatError> {
     if b.len() < HEADER_LEN + 4 {
         return Err(FormatError::Short {
             what: "removed-event record",
@@ -140,6 +162,9 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<RemovedEntry>, FormatError> {
             event_id: le::u128_at(b, at),
             global_seq: le::u64_at(b, at + 16),
             kind: le::u16_at(b, at + 24),
+            clock: le::u32_at(b, at + 30),
+            timestamp_us: le::u64_at(b, at + 34) as i64,
+            event_hash: le::arr32_at(b, at + 42),
             entity: text(s..s + elen)?,
             scope: text(s + elen..s + elen + slen)?,
         });
@@ -151,7 +176,10 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<RemovedEntry>, FormatError> {
             format!("{} bytes after the last entry", end - at),
         ));
     }
-    Ok(entries)
+    Ok(RemovedRecord {
+        epoch: le::u64_at(b, 32),
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -159,31 +187,33 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Vec<RemovedEntry> {
-        vec![
-            RemovedEntry {
-                event_id: 1,
-                global_seq: 10,
-                kind: 0x1001,
-                entity: "order:1".into(),
-                scope: "t".into(),
-            },
-            RemovedEntry {
-                event_id: u128::MAX,
-                global_seq: u64::MAX,
-                kind: 2,
-                entity: "é".into(),
-                scope: "s".repeat(1024),
-            },
-        ]
+    fn sample() -> RemovedRecord {
+        let entry = |event_id, global_seq, kind, entity: &str, scope: String| RemovedEntry {
+            event_id,
+            global_seq,
+            kind,
+            clock: 3,
+            timestamp_us: -5,
+            event_hash: [7; 32],
+            entity: entity.into(),
+            scope,
+        };
+        RemovedRecord {
+            epoch: 4,
+            entries: vec![
+                entry(1, 10, 0x1001, "order:1", "t".into()),
+                entry(u128::MAX, u64::MAX, 2, "é", "s".repeat(1024)),
+            ],
+        }
     }
 
     #[test]
     fn round_trip_and_empty() {
         assert_eq!(decode(&encode(&sample())).unwrap(), sample());
-        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
-        assert_eq!(encode(&[]).len(), 36);
-        assert_eq!(&encode(&[])[..10], b"BATPAKRM\x01\x00");
+        let empty = RemovedRecord::default();
+        assert_eq!(decode(&encode(&empty)).unwrap(), empty);
+        assert_eq!(encode(&empty).len(), 44);
+        assert_eq!(&encode(&empty)[..10], b"BATPAKRM\x01\x00");
     }
 
     #[test]

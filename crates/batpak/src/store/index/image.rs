@@ -3,7 +3,7 @@
 //! (The byte layout itself is `format::checkpoint`'s business.)
 
 use super::records::{Record, RecordArena};
-use super::{EntityInfo, Index, Link, ScopeInfo, EXTERNAL_REF, NO_REF};
+use super::{EntityInfo, EntityTail, Index, Link, ScopeInfo, EXTERNAL_REF, NO_REF};
 use crate::event::EventKind;
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -12,9 +12,7 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EntityImage {
     pub(crate) name: String,
-    pub(crate) tail_hash: [u8; 32],
-    pub(crate) tail_timestamp_us: i64,
-    pub(crate) tail_hlc_counter: u16,
+    pub(crate) tail: Option<EntityTail>,
 }
 
 /// One event's record.
@@ -60,9 +58,7 @@ impl Index {
                 .iter()
                 .map(|e| EntityImage {
                     name: e.name.to_string(),
-                    tail_hash: e.tail_hash,
-                    tail_timestamp_us: e.tail_timestamp_us,
-                    tail_hlc_counter: e.tail_hlc_counter,
+                    tail: e.tail,
                 })
                 .collect(),
             scopes: self.scopes.iter().map(|s| s.name.to_string()).collect(),
@@ -148,9 +144,7 @@ impl IndexLoader {
             index.entities.push(EntityInfo {
                 name,
                 slots: Vec::new(),
-                tail_hash: e.tail_hash,
-                tail_timestamp_us: e.tail_timestamp_us,
-                tail_hlc_counter: e.tail_hlc_counter,
+                tail: e.tail,
             });
         }
         for s in &tables.scopes {

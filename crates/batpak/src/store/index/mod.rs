@@ -74,7 +74,7 @@ pub(crate) struct RemovedEvent {
 }
 
 /// What the write path needs to know about an entity's newest event.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EntityTail {
     pub(crate) clock: u32,
     pub(crate) event_hash: [u8; 32],
@@ -86,12 +86,10 @@ struct EntityInfo {
     name: Arc<str>,
     /// Slots in clock order (which is also slot order).
     slots: Vec<u32>,
-    /// The newest event's hash, timestamp and HLC counter: what the next
-    /// append of this entity chains onto. (Other events' hashes are read
-    /// from their frames.)
-    tail_hash: [u8; 32],
-    tail_timestamp_us: i64,
-    tail_hlc_counter: u16,
+    /// The newest event's clock, hash, timestamp and HLC counter: what the
+    /// next append of this entity continues from, even when compaction
+    /// removed that event. (Other events' hashes are read from their frames.)
+    tail: Option<EntityTail>,
 }
 
 /// The causal links of a non-root event.
@@ -203,10 +201,15 @@ impl Index {
         scope: &str,
         kind: EventKind,
         global_seq: u64,
+        tail: EntityTail,
     ) {
         let e = self.intern_entity(entity);
         let s = self.intern_scope(scope);
         let coord = self.intern_coord(e, s);
+        let info = &mut self.entities[e as usize];
+        if info.tail.is_none_or(|t| t.clock < tail.clock) {
+            info.tail = Some(tail);
+        }
         self.removed.insert(
             id,
             RemovedEvent {
@@ -269,15 +272,7 @@ impl Index {
 
     /// The newest event of `entity`, if it has any.
     pub(crate) fn entity_tail(&self, entity: &str) -> Option<EntityTail> {
-        let info = &self.entities[*self.entity_ids.get(entity)? as usize];
-        let last = *info.slots.last()?;
-        let rec = self.records.get(last);
-        Some(EntityTail {
-            clock: rec.clock,
-            event_hash: info.tail_hash,
-            timestamp_us: info.tail_timestamp_us,
-            hlc_counter: info.tail_hlc_counter,
-        })
+        self.entities[*self.entity_ids.get(entity)? as usize].tail
     }
 
     /// Slots of `entity` in clock order (all of them; callers filter visibility).
@@ -296,9 +291,7 @@ impl Index {
         self.entities.push(EntityInfo {
             name: name.clone(),
             slots: Vec::new(),
-            tail_hash: [0; 32],
-            tail_timestamp_us: i64::MIN,
-            tail_hlc_counter: 0,
+            tail: None,
         });
         self.entity_ids.insert(name.clone(), id);
         self.entity_order.insert(name, id);
@@ -398,9 +391,12 @@ impl Index {
         });
         let info = &mut self.entities[entity as usize];
         info.slots.push(slot);
-        info.tail_hash = new.event_hash;
-        info.tail_timestamp_us = new.timestamp_us;
-        info.tail_hlc_counter = new.hlc_counter;
+        info.tail = Some(EntityTail {
+            clock: new.clock,
+            event_hash: new.event_hash,
+            timestamp_us: new.timestamp_us,
+            hlc_counter: new.hlc_counter,
+        });
         self.scopes[scope as usize].slots.push(slot);
         self.by_kind.entry(new.kind.raw()).or_default().push(slot);
         if corr != NO_REF {

@@ -28,7 +28,7 @@ use crate::store::format::footer::{self, Footer};
 use crate::store::format::frame::{decode_frame, next_valid_frame, probe, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::store::index::{Index, NewRecord};
+use crate::store::index::{EntityTail, Index, NewRecord};
 use crate::store::log::{map_whole_file, ActiveSegment, Log, Segment, SegmentListing};
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
@@ -117,6 +117,8 @@ pub(crate) struct Recovered {
     pub(crate) unsealed: Vec<u64>,
     /// Read-only opens: where `refresh` continues.
     pub(crate) follow: Option<Follow>,
+    /// The history epoch (part of projection cache keys).
+    pub(crate) epoch: u64,
     pub(crate) report: RecoveryReport,
 }
 
@@ -642,17 +644,7 @@ pub(crate) fn recover(
     } else if !listing.segments.is_empty() {
         asm.report.open_path = OpenPath::FullScan;
     }
-    for r in &removed {
-        asm.index.insert_removed(
-            r.event_id,
-            &r.entity,
-            &r.scope,
-            EventKind::from_raw(r.kind),
-            r.global_seq,
-        );
-        asm.max_seq = asm.max_seq.max(Some(r.global_seq));
-    }
-    asm.report.removed_events = removed.len() as u64;
+    asm.report.removed_events = removed.entries.len() as u64;
 
     let mut active = None;
     let mut follow = None;
@@ -762,6 +754,25 @@ pub(crate) fn recover(
         active = Some(log.reopen_active(path, *id, frames_end, file_len)?);
     }
     asm.discard_batch("not committed before the end of the log");
+    // Removed events join after the scan: their clocks may be newer than
+    // the survivors' (an entity's next append continues after them).
+    for r in &removed.entries {
+        let tail = EntityTail {
+            clock: r.clock,
+            event_hash: r.event_hash,
+            timestamp_us: r.timestamp_us,
+            hlc_counter: 0,
+        };
+        asm.index.insert_removed(
+            r.event_id,
+            &r.entity,
+            &r.scope,
+            EventKind::from_raw(r.kind),
+            r.global_seq,
+            tail,
+        );
+        asm.max_seq = asm.max_seq.max(Some(r.global_seq));
+    }
     if writable && active.is_none() {
         active = Some(log.create_segment(1, 0, config.now_us())?);
     }
@@ -770,6 +781,7 @@ pub(crate) fn recover(
     }
     asm.report.elapsed_us = started.elapsed().as_micros() as u64;
     Ok(Recovered {
+        epoch: removed.epoch,
         follow: follow.map(|f| Follow {
             max_seq: asm.max_seq,
             ..f

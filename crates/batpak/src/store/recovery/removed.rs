@@ -1,6 +1,6 @@
 //! Loading and writing the removed-event record (`format::removed`).
 
-use crate::store::format::removed::{self, RemovedEntry, REMOVED_FILE};
+use crate::store::format::removed::{self, RemovedRecord, REMOVED_FILE};
 use crate::store::StoreError;
 use std::path::Path;
 
@@ -12,7 +12,7 @@ pub(crate) fn load_removed(
     dir: &Path,
     has_segments: bool,
     writable: bool,
-) -> Result<Vec<RemovedEntry>, StoreError> {
+) -> Result<RemovedRecord, StoreError> {
     let path = dir.join(REMOVED_FILE);
     let damaged = |detail: String| StoreError::RecordDamaged {
         path: path.clone(),
@@ -28,19 +28,19 @@ pub(crate) fn load_removed(
                     "removed-event record is missing; the idempotency keys of compacted events cannot be checked".into(),
                 ));
             }
+            let empty = RemovedRecord::default();
             if writable {
-                write_removed(dir, &[])?;
+                write_removed(dir, &empty)?;
             }
-            Ok(Vec::new())
+            Ok(empty)
         }
         Err(e) => Err(damaged(format!("removed-event record unreadable: {e}"))),
     }
 }
 
 /// Replace the removed-event record atomically.
-#[cfg_attr(not(test), allow(dead_code))] // written by compaction
-pub(crate) fn write_removed(dir: &Path, entries: &[RemovedEntry]) -> Result<(), StoreError> {
-    crate::store::log::write_atomically(dir, REMOVED_FILE, &removed::encode(entries))
+pub(crate) fn write_removed(dir: &Path, record: &RemovedRecord) -> Result<(), StoreError> {
+    crate::store::log::write_atomically(dir, REMOVED_FILE, &removed::encode(record))
 }
 
 #[cfg(test)]
@@ -61,14 +61,24 @@ mod tests {
             store.append(&c, kind, &1).unwrap();
             store.close().unwrap();
         }
-        let gone = RemovedEntry {
+        let gone = crate::store::format::removed::RemovedEntry {
             event_id: 0xfeed,
             global_seq: 40,
             kind: kind.raw(),
+            clock: 9,
+            timestamp_us: 0,
+            event_hash: [5; 32],
             entity: "order:1".into(),
             scope: "t".into(),
         };
-        write_removed(dir.path(), &[gone]).unwrap();
+        write_removed(
+            dir.path(),
+            &RemovedRecord {
+                epoch: 1,
+                entries: vec![gone],
+            },
+        )
+        .unwrap();
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
         assert_eq!(store.diagnostics().recovery.removed_events, 1);
         let retry = store
@@ -91,10 +101,17 @@ mod tests {
             Err(StoreError::IdempotencyConflict { .. })
         ));
         assert_eq!(store.stats().event_count, 1, "the retry wrote nothing");
+        let next = store.append(&c, kind, &2).unwrap();
+        assert_eq!(next.sequence, 41, "removed sequences are not reused");
+        let stored = store.get(next.event_id).unwrap();
         assert_eq!(
-            store.append(&c, kind, &2).unwrap().sequence,
-            41,
-            "removed sequences are not reused"
+            stored.event.header.position.sequence, 10,
+            "the entity's clock continues after its removed newest event"
+        );
+        assert_eq!(
+            stored.event.hash_chain.unwrap().prev_hash,
+            [5; 32],
+            "the chain continues from the removed event's hash"
         );
     }
 }
