@@ -36,7 +36,7 @@ pub(crate) fn event_hash(prev_hash: &[u8; 32], rec: &EventRecord<'_>) -> [u8; 32
         put(&rec.clock.to_le_bytes());
         put(&rec.timestamp_us.to_le_bytes());
         put(&[rec.flags]);
-        put(&(rec.payload.len() as u32).to_le_bytes());
+        put(&rec.payload_len.to_le_bytes());
         put(&rec.content_hash);
         h.update(&fixed);
         *h.finalize().as_bytes()
@@ -94,7 +94,8 @@ mod tests {
         // The payload bytes count only through the content hash and length,
         // so a redacted copy with the same hash and size still verifies.
         let mut redacted = base.clone();
-        redacted.payload = b"\x00";
+        redacted.payload = b"";
+        redacted.redacted = true;
         assert_eq!(h, event_hash(&[0; 32], &redacted));
         let mut other = base.clone();
         other.content_hash[0] ^= 1;

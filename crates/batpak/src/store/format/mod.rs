@@ -43,7 +43,9 @@
 //!  16  8  global sequence
 //!  24  8  timestamp, µs since the Unix epoch (i64)
 //!  32  2  HLC counter (events of the entity in the same millisecond)
-//!  34  1  link flags: bit 0 = has causation id; other bits zero
+//!  34  1  link flags: bit 0 = has causation id; bit 1 = redacted (the
+//!           payload was removed by compaction: P keeps its original length
+//!           but no payload bytes follow); other bits zero
 //!  35  1  reserved, zero
 //!  36  4  batch size (0 = not part of a batch)
 //!  40  4  index of this event within its batch
@@ -56,7 +58,8 @@
 //! 160 32  content hash: blake3 of the payload bytes
 //! 192  E  entity, UTF-8
 //!      S  scope, UTF-8
-//!      P  payload: the event's `serde_json::Value` as MessagePack (see `payload`)
+//!      P  payload: the event's `serde_json::Value` as MessagePack (see `payload`);
+//!         absent (zero bytes) in a redacted record
 //! ```
 //!
 //! Every decoder here validates lengths against the bytes it was given before

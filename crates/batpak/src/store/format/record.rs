@@ -7,6 +7,10 @@ use crate::coordinate::MAX_COORDINATE_COMPONENT_LEN;
 use super::RECORD_EVENT;
 pub(crate) const EVENT_FIXED_LEN: usize = 192;
 const LINK_HAS_CAUSATION: u8 = 0x01;
+/// The payload was removed by a Tombstone compaction: the record keeps its
+/// original kind, payload length and content hash (all hashed into the chain)
+/// but no payload bytes.
+const LINK_REDACTED: u8 = 0x02;
 
 /// Offsets inside an event record.
 pub(crate) mod off {
@@ -49,6 +53,11 @@ pub(crate) struct EventRecord<'a> {
     pub(crate) content_hash: [u8; 32],
     pub(crate) entity: &'a str,
     pub(crate) scope: &'a str,
+    /// The payload's length as hashed: `payload.len()`, or the removed
+    /// payload's length when `redacted`.
+    pub(crate) payload_len: u32,
+    /// The payload was removed (`payload` is empty); readers see a tombstone.
+    pub(crate) redacted: bool,
     pub(crate) payload: &'a [u8],
 }
 
@@ -58,6 +67,15 @@ pub(crate) fn event_frame_len(entity_len: usize, scope_len: usize, payload_len: 
 }
 
 impl EventRecord<'_> {
+    /// The kind readers and the index see: TOMBSTONE for a redacted event.
+    pub(crate) fn visible_kind(&self) -> u16 {
+        if self.redacted {
+            crate::event::EventKind::TOMBSTONE.raw()
+        } else {
+            self.kind
+        }
+    }
+
     pub(crate) fn frame_len(&self) -> usize {
         event_frame_len(self.entity.len(), self.scope.len(), self.payload.len())
     }
@@ -65,6 +83,8 @@ impl EventRecord<'_> {
     /// Encode the whole frame into `out`, which must be exactly [`Self::frame_len`] bytes.
     pub(crate) fn write_frame(&self, out: &mut [u8]) {
         debug_assert_eq!(out.len(), self.frame_len());
+        debug_assert!(self.redacted || self.payload_len as usize == self.payload.len());
+        debug_assert!(!self.redacted || self.payload.is_empty());
         let b = &mut out[FRAME_HEADER_LEN..];
         b[0] = RECORD_EVENT;
         b[off::FLAGS] = self.flags;
@@ -75,7 +95,7 @@ impl EventRecord<'_> {
             .copy_from_slice(&(self.scope.len() as u16).to_le_bytes());
         b[off::CLOCK..off::CLOCK + 4].copy_from_slice(&self.clock.to_le_bytes());
         b[off::PAYLOAD_LEN..off::PAYLOAD_LEN + 4]
-            .copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+            .copy_from_slice(&self.payload_len.to_le_bytes());
         b[off::GLOBAL_SEQ..off::GLOBAL_SEQ + 8].copy_from_slice(&self.global_seq.to_le_bytes());
         b[off::TIMESTAMP..off::TIMESTAMP + 8].copy_from_slice(&self.timestamp_us.to_le_bytes());
         b[off::HLC_COUNTER..off::HLC_COUNTER + 2].copy_from_slice(&self.hlc_counter.to_le_bytes());
@@ -83,7 +103,7 @@ impl EventRecord<'_> {
             LINK_HAS_CAUSATION
         } else {
             0
-        };
+        } | if self.redacted { LINK_REDACTED } else { 0 };
         b[35] = 0;
         b[off::BATCH_SIZE..off::BATCH_SIZE + 4].copy_from_slice(&self.batch_size.to_le_bytes());
         b[off::BATCH_INDEX..off::BATCH_INDEX + 4].copy_from_slice(&self.batch_index.to_le_bytes());
@@ -141,12 +161,14 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
         return Err(FormatError::invalid("record type", body[0].to_string()));
     }
     let link = body[off::LINK_FLAGS];
-    if link & !LINK_HAS_CAUSATION != 0 || body[35] != 0 || le::u32_at(body, 44) != 0 {
+    if link & !(LINK_HAS_CAUSATION | LINK_REDACTED) != 0 || body[35] != 0 || le::u32_at(body, 44) != 0 {
         return Err(FormatError::invalid("reserved bits", "not zero"));
     }
     let entity_len = usize::from(le::u16_at(body, off::ENTITY_LEN));
     let scope_len = usize::from(le::u16_at(body, off::SCOPE_LEN));
-    let payload_len = le::u32_at(body, off::PAYLOAD_LEN) as usize;
+    let payload_len = le::u32_at(body, off::PAYLOAD_LEN);
+    let redacted = link & LINK_REDACTED != 0;
+    let stored_payload = if redacted { 0 } else { payload_len as usize };
     if entity_len == 0 || entity_len > MAX_COORDINATE_COMPONENT_LEN {
         return Err(FormatError::invalid(
             "entity length",
@@ -156,7 +178,7 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
     if scope_len == 0 || scope_len > MAX_COORDINATE_COMPONENT_LEN {
         return Err(FormatError::invalid("scope length", scope_len.to_string()));
     }
-    let need = EVENT_FIXED_LEN + entity_len + scope_len + payload_len;
+    let need = EVENT_FIXED_LEN + entity_len + scope_len + stored_payload;
     if body.len() != need {
         return Err(FormatError::invalid(
             "event record length",
@@ -197,6 +219,8 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
         content_hash: le::arr32_at(body, off::CONTENT_HASH),
         entity,
         scope,
+        payload_len,
+        redacted,
         payload: &body[s_end..],
     })
 }
@@ -225,6 +249,8 @@ pub(crate) mod tests {
             content_hash: [0xBB; 32],
             entity: "order:1",
             scope: "tenant",
+            payload_len: payload.len() as u32,
+            redacted: false,
             payload,
         }
     }
@@ -259,6 +285,21 @@ pub(crate) mod tests {
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
         "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb6f726465723a3174656e616e74c0"
     );
+
+    #[test]
+    fn redacted_record_keeps_kind_length_and_hash_but_no_payload() {
+        let full = sample(b"\x92\x01\x02");
+        let mut gone = full.clone();
+        gone.redacted = true;
+        gone.payload = b"";
+        let frame = gone.to_frame();
+        assert_eq!(frame.len(), full.frame_len() - 3);
+        let back = decode_event(decode_frame(&frame).unwrap().0).unwrap();
+        assert_eq!(back, gone);
+        assert_eq!((back.kind, back.payload_len), (full.kind, 3));
+        assert_eq!(back.visible_kind(), crate::event::EventKind::TOMBSTONE.raw());
+        assert_eq!(full.visible_kind(), full.kind);
+    }
 
     #[test]
     fn inconsistent_lengths_are_refused() {

@@ -46,7 +46,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
                     event_hash: r.event_hash,
                     clock: r.clock,
                     coord,
-                    kind: r.kind,
+                    kind: r.visible_kind(),
                     hlc_counter: r.hlc_counter,
                     flags: r.flags,
                     batch_size: r.batch_size,

@@ -186,7 +186,13 @@ pub(crate) fn stored_event(
     rec: &EventRecord<'_>,
     coord: Coordinate,
 ) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-    let payload = decode_value(rec.payload)?;
+    // A redacted event keeps its original kind and content hash on disk (for
+    // the chain); readers see a tombstone with no payload.
+    let payload = if rec.redacted {
+        serde_json::Value::Null
+    } else {
+        decode_value(rec.payload)?
+    };
     let wall_ms = u64::try_from(rec.timestamp_us).unwrap_or(0) / 1000;
     let header = EventHeader {
         event_id: rec.event_id,
@@ -195,7 +201,7 @@ pub(crate) fn stored_event(
         timestamp_us: rec.timestamp_us,
         position: DagPosition::child_at(rec.clock, wall_ms, rec.hlc_counter),
         payload_size: rec.payload.len() as u32,
-        event_kind: EventKind::from_raw(rec.kind),
+        event_kind: EventKind::from_raw(rec.visible_kind()),
         flags: rec.flags,
         content_hash: rec.content_hash,
     };

@@ -161,7 +161,7 @@ impl<'a> Found<'a> {
                 event_id: r.event_id,
                 correlation_id: r.correlation_id,
                 causation_id: r.causation_id,
-                kind: r.kind,
+                kind: r.visible_kind(),
                 timestamp_us: r.timestamp_us,
                 hlc_counter: r.hlc_counter,
                 clock: r.clock,

@@ -539,6 +539,8 @@ impl Shared {
                 content_hash: content[i],
                 entity,
                 scope: d.coord.scope(),
+                payload_len: d.payload.len() as u32,
+                redacted: false,
                 payload: &d.payload,
             };
             rec.event_hash = chain::event_hash(&prev_hash, &rec);
