@@ -46,6 +46,7 @@ pub use fault::{
     ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
+pub use maintenance::{VerifyProblem, VerifyProblemKind, VerifyReport};
 pub use projection::{
     CacheCapabilities, CacheMeta, Freshness, NativeCache, NoCache, ProjectionCache,
     ProjectionWatcher,
@@ -114,6 +115,9 @@ pub(crate) struct Shared {
     pub(crate) memo: projection::Memo,
     /// Part of every projection cache key; bumped when compaction rewrites history.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// Held by compaction, snapshot, verify and footer writing: at most one
+    /// of them reads or replaces sealed segments at a time.
+    pub(crate) maintenance: Mutex<()>,
 }
 
 /// An embedded event store. Every method blocks; the handle is `Send + Sync`
@@ -181,6 +185,7 @@ impl Store<Open> {
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
             sealer: maintenance::Sealer::default(),
+            maintenance: Mutex::new(()),
             subscribers: delivery::Subscribers::default(),
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(recovered.epoch),
@@ -274,6 +279,7 @@ impl Store<Open> {
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
             sealer: maintenance::Sealer::default(),
+            maintenance: Mutex::new(()),
             subscribers: delivery::Subscribers::default(),
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(recovered.epoch),
@@ -510,6 +516,18 @@ impl Store<Open> {
     /// `Poisoned` after an earlier I/O failure, or the sync's own failure.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.shared.sync_all_written()
+    }
+
+    /// Check the integrity of everything committed: every frame's checksum,
+    /// every entity's hash chain, and the footers and checkpoint against the
+    /// frames they describe. Damage is reported, not repaired; appends may
+    /// continue meanwhile.
+    ///
+    /// # Errors
+    /// `Io` when a file cannot be read at all (damage inside a file is a
+    /// [`VerifyProblem`], not an error).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        maintenance::verify::verify(&self.shared)
     }
 
     /// Sync, stop the store's threads and release the directory.

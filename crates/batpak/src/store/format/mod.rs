@@ -69,6 +69,8 @@ pub(crate) mod chain;
 pub(crate) mod checkpoint;
 pub(crate) mod footer;
 pub(crate) mod frame;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod payload;
 pub(crate) mod payload_ser;
 pub(crate) mod record;

@@ -94,8 +94,7 @@ impl EventRecord<'_> {
         b[off::SCOPE_LEN..off::SCOPE_LEN + 2]
             .copy_from_slice(&(self.scope.len() as u16).to_le_bytes());
         b[off::CLOCK..off::CLOCK + 4].copy_from_slice(&self.clock.to_le_bytes());
-        b[off::PAYLOAD_LEN..off::PAYLOAD_LEN + 4]
-            .copy_from_slice(&self.payload_len.to_le_bytes());
+        b[off::PAYLOAD_LEN..off::PAYLOAD_LEN + 4].copy_from_slice(&self.payload_len.to_le_bytes());
         b[off::GLOBAL_SEQ..off::GLOBAL_SEQ + 8].copy_from_slice(&self.global_seq.to_le_bytes());
         b[off::TIMESTAMP..off::TIMESTAMP + 8].copy_from_slice(&self.timestamp_us.to_le_bytes());
         b[off::HLC_COUNTER..off::HLC_COUNTER + 2].copy_from_slice(&self.hlc_counter.to_le_bytes());
@@ -161,7 +160,10 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
         return Err(FormatError::invalid("record type", body[0].to_string()));
     }
     let link = body[off::LINK_FLAGS];
-    if link & !(LINK_HAS_CAUSATION | LINK_REDACTED) != 0 || body[35] != 0 || le::u32_at(body, 44) != 0 {
+    if link & !(LINK_HAS_CAUSATION | LINK_REDACTED) != 0
+        || body[35] != 0
+        || le::u32_at(body, 44) != 0
+    {
         return Err(FormatError::invalid("reserved bits", "not zero"));
     }
     let entity_len = usize::from(le::u16_at(body, off::ENTITY_LEN));
@@ -297,7 +299,10 @@ pub(crate) mod tests {
         let back = decode_event(decode_frame(&frame).unwrap().0).unwrap();
         assert_eq!(back, gone);
         assert_eq!((back.kind, back.payload_len), (full.kind, 3));
-        assert_eq!(back.visible_kind(), crate::event::EventKind::TOMBSTONE.raw());
+        assert_eq!(
+            back.visible_kind(),
+            crate::event::EventKind::TOMBSTONE.raw()
+        );
         assert_eq!(full.visible_kind(), full.kind);
     }
 

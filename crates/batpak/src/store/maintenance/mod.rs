@@ -7,6 +7,8 @@
 
 mod checkpoint;
 mod seal;
+pub(crate) mod verify;
 
 pub(crate) use checkpoint::write_checkpoint;
 pub(crate) use seal::Sealer;
+pub use verify::{VerifyProblem, VerifyProblemKind, VerifyReport};

@@ -1,0 +1,1 @@
+//! Hostile-input tests for every decoder of bytes read from disk.
