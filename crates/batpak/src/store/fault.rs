@@ -39,6 +39,16 @@ pub enum InjectionPoint {
     CheckpointWritten,
     /// The checkpoint was renamed into place; the directory is not synced yet.
     CheckpointRenamed,
+    /// Compaction: a new segment is written and synced.
+    CompactionSegmentWritten,
+    /// Compaction: the next removed-event record is written; not committed yet.
+    CompactionPrepared,
+    /// Compaction: right after the commit point (the intent is durable).
+    CompactionCommitted,
+    /// Compaction: before each step of installing the new files.
+    CompactionInstalling,
+    /// Snapshot: the segment files are copied; the rest is not.
+    SnapshotCopied,
 }
 
 /// What to do at an injection point.

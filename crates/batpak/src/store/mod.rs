@@ -46,7 +46,21 @@ pub use fault::{
     ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
-pub use maintenance::{VerifyProblem, VerifyProblemKind, VerifyReport};
+pub use maintenance::{
+    CompactionConfig, CompactionStrategy, RetentionPredicate, VerifyProblem, VerifyProblemKind,
+    VerifyReport,
+};
+
+/// Names kept where the original crate had them.
+pub mod segment {
+    pub use super::maintenance::CompactionResult;
+}
+
+/// The write path's public types, where the original crate had them.
+pub mod writer {
+    pub use super::config::RestartPolicy;
+    pub use super::delivery::Notification;
+}
 pub use projection::{
     CacheCapabilities, CacheMeta, Freshness, NativeCache, NoCache, ProjectionCache,
     ProjectionWatcher,
@@ -518,6 +532,29 @@ impl Store<Open> {
         self.shared.sync_all_written()
     }
 
+    /// Compact the sealed segments (never the active one): merge them and,
+    /// by `config.strategy`, remove or redact the events a predicate
+    /// rejects. Survivors keep their ids, global sequences and hash chain;
+    /// removed events' idempotency keys keep answering with their original
+    /// receipts. Appends continue meanwhile; readers wait only while the new
+    /// positions are swapped into the index. A crash at any point leaves the
+    /// old state or the new one (see `docs/adr`).
+    ///
+    /// Does nothing (an all-zero result) when fewer than
+    /// `config.min_segments` sealed segments exist.
+    ///
+    /// # Errors
+    /// `ReadOnly`, `Poisoned`, `Io` when reading or writing segment files
+    /// fails (before the commit point nothing changed; after it the store
+    /// stops writing and the next open finishes the compaction),
+    /// `Serialization` if a payload handed to the predicate cannot be read.
+    pub fn compact(
+        &self,
+        config: &CompactionConfig,
+    ) -> Result<segment::CompactionResult, StoreError> {
+        maintenance::compact(&self.shared, config)
+    }
+
     /// Check the integrity of everything committed: every frame's checksum,
     /// every entity's hash chain, and the footers and checkpoint against the
     /// frames they describe. Damage is reported, not repaired; appends may
@@ -554,8 +591,11 @@ impl Store<Open> {
     /// Headline counters.
     pub fn stats(&self) -> StoreStats {
         let next_seq = self.next_global_sequence();
+        // Slots removed by a compaction since open are all below the
+        // visible watermark (only sealed segments are compacted).
+        let dead = self.shared.index.read().dead_count();
         StoreStats {
-            event_count: self.shared.durability.visible() as usize,
+            event_count: self.shared.durability.visible().saturating_sub(dead) as usize,
             global_sequence: next_seq,
         }
     }
@@ -582,7 +622,7 @@ impl Store<Open> {
         let heap = index.heap_bytes();
         let cfg = &s.config;
         StoreDiagnostics {
-            event_count: visible as usize,
+            event_count: visible.saturating_sub(index.dead_count()) as usize,
             global_sequence,
             visible_sequence: visible
                 .checked_sub(1)

@@ -71,6 +71,7 @@ pub(crate) mod footer;
 pub(crate) mod frame;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod intent;
 pub(crate) mod payload;
 pub(crate) mod payload_ser;
 pub(crate) mod record;

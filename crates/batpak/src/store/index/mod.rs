@@ -11,11 +11,13 @@
 //! events (correlation, causation) are slots too when the target is in the
 //! store, so no id is stored twice.
 
+mod compaction;
 mod entry;
 mod image;
 mod query;
 mod records;
 
+pub(crate) use compaction::Fate;
 pub use entry::{ClockKey, DiskPos, IndexEntry};
 pub(crate) use image::{EntityImage, IndexLoader, IndexTables, LinkImage, RecordImage};
 pub(crate) use query::SlotQuery;
@@ -135,6 +137,8 @@ pub(crate) struct Index {
     external_ids: Vec<u128>,
     /// Events removed by compaction: their ids stay reserved for idempotency.
     removed: HashMap<u128, RemovedEvent>,
+    /// Slots of events removed by a compaction since open (see `compaction`).
+    dead: compaction::DeadSlots,
 }
 
 #[inline]
@@ -494,6 +498,7 @@ impl Index {
             + vec_bytes(&self.external_ids)
             + vec_bytes(&self.links)
             + map_bytes(&self.removed)
+            + self.dead.heap_bytes()
     }
 
     pub(crate) fn entity_count(&self) -> usize {

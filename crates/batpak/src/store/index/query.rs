@@ -77,6 +77,9 @@ impl<'a> SlotQuery<'a> {
 
     fn matches(&self, slot: u32) -> bool {
         let idx = self.index;
+        if idx.is_dead(slot) {
+            return false;
+        }
         let rec = idx.records.get(slot);
         let (e, s) = idx.coords[rec.coord() as usize];
         let r = self.region;

@@ -80,6 +80,16 @@ impl Record {
         EventKind::from_raw((self.wall_hi_kind >> 16) as u16)
     }
 
+    pub(super) fn set_kind(&mut self, kind: EventKind) {
+        self.wall_hi_kind = (self.wall_hi_kind & 0xffff) | (u32::from(kind.raw()) << 16);
+    }
+
+    pub(super) fn set_disk_pos(&mut self, segment: u32, offset: u32, length: u32) {
+        self.segment = segment;
+        self.offset = offset;
+        self.length = length;
+    }
+
     pub(super) fn disk_pos(&self) -> DiskPos {
         DiskPos {
             segment_id: u64::from(self.segment),
@@ -108,6 +118,11 @@ impl RecordArena {
     #[inline]
     pub(super) fn get(&self, slot: u32) -> &Record {
         &self.chunks[(slot >> CHUNK_SHIFT) as usize][slot as usize & (CHUNK - 1)]
+    }
+
+    #[inline]
+    pub(super) fn get_mut(&mut self, slot: u32) -> &mut Record {
+        &mut self.chunks[(slot >> CHUNK_SHIFT) as usize][slot as usize & (CHUNK - 1)]
     }
 
     pub(super) fn push(&mut self, rec: Record) {

@@ -15,6 +15,7 @@
 //! before the file is mapped.
 
 mod dir;
+pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{

@@ -13,7 +13,16 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
         return Ok(());
     };
     let w = writer.lock();
-    let index = shared.index.read();
+    let live = shared.index.read();
+    // After a compaction the index holds dead slots; the checkpoint stores
+    // the survivors, numbered as the next open would number them.
+    let renumbered;
+    let index: &crate::store::index::Index = if live.dead_count() > 0 {
+        renumbered = live.without_dead()?;
+        &renumbered
+    } else {
+        &live
+    };
     let active_id = w.active.segment().id();
     // The last indexed event of every segment: what `open` checks the
     // checkpoint against.
@@ -45,8 +54,8 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
             }
         })
         .collect();
-    let bytes = encode(w.next_seq, &segments, &index);
-    drop(index);
+    let bytes = encode(w.next_seq, &segments, index);
+    drop(live);
     write_atomically_with(shared.log.dir(), CHECKPOINT_FILE, &bytes, |renamed| {
         shared.fault(if renamed {
             InjectionPoint::CheckpointRenamed

@@ -6,9 +6,12 @@
 //! sealed segment's frames) and the checkpoint file; it never changes a frame.
 
 mod checkpoint;
+mod compact;
 mod seal;
 pub(crate) mod verify;
 
 pub(crate) use checkpoint::write_checkpoint;
+pub(crate) use compact::compact;
+pub use compact::{CompactionConfig, CompactionResult, CompactionStrategy, RetentionPredicate};
 pub(crate) use seal::Sealer;
 pub use verify::{VerifyProblem, VerifyProblemKind, VerifyReport};

@@ -3,7 +3,7 @@
 
 use crate::store::format::footer::{self, Footer, FooterEntry};
 use crate::store::format::frame::{probe, Probe};
-use crate::store::format::record::decode_event;
+use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::log::{Log, Segment};
 use crate::store::{Shared, StoreError};
@@ -20,9 +20,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
         return Ok(());
     };
     let bytes = seg.bytes();
-    let mut coords: Vec<(String, String)> = Vec::new();
-    let mut coord_ids: hashbrown::HashMap<(&str, &str), u32> = hashbrown::HashMap::new();
-    let mut entries = Vec::new();
+    let mut footer = FooterBuilder::default();
     let mut pos = SEGMENT_HEADER_LEN;
     loop {
         match probe(bytes, pos) {
@@ -32,27 +30,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
                 let r = decode_event(body).map_err(|e| {
                     StoreError::corrupt(id, format!("sealing: frame at {pos}: {e}"))
                 })?;
-                let coord = *coord_ids.entry((r.entity, r.scope)).or_insert_with(|| {
-                    coords.push((r.entity.to_owned(), r.scope.to_owned()));
-                    coords.len() as u32 - 1
-                });
-                entries.push(FooterEntry {
-                    offset: pos as u32,
-                    length: len as u32,
-                    global_seq: r.global_seq,
-                    timestamp_us: r.timestamp_us,
-                    event_id: r.event_id,
-                    correlation_id: r.correlation_id,
-                    causation_id: r.causation_id,
-                    event_hash: r.event_hash,
-                    clock: r.clock,
-                    coord,
-                    kind: r.visible_kind(),
-                    hlc_counter: r.hlc_counter,
-                    flags: r.flags,
-                    batch_size: r.batch_size,
-                    batch_index: r.batch_index,
-                });
+                footer.push(pos as u64, len, &r);
                 pos += len;
             }
             Probe::Damaged(e) => {
@@ -63,21 +41,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
             }
         }
     }
-    // The last entry of each entity keeps its hash (what the entity's next
-    // append chains onto).
-    let mut last_of_entity: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        last_of_entity.insert(coords[e.coord as usize].0.as_str(), i as u32);
-    }
-    let mut tails: Vec<u32> = last_of_entity.into_values().collect();
-    tails.sort_unstable();
-    let bytes_out = Footer {
-        segment_id: id,
-        frames_end: pos as u64,
-        coords,
-        entries,
-    }
-    .encode(&tails);
+    let bytes_out = footer.encode(id, pos as u64);
     seg.release_pages();
     // A separate handle: the segment may be mapped from a read-only descriptor.
     let file = std::fs::OpenOptions::new()
@@ -86,6 +50,63 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
     file.write_all_at(&bytes_out, pos as u64)?;
     file.sync_data()?;
     Ok(())
+}
+
+/// The footer of a segment, gathered frame by frame.
+#[derive(Default)]
+pub(crate) struct FooterBuilder<'a> {
+    coords: Vec<(String, String)>,
+    coord_ids: hashbrown::HashMap<(&'a str, &'a str), u32>,
+    entries: Vec<FooterEntry>,
+    /// Entry index of each entity's last event.
+    last_of_entity: hashbrown::HashMap<&'a str, u32>,
+}
+
+impl<'a> FooterBuilder<'a> {
+    /// Add the event frame at `offset`, `len` bytes long, holding `r`.
+    pub(crate) fn push(&mut self, offset: u64, len: usize, r: &EventRecord<'a>) {
+        let coords = &mut self.coords;
+        let coord = *self
+            .coord_ids
+            .entry((r.entity, r.scope))
+            .or_insert_with(|| {
+                coords.push((r.entity.to_owned(), r.scope.to_owned()));
+                coords.len() as u32 - 1
+            });
+        self.last_of_entity
+            .insert(r.entity, self.entries.len() as u32);
+        self.entries.push(FooterEntry {
+            offset: offset as u32,
+            length: len as u32,
+            global_seq: r.global_seq,
+            timestamp_us: r.timestamp_us,
+            event_id: r.event_id,
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            event_hash: r.event_hash,
+            clock: r.clock,
+            coord,
+            kind: r.visible_kind(),
+            hlc_counter: r.hlc_counter,
+            flags: r.flags,
+            batch_size: r.batch_size,
+            batch_index: r.batch_index,
+        });
+    }
+
+    /// The footer frame and trailer, to be written at `frames_end`. The last
+    /// entry of each entity keeps its hash (what its next append chains onto).
+    pub(crate) fn encode(self, segment_id: u64, frames_end: u64) -> Vec<u8> {
+        let mut tails: Vec<u32> = self.last_of_entity.into_values().collect();
+        tails.sort_unstable();
+        Footer {
+            segment_id,
+            frames_end,
+            coords: self.coords,
+            entries: self.entries,
+        }
+        .encode(&tails)
+    }
 }
 
 /// Work for the background thread.

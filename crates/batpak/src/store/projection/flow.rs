@@ -68,16 +68,16 @@ impl Store {
 
     /// Read the events at `slots`, in order.
     fn read_events(&self, slots: &[u32]) -> Result<Vec<Event<serde_json::Value>>, StoreError> {
-        let located: Vec<_> = {
+        let located = {
             let index = self.shared.index.read();
             slots
                 .iter()
-                .map(|&s| (index.disk_pos(s), index.coordinate(s)))
-                .collect()
+                .map(|&s| self.shared.locate(&index, s))
+                .collect::<Result<Vec<_>, _>>()?
         };
         located
             .into_iter()
-            .map(|(pos, coord)| self.shared.read_event(pos, coord).map(|e| e.event))
+            .map(|l| self.shared.read_event(l).map(|e| e.event))
             .collect()
     }
 

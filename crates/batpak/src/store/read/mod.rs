@@ -12,8 +12,15 @@ use crate::store::format::payload::decode_value;
 use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry};
-use crate::store::log::FrameCursor;
+use crate::store::log::{FrameBytes, FrameCursor};
 use crate::store::{Shared, StoreError};
+
+/// An event's frame, resolved under the index lock (see [`Shared::locate`]).
+pub(crate) struct Located {
+    frame: FrameBytes,
+    pos: DiskPos,
+    coord: Coordinate,
+}
 
 impl Shared {
     /// Public entries for `slots`, with hash chains read from their frames.
@@ -45,13 +52,25 @@ impl Shared {
             .collect()
     }
 
-    /// Read and check the frame at `pos` and turn it into a stored event.
+    /// The frame of `slot`. Called with the index lock held: compaction
+    /// moves events and swaps segment files under the index write lock, so
+    /// a position is only meaningful until the lock is released, while the
+    /// returned bytes stay valid (they keep their segment mapped).
+    pub(crate) fn locate(&self, index: &Index, slot: u32) -> Result<Located, StoreError> {
+        let pos = index.disk_pos(slot);
+        Ok(Located {
+            frame: self.log.read(pos.segment_id, pos.offset, pos.length)?,
+            pos,
+            coord: index.coordinate(slot),
+        })
+    }
+
+    /// Check a located frame and turn it into a stored event.
     pub(crate) fn read_event(
         &self,
-        pos: DiskPos,
-        coord: Coordinate,
+        located: Located,
     ) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        let frame = self.log.read(pos.segment_id, pos.offset, pos.length)?;
+        let Located { frame, pos, coord } = located;
         let rec = decode_at(frame.bytes(), pos)?;
         stored_event(&rec, coord).map_err(|e| match e {
             StoreError::Serialization(inner) => StoreError::corrupt(
@@ -63,15 +82,16 @@ impl Shared {
     }
 
     pub(crate) fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        let (pos, coord) = {
+        let located = {
             let index = self.index.read();
             let slot = index
                 .slot_of(event_id)
                 .filter(|&s| s < self.durability.visible())
                 .ok_or(StoreError::NotFound(event_id))?;
-            (index.disk_pos(slot), index.coordinate(slot))
+            self.locate(&index, slot)?
         };
-        let ev = self.read_event(pos, coord)?;
+        let pos = located.pos;
+        let ev = self.read_event(located)?;
         if ev.event.header.event_id != event_id {
             return Err(StoreError::corrupt(
                 pos.segment_id,
@@ -122,7 +142,7 @@ impl Shared {
     ) -> Vec<StoredEvent<serde_json::Value>> {
         let mut out: Vec<StoredEvent<serde_json::Value>> = Vec::new();
         let visible = self.durability.visible();
-        let locate = |index: &Index, s: u32| (s, index.disk_pos(s), index.coordinate(s));
+        let locate = |index: &Index, s: u32| self.locate(index, s).map(|l| (s, l));
         let mut next = {
             let index = self.index.read();
             index
@@ -130,12 +150,12 @@ impl Shared {
                 .filter(|&s| s < visible)
                 .map(|s| locate(&index, s))
         };
-        while let Some((slot, pos, coord)) = next.take() {
+        while let Some(found) = next.take() {
             if out.len() >= limit {
                 break;
             }
-            let ev = match self.read_event(pos, coord) {
-                Ok(ev) => ev,
+            let (slot, ev) = match found.and_then(|(slot, l)| Ok((slot, self.read_event(l)?))) {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "walk_ancestors stopped at an unreadable event");
                     break;

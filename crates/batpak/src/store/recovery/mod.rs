@@ -20,16 +20,17 @@
 
 mod removed;
 
-pub(crate) use removed::load_removed;
+pub(crate) use removed::{load_removed, load_removed_from};
 
 use crate::event::EventKind;
 use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer};
 use crate::store::format::frame::{decode_frame, next_valid_frame, probe, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
-use crate::store::log::{map_whole_file, ActiveSegment, Log, Segment, SegmentListing};
+use crate::store::log::{map_whole_file, rewrite, ActiveSegment, Log, Segment, SegmentListing};
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,6 +104,8 @@ pub struct RecoveryReport {
     pub chain_breaks: u64,
     /// Events remembered as removed by compaction.
     pub removed_events: u64,
+    /// A compaction interrupted after its commit point was finished.
+    pub compaction_finished: bool,
     /// Time spent opening, in microseconds.
     pub elapsed_us: u64,
 }
@@ -252,9 +255,12 @@ impl Assembly {
             return;
         }
         let expected = self.batch.len() as u32;
-        let continues = self.batch.first().is_some_and(|b| {
-            b.m.batch_size == m.batch_size && b.m.global_seq + u64::from(expected) == m.global_seq
-        });
+        // Sequences within a batch increase; they are consecutive unless a
+        // compaction removed members (and renumbered the survivors' marks).
+        let continues = self
+            .batch
+            .last()
+            .is_some_and(|b| b.m.batch_size == m.batch_size && b.m.global_seq < m.global_seq);
         if m.batch_index != expected || (expected > 0 && !continues) {
             self.discard_batch("interrupted by another batch");
             if m.batch_index != 0 {
@@ -623,10 +629,37 @@ pub(crate) fn recover(
 ) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let dir = log.dir();
-    let listing = SegmentListing::read(dir)?;
-    let removed = load_removed(dir, !listing.segments.is_empty(), writable)?;
     let mut report = RecoveryReport::default();
-    let checkpoint = load_checkpoint(dir, &listing, &mut report);
+    // A compaction interrupted after its commit point is finished first; one
+    // interrupted before it leaves only temporary files, deleted here. A
+    // read-only open changes nothing: it reads the directory as the
+    // finished compaction will leave it.
+    let pending = rewrite::pending_intent(dir)?;
+    let mut removed_path = dir.join(REMOVED_FILE);
+    let mut listing = SegmentListing::read(dir)?;
+    match (&pending, writable) {
+        (Some(intent), true) => {
+            rewrite::install(dir, intent, || Ok(()))?;
+            report.compaction_finished = true;
+            listing = SegmentListing::read(dir)?;
+        }
+        (None, true) => rewrite::discard_temporaries(dir)?,
+        (Some(intent), false) => {
+            listing.segments = listing
+                .segments
+                .into_iter()
+                .filter_map(|(id, _)| Some((id, rewrite::pending_segment_path(dir, intent, id)?)))
+                .collect();
+            removed_path = rewrite::pending_removed_path(dir, intent);
+        }
+        (None, false) => {}
+    }
+    let removed = load_removed_from(dir, &removed_path, !listing.segments.is_empty(), writable)?;
+    let checkpoint = if pending.is_some() && !writable {
+        None
+    } else {
+        load_checkpoint(dir, &listing, &mut report)
+    };
     let mut asm = Assembly {
         index: Index::new(),
         report,

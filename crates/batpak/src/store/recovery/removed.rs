@@ -13,7 +13,18 @@ pub(crate) fn load_removed(
     has_segments: bool,
     writable: bool,
 ) -> Result<RemovedRecord, StoreError> {
-    let path = dir.join(REMOVED_FILE);
+    load_removed_from(dir, &dir.join(REMOVED_FILE), has_segments, writable)
+}
+
+/// [`load_removed`] from `path` (a pending compaction's next record, for
+/// read-only opens).
+pub(crate) fn load_removed_from(
+    dir: &Path,
+    path: &Path,
+    has_segments: bool,
+    writable: bool,
+) -> Result<RemovedRecord, StoreError> {
+    let path = path.to_path_buf();
     let damaged = |detail: String| StoreError::RecordDamaged {
         path: path.clone(),
         detail,

@@ -216,9 +216,11 @@ impl Shared {
         let Some(hit) = index.find_key(draft.event_id) else {
             return Ok(KeyLookup::New);
         };
+        // A redacted event's index entry has forgotten its kind (TOMBSTONE):
+        // its key still matches a retry of the original append.
         if hit.entity != draft.coord.entity()
             || hit.scope != draft.coord.scope()
-            || hit.kind != draft.kind
+            || (hit.kind != draft.kind && hit.kind != EventKind::TOMBSTONE)
         {
             return Err(StoreError::IdempotencyConflict {
                 key: draft.event_id,

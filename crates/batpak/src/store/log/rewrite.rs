@@ -1,0 +1,216 @@
+//! Replacing sealed segments (compaction): new segments are written whole
+//! under temporary names, then installed by rename once the compaction's
+//! intent is durable (see `format::intent` for the protocol).
+//!
+//! Only file mechanics live here; which frames go where is the caller's
+//! business.
+
+use super::dir::{sync_dir, write_atomically};
+use super::{Log, Segment};
+use crate::store::format::checkpoint::CHECKPOINT_FILE;
+use crate::store::format::intent::{
+    is_temporary, output_file_name, Intent, INTENT_FILE, REMOVED_NEXT_FILE,
+};
+use crate::store::format::removed::REMOVED_FILE;
+use crate::store::format::segment::{segment_file_name, SegmentHeader};
+use crate::store::StoreError;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A segment being written whole under its temporary name.
+pub(crate) struct SegmentWriter {
+    id: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl SegmentWriter {
+    /// Start the replacement of segment `id`.
+    pub(crate) fn create(dir: &Path, id: u64, created_us: i64) -> Result<Self, StoreError> {
+        let path = dir.join(output_file_name(id));
+        let file = File::create(&path)?;
+        let mut w = Self {
+            id,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+        };
+        w.write(
+            &SegmentHeader {
+                segment_id: id,
+                created_us,
+            }
+            .encode(),
+        )?;
+        Ok(w)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Bytes written so far (the offset of the next frame).
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Append `bytes`; returns the offset they start at.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
+        self.out.write_all(bytes)?;
+        let at = self.len;
+        self.len += bytes.len() as u64;
+        Ok(at)
+    }
+
+    /// Flush and sync the file; returns its length.
+    pub(crate) fn finish(self) -> Result<u64, StoreError> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(self.len)
+    }
+
+    /// Delete the unfinished file (after a failure).
+    pub(crate) fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Delete what an uncommitted compaction left behind.
+pub(crate) fn discard_temporaries(dir: &Path) -> Result<(), StoreError> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(is_temporary) {
+            std::fs::remove_file(entry.path())?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Write `name` in `dir` and sync it (a temporary file, before the commit).
+pub(crate) fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(dir.join(name))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The committed but not yet installed compaction of `dir`, if any.
+pub(crate) fn pending_intent(dir: &Path) -> Result<Option<Intent>, StoreError> {
+    let path = dir.join(INTENT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Intent::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::RecordDamaged {
+                path,
+                detail: format!("compaction intent: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where segment `id` lives while `intent` is pending: its replacement if
+/// that was not renamed into place yet, else its own file; `None` if the
+/// compaction deletes it. (For read-only opens, which must not install.)
+pub(crate) fn pending_segment_path(dir: &Path, intent: &Intent, id: u64) -> Option<PathBuf> {
+    if intent.deleted.contains(&id) {
+        return None;
+    }
+    let tmp = dir.join(output_file_name(id));
+    if intent.outputs.contains(&id) && tmp.exists() {
+        return Some(tmp);
+    }
+    Some(dir.join(segment_file_name(id)))
+}
+
+/// Where the removed-event record lives while `intent` is pending.
+pub(crate) fn pending_removed_path(dir: &Path, intent: &Intent) -> PathBuf {
+    let next = dir.join(REMOVED_NEXT_FILE);
+    if intent.removed_record && next.exists() {
+        next
+    } else {
+        dir.join(REMOVED_FILE)
+    }
+}
+
+/// Commit: make `intent` durable. From here on the compaction happens even
+/// if the process dies (open finishes it).
+pub(crate) fn commit(dir: &Path, intent: &Intent) -> Result<(), StoreError> {
+    write_atomically(dir, INTENT_FILE, &intent.encode())
+}
+
+/// Install a committed compaction. Every step can be repeated, so a crash
+/// part-way is finished by running this again. `step` runs before each
+/// file operation (where tests inject crashes).
+pub(crate) fn install(
+    dir: &Path,
+    intent: &Intent,
+    mut step: impl FnMut() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let rename_if_present = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
+    };
+    let remove_if_present = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io(e)),
+    };
+    // The checkpoint names the old positions: it goes first.
+    step()?;
+    remove_if_present(&dir.join(CHECKPOINT_FILE))?;
+    if intent.removed_record {
+        step()?;
+        rename_if_present(&dir.join(REMOVED_NEXT_FILE), &dir.join(REMOVED_FILE))?;
+    }
+    for &id in &intent.outputs {
+        step()?;
+        rename_if_present(
+            &dir.join(output_file_name(id)),
+            &dir.join(segment_file_name(id)),
+        )?;
+    }
+    for &id in &intent.deleted {
+        step()?;
+        remove_if_present(&dir.join(segment_file_name(id)))?;
+    }
+    sync_dir(dir)?;
+    step()?;
+    remove_if_present(&dir.join(INTENT_FILE))?;
+    sync_dir(dir)
+}
+
+impl Log {
+    /// Swap installed replacements into the registry and forget deleted
+    /// segments. Readers holding the old segments keep reading them (their
+    /// mappings outlive the rename); the caller holds the index write lock,
+    /// so no reader can pair a new position with an old segment.
+    pub(crate) fn replace_segments(&self, outputs: Vec<Arc<Segment>>, deleted: &[u64]) {
+        let mut map = self.segments.write();
+        for id in deleted {
+            map.remove(id);
+        }
+        for seg in outputs {
+            map.insert(seg.id(), seg);
+        }
+    }
+
+    /// Map installed segment `id` for reading.
+    pub(crate) fn open_installed(&self, id: u64) -> Result<Arc<Segment>, StoreError> {
+        Ok(Arc::new(Segment::open_read_only(
+            &self.dir.join(segment_file_name(id)),
+            id,
+        )?))
+    }
+}

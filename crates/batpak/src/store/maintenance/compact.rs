@@ -1,0 +1,517 @@
+//! Compaction (SPEC §5.4): rewrite the sealed segments, merging them and
+//! removing (`Retention`) or redacting (`Tombstone`) the events a predicate
+//! rejects, while appends continue in the active segment.
+//!
+//! The protocol that makes it crash-atomic is in `format::intent`; the file
+//! mechanics are in `log::rewrite`. This module decides what happens to each
+//! frame, streams the survivors into the new segments, and finally swaps the
+//! new segments and positions in under the index write lock (the only moment
+//! readers wait). It never touches the active segment.
+//!
+//! Survivors keep their event ids, global sequences, clocks and hashes, so
+//! cursors, projection watermarks and hash chains stay valid. Removed events
+//! are remembered in the removed-event record (their idempotency keys keep
+//! answering, their sequences are never reused, and their entity's next
+//! append still chains onto them).
+
+use super::seal::FooterBuilder;
+use crate::event::StoredEvent;
+use crate::store::fault::InjectionPoint;
+use crate::store::format::footer;
+use crate::store::format::frame::{next_valid_frame, probe, Probe};
+use crate::store::format::intent::{Intent, REMOVED_NEXT_FILE};
+use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::removed::{self, RemovedEntry};
+use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::store::index::{DiskPos, Fate};
+use crate::store::log::rewrite::{self, SegmentWriter};
+use crate::store::log::Segment;
+use crate::store::read::stored_event;
+use crate::store::recovery::load_removed;
+use crate::store::{Shared, StoreError, MAX_SEGMENT_BYTES};
+use std::sync::Arc;
+
+/// Decides whether an event survives: `true` keeps it.
+pub type RetentionPredicate = Box<dyn Fn(&StoredEvent<serde_json::Value>) -> bool + Send>;
+
+/// What a compaction does besides merging.
+pub enum CompactionStrategy {
+    /// Merge sealed segments; every event survives unchanged.
+    Merge,
+    /// Remove the events the predicate rejects (returns `false` for). Their
+    /// ids and sequences stay reserved; the entity's chain continues.
+    Retention(RetentionPredicate),
+    /// Redact the events the predicate rejects: readers see kind
+    /// `TOMBSTONE` and a null payload; the original kind, payload size and
+    /// content hash stay in the (hashed) record, so the chain still verifies.
+    Tombstone(RetentionPredicate),
+}
+
+impl std::fmt::Debug for CompactionStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CompactionStrategy::Merge => "Merge",
+            CompactionStrategy::Retention(_) => "Retention(..)",
+            CompactionStrategy::Tombstone(_) => "Tombstone(..)",
+        })
+    }
+}
+
+/// Settings of [`Store::compact`](crate::store::Store::compact).
+#[derive(Debug)]
+pub struct CompactionConfig {
+    /// What happens to the events.
+    pub strategy: CompactionStrategy,
+    /// Compact only when at least this many sealed segments exist (default 2).
+    pub min_segments: usize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            strategy: CompactionStrategy::Merge,
+            min_segments: 2,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionResult {
+    /// Segment files fewer than before.
+    pub segments_removed: usize,
+    /// Bytes of segment files freed, net of the files written.
+    pub bytes_reclaimed: u64,
+    /// Events removed (`Retention`).
+    pub events_removed: u64,
+    /// Events redacted (`Tombstone`) by this compaction.
+    pub events_tombstoned: u64,
+}
+
+/// What happens to one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Keep,
+    Redact,
+    Remove,
+}
+
+/// An indexed event of the inputs, on its way out.
+struct Item<'a> {
+    slot: u32,
+    rec: EventRecord<'a>,
+    frame: &'a [u8],
+    action: Action,
+}
+
+/// Frames decided per index lookup (one read lock per chunk).
+const LOOKUP_CHUNK: usize = 1024;
+
+pub(crate) fn compact(
+    shared: &Shared,
+    config: &CompactionConfig,
+) -> Result<CompactionResult, StoreError> {
+    let writer = shared.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+    shared.durability.check()?;
+    let _maintenance = shared.maintenance.lock();
+    // Under the writer lock no append is half-done: every frame of a sealed
+    // segment is now either indexed or the remains of a failed append.
+    let active_id = writer.lock().active.segment().id();
+    let inputs: Vec<Arc<Segment>> = shared
+        .log
+        .segment_ids()
+        .into_iter()
+        .filter(|&id| id < active_id)
+        .filter_map(|id| shared.log.segment(id))
+        .collect();
+    if inputs.is_empty() || inputs.len() < config.min_segments {
+        return Ok(CompactionResult::default());
+    }
+    let mut run = Run {
+        shared,
+        config,
+        ids: inputs.iter().map(|s| s.id()).collect(),
+        outputs: Vec::new(),
+        current: None,
+        footer: FooterBuilder::default(),
+        fates: Vec::new(),
+        removed: Vec::new(),
+        tombstoned: 0,
+        batch: Vec::new(),
+        scratch: Vec::new(),
+        created_us: 0,
+    };
+    let written = run.rewrite(&inputs);
+    let (outputs, fates, removed, tombstoned) = match written {
+        Ok(()) => (
+            std::mem::take(&mut run.outputs),
+            std::mem::take(&mut run.fates),
+            std::mem::take(&mut run.removed),
+            run.tombstoned,
+        ),
+        Err(e) => {
+            run.abandon();
+            return Err(e);
+        }
+    };
+    let dir = shared.log.dir();
+    let output_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
+    let deleted: Vec<u64> = run
+        .ids
+        .iter()
+        .copied()
+        .filter(|id| !output_ids.contains(id))
+        .collect();
+    let rewrites_history = !removed.is_empty() || tombstoned > 0;
+    let epoch = shared.history_epoch() + u64::from(rewrites_history);
+    let prepared = (|| {
+        if rewrites_history {
+            let mut record = load_removed(dir, true, false)?;
+            record.epoch = epoch;
+            record.entries.extend(removed.iter().cloned());
+            rewrite::write_synced(dir, REMOVED_NEXT_FILE, &removed::encode(&record))?;
+        }
+        shared.fault(InjectionPoint::CompactionPrepared)
+    })();
+    if let Err(e) = prepared {
+        let _ = rewrite::discard_temporaries(dir);
+        return Err(e);
+    }
+    let intent = Intent {
+        removed_record: rewrites_history,
+        outputs: output_ids.clone(),
+        deleted: deleted.clone(),
+    };
+    if let Err(e) = rewrite::commit(dir, &intent) {
+        // Whether the intent reached the disk is unknown: open decides
+        // (it finishes the compaction if the file is there, else discards it).
+        shared
+            .durability
+            .poison(format!("compaction commit failed: {e}"));
+        return Err(e);
+    }
+    // Committed. From here a failure leaves the directory to be finished by
+    // the next open, while this process still serves the old segments.
+    let installed = shared
+        .fault(InjectionPoint::CompactionCommitted)
+        .and_then(|()| {
+            rewrite::install(dir, &intent, || {
+                shared.fault(InjectionPoint::CompactionInstalling)
+            })
+        })
+        .and_then(|()| {
+            output_ids
+                .iter()
+                .map(|&id| shared.log.open_installed(id))
+                .collect::<Result<Vec<_>, _>>()
+        });
+    let new_segments = match installed {
+        Ok(s) => s,
+        Err(e) => {
+            shared.durability.poison(format!(
+                "compaction committed but not installed ({e}); reopen the store to finish it"
+            ));
+            return Err(e);
+        }
+    };
+    {
+        let mut index = shared.index.write();
+        if let Err(e) = index.apply_compaction(&fates) {
+            shared
+                .durability
+                .poison(format!("compaction could not update the index: {e}"));
+            return Err(e);
+        }
+        shared.log.replace_segments(new_segments, &deleted);
+        shared
+            .epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+    let before: u64 = inputs.iter().map(|s| s.file_len()).sum();
+    let after: u64 = outputs.iter().map(|o| o.1).sum();
+    Ok(CompactionResult {
+        segments_removed: deleted.len(),
+        bytes_reclaimed: before.saturating_sub(after),
+        events_removed: removed.len() as u64,
+        events_tombstoned: tombstoned,
+    })
+}
+
+/// One compaction's state while it writes.
+struct Run<'s, 'a> {
+    shared: &'s Shared,
+    config: &'s CompactionConfig,
+    /// Input segment ids, ascending: the outputs take them over in order.
+    ids: Vec<u64>,
+    /// Finished outputs: (id, file length).
+    outputs: Vec<(u64, u64)>,
+    current: Option<SegmentWriter>,
+    footer: FooterBuilder<'a>,
+    fates: Vec<(u32, Fate)>,
+    removed: Vec<RemovedEntry>,
+    tombstoned: u64,
+    /// Members of a batch seen so far (a batch is decided whole).
+    batch: Vec<Item<'a>>,
+    scratch: Vec<u8>,
+    /// Creation time of the input being read.
+    created_us: i64,
+}
+
+impl<'a> Run<'_, 'a> {
+    fn rewrite(&mut self, inputs: &'a [Arc<Segment>]) -> Result<(), StoreError> {
+        for seg in inputs {
+            // An output keeps the creation time of the input it starts in.
+            self.created_us = SegmentHeader::decode(seg.bytes())
+                .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
+            let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
+            let bytes: &'a [u8] = seg.bytes();
+            let mut pos = SEGMENT_HEADER_LEN;
+            loop {
+                match probe(bytes, pos) {
+                    Probe::End => break,
+                    Probe::Frame { body, .. } if footer::is_footer(body) => break,
+                    Probe::Frame { body, len } => {
+                        match decode_event(body) {
+                            Ok(rec) => chunk.push((pos as u64, &bytes[pos..pos + len], rec)),
+                            Err(e) => tracing::warn!(
+                                segment_id = seg.id(),
+                                offset = pos,
+                                error = %e,
+                                "batpak: compaction drops an undecodable frame"
+                            ),
+                        }
+                        pos += len;
+                        if chunk.len() == LOOKUP_CHUNK {
+                            self.decide(seg.id(), &mut chunk)?;
+                        }
+                    }
+                    Probe::Damaged(e) => {
+                        let next = next_valid_frame(bytes, pos + 1).unwrap_or(bytes.len());
+                        tracing::warn!(
+                            segment_id = seg.id(),
+                            offset = pos,
+                            error = %e,
+                            "batpak: compaction drops a damaged region (recovery never served it)"
+                        );
+                        pos = next;
+                    }
+                }
+            }
+            self.decide(seg.id(), &mut chunk)?;
+            seg.release_pages();
+        }
+        // A batch still open continues in the active segment, which is not
+        // compacted: its members keep their batch marks, so none may go.
+        self.flush_batch(true)?;
+        self.finish_output()
+    }
+
+    /// Look `chunk` up in the index, decide each event's fate and write it.
+    fn decide(
+        &mut self,
+        segment_id: u64,
+        chunk: &mut Vec<(u64, &'a [u8], EventRecord<'a>)>,
+    ) -> Result<(), StoreError> {
+        let predicate = match &self.config.strategy {
+            super::CompactionStrategy::Merge => None,
+            super::CompactionStrategy::Retention(p) | super::CompactionStrategy::Tombstone(p) => {
+                Some(p)
+            }
+        };
+        let mut looked_up = Vec::with_capacity(chunk.len());
+        {
+            let index = self.shared.index.read();
+            for (offset, _, rec) in chunk.iter() {
+                // The frame must be the indexed copy of its event: remains of
+                // a failed append (possibly sharing an id with its retry) are not.
+                let slot = index.slot_of(rec.event_id).filter(|&s| {
+                    let p = index.disk_pos(s);
+                    p.segment_id == segment_id && p.offset == *offset
+                });
+                let coord = match (slot, predicate) {
+                    (Some(s), Some(_)) => Some(index.coordinate(s)),
+                    _ => None,
+                };
+                looked_up.push((slot, coord));
+            }
+        }
+        for ((_, frame, rec), (slot, coord)) in chunk.drain(..).zip(looked_up) {
+            let Some(slot) = slot else {
+                continue;
+            };
+            let keep = match (predicate, coord) {
+                (Some(p), Some(coord)) => p(&stored_event(&rec, coord)?),
+                _ => true,
+            };
+            let action = match (&self.config.strategy, keep) {
+                (_, true) => Action::Keep,
+                (super::CompactionStrategy::Tombstone(_), false) if rec.redacted => Action::Keep,
+                (super::CompactionStrategy::Tombstone(_), false) => Action::Redact,
+                (_, false) => Action::Remove,
+            };
+            let item = Item {
+                slot,
+                rec,
+                frame,
+                action,
+            };
+            if item.rec.batch_size == 0 {
+                self.flush_batch(true)?;
+                self.emit(item, false)?;
+                continue;
+            }
+            if item.rec.batch_index == 0 {
+                self.flush_batch(true)?;
+            }
+            let last = item.rec.batch_index + 1 == item.rec.batch_size;
+            self.batch.push(item);
+            if last {
+                self.flush_batch(false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the pending batch. A whole batch whose members were removed is
+    /// renumbered to its survivors; an unfinished one (`open`) keeps its marks,
+    /// so its removals become redactions.
+    fn flush_batch(&mut self, open: bool) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut members = std::mem::take(&mut self.batch);
+        if open {
+            for m in &mut members {
+                if m.action == Action::Remove {
+                    m.action = Action::Redact;
+                }
+            }
+        }
+        let survivors = members
+            .iter()
+            .filter(|m| m.action != Action::Remove)
+            .count() as u32;
+        let renumber = !open && survivors != members.len() as u32;
+        let mut index = 0;
+        for mut m in members {
+            if renumber && m.action != Action::Remove {
+                m.rec.batch_size = survivors;
+                m.rec.batch_index = index;
+                index += 1;
+            }
+            self.emit(m, renumber)?;
+        }
+        Ok(())
+    }
+
+    /// Write one event to the current output (or record its removal).
+    fn emit(&mut self, item: Item<'a>, reencode: bool) -> Result<(), StoreError> {
+        let Item {
+            slot,
+            mut rec,
+            frame,
+            action,
+        } = item;
+        if action == Action::Remove {
+            self.removed.push(RemovedEntry {
+                event_id: rec.event_id,
+                global_seq: rec.global_seq,
+                kind: rec.kind,
+                clock: rec.clock,
+                timestamp_us: rec.timestamp_us,
+                event_hash: rec.event_hash,
+                entity: rec.entity.to_owned(),
+                scope: rec.scope.to_owned(),
+            });
+            self.fates.push((slot, Fate::Removed));
+            return Ok(());
+        }
+        let redact = action == Action::Redact;
+        if redact {
+            rec.redacted = true;
+            rec.payload = &[];
+            self.tombstoned += 1;
+        }
+        let encoded = redact || reencode;
+        if encoded {
+            self.scratch.clear();
+            self.scratch.resize(rec.frame_len(), 0);
+            rec.write_frame(&mut self.scratch);
+        }
+        let len = if encoded {
+            self.scratch.len()
+        } else {
+            frame.len()
+        } as u64;
+        self.make_room(len)?;
+        let out = self
+            .current
+            .as_mut()
+            .ok_or_else(|| StoreError::Configuration("compaction output missing".into()))?;
+        let offset = out.write(if encoded { &self.scratch } else { frame })?;
+        self.footer.push(offset, len as usize, &rec);
+        self.fates.push((
+            slot,
+            Fate::Moved {
+                pos: DiskPos {
+                    segment_id: out.id(),
+                    offset,
+                    length: len as u32,
+                },
+                redacted: redact,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Make sure the current output can take `len` more bytes, finishing it
+    /// and starting the next when it is full. Outputs take the input ids in
+    /// order; when they run out, the last output grows past the size limit.
+    fn make_room(&mut self, len: u64) -> Result<(), StoreError> {
+        let max = self.shared.config.segment_max_bytes;
+        if let Some(out) = &self.current {
+            let fits = out.len() + len <= max || out.len() == SEGMENT_HEADER_LEN as u64;
+            let ids_left = self.outputs.len() + 1 < self.ids.len();
+            if fits || !ids_left {
+                if out.len() + len > MAX_SEGMENT_BYTES {
+                    return Err(StoreError::CapacityExhausted(format!(
+                        "compacted segment {} would exceed {MAX_SEGMENT_BYTES} bytes",
+                        out.id()
+                    )));
+                }
+                return Ok(());
+            }
+            self.finish_output()?;
+        }
+        let id = self.ids[self.outputs.len()];
+        self.current = Some(SegmentWriter::create(
+            self.shared.log.dir(),
+            id,
+            self.created_us,
+        )?);
+        Ok(())
+    }
+
+    /// Footer, sync, done.
+    fn finish_output(&mut self) -> Result<(), StoreError> {
+        let Some(mut out) = self.current.take() else {
+            return Ok(());
+        };
+        let footer = std::mem::take(&mut self.footer).encode(out.id(), out.len());
+        out.write(&footer)?;
+        let id = out.id();
+        let len = out.finish()?;
+        self.outputs.push((id, len));
+        self.shared.fault(InjectionPoint::CompactionSegmentWritten)
+    }
+
+    /// Delete everything written (the compaction failed before its commit).
+    fn abandon(&mut self) {
+        if let Some(out) = self.current.take() {
+            out.discard();
+        }
+        if let Err(e) = rewrite::discard_temporaries(self.shared.log.dir()) {
+            tracing::warn!(error = %e, "batpak: could not delete an abandoned compaction's files; the next open will");
+        }
+    }
+}
