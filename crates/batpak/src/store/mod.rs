@@ -532,6 +532,22 @@ impl Store<Open> {
         self.shared.sync_all_written()
     }
 
+    /// Write a consistent copy of the store to `dest` while appends
+    /// continue: it opens as a store holding exactly the events committed
+    /// when the snapshot was taken (their ids, sequences, chains, and the
+    /// keys of events compaction removed). The copy is assembled beside
+    /// `dest` and renamed into place once synced, so `dest` never holds a
+    /// partial snapshot. Works on read-only handles too (it copies what the
+    /// handle sees).
+    ///
+    /// # Errors
+    /// `Io` (kind `InvalidInput`) when `dest` is a symbolic link, a file, or
+    /// a directory that is not empty; `Io` when copying fails; `Poisoned`
+    /// when the store cannot make its events durable first.
+    pub fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError> {
+        maintenance::snapshot(&self.shared, dest)
+    }
+
     /// Compact the sealed segments (never the active one): merge them and,
     /// by `config.strategy`, remove or redact the events a predicate
     /// rejects. Survivors keep their ids, global sequences and hash chain;

@@ -19,7 +19,7 @@ pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{
-    map_whole_file, write_atomically, write_atomically_with, DirLock, SegmentListing,
+    map_whole_file, sync_dir, write_atomically, write_atomically_with, DirLock, SegmentListing,
 };
 pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
 

@@ -8,10 +8,12 @@
 mod checkpoint;
 mod compact;
 mod seal;
+mod snapshot;
 pub(crate) mod verify;
 
 pub(crate) use checkpoint::write_checkpoint;
 pub(crate) use compact::compact;
 pub use compact::{CompactionConfig, CompactionResult, CompactionStrategy, RetentionPredicate};
 pub(crate) use seal::Sealer;
+pub(crate) use snapshot::snapshot;
 pub use verify::{VerifyProblem, VerifyProblemKind, VerifyReport};

@@ -491,6 +491,13 @@ pub(crate) struct Follow {
     max_seq: Option<u64>,
 }
 
+impl Follow {
+    /// The segment and offset up to which frames have been read.
+    pub(crate) fn position(&self) -> (u64, u64) {
+        (self.segment_id, self.offset)
+    }
+}
+
 /// Index the frames appended since the last look (read-only stores).
 /// Returns how many events were added to `index`.
 pub(crate) fn follow_up(

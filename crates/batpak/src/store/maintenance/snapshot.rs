@@ -1,0 +1,146 @@
+//! `Store::snapshot`: a consistent copy of the store, taken while appends
+//! continue (SPEC §5.3).
+//!
+//! The copy is cut at one commit point: under the writer lock (so no append
+//! is half-written) the active segment's write position is noted; everything
+//! before it is synced and copied, nothing after it. Sealed segments are
+//! copied whole; compaction and footer writing are held off meanwhile. The
+//! copy is assembled in a temporary sibling directory and renamed into place
+//! once complete and synced, so `dest` never holds half a snapshot.
+//!
+//! Reads the store's files; writes only below the destination.
+
+use crate::store::fault::InjectionPoint;
+use crate::store::format::removed::REMOVED_FILE;
+use crate::store::format::segment::segment_file_name;
+use crate::store::log::rewrite::write_synced;
+use crate::store::log::{sync_dir, Segment};
+use crate::store::{Shared, StoreError};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a snapshot copies of one segment.
+struct Part {
+    segment: Arc<Segment>,
+    /// Copy only this many bytes (the active segment); `None` = the whole file.
+    upto: Option<u64>,
+}
+
+pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
+    check_destination(dest)?;
+    let _maintenance = shared.maintenance.lock();
+    let parts = commit_point(shared)?;
+    let staging = staging_dir(dest)?;
+    let copied = (|| {
+        std::fs::create_dir(&staging)?;
+        let writable = shared.writer.is_some();
+        for part in &parts {
+            let name = segment_file_name(part.segment.id());
+            let to = staging.join(&name);
+            match part.upto {
+                // A sealed segment of a store we own: its file is stable
+                // while we hold the maintenance lock, so the kernel copies it.
+                None if writable => {
+                    std::fs::copy(shared.log.dir().join(&name), &to)?;
+                    File::open(&to)?.sync_all()?;
+                }
+                // Otherwise the bytes this handle maps are the ones it serves.
+                upto => {
+                    let bytes = part.segment.bytes();
+                    let end = upto.map_or(bytes.len(), |u| (u as usize).min(bytes.len()));
+                    write_synced(&staging, &name, &bytes[..end])?;
+                }
+            }
+        }
+        shared.fault(InjectionPoint::SnapshotCopied)?;
+        // The removed-event record: ids and sequences compaction removed.
+        let removed = std::fs::read(shared.log.dir().join(REMOVED_FILE))?;
+        write_synced(&staging, REMOVED_FILE, &removed)?;
+        sync_dir(&staging)?;
+        // An empty `dest` is replaced by the rename; a missing one created.
+        std::fs::rename(&staging, dest)?;
+        sync_dir(&parent_of(dest))
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    copied
+}
+
+/// Refuse a symlink, a file, or a directory that is not empty.
+fn check_destination(dest: &Path) -> Result<(), StoreError> {
+    let refuse = |why: &str| {
+        Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("snapshot destination {}: {why}", dest.display()),
+        )))
+    };
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => refuse("is a symbolic link"),
+        Ok(m) if !m.is_dir() => refuse("exists and is not a directory"),
+        Ok(_) => {
+            if std::fs::read_dir(dest)?.next().is_some() {
+                refuse("exists and is not empty")
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A fresh directory next to `dest` to assemble the copy in.
+fn staging_dir(dest: &Path) -> Result<PathBuf, StoreError> {
+    let name = dest.file_name().ok_or_else(|| {
+        StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("snapshot destination {} has no name", dest.display()),
+        ))
+    })?;
+    let staging = parent_of(dest).join(format!(
+        ".{}.snapshot-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if staging.exists() {
+        // Left by an earlier attempt of this process that failed.
+        std::fs::remove_dir_all(&staging)?;
+    }
+    Ok(staging)
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The segments to copy and where the copy stops, fixed at one instant.
+fn commit_point(shared: &Shared) -> Result<Vec<Part>, StoreError> {
+    let (newest, end) = match &shared.writer {
+        Some(writer) => {
+            let w = writer.lock();
+            (w.active.segment().id(), w.active.write_pos())
+        }
+        None => match shared.follow.lock().as_ref() {
+            Some(f) => f.position(),
+            None => (u64::MAX, 0),
+        },
+    };
+    // Everything up to that point becomes durable before it is copied.
+    shared.sync_all_written()?;
+    Ok(shared
+        .log
+        .segment_ids()
+        .into_iter()
+        .filter(|&id| id <= newest)
+        .filter_map(|id| shared.log.segment(id))
+        .map(|segment| Part {
+            upto: (segment.id() == newest).then_some(end),
+            segment,
+        })
+        .collect())
+}
