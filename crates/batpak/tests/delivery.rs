@@ -372,10 +372,23 @@ fn reactors_answer_every_trigger_once_and_stop_with_the_store() {
         }
         let causes: HashSet<u128> = r.iter().map(|e| e.causation_id.unwrap()).collect();
         assert_eq!(causes.len(), triggers as usize, "every trigger answered");
-        // The reactor holds no strong reference: the store can be unwrapped and closed.
-        let store = Arc::try_unwrap(store)
-            .ok()
-            .expect("reactor holds a strong reference");
+        // The reactor holds no strong reference between triggers: once it
+        // has finished answering the last one, the store can be unwrapped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut store = store;
+        let store = loop {
+            match Arc::try_unwrap(store) {
+                Ok(s) => break s,
+                Err(still_shared) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "reactor keeps a strong reference while idle"
+                    );
+                    store = still_shared;
+                    std::thread::yield_now();
+                }
+            }
+        };
         store.close().unwrap();
         handle.join().unwrap();
     }

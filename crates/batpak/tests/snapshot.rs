@@ -38,7 +38,7 @@ fn snapshot_while_appending_holds_a_prefix_including_everything_acknowledged() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) || i < 50 {
                     let c = coord(&format!("w{t}:{}", i % 4), "s");
-                    if i % 10 == 0 {
+                    if i.is_multiple_of(10) {
                         let items = (0..4)
                             .map(|k| {
                                 BatchAppendItem::new(

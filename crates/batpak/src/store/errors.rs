@@ -80,6 +80,11 @@ pub enum StoreError {
         /// The entity's newest clock.
         actual: u32,
     },
+    /// The writer panicked while handling this call. The call had no effect
+    /// (what it wrote was taken back) and the writer was restarted, within
+    /// the store's `RestartPolicy`; other calls were not affected.
+    #[error("the writer panicked during this call ({0}); the call had no effect and the writer restarted")]
+    WriterPanicked(String),
     /// The writer stopped after a panic beyond its restart budget.
     #[error("writer thread crashed")]
     WriterCrashed,

@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     /// `None` when opened read-only.
     pub(crate) writer: Option<Mutex<Writer>>,
     pub(crate) durability: Durability,
+    /// Writer panics so far, against `writer.restart_policy`.
+    pub(crate) restarts: write::Restarts,
     /// Present in relaxed mode, where a background thread syncs.
     pub(crate) flusher: Option<Flusher>,
     pub(crate) recovery: RecoveryReport,
@@ -195,6 +197,7 @@ impl Store<Open> {
         let visible = recovered.index.len();
         let shared = Arc::new(Shared {
             writer: None,
+            restarts: write::Restarts::new(config.writer.restart_policy.clone()),
             durability: Durability::new(visible, 1),
             index: RwLock::new(recovered.index),
             recovery: recovered.report,
@@ -286,6 +289,7 @@ impl Store<Open> {
         let flusher = (!config.durable_receipts()).then(Flusher::default);
         let shared = Arc::new(Shared {
             writer: Some(Mutex::new(Writer::new(active, recovered.next_seq, written))),
+            restarts: write::Restarts::new(config.writer.restart_policy.clone()),
             durability: Durability::new(
                 written,
                 u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX),
@@ -592,6 +596,13 @@ impl Store<Open> {
         self.closed = true;
         self.shared.mark_closed();
         self.stop_threads();
+        if self.shared.durability.is_crashed() {
+            // Writes stopped, but what was acknowledged is consistent on
+            // disk and in the index: make it durable, then report the crash.
+            self.shared.sync_after_crash();
+            self.lock = None;
+            return Err(StoreError::WriterCrashed);
+        }
         let mut result = self
             .shared
             .durability
@@ -663,6 +674,7 @@ impl Store<Open> {
             syncs: s.durability.sync_count(),
             sync_mode: cfg.sync.mode,
             poisoned: s.durability.check().err().map(|e| e.to_string()),
+            writer_restarts: s.restarts.count(),
             read_only: s.writer.is_none(),
             recovery: s.recovery.clone(),
         }
@@ -693,7 +705,9 @@ impl<State> Drop for Store<State> {
         }
         self.shared.mark_closed();
         self.stop_threads();
-        if !self.shared.durability.is_poisoned() {
+        if self.shared.durability.is_crashed() {
+            self.shared.sync_after_crash();
+        } else if !self.shared.durability.is_poisoned() {
             if let Err(e) = self.shared.sync_all_written() {
                 tracing::warn!(error = %e, "batpak: sync on drop failed");
             }

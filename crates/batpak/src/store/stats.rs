@@ -57,6 +57,8 @@ pub struct StoreDiagnostics {
     pub sync_mode: SyncMode,
     /// Why the writer stopped, if it did.
     pub poisoned: Option<String>,
+    /// Writer panics recovered from (within the restart policy's window).
+    pub writer_restarts: usize,
     /// Opened with `open_read_only`.
     pub read_only: bool,
     /// What `open` found and did.

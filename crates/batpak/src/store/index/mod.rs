@@ -16,6 +16,7 @@ mod entry;
 mod image;
 mod query;
 mod records;
+mod rollback;
 
 pub(crate) use compaction::Fate;
 pub use entry::{ClockKey, DiskPos, IndexEntry};
@@ -139,6 +140,11 @@ pub(crate) struct Index {
     removed: HashMap<u128, RemovedEvent>,
     /// Slots of events removed by a compaction since open (see `compaction`).
     dead: compaction::DeadSlots,
+    /// While a write runs: the entity tails it replaced (see `rollback`).
+    undo: Option<Vec<(u32, Option<EntityTail>)>>,
+    undo_spare: Option<Vec<(u32, Option<EntityTail>)>>,
+    /// Record count when the undo log began.
+    undo_base: u32,
 }
 
 #[inline]
@@ -393,6 +399,8 @@ impl Index {
         self.by_id.insert_unique(id_hash(new.event_id), slot, |&s| {
             id_hash(records.get(s).event_id())
         });
+        let old_tail = self.entities[entity as usize].tail;
+        self.note_tail_change(entity, old_tail);
         let info = &mut self.entities[entity as usize];
         info.slots.push(slot);
         info.tail = Some(EntityTail {

@@ -143,6 +143,20 @@ impl RecordArena {
         self.len += 1;
     }
 
+    /// Drop the records at or past `len`.
+    pub(super) fn truncate(&mut self, len: u32) {
+        if len >= self.len {
+            return;
+        }
+        let chunks = (len as usize).div_ceil(CHUNK);
+        self.chunks.truncate(chunks);
+        if let Some(last) = self.chunks.last_mut() {
+            let in_last = len as usize - (chunks - 1) * CHUNK;
+            last.truncate(in_last);
+        }
+        self.len = len;
+    }
+
     pub(super) fn heap_bytes(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<Vec<Record>>()
             + self

@@ -42,6 +42,8 @@ pub(crate) struct Durability {
     gathering: AtomicBool,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
+    /// The writer panicked past its restart budget (`WriterCrashed`).
+    crashed: AtomicBool,
     /// Slots readers may see: synced slots in durable mode, written slots otherwise.
     visible: AtomicU32,
     /// Syncs performed (diagnostics: events per sync shows group commit at work).
@@ -202,6 +204,9 @@ impl Durability {
 
     /// Fail if an earlier I/O failure stopped the writer.
     pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if self.crashed.load(Ordering::Acquire) {
+            return Err(StoreError::WriterCrashed);
+        }
         if self.poisoned.load(Ordering::Acquire) {
             let reason = self.poison_reason.lock().clone().unwrap_or_default();
             return Err(StoreError::Poisoned(reason));
@@ -210,7 +215,28 @@ impl Durability {
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        self.poisoned.load(Ordering::Acquire) || self.crashed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_crashed(&self) -> bool {
+        self.crashed.load(Ordering::Acquire)
+    }
+
+    /// Stop the writer for good after a panic past the restart budget.
+    pub(crate) fn crash(&self, reason: String) {
+        {
+            let mut r = self.poison_reason.lock();
+            if r.is_none() {
+                *r = Some(format!("writer crashed: {reason}"));
+            }
+        }
+        self.crashed.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Take back `note_written` of a write that was undone.
+    pub(crate) fn reset_written(&self, n: u32) {
+        self.written.store(n, Ordering::Release);
     }
 
     pub(crate) fn poison(&self, reason: String) {
@@ -308,7 +334,7 @@ impl Durability {
             let seen = self.epoch.load(Ordering::Acquire);
             let still_waiting = self.syncing.load(Ordering::Acquire)
                 && self.synced.load(Ordering::Acquire) < target
-                && !self.poisoned.load(Ordering::Acquire);
+                && !self.is_poisoned();
             if still_waiting {
                 epoch::wait(&self.epoch, seen);
             }
@@ -335,6 +361,8 @@ impl Durability {
                 self.advance(covered, publish);
                 Ok(())
             }
+            // The leader panicked past the restart budget: already crashed.
+            Err(StoreError::WriterCrashed) => Err(StoreError::WriterCrashed),
             Err(e) => {
                 let reason = format!("sync failed: {e}");
                 self.poison(reason.clone());

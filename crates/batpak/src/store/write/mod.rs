@@ -15,10 +15,13 @@ pub(crate) mod durability;
 mod flusher;
 mod gated;
 mod options;
+mod restart;
 
 pub(crate) use flusher::Flusher;
 pub use gated::BypassRecord;
 pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
+use restart::Mark;
+pub(crate) use restart::Restarts;
 
 use crate::coordinate::Coordinate;
 use crate::event::EventKind;
@@ -162,6 +165,20 @@ impl Failure {
     }
 }
 
+/// What the serialised part of an append did.
+enum Locked {
+    /// Every item's key was used before: their receipts, and the slot to
+    /// wait for before answering.
+    Retries(Vec<(usize, AppendReceipt, Option<u32>)>),
+    /// Written and indexed; `target` is the slot count to wait for.
+    Written {
+        receipts: Vec<AppendReceipt>,
+        target: u32,
+        durable: bool,
+        last: usize,
+    },
+}
+
 /// What a stored idempotency key says about a retry of `draft`.
 enum KeyLookup {
     /// The key is unused.
@@ -279,6 +296,50 @@ impl Shared {
         };
 
         let mut w = writer.lock();
+        let before = Mark::of(&w);
+        let locked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.write_locked(&mut w, drafts, &content, now_us, batch_size)
+        }));
+        let locked = match locked {
+            Ok(result) => result?,
+            Err(panic) => return Err(self.restart_after_panic(&mut w, before, panic)),
+        };
+        drop(w);
+        drop(inflight);
+        let (receipts, target, durable, last) = match locked {
+            Locked::Retries(retries) => {
+                let wait_for = retries.iter().filter_map(|r| r.2).max();
+                if let Some(slot) = wait_for {
+                    self.wait_visible(slot + 1).map_err(|e| validation(0, e))?;
+                }
+                return Ok(retries.into_iter().map(|r| r.1).collect());
+            }
+            Locked::Written {
+                receipts,
+                target,
+                durable,
+                last,
+            } => (receipts, target, durable, last),
+        };
+        if durable {
+            self.wait_visible(target)
+                .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
+        }
+        self.dispatch();
+        Ok(receipts)
+    }
+
+    /// The serialised part of an append, under the writer lock: keys,
+    /// conditions, planning, frames, index.
+    fn write_locked(
+        &self,
+        w: &mut Writer,
+        drafts: &[Draft<'_>],
+        content: &[[u8; 32]],
+        now_us: i64,
+        batch_size: u32,
+    ) -> Result<Locked, Failure> {
+        let validation = |item, e| Failure::at(item, BatchStage::Validation, e);
         self.durability.check().map_err(|e| validation(0, e))?;
         let index = self.index.upgradable_read();
 
@@ -305,14 +366,7 @@ impl Shared {
                     )),
                 ));
             }
-            drop(index);
-            drop(w);
-            drop(inflight);
-            let wait_for = retries.iter().filter_map(|r| r.2).max();
-            if let Some(slot) = wait_for {
-                self.wait_visible(slot + 1).map_err(|e| validation(0, e))?;
-            }
-            return Ok(retries.into_iter().map(|r| r.1).collect());
+            return Ok(Locked::Retries(retries));
         }
 
         let base = index.len();
@@ -322,17 +376,17 @@ impl Shared {
                 StoreError::CapacityExhausted(format!("{MAX_SLOTS} events")),
             ));
         }
-        let records = self.plan(&index, w.next_seq, drafts, &content, now_us, batch_size)?;
+        let records = self.plan(&index, w.next_seq, drafts, content, now_us, batch_size)?;
         self.fault(InjectionPoint::BatchValidated)
             .map_err(|e| validation(0, e))?;
 
         // Copy the frames into the log. If that fails part-way, the frames
         // already copied are taken back (see `roll_back`); nothing is indexed.
         let started_at = (w.active.segment().id(), w.active.write_pos());
-        let positions = match self.write_frames(&mut w, &records, base, now_us) {
+        let positions = match self.write_frames(w, &records, base, now_us) {
             Ok(p) => p,
             Err(failure) => {
-                self.roll_back(&mut w, started_at);
+                self.roll_back(w, started_at);
                 return Err(failure);
             }
         };
@@ -342,6 +396,7 @@ impl Shared {
         let last = records.len().saturating_sub(1);
 
         let mut index = RwLockUpgradableReadGuard::upgrade(index);
+        index.begin_undo();
         for (i, (rec, pos)) in records.iter().zip(&positions).enumerate() {
             let inserted = index.insert(&NewRecord {
                 event_id: rec.event_id,
@@ -368,6 +423,8 @@ impl Shared {
                 return Err(Failure::at(i, BatchStage::Indexing, e));
             }
         }
+        // The undo log stays until the next write begins: a panic after
+        // this point (before the call returns) still rolls back through it.
         drop(index);
         let receipts: Vec<AppendReceipt> = records
             .iter()
@@ -398,15 +455,12 @@ impl Shared {
                 }
             }
         }
-        let target = w.written;
-        drop(w);
-        drop(inflight);
-        if durable {
-            self.wait_visible(target)
-                .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
-        }
-        self.dispatch();
-        Ok(receipts)
+        Ok(Locked::Written {
+            receipts,
+            target: w.written,
+            durable,
+            last,
+        })
     }
 
     /// Copy `records` into the log, rotating segments as they fill.
@@ -609,25 +663,36 @@ impl Shared {
             return Ok(());
         };
         let max_batch = self.config.batch.group_commit_max_batch;
+        let sync_once = |already: u32| -> Result<u32, StoreError> {
+            // The group's frames go to the file in one write under the
+            // writer lock (so a rotation's sync always covers them); the
+            // fsync itself runs without it.
+            let (segment, written) = {
+                let mut w = writer.lock();
+                self.fault(InjectionPoint::BeforeFlush)?;
+                w.active.flush_pending()?;
+                (w.active.segment().clone(), w.written)
+            };
+            self.fault(InjectionPoint::BeforeSync)?;
+            segment.sync(self.log.sync_mode())?;
+            self.fault(InjectionPoint::Sync)?;
+            Ok(if max_batch == 0 {
+                written
+            } else {
+                written.min(already.saturating_add(max_batch))
+            })
+        };
         self.durability
             .wait_durable(target, self.config.durable_receipts(), |already| {
-                // The group's frames go to the file in one write under the
-                // writer lock (so a rotation's sync always covers them); the
-                // fsync itself runs without it.
-                let (segment, written) = {
-                    let mut w = writer.lock();
-                    self.fault(InjectionPoint::BeforeFlush)?;
-                    w.active.flush_pending()?;
-                    (w.active.segment().clone(), w.written)
-                };
-                self.fault(InjectionPoint::BeforeSync)?;
-                segment.sync(self.log.sync_mode())?;
-                self.fault(InjectionPoint::Sync)?;
-                Ok(if max_batch == 0 {
-                    written
-                } else {
-                    written.min(already.saturating_add(max_batch))
-                })
+                // A panicking leader syncs nothing; within the restart budget
+                // the next round (this caller or another) tries again.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sync_once(already)))
+                    .unwrap_or_else(|panic| {
+                        match self.count_restart(restart::panic_message(panic.as_ref())) {
+                            StoreError::WriterCrashed => Err(StoreError::WriterCrashed),
+                            _ => Ok(already),
+                        }
+                    })
             })
     }
 
