@@ -1,38 +1,147 @@
 //! `batpak`: the command-line tool for batpak event stores.
+//!
+//! Owns argument parsing, the global options and the mapping of failures to
+//! messages and exit codes. Each subcommand lives in its own file under
+//! `commands/`; adding one is that file plus one line in [`subcommands!`].
 
 mod commands;
+mod filter;
 mod output;
+mod store_access;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Where commands look for a store when `--dir` is not given.
+const DEFAULT_DIR: &str = "./batpak-data";
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success, 1 failure, 2 invalid arguments, \
+3 store in use by another process, 4 not found (no store, unknown id).";
 
 #[derive(Parser)]
 #[command(
     name = "batpak",
     version,
-    about = "Inspect and operate batpak event stores"
+    about = "Inspect and operate batpak event stores",
+    after_help = EXIT_CODES
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
+/// Options every subcommand accepts, before or after its name.
+#[derive(clap::Args)]
+pub struct Global {
+    /// Store directory [default: ./batpak-data]
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Machine-readable output (JSON; NDJSON for event lists).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Colour: decided once from the terminal, not an option.
+    #[arg(skip)]
+    pub style: output::Style,
+}
+
+impl Global {
+    /// The store directory the user asked for, or the default.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    }
+
+    /// `--dir` only if given explicitly (commands with their own default use this).
+    pub fn explicit_dir(&self) -> Option<&PathBuf> {
+        self.dir.as_ref()
+    }
+}
+
+/// Declares the subcommand enum and its dispatch together, so that a new
+/// subcommand cannot be declared without being wired (or the reverse).
+macro_rules! subcommands {
+    ($( $(#[$meta:meta])* $variant:ident => $module:ident, )*) => {
+        #[derive(Subcommand)]
+        enum Command {
+            $( $(#[$meta])* $variant(commands::$module::Args), )*
+        }
+
+        impl Command {
+            fn run(self, global: &Global) -> anyhow::Result<()> {
+                match self {
+                    $( Command::$variant(args) => commands::$module::run(global, &args), )*
+                }
+            }
+        }
+    };
+}
+
+subcommands! {
     /// Build a small sample store and show the main features.
-    Demo(commands::demo::Args),
+    Demo => demo,
+    /// Counters, index memory and what the last open found.
+    Stats => stats,
+    /// List events matching filters, in global order.
+    #[command(visible_alias = "query")]
+    Ls => ls,
+    /// Show one event: header, hash chain and payload.
+    Get => get,
+    /// Print matching events, then follow new ones (Ctrl-C to stop).
+    Tail => tail,
+    /// Write every event as NDJSON (format version 1), in global order.
+    Export => export,
+    /// Append events from an export; idempotent, keeps ids and causal links.
+    Import => import,
+    /// Causal graph of a correlation id (or of an event's tree) as DOT or SVG.
+    Graph => graph,
+    /// Measure append, read and open throughput on a temporary store.
+    Bench => bench,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => commands::demo::run(&args),
-    };
-    match result {
+    let mut cli = Cli::parse();
+    cli.global.style = output::Style::for_stdout(
+        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    );
+    match cli.command.run(&cli.global) {
         Ok(()) => ExitCode::SUCCESS,
+        // `batpak ls | head` closes the pipe early; that is the reader's choice, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("batpak: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use batpak::prelude::StoreError;
+    use store_access::AccessError;
+    for cause in e.chain() {
+        if let Some(a) = cause.downcast_ref::<AccessError>() {
+            return match a {
+                AccessError::Locked(_) => 3,
+                AccessError::NoStore { .. } | AccessError::UnknownId { .. } => 4,
+            };
+        }
+        match cause.downcast_ref::<StoreError>() {
+            Some(StoreError::Locked(_)) => return 3,
+            Some(StoreError::NotFound(_)) => return 4,
+            _ => {}
+        }
+    }
+    1
 }

@@ -5,6 +5,8 @@
 //! receipts, which the output shows.
 
 use crate::output::{entry_header, entry_row, short_id};
+use crate::store_access::open_writable;
+use crate::Global;
 use anyhow::Context;
 use batpak::prelude::*;
 use serde_json::json;
@@ -13,9 +15,8 @@ use std::path::PathBuf;
 /// Arguments of `batpak demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory of the demo store (created if absent).
-    #[arg(default_value = "./batpak-demo")]
-    dir: PathBuf,
+    /// Directory of the demo store (created if absent) [default: --dir, else ./batpak-demo]
+    dir: Option<PathBuf>,
 }
 
 const ORDER_PLACED: EventKind = EventKind::custom(1, 1);
@@ -29,13 +30,19 @@ fn key(n: u128) -> AppendOptions {
     AppendOptions::new().with_idempotency(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let store = Store::open(StoreConfig::new(&args.dir))
-        .with_context(|| format!("cannot open store in {}", args.dir.display()))?;
+pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
+    // The README runs `batpak demo` bare, so the demo keeps its own default
+    // directory rather than sharing `./batpak-data` with real stores.
+    let dir = args
+        .dir
+        .clone()
+        .or_else(|| global.explicit_dir().cloned())
+        .unwrap_or_else(|| PathBuf::from("./batpak-demo"));
+    let store = open_writable(StoreConfig::new(&dir))?;
     let before = store.stats().event_count;
     println!(
         "batpak demo store: {} ({} events before this run)\n",
-        args.dir.display(),
+        dir.display(),
         before
     );
 

@@ -1,0 +1,105 @@
+//! Opening stores for the CLI: read-only for inspection (works beside a
+//! running owner, never creates anything), writable for commands that
+//! append, and the failures a user can act on ([`AccessError`]).
+
+use anyhow::Context;
+use batpak::prelude::*;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Failures to reach a store that deserve their own message and exit code.
+#[derive(Debug)]
+pub enum AccessError {
+    /// Nothing that looks like a store is there.
+    NoStore { dir: PathBuf, why: &'static str },
+    /// Another process holds the store's lock.
+    Locked(PathBuf),
+    /// The store holds no such id; `what` names what was looked for.
+    UnknownId {
+        id: u128,
+        dir: PathBuf,
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::NoStore { dir, why } => {
+                write!(f, "no store at {} ({why})", dir.display())
+            }
+            AccessError::Locked(dir) => write!(
+                f,
+                "the store at {} is locked: another process has it open for writing. \
+                 Stop that process first; read-only commands (stats, ls, get, tail, \
+                 export, graph) work meanwhile",
+                dir.display()
+            ),
+            AccessError::UnknownId { id, dir, what } => {
+                write!(f, "no {what} {id:032x} in the store at {}", dir.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// Open `dir` for reading without its lock; an absent or empty directory is
+/// an error rather than an empty store, so a typo in `--dir` is noticed.
+pub fn open_read_only(dir: &Path) -> anyhow::Result<Store> {
+    if !dir.exists() {
+        return Err(AccessError::NoStore {
+            dir: dir.to_path_buf(),
+            why: "the directory does not exist",
+        }
+        .into());
+    }
+    if !dir.is_dir() {
+        return Err(AccessError::NoStore {
+            dir: dir.to_path_buf(),
+            why: "not a directory",
+        }
+        .into());
+    }
+    let store = Store::open_read_only(StoreConfig::new(dir))
+        .with_context(|| format!("cannot open the store at {} for reading", dir.display()))?;
+    // A store creates its first segment when it is first opened for
+    // writing, so a directory without segments was never a store.
+    if store.diagnostics().segment_count == 0 {
+        return Err(AccessError::NoStore {
+            dir: dir.to_path_buf(),
+            why: "the directory holds no segment files",
+        }
+        .into());
+    }
+    Ok(store)
+}
+
+/// `get`, mapping the library's `NotFound` to a message naming the store.
+pub fn get_event(
+    store: &Store,
+    dir: &Path,
+    id: u128,
+    what: &'static str,
+) -> anyhow::Result<StoredEvent<serde_json::Value>> {
+    match store.get(id) {
+        Ok(ev) => Ok(ev),
+        Err(StoreError::NotFound(_)) => Err(AccessError::UnknownId {
+            id,
+            dir: dir.to_path_buf(),
+            what,
+        }
+        .into()),
+        Err(e) => Err(e).with_context(|| format!("cannot read event {id:032x}")),
+    }
+}
+
+/// Open (creating if needed) the store in `config.data_dir` for writing.
+pub fn open_writable(config: StoreConfig) -> anyhow::Result<Store> {
+    let dir = config.data_dir.clone();
+    match Store::open(config) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Locked(_)) => Err(AccessError::Locked(dir).into()),
+        Err(e) => Err(e).with_context(|| format!("cannot open the store at {}", dir.display())),
+    }
+}
