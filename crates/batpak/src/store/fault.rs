@@ -156,6 +156,15 @@ impl FaultInjector for ProbabilisticInjector {
     }
 }
 
+/// What [`Store::simulate_power_loss`](crate::store::Store::simulate_power_loss) discarded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PowerLoss {
+    /// Bytes of segment files that were written but not yet synced (now zeros).
+    pub bytes_discarded: u64,
+    /// New segment files whose directory entry was not yet synced (now gone).
+    pub files_removed: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

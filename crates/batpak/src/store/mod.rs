@@ -42,7 +42,7 @@ pub use delivery::{Cursor, Notification, Subscription, SubscriptionOps};
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
-    CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint,
+    CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint, PowerLoss,
     ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
@@ -534,6 +534,33 @@ impl Store<Open> {
     /// `Poisoned` after an earlier I/O failure, or the sync's own failure.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.shared.sync_all_written()
+    }
+
+    /// Test hook (feature `dangerous-test-hooks`): do what a power cut now
+    /// would. The store stops writing (`Poisoned`); bytes of segment files
+    /// not yet synced become zeros and new segment files whose directory
+    /// entry was not synced are removed. Drop the store and reopen it to see
+    /// what survived: every event acknowledged as durable must have.
+    ///
+    /// # Errors
+    /// `ReadOnly`, or `Io` when the files cannot be rewritten.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub fn simulate_power_loss(&self) -> Result<PowerLoss, StoreError> {
+        let writer = self.shared.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+        self.shared.durability.poison("simulated power loss".into());
+        let _maintenance = self.shared.maintenance.lock();
+        let _writer = writer.lock();
+        // A sync already running may still make its bytes durable (and
+        // acknowledge them): let it finish. No new one can flush or start
+        // an fsync: both need the writer lock and an unpoisoned store.
+        while self.shared.durability.fsyncs_running() > 0 {
+            std::thread::yield_now();
+        }
+        let (bytes_discarded, files_removed) = self.shared.log.simulate_power_loss()?;
+        Ok(PowerLoss {
+            bytes_discarded,
+            files_removed,
+        })
     }
 
     /// Write a consistent copy of the store to `dest` while appends

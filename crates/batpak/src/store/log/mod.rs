@@ -41,6 +41,47 @@ pub(crate) struct Log {
 }
 
 impl Log {
+    /// Test hook: do to the segment files what a power cut now would. Bytes
+    /// not yet synced become zeros, files whose directory entry was never
+    /// synced disappear. The caller has stopped every writer. Returns
+    /// (bytes discarded, files removed).
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn simulate_power_loss(&self) -> Result<(u64, usize), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let mut discarded = 0;
+        let mut removed = 0;
+        for seg in self.segments.read().values() {
+            let path = self.dir.join(segment_file_name(seg.id()));
+            match seg.survives_power_loss() {
+                None => {
+                    std::fs::remove_file(&path)?;
+                    removed += 1;
+                }
+                Some(synced) => {
+                    let len = std::fs::metadata(&path)?.len();
+                    if synced < len {
+                        let f = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)?;
+                        let mut lost = vec![0u8; (len - synced) as usize];
+                        f.read_exact_at(&mut lost, synced)?;
+                        // Count written bytes, not preallocated zeros.
+                        discarded += lost
+                            .iter()
+                            .rposition(|&b| b != 0)
+                            .map_or(0, |p| p as u64 + 1);
+                        lost.fill(0);
+                        f.write_all_at(&lost, synced)?;
+                        f.sync_all()?;
+                    }
+                }
+            }
+        }
+        dir::sync_dir(&self.dir)?;
+        Ok((discarded, removed))
+    }
+
     pub(crate) fn new(
         dir: &Path,
         sync_mode: SyncMode,
@@ -164,6 +205,7 @@ impl Log {
             };
         created()?;
         dir::sync_dir(&self.dir)?;
+        active.segment().set_entry_synced(true);
         self.register(active.segment().clone());
         Ok(active)
     }

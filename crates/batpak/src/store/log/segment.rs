@@ -30,6 +30,13 @@ pub(crate) struct Segment {
     /// writer, or the background thread growing it ahead of the writer).
     prealloc: Prealloc,
     growth: parking_lot::Mutex<()>,
+    /// Bytes handed to the file so far (what a sync starting now covers).
+    handed_over: AtomicU64,
+    /// Bytes known to be on stable storage, and whether the file's
+    /// directory entry is: what survives a power cut (see
+    /// `Log::simulate_power_loss`, a test hook).
+    synced: AtomicU64,
+    entry_synced: std::sync::atomic::AtomicBool,
 }
 
 impl Segment {
@@ -58,6 +65,11 @@ impl Segment {
             file_len: AtomicU64::new(file_len),
             prealloc,
             growth: parking_lot::Mutex::new(()),
+            // A file found on disk is there; a new one is until its
+            // creator says otherwise.
+            handed_over: AtomicU64::new(file_len),
+            synced: AtomicU64::new(file_len),
+            entry_synced: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -160,8 +172,40 @@ impl Segment {
         Ok(())
     }
 
+    /// The file's meaningful bytes end at `len`, all of them on disk (a
+    /// new or reopened active segment; what follows is preallocation).
+    fn reset_written_to(&self, len: u64) {
+        self.handed_over.store(len, Ordering::Release);
+        self.synced.store(len, Ordering::Release);
+    }
+
+    /// Bytes up to `end` reached the file (page cache).
+    pub(crate) fn note_handed_over(&self, end: u64) {
+        self.handed_over.fetch_max(end, Ordering::Release);
+    }
+
+    /// Bytes up to `end` are on stable storage (synced by someone else).
+    pub(crate) fn note_synced(&self, end: u64) {
+        self.synced.fetch_max(end, Ordering::Release);
+    }
+
+    /// Whether the directory entry of a new file is durable yet.
+    pub(crate) fn set_entry_synced(&self, synced: bool) {
+        self.entry_synced.store(synced, Ordering::Release);
+    }
+
+    #[cfg(feature = "dangerous-test-hooks")]
+    /// What a power cut now would leave of this file: its synced length, or
+    /// nothing when its directory entry was never synced.
+    pub(crate) fn survives_power_loss(&self) -> Option<u64> {
+        self.entry_synced
+            .load(Ordering::Acquire)
+            .then(|| self.synced.load(Ordering::Acquire))
+    }
+
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
+        let covered = self.handed_over.load(Ordering::Acquire);
         // On Linux fsync/fdatasync also write back pages dirtied through a
         // shared mapping; elsewhere msync is needed first.
         #[cfg(not(target_os = "linux"))]
@@ -170,6 +214,7 @@ impl Segment {
             SyncMode::SyncAll => self.file.sync_all()?,
             SyncMode::SyncData => self.file.sync_data()?,
         }
+        self.note_synced(covered);
         Ok(())
     }
 }
@@ -211,6 +256,8 @@ impl ActiveSegment {
         file.write_all_at(header, 0)?;
         file.sync_all()?;
         let seg = Segment::map(id, file, capacity, true, prealloc)?;
+        seg.set_entry_synced(false);
+        seg.reset_written_to(header.len() as u64);
         Ok(Self {
             seg: Arc::new(seg),
             write_pos: header.len() as u64,
@@ -229,6 +276,9 @@ impl ActiveSegment {
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let seg = Segment::map(id, file, capacity, true, prealloc)?;
+        // Past the frames the file holds only zeros (preallocation): the
+        // bytes that matter are the frames, all on disk.
+        seg.reset_written_to(write_pos);
         Ok(Self {
             seg: Arc::new(seg),
             write_pos,
@@ -306,6 +356,7 @@ impl ActiveSegment {
         };
         fill(buf);
         self.write_pos = end;
+        self.seg.note_handed_over(end);
         Ok(offset)
     }
 }
@@ -368,6 +419,7 @@ impl ActiveSegment {
         let at = self.write_pos - self.pending.len() as u64;
         self.seg.file.write_all_at(&self.pending, at)?;
         self.pending.clear();
+        self.seg.note_handed_over(self.write_pos);
         Ok(())
     }
 }
@@ -430,6 +482,54 @@ fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bookkeeping the power-loss hook relies on: a new file's entry is
+    /// not durable until its creator says so, and only synced bytes count.
+    #[cfg(feature = "dangerous-test-hooks")]
+    #[test]
+    fn synced_length_follows_syncs_not_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let header = [7u8; SEGMENT_HEADER_LEN];
+        let mut a = ActiveSegment::create(
+            &d.path().join("s"),
+            1,
+            &header,
+            4 * MIN_GROW,
+            Prealloc::Reserve,
+        )
+        .unwrap();
+        assert_eq!(
+            a.segment().survives_power_loss(),
+            None,
+            "entry not synced yet"
+        );
+        a.segment().set_entry_synced(true);
+        let h = SEGMENT_HEADER_LEN as u64;
+        assert_eq!(a.segment().survives_power_loss(), Some(h));
+        a.append(100, |b| b.fill(1)).unwrap();
+        assert_eq!(
+            a.segment().survives_power_loss(),
+            Some(h),
+            "written, not synced"
+        );
+        a.segment().sync(SyncMode::SyncData).unwrap();
+        assert_eq!(a.segment().survives_power_loss(), Some(h + 100));
+        let mut b = ActiveSegment::create(
+            &d.path().join("t"),
+            2,
+            &header,
+            4 * MIN_GROW,
+            Prealloc::Reserve,
+        )
+        .unwrap();
+        b.segment().set_entry_synced(true);
+        b.append_buffered(50, |x| x.fill(2)).unwrap();
+        b.segment().sync(SyncMode::SyncData).unwrap();
+        assert_eq!(b.segment().survives_power_loss(), Some(h), "still buffered");
+        b.flush_pending().unwrap();
+        b.segment().sync(SyncMode::SyncData).unwrap();
+        assert_eq!(b.segment().survives_power_loss(), Some(h + 50));
+    }
 
     #[test]
     fn append_grow_and_read_back() {

@@ -49,6 +49,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
         .open(log.dir().join(segment_file_name(id)))?;
     file.write_all_at(&bytes_out, pos as u64)?;
     file.sync_data()?;
+    seg.note_synced(pos as u64 + bytes_out.len() as u64);
     Ok(())
 }
 

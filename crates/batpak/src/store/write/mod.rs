@@ -667,11 +667,17 @@ impl Shared {
             // The group's frames go to the file in one write under the
             // writer lock (so a rotation's sync always covers them); the
             // fsync itself runs without it.
-            let (segment, written) = {
+            let (segment, written, _fsync) = {
                 let mut w = writer.lock();
+                // Stopped meanwhile: nothing more reaches the file.
+                self.durability.check()?;
                 self.fault(InjectionPoint::BeforeFlush)?;
                 w.active.flush_pending()?;
-                (w.active.segment().clone(), w.written)
+                (
+                    w.active.segment().clone(),
+                    w.written,
+                    self.durability.fsync_guard(),
+                )
             };
             self.fault(InjectionPoint::BeforeSync)?;
             segment.sync(self.log.sync_mode())?;
