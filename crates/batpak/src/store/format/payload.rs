@@ -134,7 +134,11 @@ fn encode_len(len: usize, fix_base: u8, fix_max: usize, tag16: u8, tag32: u8, ou
 
 /// Decode a complete payload; trailing bytes are an error.
 pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
-    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        reserve_budget: bytes.len(),
+    };
     let v = r.value(0)?;
     if r.pos != bytes.len() {
         return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
@@ -145,7 +149,11 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
 /// Check that `bytes` decode to a payload, without building it (batch items
 /// arrive as bytes; the store must never accept what it cannot read back).
 pub(crate) fn validate(bytes: &[u8]) -> Result<(), PayloadError> {
-    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        reserve_budget: 0,
+    };
     r.skip(0)?;
     if r.pos != bytes.len() {
         return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
@@ -156,6 +164,11 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), PayloadError> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements the decoder may still reserve room for before decoding
+    /// them. Every element takes at least one byte and belongs to one array,
+    /// so a well-formed payload never reserves more than its length in total;
+    /// nested arrays that each claim all the bytes left cannot multiply it.
+    reserve_budget: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -315,7 +328,9 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(PayloadError::Truncated(self.pos));
         }
-        let mut items = Vec::with_capacity(n);
+        let reserve = n.min(self.reserve_budget);
+        self.reserve_budget -= reserve;
+        let mut items = Vec::with_capacity(reserve);
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
         }
@@ -328,7 +343,12 @@ impl<'a> Reader<'a> {
         }
         let mut map = Map::new();
         for _ in 0..n {
+            // Refuse a non-string key by its tag, as `skip` does, before
+            // decoding (and allocating) whatever it is.
             let at = self.pos;
+            if !matches!(self.buf.get(at), Some(0xa0..=0xbf | 0xd9 | 0xda | 0xdb)) {
+                return Err(PayloadError::NonStringKey(at));
+            }
             let key = match self.value(depth + 1)? {
                 Value::String(s) => s,
                 _ => return Err(PayloadError::NonStringKey(at)),
