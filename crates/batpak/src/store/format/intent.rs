@@ -122,7 +122,7 @@ impl Intent {
             .collect();
         let (o, d) = all.split_at(outputs);
         let ascending = |v: &[u64]| v.windows(2).all(|w| w[0] < w[1]);
-        if !ascending(o) || !ascending(d) || o.iter().any(|id| d.contains(id)) {
+        if !ascending(o) || !ascending(d) || o.iter().any(|id| d.binary_search(id).is_ok()) {
             return Err(FormatError::invalid(
                 "compaction intent",
                 "segment ids not ascending or listed twice",

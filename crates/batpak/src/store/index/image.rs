@@ -205,6 +205,8 @@ impl IndexLoader {
     fn build_lists(&mut self, records: &RecordArena) -> Result<(), String> {
         let idx = &mut self.index;
         let mut kinds: Vec<(u16, Vec<u32>)> = Vec::new();
+        let mut kind_at: HashMap<u16, usize> = HashMap::new();
+        let mut last: Option<(u16, usize)> = None;
         for slot in 0..records.len() {
             let rec = records.get(slot);
             let (e, s) = idx.coords[rec.coord() as usize];
@@ -219,15 +221,18 @@ impl IndexLoader {
             }
             info.slots.push(slot);
             idx.scopes[s as usize].slots.push(slot);
-            // Kinds are few and usually repeat: find the list without hashing.
+            // Kinds usually repeat: the previous record's list is checked
+            // before hashing (and a hostile image with thousands of kinds
+            // still costs one lookup per record).
             let kind = rec.kind().raw();
-            let at = match kinds.iter().position(|(k, _)| *k == kind) {
-                Some(at) => at,
-                None => {
+            let at = match last {
+                Some((k, at)) if k == kind => at,
+                _ => *kind_at.entry(kind).or_insert_with(|| {
                     kinds.push((kind, Vec::new()));
                     kinds.len() - 1
-                }
+                }),
             };
+            last = Some((kind, at));
             kinds[at].1.push(slot);
         }
         idx.by_kind = kinds.into_iter().collect();

@@ -453,6 +453,19 @@ impl Assembly {
                 return Err("last frame is not the footer's last event".into());
             }
         }
+        // Every entry must describe a frame inside the segment's frames, in
+        // file order (cheap, and a footer is never trusted beyond that).
+        let mut next = SEGMENT_HEADER_LEN as u64;
+        for e in &f.entries {
+            let start = u64::from(e.offset);
+            let end = start + u64::from(e.length);
+            if start < next || end > f.frames_end || e.coord as usize >= f.coords.len() {
+                return Err(format!(
+                    "entry at offset {start} lies outside the frames or out of order"
+                ));
+            }
+            next = end;
+        }
         for e in &f.entries {
             let (entity, scope) = &f.coords[e.coord as usize];
             self.take(Found {
