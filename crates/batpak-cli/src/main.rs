@@ -19,7 +19,8 @@ const DEFAULT_DIR: &str = "./batpak-data";
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 success, 1 failure, 2 invalid arguments, \
-3 store in use by another process, 4 not found (no store, unknown id).";
+3 store in use by another process, 4 not found (no store, unknown id), \
+5 verify found damage.";
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,12 @@ subcommands! {
     Import => import,
     /// Causal graph of a correlation id (or of an event's tree) as DOT or SVG.
     Graph => graph,
+    /// Check every frame, hash chain, footer and the checkpoint (exit 5 on damage).
+    Verify => verify,
+    /// Merge sealed segments; remove or redact events matching --drop filters.
+    Compact => compact,
+    /// Write a consistent copy of the store that opens as a store.
+    Snapshot => snapshot,
     /// Measure append, read and open throughput on a temporary store.
     Bench => bench,
 }
@@ -131,6 +138,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     use batpak::prelude::StoreError;
     use store_access::AccessError;
     for cause in e.chain() {
+        if cause.downcast_ref::<commands::verify::Damaged>().is_some() {
+            return 5;
+        }
         if let Some(a) = cause.downcast_ref::<AccessError>() {
             return match a {
                 AccessError::Locked(_) => 3,

@@ -695,3 +695,165 @@ fn bench_reports_every_figure() {
         assert!(table.contains(label), "{label} missing: {table}");
     }
 }
+
+/// A store with many small sealed segments: 300 events over 3 entities.
+fn segmented(dir: &Path) {
+    let store = Store::open(StoreConfig::new(dir).with_segment_max_bytes(4096)).unwrap();
+    for i in 0..300u64 {
+        let entity = format!("acct:{}", i % 3);
+        let kind = if i % 4 == 0 {
+            EventKind::custom(2, 2)
+        } else {
+            EventKind::custom(1, 1)
+        };
+        store
+            .append(
+                &Coordinate::new(&entity, "bank").unwrap(),
+                kind,
+                &json!({"i": i, "pad": "x".repeat(40)}),
+            )
+            .unwrap();
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn verify_reports_clean_and_damaged_stores_by_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    segmented(dir.path());
+    let out = ok(&batpak(&["verify", "--dir", path(dir.path())]));
+    assert!(out.contains("clean"), "{out}");
+    let v: Value = serde_json::from_str(&ok(&batpak(&[
+        "verify",
+        "--json",
+        "--dir",
+        path(dir.path()),
+    ])))
+    .unwrap();
+    assert_eq!(v["clean"], true);
+    assert_eq!(v["events_checked"], 300);
+    // Flip one byte inside a frame of the first segment.
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[64 + 200] ^= 0xff;
+    std::fs::write(&segs[0], &bytes).unwrap();
+    let out = batpak(&["verify", "--json", "--dir", path(dir.path())]);
+    fails(&out, 5);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean"], false);
+    let problems = v["problems"].as_array().unwrap();
+    assert!(!problems.is_empty());
+    assert!(problems[0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with(segs[0].file_name().unwrap().to_str().unwrap()));
+}
+
+#[test]
+fn compact_merges_and_drops_by_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    segmented(dir.path());
+    // Filters need a filtering strategy, and the reverse.
+    fails(
+        &batpak(&["compact", "--drop-kind", "0x2002", "--dir", path(dir.path())]),
+        1,
+    );
+    fails(
+        &batpak(&[
+            "compact",
+            "--strategy",
+            "retention",
+            "--dir",
+            path(dir.path()),
+        ]),
+        1,
+    );
+    let v: Value = serde_json::from_str(&ok(&batpak(&[
+        "compact",
+        "--json",
+        "--strategy",
+        "retention",
+        "--drop-kind",
+        "0x2002",
+        "--min-segments",
+        "1",
+        "--dir",
+        path(dir.path()),
+    ])))
+    .unwrap();
+    let removed = v["events_removed"].as_u64().unwrap();
+    assert!(removed > 0 && removed <= 75, "{v}");
+    let store = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(store.stats().event_count as u64, 300 - removed);
+    // Only kind 2:2 went.
+    assert_eq!(
+        store.by_fact(EventKind::custom(2, 2)).len() as u64,
+        75 - removed
+    );
+    drop(store);
+    let v: Value = serde_json::from_str(&ok(&batpak(&[
+        "compact",
+        "--json",
+        "--strategy",
+        "tombstone",
+        "--drop-entity-prefix",
+        "acct:1",
+        "--min-segments",
+        "1",
+        "--dir",
+        path(dir.path()),
+    ])))
+    .unwrap();
+    assert!(v["events_tombstoned"].as_u64().unwrap() > 0, "{v}");
+    ok(&batpak(&["verify", "--dir", path(dir.path())]));
+}
+
+#[test]
+fn snapshot_copies_a_store_even_while_another_process_owns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    segmented(dir.path());
+    let dest = out.path().join("copy");
+    ok(&batpak(&[
+        "snapshot",
+        path(&dest),
+        "--dir",
+        path(dir.path()),
+    ]));
+    let copy = Store::open_read_only(StoreConfig::new(&dest)).unwrap();
+    assert_eq!(copy.stats().event_count, 300);
+    drop(copy);
+    // A non-empty destination is refused.
+    fails(
+        &batpak(&["snapshot", path(&dest), "--dir", path(dir.path())]),
+        1,
+    );
+    // While this process holds the store, the CLI copies what it committed.
+    let owner = Store::open(StoreConfig::new(dir.path())).unwrap();
+    owner
+        .append(
+            &Coordinate::new("late", "bank").unwrap(),
+            EventKind::custom(1, 1),
+            &1,
+        )
+        .unwrap();
+    let dest2 = out.path().join("live");
+    let v: Value = serde_json::from_str(&ok(&batpak(&[
+        "snapshot",
+        "--json",
+        path(&dest2),
+        "--dir",
+        path(dir.path()),
+    ])))
+    .unwrap();
+    assert_eq!(v["owner_running"], true);
+    assert_eq!(v["events"], 301);
+    drop(owner);
+    let copy = Store::open(StoreConfig::new(&dest2)).unwrap();
+    assert_eq!(copy.stats().event_count, 301);
+}
