@@ -32,7 +32,7 @@ fn run_until_power_loss(
                     let entity = format!("t{t}:{}", n % 5);
                     let c = coord(&entity, "s");
                     let payload = json!({"n": n, "pad": "p".repeat(40 + (n % 7) as usize * 30)});
-                    if with_batches && n % 9 == 0 {
+                    if with_batches && n.is_multiple_of(9) {
                         let items = (0..3)
                             .map(|k| {
                                 BatchAppendItem::new(
