@@ -158,6 +158,14 @@ pub(crate) fn locate(file: &[u8]) -> Option<u64> {
     (&t[8..16] == TRAILER_MAGIC).then(|| le::u64_at(t, 0))
 }
 
+/// Whether `buf` begins with the header of a footer frame (whatever
+/// follows: a footer cut short by a crash still starts like one).
+pub(crate) fn starts_footer(buf: &[u8]) -> bool {
+    buf.len() > FRAME_HEADER_LEN
+        && buf[0..4] == super::frame::FRAME_MARKER.to_le_bytes()
+        && buf[FRAME_HEADER_LEN] == RECORD_FOOTER
+}
+
 /// Whether a frame body is a footer (a scan stops at it).
 pub(crate) fn is_footer(body: &[u8]) -> bool {
     body.first() == Some(&RECORD_FOOTER)

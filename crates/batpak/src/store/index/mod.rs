@@ -285,6 +285,26 @@ impl Index {
         self.entities[*self.entity_ids.get(entity)? as usize].tail
     }
 
+    /// Entities whose tail hash is not known (a footer keeps the hash of
+    /// each entity's last entry in the segment only; when recovery discards
+    /// an unfinished batch, an earlier entry becomes the tail): each with
+    /// its newest slot, whose frame holds the hash.
+    pub(crate) fn tails_without_hash(&self) -> Vec<(u32, u32)> {
+        self.entities
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.tail.is_some_and(|t| t.event_hash == [0; 32]))
+            .filter_map(|(i, e)| Some((i as u32, *e.slots.last()?)))
+            .collect()
+    }
+
+    /// Fill in the tail hash found by [`Index::tails_without_hash`].
+    pub(crate) fn set_tail_hash(&mut self, entity: u32, hash: [u8; 32]) {
+        if let Some(t) = &mut self.entities[entity as usize].tail {
+            t.event_hash = hash;
+        }
+    }
+
     /// Slots of `entity` in clock order (all of them; callers filter visibility).
     pub(crate) fn entity_slots(&self, entity: &str) -> &[u32] {
         self.entity_ids

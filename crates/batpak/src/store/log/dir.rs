@@ -81,10 +81,15 @@ pub(crate) fn write_atomically_with(
 ) -> Result<(), StoreError> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk: leave no partial temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
     }
     step(false)?;
     std::fs::rename(&tmp, dir.join(name))?;

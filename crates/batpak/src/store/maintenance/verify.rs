@@ -21,7 +21,10 @@
 //! that segment is not reported.
 //!
 //! What is not a problem: an absent checkpoint; frames appended after the
-//! checkpoint; a sealed segment without a footer (yet); the members of a
+//! checkpoint; a sealed segment without a footer (yet), or with a footer
+//! cut short at its end by a crash (the next writable open rewrites it); a
+//! newest segment file that never held a header (its creation was cut
+//! short; open removes it); the members of a
 //! batch that never completed (left by a failed append, never indexed: they
 //! are counted, and are no part of any chain); a `prev_hash` linking to an
 //! event compaction removed (kept in the removed-event record). The link
@@ -530,6 +533,12 @@ impl<'t> Walk<'t> {
     fn segment(&mut self, ti: usize) {
         let t: &'t Target = &self.targets[ti];
         let bytes = t.bytes();
+        // The newest file of a store whose owner crashed (or ran out of
+        // space) while creating it: it never held a frame (open removes it).
+        let newest = ti + 1 == self.targets.len();
+        if newest && t.active_end.is_none() && crate::store::format::frame::all_zero(bytes) {
+            return;
+        }
         match SegmentHeader::decode(bytes) {
             Ok(h) if h.segment_id == t.id => {}
             Ok(h) => self.problem(
@@ -690,6 +699,12 @@ impl<'t> Walk<'t> {
                     let next = next_valid_frame(buf, pos + 1);
                     if next.is_none() && t.tail_in_flux {
                         break; // a frame being written (or cut by a crash)
+                    }
+                    if next.is_none() && crate::store::format::footer::starts_footer(&buf[pos..]) {
+                        // A footer cut short by a crash or a full disk: no
+                        // frame is lost, open ignores it and the next
+                        // writable open writes it again.
+                        break;
                     }
                     let skipped = next.unwrap_or(buf.len()) - pos;
                     self.bytes_checked += skipped as u64;

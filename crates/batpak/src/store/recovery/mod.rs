@@ -213,6 +213,9 @@ struct Assembly {
     /// Highest global sequence used so far, if any.
     max_seq: Option<u64>,
     batch: Vec<Owned>,
+    /// Clocks of events compaction removed, by entity: an event whose
+    /// predecessor was removed follows a gap, not a break.
+    removed_clocks: hashbrown::HashMap<Box<str>, Vec<u32>>,
 }
 
 impl Assembly {
@@ -314,9 +317,17 @@ impl Assembly {
                 );
                 return;
             }
+            _ if f.clock > 0
+                && self
+                    .removed_clocks
+                    .get(found.entity)
+                    .is_some_and(|c| c.binary_search(&(f.clock - 1)).is_ok()) => {}
+            // A tail hash of zeros is not known yet (footers keep only each
+            // entity's last hash per segment; see `fill_tail_hashes`).
             Some(tail)
                 if tail.clock + 1 != f.clock
-                    || f.prev_hash.is_some_and(|p| p != tail.event_hash) =>
+                    || f.prev_hash
+                        .is_some_and(|p| p != tail.event_hash && tail.event_hash != [0; 32]) =>
             {
                 self.report.chain_breaks += 1;
             }
@@ -524,6 +535,7 @@ pub(crate) fn follow_up(
         report: RecoveryReport::default(),
         max_seq: follow.max_seq,
         batch: std::mem::take(&mut follow.batch),
+        removed_clocks: hashbrown::HashMap::new(),
     };
     let result = (|| {
         let first = follow.segment_id;
@@ -564,6 +576,56 @@ struct ScanEnd {
     end: u64,
     torn: Option<u64>,
     sealed: bool,
+}
+
+/// Read the hash of every entity tail that the footers did not keep from
+/// its frame, so the entity's next append links to it.
+fn fill_tail_hashes(index: &mut Index, log: &Log) {
+    for (entity, slot) in index.tails_without_hash() {
+        let pos = index.disk_pos(slot);
+        let hash = log
+            .read(pos.segment_id, pos.offset, pos.length)
+            .ok()
+            .and_then(|f| crate::store::format::record::chain_in_frame(f.bytes()));
+        match hash {
+            Some((_, event_hash)) => index.set_tail_hash(entity, event_hash),
+            None => tracing::warn!(?pos, "batpak: an entity's newest frame is unreadable; its next append starts a new chain"),
+        }
+    }
+}
+
+/// The clocks of removed events, by entity, sorted.
+fn removed_clocks(
+    removed: &crate::store::format::removed::RemovedRecord,
+) -> hashbrown::HashMap<Box<str>, Vec<u32>> {
+    let mut out: hashbrown::HashMap<Box<str>, Vec<u32>> = hashbrown::HashMap::new();
+    for r in &removed.entries {
+        out.entry(r.entity.as_str().into())
+            .or_default()
+            .push(r.clock);
+    }
+    for clocks in out.values_mut() {
+        clocks.sort_unstable();
+    }
+    out
+}
+
+/// A segment file that never held a frame: shorter than a header, or a
+/// header never written over its preallocated zeros (a crash or a full disk
+/// while creating it).
+fn never_written(path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read;
+    let len = std::fs::metadata(path)?.len();
+    if len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(true);
+    }
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    if head.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let bytes = std::fs::read(path)?;
+    Ok(crate::store::format::frame::all_zero(&bytes))
 }
 
 /// Load the checkpoint if it exists and agrees with the segments on disk.
@@ -685,6 +747,7 @@ pub(crate) fn recover(
         report,
         max_seq: None,
         batch: Vec::new(),
+        removed_clocks: removed_clocks(&removed),
     };
     // (segment id, offset) where the frames after the checkpoint begin.
     let mut resume: Option<(u64, u64)> = None;
@@ -705,10 +768,22 @@ pub(crate) fn recover(
     let count = listing.segments.len();
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
-        if newest && writable && std::fs::metadata(path)?.len() < SEGMENT_HEADER_LEN as u64 {
-            // Crashed while creating the segment: it never held a frame.
-            std::fs::remove_file(path)?;
-            active = Some(log.create_segment(*id, 0, config.now_us())?);
+        if newest && never_written(path)? {
+            // Crashed (or ran out of space) while creating the segment: it
+            // never held a frame. A writable open starts it afresh; a
+            // read-only one waits for its owner to write it.
+            if writable {
+                std::fs::remove_file(path)?;
+                active = Some(log.create_segment(*id, 0, config.now_us())?);
+            } else {
+                follow = Some(Follow {
+                    segment_id: *id,
+                    offset: SEGMENT_HEADER_LEN as u64,
+                    sealed: false,
+                    batch: std::mem::take(&mut asm.batch),
+                    max_seq: None,
+                });
+            }
             continue;
         }
         let seg = Segment::open_read_only(path, *id)?;
@@ -741,7 +816,16 @@ pub(crate) fn recover(
         seg.release_pages();
         if !newest {
             if let Some(len) = end.torn {
-                asm.damage(*id, end.end, len, "damaged end of a sealed segment");
+                if footer::starts_footer(&seg.bytes()[end.end as usize..]) {
+                    // A footer cut short by a crash: not damage (footers
+                    // only speed up opens). Zero it so the segment ends
+                    // cleanly; the sealer writes it again.
+                    if writable {
+                        zero_from(path, end.end)?;
+                    }
+                } else {
+                    asm.damage(*id, end.end, len, "damaged end of a sealed segment");
+                }
             }
             if !end.sealed {
                 unsealed.push(*id);
@@ -807,6 +891,9 @@ pub(crate) fn recover(
         active = Some(log.reopen_active(path, *id, frames_end, file_len)?);
     }
     asm.discard_batch("not committed before the end of the log");
+    if cfg!(feature = "blake3") {
+        fill_tail_hashes(&mut asm.index, log);
+    }
     // Removed events join after the scan: their clocks may be newer than
     // the survivors' (an entity's next append continues after them).
     for r in &removed.entries {
@@ -845,6 +932,19 @@ pub(crate) fn recover(
         unsealed,
         report: asm.report,
     })
+}
+
+/// Overwrite a file with zeros from `from` to its end, durably. Used on
+/// bytes past a sealed segment's frames, which no reader ever reads.
+fn zero_from(path: &Path, from: u64) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if len > from {
+        f.write_all_at(&vec![0u8; (len - from) as usize], from)?;
+        f.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Cut a segment file at `len` and make that durable. Runs before the file is mapped.
