@@ -760,7 +760,13 @@ fn compact_merges_and_drops_by_filter() {
     segmented(dir.path());
     // Filters need a filtering strategy, and the reverse.
     fails(
-        &batpak(&["compact", "--drop-kind", "0x2002", "--dir", path(dir.path())]),
+        &batpak(&[
+            "compact",
+            "--drop-kind",
+            "0x2002",
+            "--dir",
+            path(dir.path()),
+        ]),
         1,
     );
     fails(
