@@ -18,6 +18,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Maintenance runs while the store is in use: `verify` checks every frame
+//! and hash chain, `snapshot` writes a consistent copy, and `compact`
+//! merges sealed segments, optionally removing or redacting events.
+//!
+//! ```
+//! use batpak::prelude::*;
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let copy = tempfile::tempdir().unwrap();
+//! let store = Store::open(StoreConfig::new(dir.path()).with_segment_max_bytes(4096))?;
+//! let acct = Coordinate::new("acct:7", "bank")?;
+//! for i in 0..100u64 {
+//!     store.append(&acct, EventKind::custom(1, 1), &serde_json::json!({"i": i, "pad": "x".repeat(60)}))?;
+//! }
+//! assert!(store.verify()?.is_clean());
+//! store.snapshot(&copy.path().join("backup"))?;
+//!
+//! // Keep only events with an even `i`; the others' ids stay reserved.
+//! let keep_even = CompactionStrategy::Retention(Box::new(|e: &StoredEvent<serde_json::Value>| {
+//!     e.event.payload["i"].as_u64().is_some_and(|i| i % 2 == 0)
+//! }));
+//! let result = store.compact(&CompactionConfig { strategy: keep_even, min_segments: 1 })?;
+//! assert!(result.events_removed > 0);
+//! assert!(store.verify()?.is_clean());
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Modules: [`coordinate`] (where events live), [`event`] (what they are),
 //! [`store`] (the store), [`guard`] and [`pipeline`] (policy gates before a
 //! write), [`outcome`] (results of multi-step work), [`typestate`] (state

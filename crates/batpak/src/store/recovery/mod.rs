@@ -91,7 +91,8 @@ pub struct RecoveryReport {
     pub footers_rejected: usize,
     /// Segments whose frames were scanned (wholly, or after the checkpoint).
     pub segments_scanned: usize,
-    /// Events indexed.
+    /// Events indexed from footers and frames (those loaded from the
+    /// checkpoint are `events_from_checkpoint`).
     pub events_recovered: u64,
     /// Damaged regions skipped (never served).
     pub damaged: Vec<DamagedRegion>,
