@@ -141,6 +141,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<commands::verify::Damaged>().is_some() {
             return 5;
         }
+        if cause.downcast_ref::<store_access::UsageError>().is_some() {
+            return 2;
+        }
         if let Some(a) = cause.downcast_ref::<AccessError>() {
             return match a {
                 AccessError::Locked(_) => 3,

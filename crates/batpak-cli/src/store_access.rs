@@ -44,6 +44,43 @@ impl fmt::Display for AccessError {
 
 impl std::error::Error for AccessError {}
 
+/// An invalid combination of arguments (exit code 2, like clap's own).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Fail unless `dir` holds a store (a directory with segment files), so a
+/// command that opens it for writing never creates one by mistake.
+pub fn require_store(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        return Err(AccessError::NoStore {
+            dir: dir.to_path_buf(),
+            why: "the directory does not exist",
+        }
+        .into());
+    }
+    let has_segments = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "seg"));
+    if has_segments {
+        Ok(())
+    } else {
+        Err(AccessError::NoStore {
+            dir: dir.to_path_buf(),
+            why: "the directory holds no segment files",
+        }
+        .into())
+    }
+}
+
 /// Open `dir` for reading without its lock; an absent or empty directory is
 /// an error rather than an empty store, so a typo in `--dir` is noticed.
 pub fn open_read_only(dir: &Path) -> anyhow::Result<Store> {

@@ -767,7 +767,7 @@ fn compact_merges_and_drops_by_filter() {
             "--dir",
             path(dir.path()),
         ]),
-        1,
+        2,
     );
     fails(
         &batpak(&[
@@ -777,7 +777,7 @@ fn compact_merges_and_drops_by_filter() {
             "--dir",
             path(dir.path()),
         ]),
-        1,
+        2,
     );
     let v: Value = serde_json::from_str(&ok(&batpak(&[
         "compact",
@@ -839,6 +839,20 @@ fn snapshot_copies_a_store_even_while_another_process_owns_it() {
         &batpak(&["snapshot", path(&dest), "--dir", path(dir.path())]),
         1,
     );
+    // A directory that is not a store is not turned into one.
+    let empty = tempfile::tempdir().unwrap();
+    fails(
+        &batpak(&[
+            "snapshot",
+            path(&out.path().join("x")),
+            "--dir",
+            path(empty.path()),
+        ]),
+        4,
+    );
+    assert!(std::fs::read_dir(empty.path()).unwrap().next().is_none());
+    fails(&batpak(&["compact", "--dir", path(empty.path())]), 4);
+    assert!(std::fs::read_dir(empty.path()).unwrap().next().is_none());
     // While this process holds the store, the CLI copies what it committed.
     let owner = Store::open(StoreConfig::new(dir.path())).unwrap();
     owner

@@ -245,3 +245,35 @@ fn read_only_handles_snapshot_what_they_see() {
     assert_eq!(sequences(&snap), sequences(&ro));
     assert_eq!(snap.stats().event_count, 150);
 }
+
+#[test]
+fn a_read_only_handle_older_than_a_compaction_refuses_to_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    for i in 0..150 {
+        store
+            .append(
+                &coord("a", "s"),
+                KIND_A,
+                &json!({"i": i, "pad": "r".repeat(100)}),
+            )
+            .unwrap();
+    }
+    let ro = Store::open_read_only(config(dir.path())).unwrap();
+    let cfg = CompactionConfig {
+        strategy: CompactionStrategy::Retention(Box::new(|e| {
+            e.event.payload["i"].as_u64().unwrap() % 2 == 0
+        })),
+        min_segments: 1,
+    };
+    assert!(store.compact(&cfg).unwrap().events_removed > 0);
+    let dest = out.path().join("stale");
+    assert!(matches!(ro.snapshot(&dest), Err(StoreError::Io(_))));
+    assert!(!dest.exists());
+    // A fresh handle snapshots the compacted history.
+    let ro = Store::open_read_only(config(dir.path())).unwrap();
+    ro.snapshot(&dest).unwrap();
+    let snap = Store::open(config(&dest)).unwrap();
+    assert_eq!(sequences(&snap), sequences(&store));
+}

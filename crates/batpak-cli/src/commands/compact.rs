@@ -4,9 +4,9 @@
 
 use crate::filter::{parse_category, parse_kind};
 use crate::output::{progress, stdout};
-use crate::store_access::open_writable;
+use crate::store_access::{open_writable, require_store, UsageError};
 use crate::Global;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use batpak::prelude::*;
 use serde_json::json;
 use std::io::Write;
@@ -86,23 +86,23 @@ impl Args {
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
     let strategy = match args.strategy {
         Strategy::Merge if args.has_filters() => {
-            bail!("--drop-* filters need --strategy retention or tombstone")
+            return Err(UsageError(
+                "--drop-* filters need --strategy retention or tombstone".into(),
+            )
+            .into())
         }
         Strategy::Merge => CompactionStrategy::Merge,
         _ if !args.has_filters() => {
-            bail!("--strategy retention/tombstone needs at least one --drop-* filter")
+            return Err(UsageError(
+                "--strategy retention/tombstone needs at least one --drop-* filter".into(),
+            )
+            .into())
         }
         Strategy::Retention => CompactionStrategy::Retention(Box::new(args.keep())),
         Strategy::Tombstone => CompactionStrategy::Tombstone(Box::new(args.keep())),
     };
     let dir = global.store_dir();
-    if !dir.is_dir() {
-        return Err(crate::store_access::AccessError::NoStore {
-            dir,
-            why: "the directory does not exist",
-        }
-        .into());
-    }
+    require_store(&dir)?;
     let store = open_writable(StoreConfig::new(&dir))?;
     let before = store.diagnostics().segment_count;
     let spinner = (!global.json).then(|| progress(None, "compacting"));

@@ -10,6 +10,7 @@ use crate::Global;
 use anyhow::Context;
 use batpak::prelude::*;
 use serde_json::json;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Arguments of `batpak demo`.
@@ -31,6 +32,7 @@ fn key(n: u128) -> AppendOptions {
 }
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
+    let mut out = crate::output::stdout();
     // The README runs `batpak demo` bare, so the demo keeps its own default
     // directory rather than sharing `./batpak-data` with real stores.
     let dir = args
@@ -40,11 +42,12 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("./batpak-demo"));
     let store = open_writable(StoreConfig::new(&dir))?;
     let before = store.stats().event_count;
-    println!(
+    writeln!(
+        out,
         "batpak demo store: {} ({} events before this run)\n",
         dir.display(),
         before
-    );
+    )?;
 
     let acme = "tenant:acme";
     let order = Coordinate::new("order:1001", acme)?;
@@ -102,64 +105,75 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
 
     let stats = store.stats();
     if stats.event_count == before && before > 0 {
-        println!(
+        writeln!(
+            out,
             "(rerun: every append was an idempotent retry and returned its original receipt)\n"
-        );
+        )?;
     }
 
-    println!("All events, in global order:");
-    println!("{}", entry_header());
+    writeln!(out, "All events, in global order:")?;
+    writeln!(out, "{}", entry_header())?;
     for e in store.query(&Region::all()) {
-        println!("{}", entry_row(&e));
+        writeln!(out, "{}", entry_row(&e))?;
     }
 
-    println!("\nStream of order:1001 (every scope, clock order), with payloads:");
+    writeln!(
+        out,
+        "\nStream of order:1001 (every scope, clock order), with payloads:"
+    )?;
     for e in store.stream("order:1001") {
         let ev = store.get(e.event_id)?;
-        println!(
+        writeln!(
+            out,
             "  clock {}  {:<14} {}  {}",
             e.clock,
             e.coord.scope(),
             e.kind,
             ev.event.payload
-        );
+        )?;
     }
 
-    println!(
+    writeln!(
+        out,
         "\nCausal tree of {} (correlation id):",
         short_id(placed.event_id)
-    );
+    )?;
     for e in store.by_correlation(placed.event_id) {
-        println!(
+        writeln!(
+            out,
             "  {} {} caused by {}",
             short_id(e.event_id),
             e.coord,
             e.causation_id.map_or("-".into(), short_id)
-        );
+        )?;
     }
 
-    println!(
+    writeln!(
+        out,
         "\nScope tenant:acme holds {} events; tenant:globex holds {}.",
         store.by_scope(acme).len(),
         store.by_scope("tenant:globex").len()
-    );
+    )?;
 
     let d = store.diagnostics();
-    println!("\nStats:");
-    println!("  events            {}", stats.event_count);
-    println!("  next sequence     {}", stats.global_sequence);
-    println!("  entities          {}", d.entity_count);
-    println!("  segments          {}", d.segment_count);
-    println!("  index memory      {} KiB", d.index_heap_bytes / 1024);
-    println!("  durable receipts  {}", d.durable_receipts);
-    println!(
+    writeln!(out, "\nStats:")?;
+    writeln!(out, "  events            {}", stats.event_count)?;
+    writeln!(out, "  next sequence     {}", stats.global_sequence)?;
+    writeln!(out, "  entities          {}", d.entity_count)?;
+    writeln!(out, "  segments          {}", d.segment_count)?;
+    writeln!(out, "  index memory      {} KiB", d.index_heap_bytes / 1024)?;
+    writeln!(out, "  durable receipts  {}", d.durable_receipts)?;
+    writeln!(
+        out,
         "  opened by         {:?} in {} µs",
         d.recovery.open_path, d.recovery.elapsed_us
-    );
+    )?;
 
     store.close()?;
-    println!(
+    writeln!(
+        out,
         "\nClosed cleanly. Run the demo again: it reopens the store and appends nothing twice."
-    );
+    )?;
+    out.flush()?;
     Ok(())
 }

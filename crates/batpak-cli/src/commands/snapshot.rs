@@ -4,7 +4,7 @@
 //! committed when the copy began).
 
 use crate::output::stdout;
-use crate::store_access::{open_read_only, AccessError};
+use crate::store_access::{open_read_only, require_store};
 use crate::Global;
 use anyhow::Context;
 use batpak::prelude::*;
@@ -21,13 +21,7 @@ pub struct Args {
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
     let dir = global.store_dir();
-    if !dir.is_dir() {
-        return Err(AccessError::NoStore {
-            dir,
-            why: "the directory does not exist",
-        }
-        .into());
-    }
+    require_store(&dir)?;
     let started = std::time::Instant::now();
     let (store, live_owner) = match Store::open(StoreConfig::new(&dir)) {
         Ok(s) => (s, false),

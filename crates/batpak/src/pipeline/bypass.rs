@@ -1,8 +1,9 @@
 //! The documented escape hatch around the gates.
 //!
 //! A bypass needs a `&'static dyn BypassReason`, so every reason is a named,
-//! reviewable value in the source code rather than an ad-hoc string. The library
-//! writes no audit record for a bypass; recording one is the caller's job.
+//! reviewable value in the source code rather than an ad-hoc string.
+//! `Store::append_bypassed` writes the event together with an audit record
+//! of the bypass (see `Store::bypasses`).
 
 use std::fmt;
 

@@ -86,7 +86,9 @@ pub struct WriterConfig {
     pub stack_size: Option<usize>,
     /// What to do after a writer panic.
     pub restart_policy: RestartPolicy,
-    /// Most queued appends `Drop` waits for before giving up; default 1024.
+    /// Accepted for compatibility (default 1024). batpak has no queue to
+    /// drain: every append is written by its caller before it returns, so
+    /// `Drop` only syncs what was written.
     pub shutdown_drain_limit: usize,
 }
 
@@ -175,7 +177,9 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Segment size at which the writer starts a new segment (1..=4 GiB - 1, default 256 MiB).
     pub segment_max_bytes: u64,
-    /// Most file descriptors the store keeps open for segments (default 64).
+    /// Accepted for compatibility (default 64, must be non-zero). batpak
+    /// maps each segment once and keeps its descriptor for the store's
+    /// lifetime, so this does not bound anything.
     pub fd_budget: usize,
     /// Buffer of each lossy subscriber (default 8192).
     pub broadcast_capacity: usize,

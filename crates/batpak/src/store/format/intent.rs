@@ -4,8 +4,8 @@
 //! (`compact-<id>.tmp`) and, when it removes events, the next removed-event
 //! record (`removed.bpk.next`), all synced. Writing this file (atomically:
 //! temporary file, fsync, rename, directory fsync) commits it. Installing
-//! follows: the new record and segments are renamed into place, the
-//! replaced segments deleted, the checkpoint (which names old positions)
+//! follows: the checkpoint (which names old positions) is deleted, the new
+//! record and segments are renamed into place, the replaced segments
 //! deleted, and finally this file. A crash before the commit leaves the old
 //! state (open deletes the temporary files); after it, open finishes the
 //! installation from this file. Either way, never a mix.

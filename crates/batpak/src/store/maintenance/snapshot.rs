@@ -56,6 +56,19 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
         shared.fault(InjectionPoint::SnapshotCopied)?;
         // The removed-event record: ids and sequences compaction removed.
         let removed = std::fs::read(shared.log.dir().join(REMOVED_FILE))?;
+        if !writable {
+            // A read-only handle copies the segments it mapped; if the owner
+            // has compacted history since, the record on disk no longer
+            // matches them.
+            let on_disk = crate::store::format::removed::decode(&removed)
+                .map(|r| r.epoch)
+                .unwrap_or(u64::MAX);
+            if on_disk != shared.history_epoch() {
+                return Err(StoreError::Io(std::io::Error::other(
+                    "the store's history was compacted after this read-only handle opened it; reopen the handle to snapshot it",
+                )));
+            }
+        }
         write_synced(&staging, REMOVED_FILE, &removed)?;
         sync_dir(&staging)?;
         // An empty `dest` is replaced by the rename; a missing one created.

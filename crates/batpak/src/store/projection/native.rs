@@ -25,7 +25,13 @@ const SUFFIX: &str = ".bpc";
 pub struct NativeCache {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Entries written since the last `sync` (puts do not fsync; `sync` does).
+    unsynced: parking_lot::Mutex<Vec<PathBuf>>,
 }
+
+/// Temporary files older than this were left by a process that crashed
+/// mid-put (a live put renames its file within moments).
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::CacheFailed(Box::new(e))
@@ -39,6 +45,28 @@ pub(crate) fn key_hash(bytes: &[u8]) -> u128 {
         h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013B);
     }
     h
+}
+
+/// Delete `.tmp-*` files that a crashed put left behind.
+fn remove_stale_temporaries(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(".tmp-"))
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 impl NativeCache {
@@ -56,9 +84,11 @@ impl NativeCache {
             )));
         }
         std::fs::create_dir_all(&root).map_err(failed)?;
+        remove_stale_temporaries(&root);
         Ok(Self {
             root,
             tmp_counter: AtomicU64::new(0),
+            unsynced: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -145,7 +175,10 @@ impl ProjectionCache for NativeCache {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join(format!(".tmp-{}-{n}", std::process::id()));
         std::fs::write(&tmp, &b).map_err(failed)?;
-        std::fs::rename(&tmp, self.file_for(key)).map_err(failed)
+        let path = self.file_for(key);
+        std::fs::rename(&tmp, &path).map_err(failed)?;
+        self.unsynced.lock().push(path);
+        Ok(())
     }
 
     fn delete_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
@@ -168,6 +201,15 @@ impl ProjectionCache for NativeCache {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        let written = std::mem::take(&mut *self.unsynced.lock());
+        for path in &written {
+            match std::fs::File::open(path) {
+                Ok(f) => f.sync_data().map_err(failed)?,
+                // Replaced or deleted since: nothing of ours to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
         std::fs::File::open(&self.root)
             .and_then(|d| d.sync_all())
             .map_err(failed)
