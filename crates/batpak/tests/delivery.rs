@@ -317,6 +317,26 @@ impl Reactive<serde_json::Value> for Auditor {
     }
 }
 
+/// The store out of its `Arc`, once the reactor has finished answering its
+/// current trigger (it holds no strong reference between triggers).
+fn unwrap_store(store: Arc<Store>) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(s) => return s,
+            Err(still_shared) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "reactor keeps a strong reference while idle"
+                );
+                store = still_shared;
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 fn reactions(store: &Store) -> Vec<IndexEntry> {
     store.stream("audit")
 }
@@ -372,23 +392,8 @@ fn reactors_answer_every_trigger_once_and_stop_with_the_store() {
         }
         let causes: HashSet<u128> = r.iter().map(|e| e.causation_id.unwrap()).collect();
         assert_eq!(causes.len(), triggers as usize, "every trigger answered");
-        // The reactor holds no strong reference between triggers: once it
-        // has finished answering the last one, the store can be unwrapped.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut store = store;
-        let store = loop {
-            match Arc::try_unwrap(store) {
-                Ok(s) => break s,
-                Err(still_shared) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "reactor keeps a strong reference while idle"
-                    );
-                    store = still_shared;
-                    std::thread::yield_now();
-                }
-            }
-        };
+        // The reactor holds no strong reference between triggers.
+        let store = unwrap_store(store);
         store.close().unwrap();
         handle.join().unwrap();
     }
@@ -415,4 +420,85 @@ fn a_reactor_thread_ends_when_the_store_is_dropped() {
     let t = Instant::now();
     handle.join().unwrap();
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// Answers every trigger, except that trigger `bad` gets an output the store
+/// refuses (a reserved kind) when `refuse` is set.
+struct Picky {
+    bad: u64,
+    refuse: bool,
+}
+
+impl Reactive<serde_json::Value> for Picky {
+    fn react(
+        &self,
+        event: &Event<serde_json::Value>,
+    ) -> Vec<(Coordinate, EventKind, serde_json::Value)> {
+        let n = event.payload["n"].as_u64().unwrap_or(0);
+        let kind = if self.refuse && n == self.bad {
+            EventKind::TOMBSTONE
+        } else {
+            KIND_B
+        };
+        vec![(coord("audit", "s"), kind, json!({ "of": n }))]
+    }
+}
+
+#[test]
+fn a_reactor_never_skips_a_trigger_it_cannot_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    for n in 0..10u64 {
+        store
+            .append(
+                &coord(&format!("order:{n}"), "s"),
+                KIND_A,
+                &json!({ "n": n }),
+            )
+            .unwrap();
+    }
+    // Trigger 4's output is refused: the reactor stops there (its thread
+    // ends on its own) instead of answering 5.. without it.
+    let handle = store
+        .react_loop(
+            &Region::entity("order:"),
+            Picky {
+                bad: 4,
+                refuse: true,
+            },
+        )
+        .unwrap();
+    handle.join().unwrap();
+    let answered: Vec<u64> = reactions(&store)
+        .iter()
+        .map(|e| {
+            store.get(e.event_id).unwrap().event.payload["of"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(answered, vec![0, 1, 2, 3]);
+    // Fixed and restarted, it resumes at trigger 4: nothing skipped, nothing twice.
+    let handle = store
+        .react_loop(
+            &Region::entity("order:"),
+            Picky {
+                bad: 4,
+                refuse: false,
+            },
+        )
+        .unwrap();
+    wait_for_reactions(&store, 10);
+    let answered: Vec<u64> = reactions(&store)
+        .iter()
+        .map(|e| {
+            store.get(e.event_id).unwrap().event.payload["of"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(answered, (0..10).collect::<Vec<_>>());
+    let store = unwrap_store(store);
+    store.close().unwrap();
+    handle.join().unwrap();
 }

@@ -21,15 +21,24 @@ pub(crate) fn reaction_key(trigger: u128, index: usize) -> u128 {
     crate::store::projection::key_hash(&bytes)
 }
 
+/// Retry delays for a trigger whose answer failed for a passing reason.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Start a thread that feeds every event of `region` (from the start of
     /// history, then as they are committed) to `reactor` and appends each
     /// output as a reaction: correlated to the trigger's correlation id,
     /// caused by the trigger, with an idempotency key derived from (trigger
     /// id, output index), so a restart neither duplicates nor skips
-    /// reactions. It resumes after the last trigger already answered. The
-    /// thread holds no strong reference to the store and ends when the store
-    /// is closed or dropped, or when an append fails for good.
+    /// reactions. It resumes after the last trigger already answered, and
+    /// never skips one: an I/O failure or a writer panic is retried, any
+    /// other failure (the store stopped writing, or the reactor's output
+    /// cannot be stored: a reserved kind, an oversized payload) stops the
+    /// thread, so a restart resumes at that trigger. A trigger that
+    /// compaction removed meanwhile is passed over. The thread holds no
+    /// strong reference to the store and ends when the store is closed or
+    /// dropped.
     ///
     /// # Errors
     /// `Io` if the thread cannot be spawned.
@@ -56,14 +65,30 @@ impl Store {
                 }
                 continue;
             };
-            // Held only while answering one trigger.
-            let Some(store) = weak.upgrade() else { return };
-            if let Err(e) = answer(&store, &reactor, entry.event_id) {
-                if matches!(e, StoreError::Poisoned(_) | StoreError::ReadOnly | StoreError::WriterCrashed) || shared.is_closed() {
-                    tracing::error!(error = %e, "batpak reactor stopped");
-                    return;
+            // A trigger is never skipped: a passing failure is retried, a
+            // lasting one stops the reactor (a restart resumes at that
+            // trigger). Only a trigger compaction removed is passed over.
+            let mut backoff = RETRY_FIRST;
+            loop {
+                // Held only while answering one trigger.
+                let Some(store) = weak.upgrade() else { return };
+                let trigger = format!("{:032x}", entry.event_id);
+                match answer(&store, &reactor, entry.event_id) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => break,
+                    Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
+                        drop(store);
+                        if shared.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(error = %e, %trigger, "batpak reactor retries a trigger");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, %trigger, "batpak reactor stopped: it cannot answer this trigger");
+                        return;
+                    }
                 }
-                tracing::warn!(error = %e, trigger = %format!("{:032x}", entry.event_id), "batpak reactor skipped a trigger it could not answer");
             }
         })?;
         Ok(handle)
