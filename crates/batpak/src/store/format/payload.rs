@@ -367,7 +367,7 @@ fn float(f: f64, at: usize) -> Result<Value, PayloadError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -448,7 +448,8 @@ mod tests {
         );
     }
 
-    fn arb_value() -> impl Strategy<Value = Value> {
+    /// Arbitrary JSON values (shared with the hostile-input tests).
+    pub(crate) fn arb_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

@@ -741,18 +741,7 @@ impl<'t> Walk<'t> {
         while let Some(e) = entries.get(check.next) {
             let i = check.next;
             check.next += 1;
-            if self.in_damage(
-                ti,
-                e.offset.into(),
-                u64::from(e.offset) + u64::from(e.length),
-            ) {
-                continue; // a damaged frame, reported as such
-            }
-            let detail = format!(
-                "entry {i} lists a frame at {} ({} bytes) that the segment does not hold",
-                e.offset, e.length
-            );
-            check.disagree(self, t, detail);
+            check.missing_frame(self, ti, t, i, e);
         }
         if end as u64 != check.at {
             let detail = format!("the frames end at {end}, the footer is at {}", check.at);
@@ -1199,6 +1188,30 @@ impl<'f> FooterCheck<'f> {
         }
     }
 
+    /// Entry `i` names a frame the walk did not find: a problem, unless
+    /// it lies in a damaged region (reported already).
+    fn missing_frame(
+        &mut self,
+        walk: &mut Walk<'_>,
+        ti: usize,
+        t: &Target,
+        i: usize,
+        e: &crate::store::format::footer::FooterEntry,
+    ) {
+        let (start, end) = (
+            u64::from(e.offset),
+            u64::from(e.offset) + u64::from(e.length),
+        );
+        if walk.in_damage(ti, start, end) {
+            return;
+        }
+        let detail = format!(
+            "entry {i} lists a frame at {} ({} bytes) that the segment does not hold",
+            e.offset, e.length
+        );
+        self.disagree(walk, t, detail);
+    }
+
     fn disagree(&mut self, walk: &mut Walk<'_>, t: &Target, detail: String) {
         self.found += 1;
         if self.found <= MAX_LISTED {
@@ -1223,18 +1236,7 @@ impl<'f> FooterCheck<'f> {
         while let Some(e) = entries.get(self.next).filter(|e| (e.offset as usize) < pos) {
             let i = self.next;
             self.next += 1;
-            if walk.in_damage(
-                ti,
-                e.offset.into(),
-                u64::from(e.offset) + u64::from(e.length),
-            ) {
-                continue; // a damaged frame, reported as such
-            }
-            let detail = format!(
-                "entry {i} lists a frame at {} ({} bytes) that the segment does not hold",
-                e.offset, e.length
-            );
-            self.disagree(walk, t, detail);
+            self.missing_frame(walk, ti, t, i, e);
         }
         match entries.get(self.next).filter(|e| e.offset as usize == pos) {
             Some(e) => {
