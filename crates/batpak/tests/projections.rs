@@ -343,3 +343,25 @@ fn watchers_converge_after_drops_and_end_with_the_store() {
         "ends when the store goes"
     );
 }
+
+#[test]
+fn a_watcher_whose_relevant_notifications_were_all_dropped_still_converges() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_with(dir.path(), |c| c.with_broadcast_capacity(1)));
+    let mut watcher = store.watch_projection::<Total>("acct", Freshness::Consistent);
+    // The one buffered notification is for another entity under the same
+    // prefix; every notification for "acct" is dropped.
+    add(&store, "acct-other", 1);
+    for n in 1..=5 {
+        add(&store, "acct", n);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(watcher.recv().map(|t| t.map(|t| (t.sum, t.events))));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the watcher noticed the dropped change");
+    assert_eq!(got.unwrap(), Some((15, 5)));
+}

@@ -6,6 +6,10 @@ use crate::event::EventSourced;
 use crate::store::{Store, StoreError, Subscription};
 use std::marker::PhantomData;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How often an idle watcher checks whether dropped notifications hid a change.
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// Emits the projection of one entity each time a relevant event for it is
 /// committed. Pull-based: each [`ProjectionWatcher::recv`] blocks until the
@@ -20,6 +24,8 @@ pub struct ProjectionWatcher<T> {
     subscription: Subscription,
     /// Watermark of the last value returned.
     last: Option<u64>,
+    /// Dropped notifications already accounted for.
+    seen_dropped: u64,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -35,11 +41,23 @@ where
     /// The projection's own errors (reading events, decoding cached values).
     pub fn recv(&mut self) -> Result<Option<T>, StoreError> {
         loop {
-            let Some(first) = self.subscription.recv() else {
-                return Ok(None);
+            // While idle, look again now and then: if notifications were
+            // dropped (a full buffer), the change they announced is found
+            // from the index instead, so the watcher converges anyway.
+            let mut relevant = match self.subscription.receiver().recv_timeout(RECHECK) {
+                Ok(first) => self.concerns(&first),
+                Err(flume::RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    let dropped = self.subscription.dropped();
+                    let missed = dropped > self.seen_dropped;
+                    self.seen_dropped = dropped;
+                    if self.store.strong_count() == 0 {
+                        return Ok(None);
+                    }
+                    missed
+                }
             };
             // Everything queued meanwhile is covered by one re-projection.
-            let mut relevant = self.concerns(&first);
             while let Ok(n) = self.subscription.receiver().try_recv() {
                 relevant |= self.concerns(&n);
             }
@@ -92,6 +110,7 @@ impl Store {
             freshness,
             subscription,
             last: None,
+            seen_dropped: 0,
             _value: PhantomData,
         }
     }
