@@ -377,6 +377,16 @@ fn tombstone_redacts_but_keeps_the_chain_and_the_keys() {
         )
         .unwrap();
     assert_eq!(retry.sequence, r.sequence);
+    // The key still belongs to the original kind: another kind conflicts.
+    assert!(matches!(
+        store.append_with_options(
+            &coord(&format!("acct:{}", i % 5), "bank"),
+            KIND_B,
+            &json!({"i": i}),
+            AppendOptions::new().with_idempotency(10_000 + i as u128),
+        ),
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
     store.close().unwrap();
     let store = Store::open(small(dir.path())).unwrap();
     assert_eq!(snapshot(&store), after);

@@ -14,8 +14,9 @@ use hashbrown::HashSet;
 pub(crate) enum Fate {
     /// Kept (possibly redacted) at a new position.
     Moved { pos: DiskPos, redacted: bool },
-    /// Removed from the log; remembered in the removed-event record.
-    Removed,
+    /// Removed from the log; remembered in the removed-event record with
+    /// its original kind (what a retry of its append names).
+    Removed { kind: EventKind },
 }
 
 /// Set of dead slots.
@@ -72,7 +73,7 @@ impl Index {
     pub(crate) fn apply_compaction(&mut self, fates: &[(u32, Fate)]) -> Result<(), StoreError> {
         let tombstone = EventKind::TOMBSTONE;
         let mut redacted: Vec<u32> = Vec::new();
-        let mut removed: Vec<u32> = Vec::new();
+        let mut removed: Vec<(u32, EventKind)> = Vec::new();
         let mut kinds_touched: HashSet<u16> = HashSet::new();
         for &(slot, fate) in fates {
             if slot >= self.len() || self.is_dead(slot) {
@@ -96,9 +97,9 @@ impl Index {
                         redacted.push(slot);
                     }
                 }
-                Fate::Removed => {
+                Fate::Removed { kind } => {
                     kinds_touched.insert(self.records.get(slot).kind().raw());
-                    removed.push(slot);
+                    removed.push((slot, kind));
                 }
             }
         }
@@ -121,7 +122,7 @@ impl Index {
         // remembered (idempotency keys keep answering with them).
         let mut entities = HashSet::new();
         let mut scopes = HashSet::new();
-        for &slot in &removed {
+        for &(slot, kind) in &removed {
             self.dead.insert(slot);
             let rec = *self.records.get(slot);
             let (e, s) = self.coords[rec.coord() as usize];
@@ -139,7 +140,7 @@ impl Index {
                 id,
                 RemovedEvent {
                     coord: rec.coord(),
-                    kind: rec.kind(),
+                    kind,
                     global_seq: self.global_seq(slot),
                 },
             );

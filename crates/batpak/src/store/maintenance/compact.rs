@@ -423,7 +423,12 @@ impl<'a> Run<'_, 'a> {
                 entity: rec.entity.to_owned(),
                 scope: rec.scope.to_owned(),
             });
-            self.fates.push((slot, Fate::Removed));
+            self.fates.push((
+                slot,
+                Fate::Removed {
+                    kind: crate::event::EventKind::from_raw(rec.kind),
+                },
+            ));
             return Ok(());
         }
         let redact = action == Action::Redact;

@@ -233,11 +233,25 @@ impl Shared {
         let Some(hit) = index.find_key(draft.event_id) else {
             return Ok(KeyLookup::New);
         };
-        // A redacted event's index entry has forgotten its kind (TOMBSTONE):
-        // its key still matches a retry of the original append.
+        // A redacted event's index entry says TOMBSTONE; its frame keeps the
+        // original kind, which is what a retry of its append names.
+        let kind = if hit.kind == EventKind::TOMBSTONE && hit.slot.is_some() {
+            self.log
+                .read(
+                    hit.disk_pos.segment_id,
+                    hit.disk_pos.offset,
+                    hit.disk_pos.length,
+                )
+                .and_then(|f| {
+                    crate::store::read::decode_at(f.bytes(), hit.disk_pos).map(|r| r.kind)
+                })
+                .map_or(hit.kind, EventKind::from_raw)
+        } else {
+            hit.kind
+        };
         if hit.entity != draft.coord.entity()
             || hit.scope != draft.coord.scope()
-            || (hit.kind != draft.kind && hit.kind != EventKind::TOMBSTONE)
+            || kind != draft.kind
         {
             return Err(StoreError::IdempotencyConflict {
                 key: draft.event_id,
