@@ -239,6 +239,18 @@ fn maybe_stale_returns_young_cached_values() {
         3,
         "too old: refreshed"
     );
+    // Old but up to date: returned as it is, with no fold at all.
+    now.fetch_add(5_000_000, Ordering::SeqCst);
+    let (folds, applied) = (
+        FULL_FOLDS.load(Ordering::SeqCst),
+        APPLIED.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        store.project::<Total>("acct", &stale).unwrap().unwrap().sum,
+        3
+    );
+    assert_eq!(FULL_FOLDS.load(Ordering::SeqCst), folds, "no refold");
+    assert_eq!(APPLIED.load(Ordering::SeqCst), applied, "nothing applied");
     add(&store, "acct", 4);
     assert_eq!(
         store

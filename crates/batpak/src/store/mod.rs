@@ -638,6 +638,10 @@ impl Store<Open> {
         if result.is_ok() && self.shared.config.index.enable_checkpoint {
             result = maintenance::write_checkpoint(&self.shared);
         }
+        // Cached projections are only a speed-up: a failure is a warning.
+        if let Err(e) = self.shared.cache.sync() {
+            tracing::warn!(error = %e, "batpak: projection cache sync at close failed");
+        }
         self.lock = None;
         result.map(|()| Closed)
     }

@@ -106,7 +106,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<RemovedRecord, FormatError> {
     let end = usize::try_from(body_len)
         .ok()
         .and_then(|l| l.checked_add(HEADER_LEN))
-        .filter(|&e| e + 4 == b.len())
+        .filter(|&e| Some(e) == b.len().checked_sub(4))
         .ok_or_else(|| {
             FormatError::invalid(
                 "removed-event record length",
@@ -184,6 +184,18 @@ pub(crate) fn decode(b: &[u8]) -> Result<RemovedRecord, FormatError> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A body length near `u64::MAX` must be refused, not overflow (this
+    /// panicked in debug builds).
+    #[test]
+    fn a_huge_body_length_is_refused() {
+        for delta in 40..=44u64 {
+            let mut b = encode(&RemovedRecord::default());
+            b[24..32].copy_from_slice(&(u64::MAX - delta).to_le_bytes());
+            assert!(decode(&b).is_err());
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -28,18 +28,20 @@ fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -
 }
 
 impl Store {
-    /// Slots of `entity`'s visible events that `T` reads and whose global
-    /// sequence is above `after`, in clock order.
+    /// Slots of `entity`'s events that `T` reads with a global sequence in
+    /// `(after, upto]`, in clock order. `upto` is the `latest_relevant`
+    /// the caller saw, so an event committed meanwhile is neither folded in
+    /// under an older watermark nor applied twice later.
     fn relevant_slots<T: EventSourced<serde_json::Value>>(
         &self,
         entity: &str,
         after: Option<u64>,
+        upto: u64,
     ) -> Vec<u32> {
         let index = self.shared.index.read();
-        let visible = self.shared.durability.visible();
         let slots = index.entity_slots(entity);
-        let end = slots.partition_point(|&s| s < visible);
         // Slot order is sequence order: the newer events are a suffix.
+        let end = slots.partition_point(|&s| index.global_seq(s) <= upto);
         let start = after.map_or(0, |a| {
             slots[..end].partition_point(|&s| index.global_seq(s) <= a)
         });
@@ -143,19 +145,24 @@ impl Store {
         let latest = self.latest_relevant::<T>(entity);
         let decode =
             |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
+        let Some(latest) = latest else {
+            return Ok(T::from_events(&[]));
+        };
         let cached = self.cached(&key);
         if let Some((bytes, meta)) = &cached {
-            let fresh = match freshness {
-                Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
-                    let age_us = self
-                        .shared
-                        .config
-                        .now_us()
-                        .saturating_sub(meta.cached_at_us);
-                    u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
-                }
-                _ => Some(meta.watermark) == latest,
-            };
+            // Up to date, or (MaybeStale) young enough whatever its watermark.
+            let fresh = meta.watermark == latest
+                || match freshness {
+                    Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
+                        let age_us = self
+                            .shared
+                            .config
+                            .now_us()
+                            .saturating_sub(meta.cached_at_us);
+                        u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
+                    }
+                    _ => false,
+                };
             if fresh {
                 // A value that no longer decodes (changed type) is a miss.
                 if let Ok(v) = decode(bytes) {
@@ -163,15 +170,12 @@ impl Store {
                 }
             }
         }
-        let Some(latest) = latest else {
-            return Ok(T::from_events(&[]));
-        };
         let incremental =
             self.shared.config.index.incremental_projection && T::supports_incremental_apply();
         if let (true, Some((bytes, meta))) = (incremental, &cached) {
             if meta.watermark < latest {
                 if let Ok(mut state) = decode(bytes) {
-                    let newer = self.relevant_slots::<T>(entity, Some(meta.watermark));
+                    let newer = self.relevant_slots::<T>(entity, Some(meta.watermark), latest);
                     for event in self.read_events(&newer)? {
                         state.apply_event(&event);
                     }
@@ -180,7 +184,7 @@ impl Store {
                 }
             }
         }
-        let events = self.read_events(&self.relevant_slots::<T>(entity, None))?;
+        let events = self.read_events(&self.relevant_slots::<T>(entity, None, latest))?;
         let state = T::from_events(&events);
         if let Some(s) = &state {
             self.store_cached(&key, s, latest)?;

@@ -25,8 +25,9 @@ const SUFFIX: &str = ".bpc";
 pub struct NativeCache {
     root: PathBuf,
     tmp_counter: AtomicU64,
-    /// Entries written since the last `sync` (puts do not fsync; `sync` does).
-    unsynced: parking_lot::Mutex<Vec<PathBuf>>,
+    /// Entries written since the last `sync` (puts do not fsync; `sync`
+    /// does). A set: one file per key, however often it is rewritten.
+    unsynced: parking_lot::Mutex<hashbrown::HashSet<PathBuf>>,
 }
 
 /// Temporary files older than this were left by a process that crashed
@@ -88,7 +89,7 @@ impl NativeCache {
         Ok(Self {
             root,
             tmp_counter: AtomicU64::new(0),
-            unsynced: parking_lot::Mutex::new(Vec::new()),
+            unsynced: parking_lot::Mutex::new(hashbrown::HashSet::new()),
         })
     }
 
@@ -177,7 +178,7 @@ impl ProjectionCache for NativeCache {
         std::fs::write(&tmp, &b).map_err(failed)?;
         let path = self.file_for(key);
         std::fs::rename(&tmp, &path).map_err(failed)?;
-        self.unsynced.lock().push(path);
+        self.unsynced.lock().insert(path);
         Ok(())
     }
 
