@@ -44,8 +44,6 @@ pub(crate) struct Durability {
     poison_reason: Mutex<Option<String>>,
     /// The writer panicked past its restart budget (`WriterCrashed`).
     crashed: AtomicBool,
-    /// fsyncs in progress (the power-loss test hook waits for them).
-    fsyncs_running: AtomicU32,
     /// Slots readers may see: synced slots in durable mode, written slots otherwise.
     visible: AtomicU32,
     /// Syncs performed (diagnostics: events per sync shows group commit at work).
@@ -56,15 +54,6 @@ pub(crate) struct Durability {
     /// (cursors), and on close.
     visibility: AtomicU32,
     visibility_waiters: AtomicU32,
-}
-
-/// An fsync in progress (see [`Durability::fsync_guard`]).
-pub(crate) struct FsyncGuard<'a>(&'a AtomicU32);
-
-impl Drop for FsyncGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Counts an appender as in flight until dropped (after its write).
@@ -243,18 +232,6 @@ impl Durability {
         }
         self.crashed.store(true, Ordering::Release);
         self.wake_all();
-    }
-
-    /// Count an fsync as in progress until the guard drops. Taken under the
-    /// writer lock, right after the flush the fsync will cover.
-    pub(crate) fn fsync_guard(&self) -> FsyncGuard<'_> {
-        self.fsyncs_running.fetch_add(1, Ordering::AcqRel);
-        FsyncGuard(&self.fsyncs_running)
-    }
-
-    #[cfg(feature = "dangerous-test-hooks")]
-    pub(crate) fn fsyncs_running(&self) -> u32 {
-        self.fsyncs_running.load(Ordering::Acquire)
     }
 
     /// Take back `note_written` of a write that was undone.

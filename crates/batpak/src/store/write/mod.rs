@@ -681,20 +681,19 @@ impl Shared {
             // The group's frames go to the file in one write under the
             // writer lock (so a rotation's sync always covers them); the
             // fsync itself runs without it.
-            let (segment, written, _fsync) = {
+            let (segment, written) = {
                 let mut w = writer.lock();
                 // Stopped meanwhile: nothing more reaches the file.
                 self.durability.check()?;
                 self.fault(InjectionPoint::BeforeFlush)?;
                 w.active.flush_pending()?;
-                (
-                    w.active.segment().clone(),
-                    w.written,
-                    self.durability.fsync_guard(),
-                )
+                (w.active.segment().clone(), w.written)
             };
             self.fault(InjectionPoint::BeforeSync)?;
             segment.sync(self.log.sync_mode())?;
+            // Stopped while syncing (the power-loss hook cut the files
+            // under this fsync): what it covered cannot be acknowledged.
+            self.durability.check()?;
             self.fault(InjectionPoint::Sync)?;
             Ok(if max_batch == 0 {
                 written
