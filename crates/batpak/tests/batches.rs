@@ -285,18 +285,22 @@ fn readers_see_a_batch_all_at_once() {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let start = Arc::new(std::sync::Barrier::new(2));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let reader = {
-            let (store, stop, start) = (store.clone(), stop.clone(), start.clone());
+            let (store, stop, start, reads) =
+                (store.clone(), stop.clone(), start.clone(), reads.clone());
             std::thread::spawn(move || {
                 start.wait();
-                let mut observed = 0usize;
+                // Reads that landed while batches were still arriving.
+                let mut mid_run = 0usize;
                 loop {
                     let n = store.query(&Region::all()).len();
                     assert_eq!(n % 7, 0, "saw part of a batch: {n} events");
                     assert_eq!(store.stream("e").len() % 7, 0);
-                    observed += 1;
+                    mid_run += usize::from(n > 0 && n < 280);
+                    reads.fetch_add(1, Ordering::AcqRel);
                     if stop.load(Ordering::Acquire) {
-                        return observed;
+                        return mid_run;
                     }
                 }
             })
@@ -305,9 +309,15 @@ fn readers_see_a_batch_all_at_once() {
         for round in 0..40 {
             let items = (0..7).map(|i| item("e", json!([round, i]))).collect();
             store.append_batch(items).unwrap();
+            // Let the reader look at least once between batches, so its
+            // reads interleave with the writes even when these are fast.
+            let seen = reads.load(Ordering::Acquire);
+            while reads.load(Ordering::Acquire) < seen + 2 {
+                std::thread::yield_now();
+            }
         }
         stop.store(true, Ordering::Release);
-        assert!(reader.join().unwrap() > 0);
+        assert!(reader.join().unwrap() > 0, "no read overlapped the batches");
         assert_eq!(store.query(&Region::all()).len(), 280);
     }
 }

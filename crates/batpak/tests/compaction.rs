@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 const SEGMENT: u64 = 4096;
@@ -218,6 +219,22 @@ fn retention_removes_rejected_events_and_keeps_their_keys() {
         after.len(),
         "the retry wrote nothing"
     );
+    // The key stays the original kind's: another kind conflicts.
+    assert!(matches!(
+        store.append_with_options(
+            &coord(&format!("acct:{}", i % 5), "bank"),
+            if i % 2 == 0 { KIND_B } else { KIND_A },
+            &json!({"i": i}),
+            AppendOptions::new().with_idempotency(10_000 + u128::from(i)),
+        ),
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+    // A guaranteed cursor delivers exactly the survivors, in order.
+    let mut cursor = store.cursor_guaranteed(&Region::all());
+    let delivered: Vec<u64> = std::iter::from_fn(|| cursor.poll())
+        .map(|e| e.global_sequence)
+        .collect();
+    assert_eq!(delivered, after.keys().copied().collect::<Vec<_>>());
     store.close().unwrap();
 
     // Reopened without the checkpoint, the scan meets survivors whose
@@ -235,6 +252,15 @@ fn retention_removes_rejected_events_and_keeps_their_keys() {
         )
         .unwrap();
     assert_eq!(retry.sequence, original.sequence, "after reopening too");
+    assert!(matches!(
+        store.append_with_options(
+            &coord(&format!("acct:{}", i % 5), "bank"),
+            if i % 2 == 0 { KIND_B } else { KIND_A },
+            &json!({"i": i}),
+            AppendOptions::new().with_idempotency(10_000 + u128::from(i)),
+        ),
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
     let next = store
         .append(&coord("acct:0", "bank"), KIND_A, &json!({"i": 1}))
         .unwrap();
@@ -352,6 +378,15 @@ fn tombstone_redacts_but_keeps_the_chain_and_the_keys() {
         }
     }
     assert_eq!(redacted, result.events_tombstoned);
+    // A guaranteed cursor delivers redacted events with kind TOMBSTONE.
+    let mut cursor = store.cursor_guaranteed(&Region::all());
+    let kinds: Vec<(u64, EventKind)> = std::iter::from_fn(|| cursor.poll())
+        .map(|e| (e.global_sequence, e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        after.iter().map(|(seq, v)| (*seq, v.2)).collect::<Vec<_>>()
+    );
     assert_eq!(
         store.by_fact(KIND_A).len() as u64,
         kind_a_before as u64 - redacted
@@ -404,20 +439,24 @@ fn tombstone_redacts_but_keeps_the_chain_and_the_keys() {
 #[test]
 fn compaction_runs_while_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open(
-            small(dir.path())
-                .with_sync_every_n_events(16)
-                .with_sync_mode(SyncMode::SyncData),
-        )
-        .unwrap(),
-    );
+    // Each time a compaction has written a new segment it lets the writer
+    // append 5 events and waits for them: appends provably overlap it.
+    let appends = Arc::new(AppendsDuringCompaction::default());
+    let mut cfg = small(dir.path())
+        .with_sync_every_n_events(16)
+        .with_sync_mode(SyncMode::SyncData);
+    cfg.fault_injector = Some(appends.clone());
+    let store = Arc::new(Store::open(cfg).unwrap());
     fill(&store);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let store = store.clone();
+        let (store, stop, appends) = (store.clone(), stop.clone(), appends.clone());
         std::thread::spawn(move || {
             let mut acked = Vec::new();
-            for i in 0..600u64 {
+            for i in 0u64.. {
+                if !appends.take_permit(&stop) {
+                    break;
+                }
                 let r = store
                     .append(
                         &coord(&format!("live:{}", i % 3), "s"),
@@ -426,11 +465,12 @@ fn compaction_runs_while_appends_continue() {
                     )
                     .unwrap();
                 acked.push(r.event_id);
+                appends.appended.fetch_add(1, Ordering::AcqRel);
             }
             acked
         })
     };
-    let mut compactions = 0;
+    let mut removed = 0;
     for round in 0..6u64 {
         let config = CompactionConfig {
             strategy: CompactionStrategy::Retention(Box::new(move |e: &StoredEvent<Value>| {
@@ -439,11 +479,16 @@ fn compaction_runs_while_appends_continue() {
             })),
             min_segments: 1,
         };
-        store.compact(&config).unwrap();
-        compactions += 1;
+        removed += store.compact(&config).unwrap().events_removed;
     }
+    stop.store(true, Ordering::Release);
     let acked = writer.join().unwrap();
-    assert_eq!(compactions, 6);
+    assert!(removed > 0, "the compactions removed events");
+    assert!(
+        acked.len() >= 30,
+        "appended during compactions: {}",
+        acked.len()
+    );
     for id in &acked {
         store.get(*id).expect("every acknowledged append survives");
     }
@@ -457,13 +502,89 @@ fn compaction_runs_while_appends_continue() {
     assert_eq!(snapshot(&store), live);
 }
 
+/// Lets a writer append only while a compaction is in progress: at each
+/// segment a compaction writes, 5 appends are permitted and awaited.
+#[derive(Default)]
+struct AppendsDuringCompaction {
+    permits: std::sync::atomic::AtomicU64,
+    appended: std::sync::atomic::AtomicU64,
+}
+
+impl AppendsDuringCompaction {
+    /// Wait for a permit; `false` once `stop` is set.
+    fn take_permit(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
+            let n = self.permits.load(Ordering::Acquire);
+            if n > 0
+                && self
+                    .permits
+                    .compare_exchange(n, n - 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl batpak::store::FaultInjector for AppendsDuringCompaction {
+    fn on(&self, point: InjectionPoint) -> FaultAction {
+        if point == InjectionPoint::CompactionSegmentWritten {
+            let target = self.appended.load(Ordering::Acquire) + 5;
+            self.permits.fetch_add(5, Ordering::AcqRel);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.appended.load(Ordering::Acquire) < target {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no append during compaction"
+                );
+                std::thread::yield_now();
+            }
+        }
+        FaultAction::Continue
+    }
+}
+
 #[test]
 fn min_segments_and_read_only_are_respected() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-    store.append(&coord("a", "s"), KIND_A, &1).unwrap();
-    let r = store.compact(&CompactionConfig::default()).unwrap();
-    assert_eq!(r.segments_removed, 0, "nothing sealed yet");
+    let store = Store::open(small(dir.path())).unwrap();
+    // Exactly one sealed segment (and the active one).
+    let mut i = 0u64;
+    while segment_files(dir.path()).len() < 2 {
+        store
+            .append(
+                &coord("a", "s"),
+                KIND_A,
+                &json!({"i": i, "pad": "m".repeat(200)}),
+            )
+            .unwrap();
+        i += 1;
+    }
+    let drop_all = || CompactionConfig {
+        strategy: CompactionStrategy::Retention(Box::new(|_: &StoredEvent<Value>| false)),
+        min_segments: 2,
+    };
+    let files = file_names(dir.path());
+    let r = store.compact(&drop_all()).unwrap();
+    assert_eq!(
+        r,
+        Default::default(),
+        "one sealed segment is below min_segments 2"
+    );
+    assert_eq!(file_names(dir.path()), files);
+    assert_eq!(store.stats().event_count as u64, i);
+    let r = store
+        .compact(&CompactionConfig {
+            min_segments: 1,
+            ..drop_all()
+        })
+        .unwrap();
+    assert!(r.events_removed > 0, "{r:?}");
     store.close().unwrap();
     let ro = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
     assert!(matches!(
@@ -530,6 +651,15 @@ fn projections_see_compacted_history() {
 }
 
 // ---- failures and crashes at every step ------------------------------------
+
+/// Whether a failure at `point` comes after the commit point (the intent is
+/// durable): then the compaction happens, else it does not.
+fn after_commit(point: InjectionPoint) -> bool {
+    matches!(
+        point,
+        InjectionPoint::CompactionCommitted | InjectionPoint::CompactionInstalling
+    )
+}
 
 fn compaction_points() -> Vec<(InjectionPoint, u64)> {
     use InjectionPoint::*;
@@ -604,7 +734,6 @@ fn expected_states(dir: &Path) -> (State, State) {
 
 #[test]
 fn a_failure_at_any_step_leaves_old_or_new_state() {
-    let mut saw_new = 0;
     for (point, nth) in compaction_points() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = expected_states(dir.path());
@@ -625,12 +754,12 @@ fn a_failure_at_any_step_leaves_old_or_new_state() {
             live.len()
         );
         drop(store);
-        saw_new += usize::from(old_or_new(dir.path(), &old, &new));
+        assert_eq!(
+            old_or_new(dir.path(), &old, &new),
+            after_commit(point),
+            "{point:?} #{nth}: the new state exactly when the failure came after the commit"
+        );
     }
-    assert!(
-        saw_new >= 4,
-        "failures after the commit point finish at open"
-    );
 }
 
 const CHILD_DIR: &str = "BATPAK_COMPACT_CHILD_DIR";
@@ -659,8 +788,7 @@ fn compaction_crash_child() {
 #[test]
 fn a_crash_at_any_step_leaves_old_or_new_state() {
     let exe = std::env::current_exe().unwrap();
-    let mut saw_new = 0;
-    for i in 0..compaction_points().len() {
+    for (i, (point, nth)) in compaction_points().into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = expected_states(dir.path());
         let mut child = Command::new(&exe)
@@ -685,12 +813,12 @@ fn a_crash_at_any_step_leaves_old_or_new_state() {
         // The harness prints "test <name> ... " before the child's first line.
         assert!(lines.iter().any(|l| l.ends_with("OPEN")), "{lines:?}");
         assert!(!status.success(), "point {i} did not crash: {lines:?}");
-        saw_new += usize::from(old_or_new(dir.path(), &old, &new));
+        assert_eq!(
+            old_or_new(dir.path(), &old, &new),
+            after_commit(point),
+            "{point:?} #{nth}: the new state exactly when the crash came after the commit"
+        );
     }
-    assert!(
-        saw_new >= 4,
-        "crashes after the commit point finish at open"
-    );
 }
 
 #[test]

@@ -274,9 +274,7 @@ fn check_reopened(store: &Store, acked: &[Acked], failed: &[Failed]) -> Checked 
             );
         }
     }
-    if let Some(problems) = verify_problems(store, &checked) {
-        assert!(problems.is_empty(), "verify: {problems:#?}");
-    }
+    assert_verify_clean(store, "after reopening");
     checked
 }
 

@@ -108,16 +108,11 @@ fn a_panic_at_each_writer_step_undoes_only_that_call() {
         // The failed call left nothing: sequences and clocks run on.
         let seqs: Vec<u64> = acked.iter().map(|(_, r)| r.sequence).collect();
         assert_eq!(seqs, vec![0, 1, 2, 3, 4], "{point:?}");
-        let payloads: Vec<u64> = store
-            .stream("acct")
+        let is: Vec<u64> = payloads(&store, &store.stream("acct"))
             .iter()
-            .map(|e| {
-                store.get(e.event_id).unwrap().event.payload["i"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|p| p["i"].as_u64().unwrap())
             .collect();
-        assert_eq!(payloads, vec![0, 1, 3, 4, 5], "{point:?}");
+        assert_eq!(is, vec![0, 1, 3, 4, 5], "{point:?}");
         check_consistent(&store);
         assert_eq!(store.diagnostics().writer_restarts, 1);
         store.close().unwrap();
@@ -156,17 +151,17 @@ fn a_batch_that_panics_while_rotating_segments_is_undone_whole() {
             .collect()
     };
     store.append_batch(batch(1)).unwrap();
+    let segments = segment_files(dir.path()).len();
     let e = store.append_batch(batch(2)).unwrap_err();
     assert!(panicked(&e), "{e}");
+    assert!(
+        segment_files(dir.path()).len() > segments,
+        "the panicking batch crossed into a new segment"
+    );
     store.append_batch(batch(3)).unwrap();
-    let tags: Vec<u64> = store
-        .by_fact(KIND_B)
+    let tags: Vec<u64> = payloads(&store, &store.by_fact(KIND_B))
         .iter()
-        .map(|e| {
-            store.get(e.event_id).unwrap().event.payload["tag"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|p| p["tag"].as_u64().unwrap())
         .collect();
     assert_eq!(tags, [vec![1; 8], vec![3; 8]].concat());
     check_consistent(&store);
@@ -205,18 +200,9 @@ fn past_the_budget_every_write_and_close_report_writer_crashed() {
     assert!(matches!(store.close(), Err(StoreError::WriterCrashed)));
     // Nothing acknowledged was lost.
     let store = open(dir.path());
-    let values: Vec<i64> = store
-        .stream("a")
+    let values: Vec<i64> = payloads(&store, &store.stream("a"))
         .iter()
-        .map(|e| {
-            store
-                .get(e.event_id)
-                .unwrap()
-                .event
-                .payload
-                .as_i64()
-                .unwrap()
-        })
+        .map(|p| p.as_i64().unwrap())
         .collect();
     assert_eq!(values, vec![1, 3]);
 }

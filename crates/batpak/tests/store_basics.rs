@@ -107,17 +107,9 @@ fn queries_follow_region_rules() {
     store.append(&coord("order:1", "t1"), KIND_A, &4).unwrap();
 
     let payload_of = |entries: Vec<IndexEntry>| -> Vec<i64> {
-        entries
+        payloads(&store, &entries)
             .iter()
-            .map(|e| {
-                store
-                    .get(e.event_id)
-                    .unwrap()
-                    .event
-                    .payload
-                    .as_i64()
-                    .unwrap()
-            })
+            .map(|p| p.as_i64().unwrap())
             .collect()
     };
     assert_eq!(payload_of(store.query(&Region::all())), vec![0, 1, 2, 3, 4]);
@@ -441,20 +433,11 @@ fn segments_are_ordered_numerically() {
     }
     drop(store);
     let store = open(dir.path());
-    let payloads: Vec<i64> = store
-        .stream("e")
+    let values: Vec<i64> = payloads(&store, &store.stream("e"))
         .iter()
-        .map(|e| {
-            store
-                .get(e.event_id)
-                .unwrap()
-                .event
-                .payload
-                .as_i64()
-                .unwrap()
-        })
+        .map(|p| p.as_i64().unwrap())
         .collect();
-    assert_eq!(payloads, (0..25).collect::<Vec<_>>());
+    assert_eq!(values, (0..25).collect::<Vec<_>>());
     assert!(store.diagnostics().segment_count >= 25);
 }
 

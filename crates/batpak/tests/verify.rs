@@ -433,21 +433,32 @@ fn verify_while_appending(relaxed: bool) {
     // The writer appends (singles and batches, rotating segments, footers
     // written behind it) until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, acked) = (store.clone(), stop.clone(), acked.clone());
         std::thread::spawn(move || {
             let mut written = 0u64;
             while !stop.load(Ordering::Acquire) || written < 300 {
                 written += fill(&store, 30).len() as u64;
+                acked.store(written, Ordering::Release);
             }
             written
         })
     };
     let mut last_checked = 0;
-    for run in 0..8 {
+    for run in 0..8u64 {
+        // Each run starts after the writer got further: it checks more.
+        while acked.load(Ordering::Acquire) < (run + 1) * 60 {
+            std::thread::yield_now();
+        }
+        let before = acked.load(Ordering::Acquire);
         let report = store.verify().unwrap();
         assert!(report.is_clean(), "run {run}: {report}");
-        assert!(report.events_checked >= last_checked);
+        assert!(
+            report.events_checked >= before && report.events_checked > last_checked,
+            "run {run}: checked {} of at least {before} acknowledged (previous run {last_checked})",
+            report.events_checked
+        );
         last_checked = report.events_checked;
     }
     stop.store(true, Ordering::Release);

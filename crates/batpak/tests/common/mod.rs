@@ -76,3 +76,35 @@ pub fn observe(store: &Store) -> Vec<String> {
     out.push(format!("{:?}", store.stats()));
     out
 }
+
+/// Join `handle`, failing (instead of hanging) if the thread has not ended
+/// within `limit`.
+pub fn join_within<T>(
+    handle: std::thread::JoinHandle<T>,
+    limit: std::time::Duration,
+    what: &str,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    while !handle.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: thread still running after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    handle.join().expect("thread panicked")
+}
+
+/// The payloads of `entries`, read back through `get`, in order.
+pub fn payloads(store: &Store, entries: &[IndexEntry]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            store
+                .get(e.event_id)
+                .expect("listed event reads")
+                .event
+                .payload
+        })
+        .collect()
+}

@@ -6,7 +6,6 @@
 //! interrupted.
 
 use batpak::prelude::*;
-use batpak::store::VerifyReport;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -306,18 +305,10 @@ pub fn check_store(store: &Store, acked: &[Acked]) -> Checked {
     }
 }
 
-/// What `Store::verify` says: `Some(problems)` (`None` only if verify
-/// answers "not implemented"). Any other error fails.
-pub fn verify_problems(store: &Store, _checked: &Checked) -> Option<Vec<String>> {
-    verify_report(store).map(|report| report.problems().iter().map(|p| p.to_string()).collect())
-}
-
-/// `Store::verify`'s report, or `None` while it answers "not implemented".
-/// Any other error fails.
-pub fn verify_report(store: &Store) -> Option<VerifyReport> {
-    match store.verify() {
-        Ok(report) => Some(report),
-        Err(StoreError::Configuration(msg)) if msg.contains("not implemented") => None,
-        Err(e) => panic!("verify failed: {e}"),
-    }
+/// `Store::verify` must find nothing; `context` says where in the test.
+pub fn assert_verify_clean(store: &Store, context: &str) {
+    let report = store
+        .verify()
+        .unwrap_or_else(|e| panic!("{context}: verify failed: {e}"));
+    assert!(report.is_clean(), "{context}: verify: {report}");
 }
