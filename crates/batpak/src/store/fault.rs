@@ -31,7 +31,8 @@ pub enum InjectionPoint {
     Sync,
     /// A segment is full and about to be synced and sealed.
     BeforeRotate,
-    /// The full segment's footer is written; the next segment does not exist yet.
+    /// The sealer wrote a sealed segment's footer (the next segment already
+    /// exists: footers are written after rotation, in the background).
     FooterWritten,
     /// A new segment file was created and synced; the directory is not synced yet.
     SegmentCreated,

@@ -10,7 +10,10 @@
 //! | `read`        | `get`, `walk_ancestors`, queries                            |
 //! | `index`       | the in-memory index                                         |
 //! | `recovery`    | rebuilding the index at open                                |
-//! | `projection`  | projection caches                                           |
+//! | `delivery`    | guaranteed cursors, lossy subscriptions, reactors           |
+//! | `projection`  | projections, their caches and watchers                      |
+//! | `maintenance` | footers, checkpoint, compaction, snapshot, verify           |
+//! | `fault`       | fault injection (feature `dangerous-test-hooks`)            |
 //! | `stats`       | statistics and diagnostics                                  |
 //!
 //! `Store` itself is a thin shell: it validates arguments, builds drafts and
@@ -337,12 +340,15 @@ impl Store<Open> {
             return Err(StoreError::ReservedKind(kind));
         }
         let payload = write::encode_payload(payload)?;
+        self.shared.validate_event(kind, payload.len())?;
+        let content_hash = format::chain::content_hash(&payload);
         let event_id = opts
             .idempotency_key
             .unwrap_or_else(crate::id::generate_v7_id);
         Ok(Draft {
             coord,
             kind,
+            content_hash,
             payload,
             event_id,
             correlation_id: opts.correlation_id,
@@ -400,8 +406,12 @@ impl Store<Open> {
         opts: AppendOptions,
     ) -> Result<AppendReceipt, StoreError> {
         let inflight = self.shared.durability.begin_append();
-        let draft = self.draft(coord, kind, payload, opts)?;
-        self.shared.append_draft(draft, inflight)
+        let drafts = [self.draft(coord, kind, payload, opts)?];
+        let receipts = self
+            .shared
+            .append_drafts(&drafts, false, inflight)
+            .map_err(|f| f.error)?;
+        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
     }
 
     /// Append a typestate transition: its kind and payload, as [`Store::append`].

@@ -45,7 +45,8 @@ pub struct StoreDiagnostics {
     pub pending_events: usize,
     /// Heap bytes held by the index.
     pub index_heap_bytes: usize,
-    /// `index_heap_bytes / event_count`.
+    /// `index_heap_bytes` per indexed slot (slots include events not yet
+    /// visible and those a compaction removed since open).
     pub index_bytes_per_event: f64,
     /// Whether every receipt means "on stable storage".
     pub durable_receipts: bool,

@@ -87,6 +87,7 @@ impl Shared {
             drafts.push(Draft {
                 coord: &item.coord,
                 kind: item.kind,
+                content_hash: crate::store::format::chain::content_hash(&payload),
                 payload,
                 event_id: ids[i],
                 correlation_id: reaction.map(|r| r.0).or(item.options.correlation_id),

@@ -3,12 +3,15 @@
 //! copies the frame into the log, and the wait for durability.
 //!
 //! There is no writer thread. The writer lock *is* the single serialised
-//! write path and its back-pressure: at most one append is inside it, every
-//! other caller blocks on it holding one encoded event. Handing each append
-//! to a thread and waiting for the reply would cost a cross-CPU wake-up per
-//! append (see ADR 0002).
+//! write path: at most one append is inside it. Handing each append to a
+//! thread and waiting for the reply would cost a cross-CPU wake-up per
+//! append (see ADR 0002). Back-pressure is `Durability::begin_append`, which
+//! bounds the appenders in flight (`writer.channel_capacity`).
 //!
-//! This module must not read frames back or answer queries; it only appends.
+//! This module appends and answers no queries. It reads a frame back only
+//! where the index does not hold what it needs: the original kind of a
+//! redacted event an idempotency key names, and (`gated`) the hash of a
+//! committed event.
 
 mod batch;
 pub(crate) mod durability;
@@ -126,6 +129,8 @@ impl Condition {
 pub(crate) struct Draft<'a> {
     pub(crate) coord: &'a Coordinate,
     pub(crate) kind: EventKind,
+    /// blake3 of `payload`, computed before the writer lock is taken.
+    pub(crate) content_hash: [u8; 32],
     pub(crate) payload: Vec<u8>,
     pub(crate) event_id: u128,
     /// `None`: correlate to the event itself.
@@ -174,8 +179,6 @@ enum Locked {
     Written {
         receipts: Vec<AppendReceipt>,
         target: u32,
-        durable: bool,
-        last: usize,
     },
 }
 
@@ -265,22 +268,6 @@ impl Shared {
         Ok(KeyLookup::Retry(receipt, hit.slot))
     }
 
-    /// Append one event: the whole single-append path. `inflight` marks the
-    /// caller as about to write; it is released once the frame is in the
-    /// log, before waiting for durability.
-    pub(crate) fn append_draft(
-        &self,
-        draft: Draft<'_>,
-        inflight: InflightGuard<'_>,
-    ) -> Result<AppendReceipt, StoreError> {
-        self.validate_event(draft.kind, draft.payload.len())?;
-        let drafts = [draft];
-        let receipts = self
-            .append_drafts(&drafts, false, inflight)
-            .map_err(|f| f.error)?;
-        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
-    }
-
     /// The shared core of single and batch appends: under the writer lock,
     /// check keys and conditions, assign clocks, sequences and hashes, copy
     /// the frames into the log, index them; then wait for durability. With
@@ -297,10 +284,6 @@ impl Shared {
             .writer
             .as_ref()
             .ok_or_else(|| validation(0, StoreError::ReadOnly))?;
-        let content: Vec<[u8; 32]> = drafts
-            .iter()
-            .map(|d| chain::content_hash(&d.payload))
-            .collect();
         let now_us = self.config.now_us();
         let batch_size = if batch {
             u32::try_from(drafts.len())
@@ -312,7 +295,7 @@ impl Shared {
         let mut w = writer.lock();
         let before = Mark::of(&w);
         let locked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.write_locked(&mut w, drafts, &content, now_us, batch_size)
+            self.write_locked(&mut w, before, drafts, now_us, batch_size)
         }));
         let locked = match locked {
             Ok(result) => result?,
@@ -320,7 +303,7 @@ impl Shared {
         };
         drop(w);
         drop(inflight);
-        let (receipts, target, durable, last) = match locked {
+        let (receipts, target) = match locked {
             Locked::Retries(retries) => {
                 let wait_for = retries.iter().filter_map(|r| r.2).max();
                 if let Some(slot) = wait_for {
@@ -328,14 +311,10 @@ impl Shared {
                 }
                 return Ok(retries.into_iter().map(|r| r.1).collect());
             }
-            Locked::Written {
-                receipts,
-                target,
-                durable,
-                last,
-            } => (receipts, target, durable, last),
+            Locked::Written { receipts, target } => (receipts, target),
         };
-        if durable {
+        if self.config.durable_receipts() {
+            let last = receipts.len().saturating_sub(1);
             self.wait_visible(target)
                 .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
@@ -348,8 +327,8 @@ impl Shared {
     fn write_locked(
         &self,
         w: &mut Writer,
+        before: Mark,
         drafts: &[Draft<'_>],
-        content: &[[u8; 32]],
         now_us: i64,
         batch_size: u32,
     ) -> Result<Locked, Failure> {
@@ -390,17 +369,16 @@ impl Shared {
                 StoreError::CapacityExhausted(format!("{MAX_SLOTS} events")),
             ));
         }
-        let records = self.plan(&index, w.next_seq, drafts, content, now_us, batch_size)?;
+        let records = self.plan(&index, w.next_seq, drafts, now_us, batch_size)?;
         self.fault(InjectionPoint::BatchValidated)
             .map_err(|e| validation(0, e))?;
 
         // Copy the frames into the log. If that fails part-way, the frames
         // already copied are taken back (see `roll_back`); nothing is indexed.
-        let started_at = (w.active.segment().id(), w.active.write_pos());
-        let positions = match self.write_frames(w, &records, base, now_us) {
-            Ok(p) => p,
+        let receipts = match self.write_frames(w, &records, now_us) {
+            Ok(r) => r,
             Err(failure) => {
-                self.roll_back(w, started_at);
+                self.roll_back(w, &before);
                 return Err(failure);
             }
         };
@@ -411,7 +389,8 @@ impl Shared {
 
         let mut index = RwLockUpgradableReadGuard::upgrade(index);
         index.begin_undo();
-        for (i, (rec, pos)) in records.iter().zip(&positions).enumerate() {
+        for (i, (rec, receipt)) in records.iter().zip(&receipts).enumerate() {
+            let pos = receipt.disk_pos;
             let inserted = index.insert(&NewRecord {
                 event_id: rec.event_id,
                 correlation_id: rec.correlation_id,
@@ -440,15 +419,6 @@ impl Shared {
         // The undo log stays until the next write begins: a panic after
         // this point (before the call returns) still rolls back through it.
         drop(index);
-        let receipts: Vec<AppendReceipt> = records
-            .iter()
-            .zip(&positions)
-            .map(|(rec, pos)| AppendReceipt {
-                event_id: rec.event_id,
-                sequence: rec.global_seq,
-                disk_pos: *pos,
-            })
-            .collect();
         w.next_seq += records.len() as u64;
         w.written = base + records.len() as u32;
         self.durability.note_written(w.written);
@@ -458,8 +428,7 @@ impl Shared {
             self.durability.poison(e.to_string());
             return Err(Failure::at(last, BatchStage::Indexing, e));
         }
-        let durable = self.config.durable_receipts();
-        if !durable {
+        if !self.config.durable_receipts() {
             self.durability.publish(w.written);
             w.unsynced += records.len() as u32;
             if w.unsynced >= self.config.sync.every_n_events {
@@ -472,8 +441,6 @@ impl Shared {
         Ok(Locked::Written {
             receipts,
             target: w.written,
-            durable,
-            last,
         })
     }
 
@@ -482,15 +449,14 @@ impl Shared {
         &self,
         w: &mut Writer,
         records: &[EventRecord<'_>],
-        indexed: u32,
         now_us: i64,
-    ) -> Result<Vec<DiskPos>, Failure> {
+    ) -> Result<Vec<AppendReceipt>, Failure> {
         let durable = self.config.durable_receipts();
-        let mut positions = Vec::with_capacity(records.len());
+        let mut receipts = Vec::with_capacity(records.len());
         for (i, rec) in records.iter().enumerate() {
             let frame_len = rec.frame_len();
             if !self.log.fits(&w.active, frame_len as u64) {
-                self.rotate(w, frame_len as u64, indexed, now_us)
+                self.rotate(w, frame_len as u64, now_us)
                     .map_err(|e| Failure::at(i, BatchStage::Syncing, e))?;
             }
             let segment_id = w.active.segment().id();
@@ -501,17 +467,21 @@ impl Shared {
                 w.active.append(frame_len, |buf| rec.write_frame(buf))
             };
             let offset = written.map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
-            positions.push(DiskPos {
-                segment_id,
-                offset,
-                length: frame_len as u32,
+            receipts.push(AppendReceipt {
+                event_id: rec.event_id,
+                sequence: rec.global_seq,
+                disk_pos: DiskPos {
+                    segment_id,
+                    offset,
+                    length: frame_len as u32,
+                },
             });
             self.fault(InjectionPoint::ItemWritten(i))
                 .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
         }
         self.fault(InjectionPoint::FramesWritten)
             .map_err(|e| Failure::at(records.len().saturating_sub(1), BatchStage::Writing, e))?;
-        Ok(positions)
+        Ok(receipts)
     }
 
     /// Take back the frames of a failed append from the active segment, so
@@ -519,9 +489,9 @@ impl Shared {
     /// rotation already moved into an earlier segment stay there, but as an
     /// incomplete batch, which recovery discards. If even that fails, the
     /// writer stops (`Poisoned`).
-    fn roll_back(&self, w: &mut Writer, (segment_id, pos): (u64, u64)) {
-        let from = if w.active.segment().id() == segment_id {
-            pos
+    fn roll_back(&self, w: &mut Writer, before: &Mark) {
+        let from = if w.active.segment().id() == before.segment_id {
+            before.write_pos
         } else {
             SEGMENT_HEADER_LEN as u64
         };
@@ -539,11 +509,11 @@ impl Shared {
         index: &Index,
         next_seq: u64,
         drafts: &'d [Draft<'d>],
-        content: &[[u8; 32]],
         now_us: i64,
         batch_size: u32,
     ) -> Result<Vec<EventRecord<'d>>, Failure> {
-        let mut overlay: Vec<(&str, EntityTail)> = Vec::new();
+        // An entity's tail as earlier items of this call left it: found
+        // among the records planned so far (a map for large batches).
         let mut overlay_map: hashbrown::HashMap<&str, EntityTail> = hashbrown::HashMap::new();
         let use_map = drafts.len() > 16;
         let mut records = Vec::with_capacity(drafts.len());
@@ -552,11 +522,16 @@ impl Shared {
             let local = if use_map {
                 overlay_map.get(entity).copied()
             } else {
-                overlay
+                records
                     .iter()
                     .rev()
-                    .find(|(e, _)| *e == entity)
-                    .map(|(_, t)| *t)
+                    .find(|r: &&EventRecord<'_>| r.entity == entity)
+                    .map(|r| EntityTail {
+                        clock: r.clock,
+                        event_hash: r.event_hash,
+                        timestamp_us: r.timestamp_us,
+                        hlc_counter: r.hlc_counter,
+                    })
             };
             let tail = local.or_else(|| index.entity_tail(entity));
             d.condition
@@ -606,7 +581,7 @@ impl Shared {
                 causation_id: d.causation_id,
                 prev_hash,
                 event_hash: [0; 32],
-                content_hash: content[i],
+                content_hash: d.content_hash,
                 entity,
                 scope: d.coord.scope(),
                 payload_len: d.payload.len() as u32,
@@ -614,16 +589,16 @@ impl Shared {
                 payload: &d.payload,
             };
             rec.event_hash = chain::event_hash(&prev_hash, &rec);
-            let new_tail = EntityTail {
-                clock,
-                event_hash: rec.event_hash,
-                timestamp_us,
-                hlc_counter,
-            };
             if use_map {
-                overlay_map.insert(entity, new_tail);
-            } else {
-                overlay.push((entity, new_tail));
+                overlay_map.insert(
+                    entity,
+                    EntityTail {
+                        clock,
+                        event_hash: rec.event_hash,
+                        timestamp_us,
+                        hlc_counter,
+                    },
+                );
             }
             records.push(rec);
         }
@@ -632,13 +607,7 @@ impl Shared {
 
     /// Seal the active segment and start the next one. Everything written so
     /// far is durable afterwards (rotation syncs the old segment).
-    fn rotate(
-        &self,
-        w: &mut Writer,
-        frame_len: u64,
-        written: u32,
-        now_us: i64,
-    ) -> Result<(), StoreError> {
+    fn rotate(&self, w: &mut Writer, frame_len: u64, now_us: i64) -> Result<(), StoreError> {
         let next_id = w.active.segment().id() + 1;
         if next_id > u64::from(u32::MAX) {
             return Err(StoreError::CapacityExhausted(format!(
@@ -657,8 +626,9 @@ impl Shared {
         let sealed = w.active.segment().id();
         w.active = new;
         self.sealer.request(sealed);
+        // Everything indexed before this call was in the segment just synced.
         self.durability
-            .mark_synced(written, self.config.durable_receipts());
+            .mark_synced(w.written, self.config.durable_receipts());
         Ok(())
     }
 

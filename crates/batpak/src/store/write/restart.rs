@@ -109,12 +109,8 @@ impl Shared {
         w.written = before.written;
         w.next_seq = before.next_seq;
         self.durability.reset_written(before.written);
-        self.roll_back(w, (before.segment_id, before.write_pos));
-        Failure {
-            item: 0,
-            stage: BatchStage::Writing,
-            error: self.count_restart(message),
-        }
+        self.roll_back(w, &before);
+        Failure::at(0, BatchStage::Writing, self.count_restart(message))
     }
 
     /// Count a restart after a panic with `message`: the error for the call
