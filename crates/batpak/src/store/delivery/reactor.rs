@@ -101,7 +101,7 @@ impl Store {
     fn last_answered_trigger(&self, region: &Region) -> Option<u64> {
         let index = self.shared.index.read();
         let visible = self.shared.durability.visible();
-        let slots = crate::store::index::SlotQuery::range(&index, region, 0, visible).collect();
+        let slots = index.query_slots(region, visible);
         slots.iter().rev().find_map(|&slot| {
             let trigger = index.event_id(slot);
             index

@@ -309,7 +309,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, FormatError> {
         ));
     }
     let invalid = |e: String| FormatError::invalid("checkpoint index", e);
-    let mut loader = IndexLoader::new(t, n as u32).map_err(invalid)?;
+    let mut loader = IndexLoader::new(t).map_err(invalid)?;
     for r in records.chunks_exact(RECORD_LEN) {
         if r[27] != 0 || r[26] > 1 {
             return Err(FormatError::invalid(

@@ -105,10 +105,6 @@ pub(crate) struct IndexLoader {
     with_links: u32,
 }
 
-fn bad(detail: impl Into<String>) -> String {
-    detail.into()
-}
-
 /// The id table of `records`, refusing a repeated id.
 fn build_id_table(records: &RecordArena) -> Result<hashbrown::HashTable<u32>, String> {
     let mut table = hashbrown::HashTable::with_capacity(records.len() as usize);
@@ -121,7 +117,7 @@ fn build_id_table(records: &RecordArena) -> Result<hashbrown::HashTable<u32>, St
             hash,
         ) {
             hashbrown::hash_table::Entry::Occupied(_) => {
-                return Err(bad(format!("record {slot}: duplicate event id")))
+                return Err(format!("record {slot}: duplicate event id"))
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(slot);
@@ -132,13 +128,13 @@ fn build_id_table(records: &RecordArena) -> Result<hashbrown::HashTable<u32>, St
 }
 
 impl IndexLoader {
-    pub(crate) fn new(tables: IndexTables, expected_records: u32) -> Result<Self, String> {
+    pub(crate) fn new(tables: IndexTables) -> Result<Self, String> {
         let mut index = Index::new();
         for e in &tables.entities {
             let name: Arc<str> = Arc::from(e.name.as_str());
             let id = index.entities.len() as u32;
             if index.entity_ids.insert(name.clone(), id).is_some() {
-                return Err(bad(format!("entity {:?} listed twice", e.name)));
+                return Err(format!("entity {:?} listed twice", e.name));
             }
             index.entity_order.insert(name.clone(), id);
             index.entities.push(EntityInfo {
@@ -151,7 +147,7 @@ impl IndexLoader {
             let name: Arc<str> = Arc::from(s.as_str());
             let id = index.scopes.len() as u32;
             if index.scope_ids.insert(name.clone(), id).is_some() {
-                return Err(bad(format!("scope {s:?} listed twice")));
+                return Err(format!("scope {s:?} listed twice"));
             }
             index.scopes.push(ScopeInfo {
                 name,
@@ -160,17 +156,14 @@ impl IndexLoader {
         }
         for (i, &(e, s)) in tables.coords.iter().enumerate() {
             if e as usize >= index.entities.len() || s as usize >= index.scopes.len() {
-                return Err(bad(format!(
-                    "coordinate {i} names a missing entity or scope"
-                )));
+                return Err(format!("coordinate {i} names a missing entity or scope"));
             }
             if index.coord_ids.insert((e, s), i as u32).is_some() {
-                return Err(bad(format!("coordinate {i} listed twice")));
+                return Err(format!("coordinate {i} listed twice"));
             }
         }
         index.coords = tables.coords.clone();
         index.external_ids = tables.external_ids.clone();
-        let _ = expected_records;
         Ok(Self {
             index,
             tables,
@@ -183,7 +176,7 @@ impl IndexLoader {
         let idx = &mut self.index;
         if r.coord as usize >= idx.coords.len() {
             let slot = idx.records.len();
-            return Err(bad(format!("record {slot} names coordinate {}", r.coord)));
+            return Err(format!("record {slot} names coordinate {}", r.coord));
         }
         idx.records.push(Record::new(
             r.event_id,
@@ -213,10 +206,10 @@ impl IndexLoader {
             let info = &mut idx.entities[e as usize];
             if let Some(&prev) = info.slots.last() {
                 if records.get(prev).clock >= rec.clock {
-                    return Err(bad(format!(
+                    return Err(format!(
                         "record {slot}: entity clock {} does not increase",
                         rec.clock
-                    )));
+                    ));
                 }
             }
             info.slots.push(slot);
@@ -253,7 +246,7 @@ impl IndexLoader {
                 let lists = self.build_lists(&records);
                 let ids = ids
                     .join()
-                    .map_err(|_| bad("building the id table panicked"))?;
+                    .map_err(|_| String::from("building the id table panicked"))?;
                 lists.and(ids)
             })?
         };
@@ -262,18 +255,18 @@ impl IndexLoader {
         let n = self.index.records.len();
         let runs = std::mem::take(&mut self.tables.seq_runs);
         if n > 0 && runs.first().map(|r| r.0) != Some(0) {
-            return Err(bad("sequence runs do not start at slot 0"));
+            return Err(String::from("sequence runs do not start at slot 0"));
         }
         for w in runs.windows(2) {
             let (a, b) = (w[0], w[1]);
             let run_len = u64::from(b.0.saturating_sub(a.0));
             if b.0 <= a.0 || b.0 > n || a.1.checked_add(run_len).is_none_or(|end| end > b.1) {
-                return Err(bad("sequence runs are not increasing"));
+                return Err(String::from("sequence runs are not increasing"));
             }
         }
         if let Some(&(first, seq)) = runs.last() {
             if first >= n.max(1) || seq.checked_add(u64::from(n - first)).is_none() {
-                return Err(bad("last sequence run is out of range"));
+                return Err(String::from("last sequence run is out of range"));
             }
         }
         self.index.seq_runs = runs;
@@ -288,20 +281,22 @@ impl IndexLoader {
                 || !valid_ref(l.corr)
                 || !valid_ref(l.cause)
             {
-                return Err(bad(format!("link of record {} is invalid", l.slot)));
+                return Err(format!("link of record {} is invalid", l.slot));
             }
             if !self.index.records.get(l.slot).has_links()
                 || (l.corr == NO_REF && l.cause == NO_REF)
             {
-                return Err(bad(format!(
+                return Err(format!(
                     "link of record {} does not match its record",
                     l.slot
-                )));
+                ));
             }
             prev_slot = Some(l.slot);
         }
         if self.with_links as usize != links.len() {
-            return Err(bad("records flagged with links have no link entry"));
+            return Err(String::from(
+                "records flagged with links have no link entry",
+            ));
         }
         let mut by_correlation: HashMap<u128, Vec<u32>> = HashMap::new();
         let mut by_causation: HashMap<u128, Vec<u32>> = HashMap::new();
@@ -373,7 +368,7 @@ mod tests {
     }
 
     fn rebuild(idx: &Index) -> Result<Index, String> {
-        let mut l = IndexLoader::new(idx.tables(), idx.len())?;
+        let mut l = IndexLoader::new(idx.tables())?;
         for r in idx.record_images() {
             l.push(r)?;
         }
@@ -403,29 +398,29 @@ mod tests {
         let a = sample();
         let mut t = a.tables();
         t.coords[0] = (99, 0);
-        assert!(IndexLoader::new(t, 0).is_err());
+        assert!(IndexLoader::new(t).is_err());
 
         let mut t = a.tables();
         t.links[0].corr = EXTERNAL_REF | 500;
-        let mut l = IndexLoader::new(t, a.len()).unwrap();
+        let mut l = IndexLoader::new(t).unwrap();
         for r in a.record_images() {
             l.push(r).unwrap();
         }
         assert!(l.finish().is_err());
 
-        let mut l = IndexLoader::new(a.tables(), a.len()).unwrap();
+        let mut l = IndexLoader::new(a.tables()).unwrap();
         let mut recs: Vec<_> = a.record_images().collect();
         recs[5].coord = 1_000;
         assert!(recs.into_iter().try_for_each(|r| l.push(r)).is_err());
 
-        let mut l = IndexLoader::new(a.tables(), a.len()).unwrap();
+        let mut l = IndexLoader::new(a.tables()).unwrap();
         let mut recs: Vec<_> = a.record_images().collect();
         recs[6].event_id = recs[2].event_id;
         recs.into_iter().try_for_each(|r| l.push(r)).unwrap();
         assert!(l.finish().err().unwrap().contains("duplicate event id"));
 
         // A clock that goes backwards within an entity.
-        let mut l = IndexLoader::new(a.tables(), a.len()).unwrap();
+        let mut l = IndexLoader::new(a.tables()).unwrap();
         let mut recs: Vec<_> = a.record_images().collect();
         let last_a = recs.iter().rposition(|r| r.coord == recs[0].coord).unwrap();
         recs[last_a].clock = 0;
@@ -434,7 +429,7 @@ mod tests {
 
         let mut t = a.tables();
         t.seq_runs = vec![(0, 10), (0, 5)];
-        let mut l = IndexLoader::new(t, a.len()).unwrap();
+        let mut l = IndexLoader::new(t).unwrap();
         a.record_images().try_for_each(|r| l.push(r)).unwrap();
         assert!(l.finish().is_err());
     }

@@ -9,7 +9,7 @@
 //! (its position in that order) is also its global-sequence order. Every list
 //! (per entity, scope, kind, ...) holds 4-byte slots, and references between
 //! events (correlation, causation) are slots too when the target is in the
-//! store, so no id is stored twice.
+//! store. (The correlation and causation lookups are keyed by id.)
 
 mod compaction;
 mod entry;
@@ -456,8 +456,7 @@ impl Index {
         pos.checked_sub(1).map(|p| slots[p])
     }
 
-    /// The public view of one record. Its `hash_chain` is left zero: hashes
-    /// live in the frames, and the read path fills them in.
+    /// The causal links of `slot`, if it has any.
     fn link(&self, slot: u32) -> Option<&Link> {
         if !self.records.get(slot).has_links() {
             return None;
@@ -468,6 +467,8 @@ impl Index {
             .map(|i| &self.links[i])
     }
 
+    /// The public view of one record. Its `hash_chain` is left zero: hashes
+    /// live in the frames, and the read path fills them in.
     pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
         let rec = self.records.get(slot);
         let link = self.link(slot);
@@ -554,9 +555,6 @@ impl Index {
     }
 
     pub(crate) fn query_slots(&self, region: &Region, visible: u32) -> Vec<u32> {
-        SlotQuery::new(self, region, visible).collect()
+        SlotQuery::range(self, region, 0, visible).collect()
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -15,10 +15,6 @@ pub(crate) struct SlotQuery<'a> {
 }
 
 impl<'a> SlotQuery<'a> {
-    pub(crate) fn new(index: &'a Index, region: &'a Region, visible: u32) -> Self {
-        Self::range(index, region, 0, visible)
-    }
-
     pub(crate) fn range(index: &'a Index, region: &'a Region, from: u32, to: u32) -> Self {
         Self {
             index,
@@ -57,7 +53,7 @@ impl<'a> SlotQuery<'a> {
             KindFilter::Category(c) => Some(
                 idx.by_kind
                     .iter()
-                    .filter(|(k, _)| (*k >> 12) as u8 == c)
+                    .filter(|(k, _)| crate::event::EventKind::from_raw(**k).category() == c)
                     .map(|(_, v)| v.as_slice())
                     .collect(),
             ),

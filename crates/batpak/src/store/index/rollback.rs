@@ -52,11 +52,7 @@ impl Index {
             if let Some(list) = self.by_kind.get_mut(&rec.kind().raw()) {
                 pop_from(list, len);
             }
-            let link = self
-                .links
-                .binary_search_by_key(&slot, |l| l.slot)
-                .ok()
-                .map(|i| self.links[i]);
+            let link = self.link(slot).copied();
             if let Some(l) = link {
                 if l.corr != NO_REF {
                     let corr = self.resolve(slot, l.corr);

@@ -1,9 +1,9 @@
 //! The read path: `get`, `walk_ancestors` and the index-backed queries.
 //!
-//! Readers see only visible slots (durable ones in durable mode). They take
-//! the index read lock just long enough to find positions and build entries,
-//! then read frames from the log's mappings without any lock. This module
-//! never writes.
+//! Readers see only visible slots (durable ones in durable mode). Queries
+//! build their entries under the index read lock (an entry's hash chain is
+//! read from its frame then); `get` and `walk_ancestors` resolve the frame
+//! under the lock and decode it after releasing it. This module never writes.
 
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
@@ -131,10 +131,10 @@ impl Shared {
         self.entries(&index, &slots[..n])
     }
 
-    /// The event, then its predecessors in its entity's chain, newest first,
-    /// following `prev_hash` links (clock order without blake3). The walk
-    /// stops at a predecessor whose hash does not match the link (it was
-    /// removed) or that cannot be read.
+    /// The event, then its predecessors in its entity's chain, newest first:
+    /// the index's clock order, each step checked against the `prev_hash`
+    /// link under blake3. The walk stops at a predecessor whose hash does
+    /// not match the link (it was removed) or that cannot be read.
     pub(crate) fn walk_ancestors(
         &self,
         event_id: u128,
@@ -150,10 +150,10 @@ impl Shared {
                 .filter(|&s| s < visible)
                 .map(|s| locate(&index, s))
         };
+        if limit == 0 {
+            return out;
+        }
         while let Some(found) = next.take() {
-            if out.len() >= limit {
-                break;
-            }
             let (slot, ev) = match found.and_then(|(slot, l)| Ok((slot, self.read_event(l)?))) {
                 Ok(read) => read,
                 Err(e) => {
@@ -171,7 +171,7 @@ impl Shared {
             let is_first = cfg!(feature = "blake3")
                 && ev.event.hash_chain.is_some_and(|c| c.prev_hash == [0; 32]);
             out.push(ev);
-            if is_first {
+            if is_first || out.len() >= limit {
                 break;
             }
             let index = self.index.read();

@@ -542,9 +542,6 @@ pub(crate) fn follow_up(
         let first = follow.segment_id;
         for (id, path) in listing.segments.iter().filter(|(id, _)| *id >= first) {
             if *id > follow.segment_id {
-                if !follow.sealed && follow.offset <= SEGMENT_HEADER_LEN as u64 {
-                    // An empty newest segment was replaced: start the next one.
-                }
                 follow.segment_id = *id;
                 follow.offset = SEGMENT_HEADER_LEN as u64;
                 follow.sealed = false;
@@ -614,19 +611,9 @@ fn removed_clocks(
 /// A segment file that never held a frame: shorter than a header, or a
 /// header never written over its preallocated zeros (a crash or a full disk
 /// while creating it).
-fn never_written(path: &Path) -> Result<bool, StoreError> {
-    use std::io::Read;
-    let len = std::fs::metadata(path)?.len();
-    if len < SEGMENT_HEADER_LEN as u64 {
-        return Ok(true);
-    }
-    let mut head = [0u8; SEGMENT_HEADER_LEN];
-    std::fs::File::open(path)?.read_exact(&mut head)?;
-    if head.iter().any(|&b| b != 0) {
-        return Ok(false);
-    }
-    let bytes = std::fs::read(path)?;
-    Ok(crate::store::format::frame::all_zero(&bytes))
+/// `bytes` is the whole file; a normal header ends the check at once.
+fn never_written(bytes: &[u8]) -> bool {
+    bytes.len() < SEGMENT_HEADER_LEN || crate::store::format::frame::all_zero(bytes)
 }
 
 /// Load the checkpoint if it exists and agrees with the segments on disk.
@@ -668,8 +655,8 @@ fn load_checkpoint(
             format!("covers segments {covered:?}, the directory has {on_disk:?}"),
         );
     }
-    for s in &cp.segments {
-        let path = &listing.segments.iter().find(|x| x.0 == s.segment_id)?.1;
+    // The covered ids equal the listing's first ids (checked above).
+    for (s, (_, path)) in cp.segments.iter().zip(&listing.segments) {
         let check = || -> Result<(), String> {
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
             let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -769,10 +756,12 @@ pub(crate) fn recover(
     let count = listing.segments.len();
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
-        if newest && never_written(path)? {
+        let seg = Segment::open_read_only(path, *id)?;
+        if newest && never_written(seg.bytes()) {
             // Crashed (or ran out of space) while creating the segment: it
             // never held a frame. A writable open starts it afresh; a
             // read-only one waits for its owner to write it.
+            drop(seg);
             if writable {
                 std::fs::remove_file(path)?;
                 active = Some(log.create_segment(*id, 0, config.now_us())?);
@@ -787,7 +776,6 @@ pub(crate) fn recover(
             }
             continue;
         }
-        let seg = Segment::open_read_only(path, *id)?;
         let covered = resume.is_some_and(|(last, _)| *id < last);
         let start = match resume {
             Some((last, end)) if *id == last => end,
