@@ -142,18 +142,25 @@ impl Footer {
 /// Where a segment's footer frame starts, from its trailer: `file` is the
 /// whole segment; the trailer is the last non-zero bytes.
 pub(crate) fn locate(file: &[u8]) -> Option<u64> {
-    // Skip the zero fill from the end, a block at a time.
+    locate_before(file, content_end(file))
+}
+
+/// Where `file`'s content ends: the zero fill after it is skipped, a block
+/// at a time.
+pub(crate) fn content_end(file: &[u8]) -> usize {
     let mut end = file.len();
     while end > 0 {
         let start = end.saturating_sub(4096);
         match file[start..end].iter().rposition(|&b| b != 0) {
-            Some(p) => {
-                end = start + p + 1;
-                break;
-            }
+            Some(p) => return start + p + 1,
             None => end = start,
         }
     }
+    0
+}
+
+/// [`locate`] for a file whose content ends at `end` (see [`content_end`]).
+pub(crate) fn locate_before(file: &[u8], end: usize) -> Option<u64> {
     let t = file.get(end.checked_sub(TRAILER_LEN)?..end)?;
     (&t[8..16] == TRAILER_MAGIC).then(|| le::u64_at(t, 0))
 }
@@ -173,7 +180,12 @@ pub(crate) fn is_footer(body: &[u8]) -> bool {
 
 /// Decode the footer frame at the start of `bytes`.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Footer, FormatError> {
-    let (b, _) = decode_frame(bytes)?;
+    decode_with_len(bytes).map(|(f, _)| f)
+}
+
+/// [`decode`], also returning the footer frame's length.
+pub(crate) fn decode_with_len(bytes: &[u8]) -> Result<(Footer, usize), FormatError> {
+    let (b, frame_len) = decode_frame(bytes)?;
     if b.len() < FIXED || b[0] != RECORD_FOOTER {
         return Err(FormatError::invalid("footer", "not a footer record"));
     }
@@ -267,12 +279,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Footer, FormatError> {
             .ok_or_else(|| FormatError::invalid("footer tail", format!("entry {i}")))?;
         entry.event_hash = le::arr32_at(t, 4);
     }
-    Ok(Footer {
-        segment_id: le::u64_at(b, 16),
-        frames_end: le::u64_at(b, 24),
-        coords,
-        entries,
-    })
+    Ok((
+        Footer {
+            segment_id: le::u64_at(b, 16),
+            frames_end: le::u64_at(b, 24),
+            coords,
+            entries,
+        },
+        frame_len,
+    ))
 }
 
 #[cfg(test)]

@@ -89,6 +89,27 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<(&[u8], usize), FormatError> {
     Ok((body, total))
 }
 
+/// What follows a damaged frame: where scanning can go on, or why it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterDamage {
+    /// A valid frame starts here.
+    Resume(usize),
+    /// Nothing valid follows, and the damage is a footer frame cut short
+    /// (by a crash or a full disk while it was written): no event is lost.
+    TornFooter,
+    /// Nothing valid follows: a torn tail.
+    TornTail,
+}
+
+/// Classify the damage at `buf[pos..]` (every scan uses this one rule).
+pub(crate) fn after_damage(buf: &[u8], pos: usize) -> AfterDamage {
+    match next_valid_frame(buf, pos + 1) {
+        Some(next) => AfterDamage::Resume(next),
+        None if super::footer::starts_footer(&buf[pos..]) => AfterDamage::TornFooter,
+        None => AfterDamage::TornTail,
+    }
+}
+
 /// The offset of the next valid frame after `from`, if any: how a scan
 /// resynchronises after a damaged frame.
 pub(crate) fn next_valid_frame(buf: &[u8], from: usize) -> Option<usize> {
@@ -132,6 +153,22 @@ pub(crate) fn all_zero(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damage_is_classified_once_for_every_scan() {
+        let event = frame(b"\x01body");
+        let mut footer = frame(&[super::super::RECORD_FOOTER, 1, 0, 0]);
+        // Damage followed by a valid frame: resume there.
+        let mut buf = vec![0xEEu8; 10];
+        buf.extend_from_slice(&event);
+        assert_eq!(after_damage(&buf, 0), AfterDamage::Resume(10));
+        // A footer frame cut short at the end: a torn footer.
+        footer.truncate(footer.len() - 2);
+        assert_eq!(after_damage(&footer, 0), AfterDamage::TornFooter);
+        // Anything else cut short: a torn tail.
+        let cut = &event[..event.len() - 2];
+        assert_eq!(after_damage(cut, 0), AfterDamage::TornTail);
+    }
 
     fn frame(body: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; FRAME_HEADER_LEN + body.len()];

@@ -1,8 +1,9 @@
 //! The compaction intent: the commit point of a compaction (SPEC §5.4).
 //!
 //! A compaction first writes its new segments under temporary names
-//! (`compact-<id>.tmp`) and, when it removes events, the next removed-event
-//! record (`removed.bpk.next`), all synced. Writing this file (atomically:
+//! (`compact-<id>.tmp`) and, when it removes or redacts events (the history
+//! epoch changes), the next removed-event record (`removed.bpk.next`), all
+//! synced. Writing this file (atomically:
 //! temporary file, fsync, rename, directory fsync) commits it. Installing
 //! follows: the checkpoint (which names old positions) is deleted, the new
 //! record and segments are renamed into place, the replaced segments

@@ -104,13 +104,13 @@ impl Index {
             }
         }
         // Redacted events change kind: out of their kind's list, into TOMBSTONE's.
-        let redacted_set: HashSet<u32> = redacted.iter().copied().collect();
-        for k in &kinds_touched {
-            if let Some(list) = self.by_kind.get_mut(k) {
-                list.retain(|s| !redacted_set.contains(s));
-            }
-        }
         if !redacted.is_empty() {
+            let redacted_set: HashSet<u32> = redacted.iter().copied().collect();
+            for k in &kinds_touched {
+                if let Some(list) = self.by_kind.get_mut(k) {
+                    list.retain(|s| !redacted_set.contains(s));
+                }
+            }
             let list = self.by_kind.entry(tombstone.raw()).or_default();
             list.extend_from_slice(&redacted);
             list.sort_unstable();

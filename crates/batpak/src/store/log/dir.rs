@@ -79,22 +79,27 @@ pub(crate) fn write_atomically_with(
     bytes: &[u8],
     step: impl Fn(bool) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
+    let tmp_name = format!("{name}.tmp");
+    let tmp = dir.join(&tmp_name);
+    if let Err(e) = write_synced(dir, &tmp_name, bytes) {
         // A full disk: leave no partial temporary file behind.
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(e);
     }
     step(false)?;
     std::fs::rename(&tmp, dir.join(name))?;
     step(true)?;
     sync_dir(dir)
+}
+
+/// Create (or replace) `dir/name` with `bytes` and sync the file (not the
+/// directory: callers that need the name durable sync it, or rename first).
+pub(crate) fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut f = File::create(dir.join(name))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Map a whole file read-only. Only for files batpak replaces by rename and

@@ -5,6 +5,7 @@
 //! Only file mechanics live here; which frames go where is the caller's
 //! business.
 
+pub(crate) use super::dir::write_synced;
 use super::dir::{sync_dir, write_atomically};
 use super::{Log, Segment};
 use crate::store::format::checkpoint::CHECKPOINT_FILE;
@@ -22,7 +23,6 @@ use std::sync::Arc;
 /// A segment being written whole under its temporary name.
 pub(crate) struct SegmentWriter {
     id: u64,
-    path: PathBuf,
     out: BufWriter<File>,
     len: u64,
 }
@@ -34,7 +34,6 @@ impl SegmentWriter {
         let file = File::create(&path)?;
         let mut w = Self {
             id,
-            path,
             out: BufWriter::with_capacity(1 << 20, file),
             len: 0,
         };
@@ -71,13 +70,6 @@ impl SegmentWriter {
         file.sync_all()?;
         Ok(self.len)
     }
-
-    /// Delete the unfinished file (after a failure).
-    pub(crate) fn discard(self) {
-        let path = self.path.clone();
-        drop(self);
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// Delete what an uncommitted compaction left behind.
@@ -93,14 +85,6 @@ pub(crate) fn discard_temporaries(dir: &Path) -> Result<(), StoreError> {
     if removed {
         sync_dir(dir)?;
     }
-    Ok(())
-}
-
-/// Write `name` in `dir` and sync it (a temporary file, before the commit).
-pub(crate) fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = File::create(dir.join(name))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use super::seal::FooterBuilder;
 use crate::event::StoredEvent;
 use crate::store::fault::InjectionPoint;
 use crate::store::format::footer;
-use crate::store::format::frame::{next_valid_frame, probe, Probe};
+use crate::store::format::frame::{after_damage, probe, AfterDamage, Probe};
 use crate::store::format::intent::{Intent, REMOVED_NEXT_FILE};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::{self, RemovedEntry};
@@ -141,34 +141,27 @@ pub(crate) fn compact(
         scratch: Vec::new(),
         created_us: 0,
     };
-    let written = run.rewrite(&inputs);
-    let (outputs, fates, removed, tombstoned) = match written {
-        Ok(()) => (
-            std::mem::take(&mut run.outputs),
-            std::mem::take(&mut run.fates),
-            std::mem::take(&mut run.removed),
-            run.tombstoned,
-        ),
-        Err(e) => {
-            run.abandon();
-            return Err(e);
-        }
-    };
+    if let Err(e) = run.rewrite(&inputs) {
+        run.abandon();
+        return Err(e);
+    }
+    let Run {
+        ids,
+        outputs,
+        fates,
+        removed,
+        tombstoned,
+        ..
+    } = run;
     let dir = shared.log.dir();
-    let output_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
-    let deleted: Vec<u64> = run
-        .ids
-        .iter()
-        .copied()
-        .filter(|id| !output_ids.contains(id))
-        .collect();
-    let rewrites_history = !removed.is_empty() || tombstoned > 0;
+    let events_removed = removed.len() as u64;
+    let rewrites_history = events_removed > 0 || tombstoned > 0;
     let epoch = shared.history_epoch() + u64::from(rewrites_history);
     let prepared = (|| {
         if rewrites_history {
             let mut record = load_removed(dir, true, false)?;
             record.epoch = epoch;
-            record.entries.extend(removed.iter().cloned());
+            record.entries.extend(removed);
             rewrite::write_synced(dir, REMOVED_NEXT_FILE, &removed::encode(&record))?;
         }
         shared.fault(InjectionPoint::CompactionPrepared)
@@ -177,10 +170,11 @@ pub(crate) fn compact(
         let _ = rewrite::discard_temporaries(dir);
         return Err(e);
     }
+    // Outputs take over the inputs' ids in order; the ids left over go.
     let intent = Intent {
         removed_record: rewrites_history,
-        outputs: output_ids.clone(),
-        deleted: deleted.clone(),
+        outputs: outputs.iter().map(|o| o.0).collect(),
+        deleted: ids[outputs.len()..].to_vec(),
     };
     if let Err(e) = rewrite::commit(dir, &intent) {
         // Whether the intent reached the disk is unknown: open decides
@@ -200,7 +194,8 @@ pub(crate) fn compact(
             })
         })
         .and_then(|()| {
-            output_ids
+            intent
+                .outputs
                 .iter()
                 .map(|&id| shared.log.open_installed(id))
                 .collect::<Result<Vec<_>, _>>()
@@ -222,7 +217,7 @@ pub(crate) fn compact(
                 .poison(format!("compaction could not update the index: {e}"));
             return Err(e);
         }
-        shared.log.replace_segments(new_segments, &deleted);
+        shared.log.replace_segments(new_segments, &intent.deleted);
         shared
             .epoch
             .store(epoch, std::sync::atomic::Ordering::Release);
@@ -230,9 +225,9 @@ pub(crate) fn compact(
     let before: u64 = inputs.iter().map(|s| s.file_len()).sum();
     let after: u64 = outputs.iter().map(|o| o.1).sum();
     Ok(CompactionResult {
-        segments_removed: deleted.len(),
+        segments_removed: intent.deleted.len(),
         bytes_reclaimed: before.saturating_sub(after),
-        events_removed: removed.len() as u64,
+        events_removed,
         events_tombstoned: tombstoned,
     })
 }
@@ -286,7 +281,12 @@ impl<'a> Run<'_, 'a> {
                         }
                     }
                     Probe::Damaged(e) => {
-                        let next = next_valid_frame(bytes, pos + 1).unwrap_or(bytes.len());
+                        let next = match after_damage(bytes, pos) {
+                            // The footer is rewritten anyway.
+                            AfterDamage::TornFooter => break,
+                            AfterDamage::Resume(next) => next,
+                            AfterDamage::TornTail => bytes.len(),
+                        };
                         tracing::warn!(
                             segment_id = seg.id(),
                             offset = pos,
@@ -512,9 +512,8 @@ impl<'a> Run<'_, 'a> {
 
     /// Delete everything written (the compaction failed before its commit).
     fn abandon(&mut self) {
-        if let Some(out) = self.current.take() {
-            out.discard();
-        }
+        // Closed first (its buffer flushes on drop), then deleted with the rest.
+        drop(self.current.take());
         if let Err(e) = rewrite::discard_temporaries(self.shared.log.dir()) {
             tracing::warn!(error = %e, "batpak: could not delete an abandoned compaction's files; the next open will");
         }

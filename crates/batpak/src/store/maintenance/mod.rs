@@ -1,9 +1,12 @@
-//! Housekeeping that keeps the store fast to open: footers for sealed
-//! segments (written in the background after a rotation) and the checkpoint
-//! written by `close()`.
+//! Housekeeping beside the write path: footers for sealed segments (written
+//! in the background after a rotation), the checkpoint written by `close()`,
+//! compaction, snapshots and `verify`.
 //!
-//! This module reads segments and the index and writes only footers (after a
-//! sealed segment's frames) and the checkpoint file; it never changes a frame.
+//! Writes: footers (after a sealed segment's frames) and the checkpoint;
+//! compaction's new segments, next removed-event record and intent (then
+//! renames and deletions, through `log::rewrite`); snapshot copies beside
+//! their destination. It never changes a frame in place, and never touches
+//! the active segment.
 
 mod checkpoint;
 mod compact;

@@ -8,7 +8,8 @@
 //! copy is assembled in a temporary sibling directory and renamed into place
 //! once complete and synced, so `dest` never holds half a snapshot.
 //!
-//! Reads the store's files; writes only below the destination.
+//! Reads the store's files; writes only the destination and its staging
+//! directory beside it.
 
 use crate::store::fault::InjectionPoint;
 use crate::store::format::removed::REMOVED_FILE;

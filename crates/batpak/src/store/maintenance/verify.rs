@@ -38,7 +38,9 @@
 
 use crate::store::format::checkpoint::{self, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer, FooterEntry, TRAILER_LEN};
-use crate::store::format::frame::{all_zero, decode_frame, next_valid_frame, probe, Probe};
+use crate::store::format::frame::{
+    after_damage, all_zero, decode_frame, probe, AfterDamage, Probe,
+};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::{self, REMOVED_FILE};
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -441,10 +443,8 @@ struct Walk<'t> {
     removed: RemovedLinks,
     problems: Vec<VerifyProblem>,
     tails: hashbrown::HashMap<Box<str>, Tail>,
-    /// Members of the batch being assembled: (target, frame offset).
-    batch: Vec<(usize, usize)>,
-    /// Its size and the global sequence of its newest member.
-    batch_start: Option<(u32, u64)>,
+    /// Members of the batch being assembled: (target, frame offset, record).
+    batch: Vec<(usize, usize, EventRecord<'t>)>,
     last_seq: Option<u64>,
     /// Where each target's checked frames end.
     frames_end: Vec<u64>,
@@ -483,7 +483,6 @@ impl<'t> Walk<'t> {
             problems: Vec::new(),
             tails: hashbrown::HashMap::new(),
             batch: Vec::new(),
-            batch_start: None,
             last_seq: None,
             frames_end: vec![SEGMENT_HEADER_LEN as u64; targets.len()],
             damaged: vec![Vec::new(); targets.len()],
@@ -574,11 +573,10 @@ impl<'t> Walk<'t> {
     /// frames end (the footer, or the end of the file) and the footer if it
     /// decodes.
     fn locate_footer(&mut self, t: &Target, bytes: &[u8]) -> (usize, Option<(u64, Footer)>) {
-        let Some(at) = footer::locate(bytes) else {
+        let content_end = footer::content_end(bytes);
+        let Some(at) = footer::locate_before(bytes, content_end) else {
             return (bytes.len(), None);
         };
-        // `locate` found the trailer as the last non-zero bytes.
-        let content_end = content_end(bytes);
         let trailer = content_end.saturating_sub(TRAILER_LEN);
         let Some(at_usize) = usize::try_from(at)
             .ok()
@@ -594,10 +592,7 @@ impl<'t> Walk<'t> {
         };
         self.bytes_checked += (content_end - at_usize) as u64;
         let region = &bytes[at_usize..trailer];
-        let decoded = footer::decode(region).and_then(|f| {
-            let (_, len) = decode_frame(region)?;
-            Ok((f, len))
-        });
+        let decoded = footer::decode_with_len(region);
         let f = match decoded {
             Ok((f, len)) => {
                 if len != region.len() {
@@ -696,16 +691,16 @@ impl<'t> Walk<'t> {
                         FormatError::Checksum(_) => VerifyProblemKind::FrameChecksum,
                         _ => VerifyProblemKind::FrameDamaged,
                     };
-                    let next = next_valid_frame(buf, pos + 1);
-                    if next.is_none() && t.tail_in_flux {
-                        break; // a frame being written (or cut by a crash)
-                    }
-                    if next.is_none() && crate::store::format::footer::starts_footer(&buf[pos..]) {
+                    let next = match after_damage(buf, pos) {
+                        AfterDamage::Resume(next) => Some(next),
                         // A footer cut short by a crash or a full disk: no
                         // frame is lost, open ignores it and the next
                         // writable open writes it again.
-                        break;
-                    }
+                        AfterDamage::TornFooter => break,
+                        // A frame being written (or cut by a crash).
+                        AfterDamage::TornTail if t.tail_in_flux => break,
+                        AfterDamage::TornTail => None,
+                    };
                     let skipped = next.unwrap_or(buf.len()) - pos;
                     self.bytes_checked += skipped as u64;
                     let detail = match next {
@@ -759,7 +754,7 @@ impl<'t> Walk<'t> {
     /// Take one decodable event, in log order: batches are assembled first
     /// (members of a batch that never completed are not part of any chain,
     /// as recovery never indexes them).
-    fn take(&mut self, ti: usize, pos: usize, rec: &EventRecord<'_>) {
+    fn take(&mut self, ti: usize, pos: usize, rec: &EventRecord<'t>) {
         if rec.batch_size == 0 {
             self.discard_batch();
             self.apply(ti, pos, rec);
@@ -768,9 +763,9 @@ impl<'t> Walk<'t> {
         let expected = self.batch.len() as u32;
         // Members follow each other; their sequences increase (with gaps
         // where compaction removed members and renumbered the survivors).
-        let continues = self
-            .batch_start
-            .is_some_and(|(size, seq)| size == rec.batch_size && rec.global_seq > seq);
+        let continues = self.batch.last().is_some_and(|(_, _, last)| {
+            last.batch_size == rec.batch_size && rec.global_seq > last.global_seq
+        });
         if rec.batch_index != expected || (expected > 0 && !continues) {
             self.discard_batch();
             if rec.batch_index != 0 {
@@ -785,25 +780,14 @@ impl<'t> Walk<'t> {
             self.apply(ti, pos, rec);
             return;
         }
-        self.batch_start = Some((rec.batch_size, rec.global_seq));
-        self.batch.push((ti, pos));
+        self.batch.push((ti, pos, rec.clone()));
         if complete {
-            let members = std::mem::take(&mut self.batch);
-            self.batch_start = None;
-            for &(mti, mpos) in &members {
-                let t = &self.targets[mti];
-                let Some(frame) = t.bytes().get(mpos..) else {
-                    continue;
-                };
-                // Decoded once already: these cannot fail.
-                if let Ok((body, _)) = decode_frame(frame) {
-                    if let Ok(r) = decode_event(body) {
-                        self.apply(mti, mpos, &r);
-                    }
-                }
+            let mut members = std::mem::take(&mut self.batch);
+            for (mti, mpos, r) in &members {
+                self.apply(*mti, *mpos, r);
             }
+            members.clear();
             self.batch = members;
-            self.batch.clear();
         }
     }
 
@@ -813,21 +797,12 @@ impl<'t> Walk<'t> {
     /// it if the batch's append failed).
     fn discard_batch(&mut self) {
         self.incomplete_batch_events += self.batch.len() as u64;
-        self.batch_start = None;
-        let members = std::mem::take(&mut self.batch);
-        let targets = self.targets;
-        for &(ti, pos) in &members {
-            let Some(frame) = targets[ti].bytes().get(pos..) else {
-                continue;
-            };
-            if let Ok((body, _)) = decode_frame(frame) {
-                if let Ok(r) = decode_event(body) {
-                    self.unknown_tail(r.entity, r.clock);
-                }
-            }
+        let mut members = std::mem::take(&mut self.batch);
+        for (_, _, r) in &members {
+            self.unknown_tail(r.entity, r.clock);
         }
+        members.clear();
         self.batch = members;
-        self.batch.clear();
     }
 
     /// The newest event of `entity` is not known for sure.
@@ -1121,22 +1096,6 @@ fn check_checkpoint(dir: &Path, targets: &[Target]) -> Result<LoadedCheckpoint, 
         records,
         more,
     }))
-}
-
-/// The length of `bytes` without its zero fill.
-fn content_end(bytes: &[u8]) -> usize {
-    let mut end = bytes.len();
-    while end > 0 {
-        let start = end.saturating_sub(4096);
-        if !all_zero(&bytes[start..end]) {
-            return bytes[start..end]
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(start, |p| start + p + 1);
-        }
-        end = start;
-    }
-    0
 }
 
 /// The record of a damaged frame at `pos`, if its length field agrees with

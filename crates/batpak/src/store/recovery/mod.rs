@@ -25,7 +25,7 @@ pub(crate) use removed::{load_removed, load_removed_from};
 use crate::event::EventKind;
 use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer};
-use crate::store::format::frame::{decode_frame, next_valid_frame, probe, Probe};
+use crate::store::format::frame::{after_damage, decode_frame, probe, AfterDamage, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
@@ -392,6 +392,7 @@ impl Assembly {
                     return ScanEnd {
                         end: pos as u64,
                         torn: None,
+                        torn_footer: false,
                         sealed: false,
                     }
                 }
@@ -400,6 +401,7 @@ impl Assembly {
                         return ScanEnd {
                             end: pos as u64,
                             torn: None,
+                            torn_footer: false,
                             sealed: true,
                         };
                     }
@@ -414,8 +416,8 @@ impl Assembly {
                     }
                     pos += len;
                 }
-                Probe::Damaged(e) => match next_valid_frame(bytes, pos + 1) {
-                    Some(next) => {
+                Probe::Damaged(e) => match after_damage(bytes, pos) {
+                    AfterDamage::Resume(next) => {
                         self.damage(
                             id,
                             pos as u64,
@@ -424,10 +426,11 @@ impl Assembly {
                         );
                         pos = next;
                     }
-                    None => {
+                    torn => {
                         return ScanEnd {
                             end: pos as u64,
                             torn: Some((bytes.len() - pos) as u64),
+                            torn_footer: torn == AfterDamage::TornFooter,
                             sealed: false,
                         }
                     }
@@ -573,6 +576,8 @@ pub(crate) fn follow_up(
 struct ScanEnd {
     end: u64,
     torn: Option<u64>,
+    /// The torn bytes are a footer cut short (not damage).
+    torn_footer: bool,
     sealed: bool,
 }
 
@@ -805,7 +810,7 @@ pub(crate) fn recover(
         seg.release_pages();
         if !newest {
             if let Some(len) = end.torn {
-                if footer::starts_footer(&seg.bytes()[end.end as usize..]) {
+                if end.torn_footer {
                     // A footer cut short by a crash: not damage (footers
                     // only speed up opens). Zero it so the segment ends
                     // cleanly; the sealer writes it again.
