@@ -46,17 +46,19 @@ fn encode_at(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Paylo
         Value::Null => out.push(0xc0),
         Value::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
         Value::Number(n) => encode_number(n, out),
-        Value::String(s) => encode_str(s, out),
+        Value::String(s) => write_str(out, s),
         Value::Array(items) => {
-            encode_len(items.len(), 0x90, 15, 0xdc, 0xdd, out);
+            let (h, n) = container_header(items.len(), 0x90, 0xdc, 0xdd);
+            out.extend_from_slice(&h[..n]);
             for item in items {
                 encode_at(item, out, depth + 1)?;
             }
         }
         Value::Object(map) => {
-            encode_len(map.len(), 0x80, 15, 0xde, 0xdf, out);
+            let (h, n) = container_header(map.len(), 0x80, 0xde, 0xdf);
+            out.extend_from_slice(&h[..n]);
             for (k, v) in map {
-                encode_str(k, out);
+                write_str(out, k);
                 encode_at(v, out, depth + 1)?;
             }
         }
@@ -66,69 +68,96 @@ fn encode_at(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Paylo
 
 fn encode_number(n: &Number, out: &mut Vec<u8>) {
     if let Some(u) = n.as_u64() {
-        match u {
-            0..=0x7f => out.push(u as u8),
-            0x80..=0xff => out.extend_from_slice(&[0xcc, u as u8]),
-            0x100..=0xffff => {
-                out.push(0xcd);
-                out.extend_from_slice(&(u as u16).to_be_bytes());
-            }
-            0x1_0000..=0xffff_ffff => {
-                out.push(0xce);
-                out.extend_from_slice(&(u as u32).to_be_bytes());
-            }
-            _ => {
-                out.push(0xcf);
-                out.extend_from_slice(&u.to_be_bytes());
-            }
-        }
+        write_uint(out, u);
     } else if let Some(i) = n.as_i64() {
-        // Only negatives reach here: non-negative integers are `as_u64`.
-        if i >= -32 {
-            out.push(i as i8 as u8);
-        } else if i >= i64::from(i8::MIN) {
-            out.extend_from_slice(&[0xd0, i as i8 as u8]);
-        } else if i >= i64::from(i16::MIN) {
-            out.push(0xd1);
-            out.extend_from_slice(&(i as i16).to_be_bytes());
-        } else if i >= i64::from(i32::MIN) {
-            out.push(0xd2);
-            out.extend_from_slice(&(i as i32).to_be_bytes());
-        } else {
-            out.push(0xd3);
-            out.extend_from_slice(&i.to_be_bytes());
-        }
+        write_int(out, i);
     } else {
         // serde_json numbers are u64, i64 or finite f64.
-        let f = n.as_f64().unwrap_or(0.0);
         out.push(0xcb);
-        out.extend_from_slice(&f.to_be_bytes());
+        out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_be_bytes());
     }
 }
 
-fn encode_str(s: &str, out: &mut Vec<u8>) {
+// The MessagePack writers, shared with the direct serializer (`payload_ser`):
+// one definition of every header form.
+
+/// An unsigned integer in its smallest form.
+pub(super) fn write_uint(out: &mut Vec<u8>, u: u64) {
+    match u {
+        0..=0x7f => out.push(u as u8),
+        0x80..=0xff => out.extend_from_slice(&[0xcc, u as u8]),
+        0x100..=0xffff => {
+            out.push(0xcd);
+            out.extend_from_slice(&(u as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(0xce);
+            out.extend_from_slice(&(u as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0xcf);
+            out.extend_from_slice(&u.to_be_bytes());
+        }
+    }
+}
+
+/// A signed integer in its smallest form (non-negatives as unsigned).
+pub(super) fn write_int(out: &mut Vec<u8>, i: i64) {
+    if i >= 0 {
+        return write_uint(out, i as u64);
+    }
+    if i >= -32 {
+        out.push(i as i8 as u8);
+    } else if i >= i64::from(i8::MIN) {
+        out.extend_from_slice(&[0xd0, i as i8 as u8]);
+    } else if i >= i64::from(i16::MIN) {
+        out.push(0xd1);
+        out.extend_from_slice(&(i as i16).to_be_bytes());
+    } else if i >= i64::from(i32::MIN) {
+        out.push(0xd2);
+        out.extend_from_slice(&(i as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+}
+
+/// A string: fixstr, str8, str16 or str32 header, then its bytes.
+pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
     let len = s.len();
     if len <= 31 {
         out.push(0xa0 | len as u8);
     } else if len <= 0xff {
         out.extend_from_slice(&[0xd9, len as u8]);
     } else {
-        encode_len(len, 0, 0, 0xda, 0xdb, out);
+        let (h, n) = sized_header(len, 0xda, 0xdb);
+        out.extend_from_slice(&h[..n]);
     }
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Length prefix: fix form when `len <= fix_max` (and `fix_base != 0`), else the 16- or 32-bit form.
-fn encode_len(len: usize, fix_base: u8, fix_max: usize, tag16: u8, tag32: u8, out: &mut Vec<u8>) {
-    if fix_base != 0 && len <= fix_max {
-        out.push(fix_base | len as u8);
-    } else if len <= 0xffff {
-        out.push(tag16);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
+/// The header of an array (`fix` 0x90) or map (`fix` 0x80) of `n` items:
+/// the bytes and how many of them are used. `n` fits in 32 bits (payloads
+/// are capped far below 4 GiB by `single_append_max_bytes`).
+pub(super) fn container_header(n: usize, fix: u8, tag16: u8, tag32: u8) -> ([u8; 5], usize) {
+    if n <= 15 {
+        ([fix | n as u8, 0, 0, 0, 0], 1)
     } else {
-        out.push(tag32);
-        // Payloads are capped far below 4 GiB by `single_append_max_bytes`.
-        out.extend_from_slice(&(len as u32).to_be_bytes());
+        sized_header(n, tag16, tag32)
+    }
+}
+
+/// A 16- or 32-bit length header.
+fn sized_header(n: usize, tag16: u8, tag32: u8) -> ([u8; 5], usize) {
+    let mut h = [0u8; 5];
+    if n <= 0xffff {
+        h[0] = tag16;
+        h[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+        (h, 3)
+    } else {
+        h[0] = tag32;
+        h[1..5].copy_from_slice(&(n as u32).to_be_bytes());
+        (h, 5)
     }
 }
 
@@ -395,6 +424,40 @@ pub(crate) mod tests {
         assert_eq!(back["f"][0].as_f64().unwrap().to_bits(), 0.1f64.to_bits());
         assert!(back["f"][2].is_f64(), "1.0 stays a float");
     }
+
+    /// The payload bytes are part of the on-disk format: this pins them for
+    /// every header size of every type (the value-tree encoder and the
+    /// direct serializer share their writers, so comparing the two cannot
+    /// catch a change made to both).
+    #[test]
+    fn golden_payload_bytes() {
+        let v = json!({
+            "u": [0, 127, 128, 255, 256, 65535, 65536, 4294967295u64, 4294967296u64, u64::MAX],
+            "i": [-1, -32, -33, -128, -129, -32768, -32769, -2147483648i64, -2147483649i64, i64::MIN],
+            "f": [0.1, -0.0, 1.0, 1e308],
+            "s": ["", "x".repeat(31), "x".repeat(32), "x".repeat(255), "x".repeat(256), "x".repeat(70000)],
+            "a15": (0..15).collect::<Vec<_>>(),
+            "a16": (0..16).collect::<Vec<_>>(),
+            "m16": (0..16).map(|i| (format!("k{i:02}"), json!(i))).collect::<serde_json::Map<_, _>>(),
+            "n": null, "b": [true, false],
+        });
+        let mut bytes = Vec::new();
+        encode_value(&v, &mut bytes).unwrap();
+        let mut direct = Vec::new();
+        super::super::payload_ser::encode(&v, &mut direct).unwrap();
+        assert_eq!(direct, bytes, "both encoders write the same bytes");
+        let head: String = bytes[..48].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            (bytes.len(), crc32fast::hash(&bytes), head.as_str()),
+            GOLDEN_PAYLOAD
+        );
+    }
+
+    const GOLDEN_PAYLOAD: (usize, u32, &str) = (
+        70855,
+        3218025367,
+        "89a36131359f000102030405060708090a0b0c0d0ea3613136dc0010000102030405060708090a0b0c0d0e0fa16292c3",
+    );
 
     #[test]
     fn hostile_input_is_an_error_not_a_panic() {

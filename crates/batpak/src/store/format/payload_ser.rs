@@ -11,7 +11,7 @@
 //! `preserve_order`, excessive nesting) makes it give up, and the caller
 //! takes the `to_value` path, which then decides.
 
-use super::payload::MAX_DEPTH;
+use super::payload::{container_header, write_int, write_str, write_uint, MAX_DEPTH};
 use serde::ser::{self, Serialize};
 use std::fmt;
 use std::sync::OnceLock;
@@ -79,45 +79,6 @@ struct Enc<'a> {
     depth: usize,
 }
 
-fn write_uint(out: &mut Vec<u8>, u: u64) {
-    match u {
-        0..=0x7f => out.push(u as u8),
-        0x80..=0xff => out.extend_from_slice(&[0xcc, u as u8]),
-        0x100..=0xffff => {
-            out.push(0xcd);
-            out.extend_from_slice(&(u as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0xce);
-            out.extend_from_slice(&(u as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0xcf);
-            out.extend_from_slice(&u.to_be_bytes());
-        }
-    }
-}
-
-fn write_int(out: &mut Vec<u8>, i: i64) {
-    if i >= 0 {
-        return write_uint(out, i as u64);
-    }
-    if i >= -32 {
-        out.push(i as i8 as u8);
-    } else if i >= i64::from(i8::MIN) {
-        out.extend_from_slice(&[0xd0, i as i8 as u8]);
-    } else if i >= i64::from(i16::MIN) {
-        out.push(0xd1);
-        out.extend_from_slice(&(i as i16).to_be_bytes());
-    } else if i >= i64::from(i32::MIN) {
-        out.push(0xd2);
-        out.extend_from_slice(&(i as i32).to_be_bytes());
-    } else {
-        out.push(0xd3);
-        out.extend_from_slice(&i.to_be_bytes());
-    }
-}
-
 fn write_f64(out: &mut Vec<u8>, f: f64) {
     if f.is_finite() {
         out.push(0xcb);
@@ -126,22 +87,6 @@ fn write_f64(out: &mut Vec<u8>, f: f64) {
         // `Number::from_f64` refuses non-finite values; `to_value` gives null.
         out.push(0xc0);
     }
-}
-
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    let len = s.len();
-    if len <= 31 {
-        out.push(0xa0 | len as u8);
-    } else if len <= 0xff {
-        out.extend_from_slice(&[0xd9, len as u8]);
-    } else if len <= 0xffff {
-        out.push(0xda);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-    }
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// Space reserved for a container header, fixed up when the count is known.
@@ -157,19 +102,8 @@ fn finish_header(
     tag16: u8,
     tag32: u8,
 ) -> Result<(), Fallback> {
-    let mut h = [0u8; HEADER_ROOM];
-    let len = if n <= 15 {
-        h[0] = fix | n as u8;
-        1
-    } else if n <= 0xffff {
-        h[0] = tag16;
-        h[1..3].copy_from_slice(&(n as u16).to_be_bytes());
-        3
-    } else {
-        h[0] = tag32;
-        h[1..5].copy_from_slice(&u32::try_from(n).map_err(|_| Fallback)?.to_be_bytes());
-        5
-    };
+    u32::try_from(n).map_err(|_| Fallback)?;
+    let (h, len) = container_header(n, fix, tag16, tag32);
     out[at..at + len].copy_from_slice(&h[..len]);
     if len < HEADER_ROOM {
         out.copy_within(at + HEADER_ROOM.., at + len);
@@ -200,7 +134,6 @@ impl<'a> Enc<'a> {
             enc: self,
             at,
             n: 0,
-            wrap: None,
         })
     }
 
@@ -216,7 +149,6 @@ impl<'a> Enc<'a> {
             at,
             first,
             pending_key: None,
-            wrap: None,
         })
     }
 
@@ -366,14 +298,14 @@ impl<'a> ser::Serializer for Enc<'a> {
         _len: usize,
     ) -> Result<Seq<'a>, Fallback> {
         self.begin_variant(variant)?;
-        let mut seq = Enc {
+        // The wrapper's one-entry header was written up front: nothing
+        // more to close for it.
+        Enc {
             out: self.out,
             entries: self.entries,
             depth: self.depth + 1,
         }
-        .begin_seq()?;
-        seq.wrap = Some(());
-        Ok(seq)
+        .begin_seq()
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Map<'a>, Fallback> {
         self.begin_map()
@@ -392,14 +324,12 @@ impl<'a> ser::Serializer for Enc<'a> {
         _len: usize,
     ) -> Result<Map<'a>, Fallback> {
         self.begin_variant(variant)?;
-        let mut map = Enc {
+        Enc {
             out: self.out,
             entries: self.entries,
             depth: self.depth + 1,
         }
-        .begin_map()?;
-        map.wrap = Some(());
-        Ok(map)
+        .begin_map()
     }
 }
 
@@ -408,9 +338,6 @@ pub(crate) struct Seq<'a> {
     enc: Enc<'a>,
     at: usize,
     n: usize,
-    /// Inside a `{variant: [...]}` wrapper (nothing more to close: the
-    /// wrapper's one-entry header was written up front).
-    wrap: Option<()>,
 }
 
 impl Seq<'_> {
@@ -420,7 +347,6 @@ impl Seq<'_> {
     }
 
     fn close(self) -> Result<(), Fallback> {
-        let _ = self.wrap;
         finish_header(self.enc.out, self.at, self.n, 0x90, 0xdc, 0xdd)
     }
 }
@@ -479,7 +405,6 @@ pub(crate) struct Map<'a> {
     first: usize,
     /// Start of the entry and of its key's bytes, and the key's end.
     pending_key: Option<(usize, usize, usize)>,
-    wrap: Option<()>,
 }
 
 impl Map<'_> {
@@ -504,7 +429,6 @@ impl Map<'_> {
     }
 
     fn close(self) -> Result<(), Fallback> {
-        let _ = self.wrap;
         if self.pending_key.is_some() {
             return Err(Fallback);
         }
