@@ -32,7 +32,7 @@ impl fmt::Display for AccessError {
                 f,
                 "the store at {} is locked: another process has it open for writing. \
                  Stop that process first; read-only commands (stats, ls, get, tail, \
-                 export, graph) work meanwhile",
+                 export, graph, verify, snapshot) work meanwhile",
                 dir.display()
             ),
             AccessError::UnknownId { id, dir, what } => {

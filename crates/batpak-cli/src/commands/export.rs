@@ -100,10 +100,13 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
             tmp.persist(path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if global.json {
-                println!(
+                let mut out = crate::output::stdout();
+                writeln!(
+                    out,
                     "{}",
                     json!({"exported": total, "out": path.display().to_string()})
-                );
+                )?;
+                out.flush()?;
             } else {
                 eprintln!(
                     "exported {total} events from {} to {}",

@@ -14,7 +14,7 @@ use crate::Global;
 use anyhow::Context;
 use batpak::prelude::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 
 /// Arguments of `batpak import`.
@@ -59,25 +59,29 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
         .close()
         .with_context(|| format!("cannot close the store at {}", dir.display()))?;
 
+    let mut out = crate::output::stdout();
     if global.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({
                 "imported": counts.imported,
                 "already_present": counts.present,
                 "dir": dir.display().to_string(),
             })
-        );
+        )?;
     } else {
         let s = global.style;
-        println!(
+        writeln!(
+            out,
             "{} {} events into {} ({} already present)",
             s.green("imported"),
             counts.imported,
             dir.display(),
             counts.present
-        );
+        )?;
     }
+    out.flush()?;
     Ok(())
 }
 

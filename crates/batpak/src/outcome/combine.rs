@@ -84,11 +84,9 @@ pub fn join_all<T>(outcomes: Vec<Outcome<T>>) -> Outcome<Vec<T>> {
     for outcome in outcomes {
         match outcome.shape() {
             super::Shape::Value(v) => values.push(v),
-            super::Shape::Batch(inner) => match join_all(inner).shape::<Vec<T>>() {
-                super::Shape::Value(vs) => values.extend(vs),
-                // join_all never returns a batch; handled anyway rather than asserted.
-                super::Shape::Batch(b) => return Outcome::Batch(b),
-                super::Shape::Other(stop) => return stop,
+            super::Shape::Batch(inner) => match join_all(inner) {
+                Outcome::Ok(vs) => values.extend(vs),
+                stop => return stop,
             },
             super::Shape::Other(stop) => return stop,
         }

@@ -21,8 +21,8 @@
 //! let receipt = pipeline.evaluate(&true, Proposal::new("hello")).unwrap();
 //! let committed = pipeline
 //!     .commit(receipt, |payload| {
-//!         // A real commit would append to the store and copy the receipt's
-//!         // id and global sequence here.
+//!         // With a store, use `Store::append_committed` (or
+//!         // `append_bypassed` for an audited bypass) instead.
 //!         Ok::<_, std::io::Error>(Committed { payload, event_id: 1, sequence: 0, hash: [0; 32] })
 //!     })
 //!     .unwrap();

@@ -80,9 +80,9 @@
 //!
 //! A state trait has the supertrait `__private::StateOf<(State1, State2, ..)>`,
 //! keyed by the tuple of its states, and the macro implements that only for the
-//! listed states. This needs no helper module per machine (a fixed helper
-//! module name is what limited the original to one machine per Rust module,
-//! and `macro_rules!` cannot build fresh identifiers). The key is a public,
+//! listed states. This needs no helper module per machine, so several
+//! machines can share one Rust module (`macro_rules!` cannot build a fresh
+//! module name per machine). The key is a public,
 //! `#[doc(hidden)]` item: ordinary code cannot add a state by accident, but a
 //! deliberate `impl` of `__private::StateOf` is not prevented and is not
 //! supported API.

@@ -1,6 +1,7 @@
 //! Delivery of committed events to consumers: guaranteed cursors (pull,
 //! every event exactly once, in order), lossy subscriptions (push, never
-//! blocking the writer) and reactors (a cursor driving `append_reaction`).
+//! blocking the writer) and reactors (a cursor whose answers are appended
+//! with idempotency keys derived from their trigger).
 //!
 //! Consumers see only visible slots, so never an event that is not durable
 //! (durable mode) or half a batch. This module reads the index and never
@@ -90,8 +91,8 @@ impl Shared {
             let list = subs.list.read();
             for slot in from..to {
                 let mut note: Option<Notification> = None;
+                let (entity, scope, kind) = index.coordinate_parts(slot);
                 for s in list.iter() {
-                    let (entity, scope, kind) = index.coordinate_parts(slot);
                     if !s.region.matches_event(entity, scope, kind) {
                         continue;
                     }

@@ -53,7 +53,7 @@ impl Store {
         let weak: Weak<Store> = Arc::downgrade(self);
         let shared = self.shared.clone();
         let resume = self.last_answered_trigger(region);
-        let mut cursor = crate::store::delivery::Cursor::new(shared.clone(), region, resume);
+        let mut cursor = self.cursor_from(region, resume);
         let mut builder = std::thread::Builder::new().name("batpak-reactor".into());
         if let Some(size) = self.shared.config.writer.stack_size {
             builder = builder.stack_size(size);
@@ -72,7 +72,7 @@ impl Store {
             loop {
                 // Held only while answering one trigger.
                 let Some(store) = weak.upgrade() else { return };
-                let trigger = format!("{:032x}", entry.event_id);
+                let trigger = || format!("{:032x}", entry.event_id);
                 match answer(&store, &reactor, entry.event_id) {
                     Ok(()) | Err(StoreError::NotFound(_)) => break,
                     Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
@@ -80,12 +80,12 @@ impl Store {
                         if shared.is_closed() {
                             return;
                         }
-                        tracing::warn!(error = %e, %trigger, "batpak reactor retries a trigger");
+                        tracing::warn!(error = %e, trigger = %trigger(), "batpak reactor retries a trigger");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(RETRY_MAX);
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, %trigger, "batpak reactor stopped: it cannot answer this trigger");
+                        tracing::error!(error = %e, trigger = %trigger(), "batpak reactor stopped: it cannot answer this trigger");
                         return;
                     }
                 }

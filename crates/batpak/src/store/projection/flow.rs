@@ -22,7 +22,7 @@ pub(crate) fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch:
     k
 }
 
-fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
+pub(super) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
     let kinds = T::relevant_event_kinds();
     kinds.is_empty() || kinds.contains(&kind)
 }
@@ -141,13 +141,29 @@ impl Store {
             + serde::de::DeserializeOwned
             + 'static,
     {
+        match self.latest_relevant::<T>(entity) {
+            Some(latest) => self.project_at(entity, freshness, latest),
+            None => Ok(T::from_events(&[])),
+        }
+    }
+
+    /// [`Store::project`] for an entity whose newest relevant event has
+    /// global sequence `latest` (the caller looked it up).
+    pub(super) fn project_at<T>(
+        &self,
+        entity: &str,
+        freshness: &Freshness,
+        latest: u64,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<serde_json::Value>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + 'static,
+    {
         let key = cache_key::<T>(entity, self.shared.history_epoch());
-        let latest = self.latest_relevant::<T>(entity);
         let decode =
             |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
-        let Some(latest) = latest else {
-            return Ok(T::from_events(&[]));
-        };
         let cached = self.cached(&key);
         if let Some((bytes, meta)) = &cached {
             // Up to date, or (MaybeStale) young enough whatever its watermark.

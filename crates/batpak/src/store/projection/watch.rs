@@ -68,24 +68,17 @@ where
                 return Ok(None);
             };
             let latest = store.latest_relevant::<T>(&self.entity);
-            if latest.is_none() || latest == self.last {
+            let Some(seq) = latest.filter(|_| latest != self.last) else {
                 continue;
-            }
-            let value = store.project::<T>(&self.entity, &self.freshness)?;
+            };
+            let value = store.project_at::<T>(&self.entity, &self.freshness, seq)?;
             self.last = latest;
             return Ok(value);
         }
     }
 
     fn concerns(&self, n: &crate::store::Notification) -> bool {
-        let kinds = T::relevant_event_kinds();
-        n.coord.entity() == self.entity && (kinds.is_empty() || kinds.contains(&n.kind))
-    }
-
-    /// The subscription feeding this watcher (its receiver can be awaited).
-    #[doc(hidden)]
-    pub fn subscription(&self) -> &Subscription {
-        &self.subscription
+        n.coord.entity() == self.entity && super::flow::relevant::<T>(n.kind)
     }
 }
 
