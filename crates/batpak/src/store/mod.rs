@@ -85,6 +85,35 @@ use write::durability::Durability;
 use write::{Condition, Draft, Flusher, Writer};
 
 impl Shared {
+    /// The shared state of a read-only store over a recovered index; a
+    /// writable open then adds its writer, flusher, cache and back-pressure.
+    fn new(
+        config: StoreConfig,
+        log: Log,
+        index: Index,
+        recovery: RecoveryReport,
+        epoch: u64,
+    ) -> Self {
+        Self {
+            writer: None,
+            restarts: write::Restarts::new(config.writer.restart_policy.clone()),
+            durability: Durability::new(index.len(), 1),
+            index: RwLock::new(index),
+            recovery,
+            sealer: maintenance::Sealer::default(),
+            maintenance: Mutex::new(()),
+            subscribers: delivery::Subscribers::default(),
+            memo: projection::Memo::default(),
+            epoch: std::sync::atomic::AtomicU64::new(epoch),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            follow: Mutex::new(None),
+            flusher: None,
+            log,
+            config,
+            cache: Box::new(NoCache),
+        }
+    }
+
     pub(crate) fn history_epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -197,25 +226,15 @@ impl Store<Open> {
             log::Prealloc::Reserve,
         );
         let recovered = recovery::recover(&log, &config, false)?;
-        let visible = recovered.index.len();
-        let shared = Arc::new(Shared {
-            writer: None,
-            restarts: write::Restarts::new(config.writer.restart_policy.clone()),
-            durability: Durability::new(visible, 1),
-            index: RwLock::new(recovered.index),
-            recovery: recovered.report,
-            sealer: maintenance::Sealer::default(),
-            maintenance: Mutex::new(()),
-            subscribers: delivery::Subscribers::default(),
-            memo: projection::Memo::default(),
-            epoch: std::sync::atomic::AtomicU64::new(recovered.epoch),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            follow: Mutex::new(recovered.follow),
-            flusher: None,
-            log,
+        let mut shared = Shared::new(
             config,
-            cache: Box::new(NoCache),
-        });
+            log,
+            recovered.index,
+            recovered.report,
+            recovered.epoch,
+        );
+        shared.follow = Mutex::new(recovered.follow);
+        let shared = Arc::new(shared);
         Ok(Self {
             shared,
             flusher_thread: None,
@@ -290,27 +309,19 @@ impl Store<Open> {
             .active
             .ok_or_else(|| StoreError::corrupt(0, "recovery produced no active segment"))?;
         let flusher = (!config.durable_receipts()).then(Flusher::default);
-        let shared = Arc::new(Shared {
-            writer: Some(Mutex::new(Writer::new(active, recovered.next_seq, written))),
-            restarts: write::Restarts::new(config.writer.restart_policy.clone()),
-            durability: Durability::new(
-                written,
-                u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX),
-            ),
-            index: RwLock::new(recovered.index),
-            recovery: recovered.report,
-            sealer: maintenance::Sealer::default(),
-            maintenance: Mutex::new(()),
-            subscribers: delivery::Subscribers::default(),
-            memo: projection::Memo::default(),
-            epoch: std::sync::atomic::AtomicU64::new(recovered.epoch),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            follow: Mutex::new(None),
-            flusher,
-            log,
+        let max_inflight = u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX);
+        let mut shared = Shared::new(
             config,
-            cache,
-        });
+            log,
+            recovered.index,
+            recovered.report,
+            recovered.epoch,
+        );
+        shared.writer = Some(Mutex::new(Writer::new(active, recovered.next_seq, written)));
+        shared.durability = Durability::new(written, max_inflight);
+        shared.flusher = flusher;
+        shared.cache = cache;
+        let shared = Arc::new(shared);
         let flusher_thread = match shared.flusher {
             Some(_) => Some(Flusher::spawn(shared.clone())?),
             None => None,
