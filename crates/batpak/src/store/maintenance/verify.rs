@@ -46,6 +46,7 @@ use crate::store::format::removed::{self, REMOVED_FILE};
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::format::{chain, FormatError};
 use crate::store::log::{map_whole_file, Segment, SegmentListing};
+use crate::store::recovery::RemovedPredecessors;
 use crate::store::{Shared, StoreError};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -316,33 +317,15 @@ fn collect_targets(
     Ok(targets)
 }
 
-/// Removed events, by (event hash, clock): a `prev_hash` may link to one of
-/// its entity (the gap compaction left).
-#[derive(Default)]
-struct RemovedLinks {
-    by_hash_clock: hashbrown::HashMap<([u8; 32], u32), Vec<Box<str>>>,
-}
-
-impl RemovedLinks {
-    /// An event of `entity` at `clock` may follow the removed event `prev`.
-    fn links(&self, entity: &str, prev: &[u8; 32], clock: u32) -> bool {
-        clock > 0
-            && self
-                .by_hash_clock
-                .get(&(*prev, clock - 1))
-                .is_some_and(|v| v.iter().any(|e| &**e == entity))
-    }
-}
-
 struct LoadedRemoved {
-    links: RemovedLinks,
+    links: RemovedPredecessors,
     problems: Vec<VerifyProblem>,
 }
 
 fn load_removed(dir: &Path, targets: &[Target]) -> Result<LoadedRemoved, StoreError> {
     let path = dir.join(REMOVED_FILE);
     let mut out = LoadedRemoved {
-        links: RemovedLinks::default(),
+        links: RemovedPredecessors::default(),
         problems: Vec::new(),
     };
     let problem = |detail: String| VerifyProblem {
@@ -353,15 +336,7 @@ fn load_removed(dir: &Path, targets: &[Target]) -> Result<LoadedRemoved, StoreEr
     };
     match std::fs::read(&path) {
         Ok(bytes) => match removed::decode(&bytes) {
-            Ok(record) => {
-                for e in record.entries {
-                    out.links
-                        .by_hash_clock
-                        .entry((e.event_hash, e.clock))
-                        .or_default()
-                        .push(e.entity.into_boxed_str());
-                }
-            }
+            Ok(record) => out.links = RemovedPredecessors::new(&record),
             Err(e) => out
                 .problems
                 .push(problem(format!("removed-event record: {e}"))),
@@ -440,7 +415,7 @@ struct Tail {
 /// The walk over every frame, in log order.
 struct Walk<'t> {
     targets: &'t [Target],
-    removed: RemovedLinks,
+    removed: RemovedPredecessors,
     problems: Vec<VerifyProblem>,
     tails: hashbrown::HashMap<Box<str>, Tail>,
     /// Members of the batch being assembled: (target, frame offset, record).
@@ -474,7 +449,7 @@ struct FooterCheck<'f> {
 impl<'t> Walk<'t> {
     fn new(
         targets: &'t [Target],
-        removed: RemovedLinks,
+        removed: RemovedPredecessors,
         hash_tx: Option<flume::Sender<HashJob<'t>>>,
     ) -> Self {
         Self {
@@ -847,7 +822,8 @@ impl<'t> Walk<'t> {
             Some(tail) => {
                 let ok = !tail.known
                     || (r.prev_hash == tail.hash && Some(r.clock) == tail.clock.checked_add(1))
-                    || (r.clock > tail.clock && removed.links(r.entity, &r.prev_hash, r.clock));
+                    || (r.clock > tail.clock
+                        && (removed.before(r.entity, r.clock) == Some(r.prev_hash)));
                 let prev = *tail;
                 *tail = Tail {
                     hash: r.event_hash,
@@ -868,7 +844,7 @@ impl<'t> Walk<'t> {
             }
             None => {
                 let ok = (r.prev_hash == [0; 32] && r.clock == 0)
-                    || removed.links(r.entity, &r.prev_hash, r.clock);
+                    || (removed.before(r.entity, r.clock) == Some(r.prev_hash));
                 self.tails.insert(
                     r.entity.into(),
                     Tail {

@@ -20,7 +20,7 @@
 
 mod removed;
 
-pub(crate) use removed::{load_removed, load_removed_from};
+pub(crate) use removed::{load_removed, load_removed_from, RemovedPredecessors};
 
 use crate::event::EventKind;
 use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
@@ -214,9 +214,9 @@ struct Assembly {
     /// Highest global sequence used so far, if any.
     max_seq: Option<u64>,
     batch: Vec<Owned>,
-    /// Clocks of events compaction removed, by entity: an event whose
-    /// predecessor was removed follows a gap, not a break.
-    removed_clocks: hashbrown::HashMap<Box<str>, Vec<u32>>,
+    /// Events compaction removed: an event whose predecessor was removed
+    /// follows a gap, not a break.
+    removed: RemovedPredecessors,
 }
 
 impl Assembly {
@@ -308,34 +308,29 @@ impl Assembly {
             );
             return;
         }
-        match self.index.entity_tail(found.entity) {
-            Some(tail) if f.clock <= tail.clock => {
-                self.damage(
-                    seg,
-                    off,
-                    len,
-                    format!("entity clock {} not after {}", f.clock, tail.clock),
-                );
-                return;
-            }
-            _ if f.clock > 0
-                && self
-                    .removed_clocks
-                    .get(found.entity)
-                    .is_some_and(|c| c.binary_search(&(f.clock - 1)).is_ok()) => {}
+        let tail = self.index.entity_tail(found.entity);
+        if let Some(t) = tail.filter(|t| f.clock <= t.clock) {
+            self.damage(
+                seg,
+                off,
+                len,
+                format!("entity clock {} not after {}", f.clock, t.clock),
+            );
+            return;
+        }
+        let linked = match tail {
             // A tail hash of zeros is not known yet (footers keep only each
             // entity's last hash per segment; see `fill_tail_hashes`).
-            Some(tail)
-                if tail.clock + 1 != f.clock
-                    || f.prev_hash
-                        .is_some_and(|p| p != tail.event_hash && tail.event_hash != [0; 32]) =>
-            {
-                self.report.chain_breaks += 1;
+            Some(t) => {
+                t.clock + 1 == f.clock
+                    && f.prev_hash
+                        .is_none_or(|p| p == t.event_hash || t.event_hash == [0; 32])
             }
-            None if f.clock != 0 || f.prev_hash.is_some_and(|p| p != [0; 32]) => {
-                self.report.chain_breaks += 1
-            }
-            _ => {}
+            None => f.clock == 0 && f.prev_hash.is_none_or(|p| p == [0; 32]),
+        };
+        // A gap compaction left (the predecessor was removed) is no break.
+        if !linked && self.removed.before(found.entity, f.clock).is_none() {
+            self.report.chain_breaks += 1;
         }
         let res = self.index.insert(&NewRecord {
             event_id: f.event_id,
@@ -539,7 +534,7 @@ pub(crate) fn follow_up(
         report: RecoveryReport::default(),
         max_seq: follow.max_seq,
         batch: std::mem::take(&mut follow.batch),
-        removed_clocks: hashbrown::HashMap::new(),
+        removed: RemovedPredecessors::default(),
     };
     let result = (|| {
         let first = follow.segment_id;
@@ -595,22 +590,6 @@ fn fill_tail_hashes(index: &mut Index, log: &Log) {
             None => tracing::warn!(?pos, "batpak: an entity's newest frame is unreadable; its next append starts a new chain"),
         }
     }
-}
-
-/// The clocks of removed events, by entity, sorted.
-fn removed_clocks(
-    removed: &crate::store::format::removed::RemovedRecord,
-) -> hashbrown::HashMap<Box<str>, Vec<u32>> {
-    let mut out: hashbrown::HashMap<Box<str>, Vec<u32>> = hashbrown::HashMap::new();
-    for r in &removed.entries {
-        out.entry(r.entity.as_str().into())
-            .or_default()
-            .push(r.clock);
-    }
-    for clocks in out.values_mut() {
-        clocks.sort_unstable();
-    }
-    out
 }
 
 /// A segment file that never held a frame: shorter than a header, or a
@@ -740,7 +719,7 @@ pub(crate) fn recover(
         report,
         max_seq: None,
         batch: Vec::new(),
-        removed_clocks: removed_clocks(&removed),
+        removed: RemovedPredecessors::new(&removed),
     };
     // (segment id, offset) where the frames after the checkpoint begin.
     let mut resume: Option<(u64, u64)> = None;

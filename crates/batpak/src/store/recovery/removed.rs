@@ -49,6 +49,41 @@ pub(crate) fn load_removed_from(
     }
 }
 
+/// The removed events as predecessors: an event may follow one of its
+/// entity's events that compaction removed (the gap is not a chain break).
+/// Recovery and `verify` both judge links with this.
+#[derive(Default)]
+pub(crate) struct RemovedPredecessors {
+    /// Per entity: (clock, hash) of its removed events, sorted by clock.
+    by_entity: hashbrown::HashMap<Box<str>, Vec<(u32, [u8; 32])>>,
+}
+
+impl RemovedPredecessors {
+    pub(crate) fn new(record: &RemovedRecord) -> Self {
+        let mut by_entity: hashbrown::HashMap<Box<str>, Vec<(u32, [u8; 32])>> =
+            hashbrown::HashMap::new();
+        for e in &record.entries {
+            by_entity
+                .entry(e.entity.as_str().into())
+                .or_default()
+                .push((e.clock, e.event_hash));
+        }
+        for events in by_entity.values_mut() {
+            events.sort_unstable_by_key(|&(clock, _)| clock);
+        }
+        Self { by_entity }
+    }
+
+    /// The hash of `entity`'s event just before `clock`, if compaction
+    /// removed that event.
+    pub(crate) fn before(&self, entity: &str, clock: u32) -> Option<[u8; 32]> {
+        let prev = clock.checked_sub(1)?;
+        let events = self.by_entity.get(entity)?;
+        let i = events.binary_search_by_key(&prev, |&(c, _)| c).ok()?;
+        Some(events[i].1)
+    }
+}
+
 /// Replace the removed-event record atomically.
 pub(crate) fn write_removed(dir: &Path, record: &RemovedRecord) -> Result<(), StoreError> {
     crate::store::log::write_atomically(dir, REMOVED_FILE, &removed::encode(record))
