@@ -521,6 +521,18 @@ fn tail_prints_existing_then_follows_the_owner() {
         "{last}"
     );
     assert_eq!(last.lines().count(), 2, "header and one event: {last}");
+    // A timeout beyond what a clock can hold is no limit, not a panic.
+    let huge = ndjson(&ok(&batpak(&[
+        "--dir",
+        d,
+        "tail",
+        "--json",
+        "--max",
+        "1",
+        "--timeout",
+        "1e30",
+    ])));
+    assert_eq!(ids_of(&huge), vec![hex(f.a1)]);
 
     let owner = Store::open(StoreConfig::new(&dir)).expect("owner");
     let mut child = Command::new(env!("CARGO_BIN_EXE_batpak"))

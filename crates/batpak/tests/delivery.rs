@@ -203,6 +203,29 @@ fn wait_next_sleeps_until_an_event_arrives() {
     closer.join().unwrap();
 }
 
+/// A timeout too long for an `Instant` (issue 10, item 8) means "no limit":
+/// the cursor waits for the append or the close, and never panics.
+#[test]
+fn wait_next_with_an_unbounded_timeout_waits_for_the_event_or_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let mut cursor = store.cursor_guaranteed(&Region::entity("later"));
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.append(&coord("later", "s"), KIND_A, &1).unwrap())
+    };
+    let got = cursor
+        .wait_next(Duration::MAX)
+        .expect("woken by the append");
+    assert_eq!(got.event_id, writer.join().unwrap().event_id);
+    let closer = std::thread::spawn(move || drop(store));
+    assert!(
+        cursor.wait_next(Duration::MAX).is_none(),
+        "the close ends the wait"
+    );
+    closer.join().unwrap();
+}
+
 #[test]
 fn lossy_subscribers_drop_alone_and_are_cleaned_up() {
     let dir = tempfile::tempdir().unwrap();

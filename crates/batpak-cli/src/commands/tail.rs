@@ -77,9 +77,10 @@ impl Printer<'_> {
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
     let deadline = match args.timeout {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            Some(Instant::now() + Duration::from_secs_f64(secs))
-        }
+        // A timeout too long to be a point in time means "no time limit".
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| Instant::now().checked_add(d)),
         Some(secs) => anyhow::bail!("--timeout {secs} is not a number of seconds"),
         None => None,
     };

@@ -80,9 +80,11 @@ impl Cursor {
 
     /// The next matching event, waiting up to `timeout` for one to be
     /// committed; `None` on timeout or once the store has closed. Waiting
-    /// sleeps until new events become visible (no busy polling).
+    /// sleeps until new events become visible (no busy polling). A timeout
+    /// too long to express as a point in time (`Duration::MAX`) waits until
+    /// an event arrives or the store closes.
     pub fn wait_next(&mut self, timeout: Duration) -> Option<IndexEntry> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let seen = self.shared.durability.visible();
             if let Some(e) = self.poll() {

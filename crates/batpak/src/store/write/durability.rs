@@ -61,8 +61,11 @@ pub(crate) struct InflightGuard<'a>(&'a Durability);
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
-        if self.0.room_waiters.load(Ordering::Acquire) > 0 {
+        // SeqCst on both sides of the handshake with `begin_append` (each
+        // side writes its word, then reads the other's): weaker orderings
+        // let both read stale values, and the waiter would sleep forever.
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        if self.0.room_waiters.load(Ordering::SeqCst) > 0 {
             // Someone may be waiting for room (back-pressure).
             // SAFETY: the key is the address of `max_inflight`, used only by
             // `begin_append`; unpark touches only parking_lot's table.
@@ -108,12 +111,13 @@ impl Durability {
                 }
                 continue;
             }
-            self.room_waiters.fetch_add(1, Ordering::AcqRel);
+            // SeqCst: the handshake with `InflightGuard::drop`.
+            self.room_waiters.fetch_add(1, Ordering::SeqCst);
             // SAFETY: as in `InflightGuard::drop`; `validate` only reads an atomic.
             unsafe {
                 parking_lot_core::park(
                     self.room_key(),
-                    || self.inflight.load(Ordering::Acquire) >= max,
+                    || self.inflight.load(Ordering::SeqCst) >= max,
                     || {},
                     |_, _| {},
                     DEFAULT_PARK_TOKEN,
@@ -177,18 +181,24 @@ impl Durability {
     /// Sleep until more than `seen` slots are visible, someone calls
     /// [`Durability::wake_visibility_waiters`], or `deadline` passes.
     /// Returns false on timeout.
-    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Instant) -> bool {
+    /// `deadline: None` waits without a time limit.
+    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Option<Instant>) -> bool {
         self.visibility_waiters.fetch_add(1, Ordering::SeqCst);
         let woken = loop {
             let e = self.visibility.load(Ordering::SeqCst);
             if self.visible.load(Ordering::SeqCst) > seen {
                 break true;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                break false;
+            match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break false;
+                    }
+                    epoch::wait_timeout(&self.visibility, e, deadline - now);
+                }
+                None => epoch::wait(&self.visibility, e),
             }
-            epoch::wait_timeout(&self.visibility, e, deadline - now);
             if self.visibility.load(Ordering::SeqCst) != e {
                 break true;
             }
