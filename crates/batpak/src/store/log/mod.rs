@@ -9,10 +9,10 @@
 //! Every segment is mapped once (`MAP_SHARED`) for its whole capacity. The
 //! writer copies frames into the active segment's mapping, which hands them to
 //! the OS page cache without a syscall per append; readers read frames through
-//! the same mapping. Files only grow while mapped: growth uses `fallocate`, so
-//! a full disk is an `ENOSPC` error from the grow call instead of a `SIGBUS`
-//! on a page fault, and the only truncation (of a torn tail at open) happens
-//! before the file is mapped.
+//! the same mapping. Segment files never shrink, since another process (a
+//! read-only handle) may map them: growth uses `fallocate`, so a full disk is
+//! an `ENOSPC` error from the grow call instead of a `SIGBUS` on a page fault,
+//! and a torn tail is zeroed at open, never truncated (ADR 0013).
 
 mod dir;
 pub(crate) mod rewrite;
@@ -191,18 +191,18 @@ impl Log {
             created_us: now_us,
         };
         let capacity = self.capacity_for(min_frame_len);
-        let active =
-            match ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc) {
-                Err(StoreError::Io(e))
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        && Self::holds_no_frame(&path) =>
-                {
-                    // Left by an earlier attempt that failed before using it.
-                    std::fs::remove_file(&path)?;
-                    ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc)?
-                }
-                other => other?,
-            };
+        let create = || ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc);
+        let active = match create() {
+            Err(StoreError::Io(e))
+                if e.kind() == std::io::ErrorKind::AlreadyExists && Self::holds_no_frame(&path) =>
+            {
+                // Left by an earlier attempt that failed before using it.
+                // Removed, never truncated: a reader may map it (ADR 0013).
+                std::fs::remove_file(&path)?;
+                create()?
+            }
+            other => other?,
+        };
         created()?;
         dir::sync_dir(&self.dir)?;
         active.segment().set_entry_synced(true);
@@ -211,10 +211,28 @@ impl Log {
     }
 
     /// A segment file with nothing but (at most) a header and zero fill.
+    /// Read in bounded chunks: the file may be a whole preallocated segment.
     fn holds_no_frame(path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|b| {
-            crate::store::format::frame::all_zero(b.get(SEGMENT_HEADER_LEN..).unwrap_or_default())
-        })
+        use std::io::Read;
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut skip = SEGMENT_HEADER_LEN;
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    let past_header = chunk[..n].get(skip..).unwrap_or_default();
+                    if !crate::store::format::frame::all_zero(past_header) {
+                        return false;
+                    }
+                    skip = skip.saturating_sub(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Finish `old` (sync it so everything in it is durable) and start segment
@@ -280,5 +298,32 @@ pub(crate) struct FrameBytes {
 impl FrameBytes {
     pub(crate) fn bytes(&self) -> &[u8] {
         self.seg.slice(self.offset, u64::from(self.length))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_no_frame_reads_the_whole_file_in_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        let mut bytes = vec![0u8; 300 * 1024];
+        bytes[..SEGMENT_HEADER_LEN].fill(0xAB);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Log::holds_no_frame(&path), "a header and zero fill");
+        // Something far past the first chunk.
+        bytes[250_000] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!Log::holds_no_frame(&path));
+        // Right after the header.
+        bytes[250_000] = 0;
+        bytes[SEGMENT_HEADER_LEN] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!Log::holds_no_frame(&path));
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert!(Log::holds_no_frame(&path), "shorter than a header");
+        assert!(!Log::holds_no_frame(&d.path().join("missing")));
     }
 }

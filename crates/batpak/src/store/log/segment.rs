@@ -276,8 +276,8 @@ impl ActiveSegment {
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let seg = Segment::map(id, file, capacity, true, prealloc)?;
-        // Past the frames the file holds only zeros (preallocation): the
-        // bytes that matter are the frames, all on disk.
+        // Past the frames the file holds only zeros (preallocation, or a
+        // torn tail zeroed): the bytes that matter are the frames, all on disk.
         seg.reset_written_to(write_pos);
         Ok(Self {
             seg: Arc::new(seg),
