@@ -303,6 +303,8 @@ impl Store<Open> {
             config.segment_max_bytes,
             prealloc,
         );
+        #[cfg(feature = "dangerous-test-hooks")]
+        log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));
         let recovered = recovery::recover(&log, &config, true)?;
         let written = recovered.index.len();
         let active = recovered
@@ -579,6 +581,36 @@ impl Store<Open> {
             bytes_discarded,
             files_removed,
         })
+    }
+
+    /// Test hook (feature `dangerous-test-hooks`): do to this store what
+    /// `SIGKILL` now would. The store stops writing (`Poisoned`) and is not
+    /// to be used again (drop it); whatever it wrote stays in the files, as
+    /// the page cache keeps it. The next writable open of the same directory
+    /// in this process inherits what was not synced at this moment, so that
+    /// a later [`Store::simulate_power_loss`] discards it unless that open
+    /// made it durable: together they test "killed, reopened, then the
+    /// power went".
+    ///
+    /// Unlike a real kill, a thread already inside a write or a segment
+    /// creation (parked there by a test) finishes that step; whatever it
+    /// writes or syncs afterwards still counts as unsynced, so the model
+    /// never keeps more than the kill left.
+    ///
+    /// # Errors
+    /// `ReadOnly`, or `Io` when the directory cannot be listed.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub fn simulate_crash(&self) -> Result<(), StoreError> {
+        if self.shared.writer.is_none() {
+            return Err(StoreError::ReadOnly);
+        }
+        // From here no append starts, no group is written and no sync
+        // acknowledges anything: each re-checks the store first. The writer
+        // lock is not taken: a test may hold a writer parked mid-rotation.
+        self.shared.durability.poison("simulated crash".into());
+        let ledger = self.shared.log.unsynced_at_crash()?;
+        fault::record_crash_ledger(&self.shared.config.data_dir, ledger);
+        Ok(())
     }
 
     /// Write a consistent copy of the store to `dest` while appends

@@ -38,6 +38,10 @@ pub(crate) struct Log {
     sync_mode: SyncMode,
     segment_max_bytes: u64,
     prealloc: Prealloc,
+    /// Test hook: what the crashed store that used this directory before
+    /// had not synced (see `Store::simulate_crash`), by segment id.
+    #[cfg(feature = "dangerous-test-hooks")]
+    crashed: parking_lot::Mutex<std::collections::BTreeMap<u64, Option<u64>>>,
 }
 
 impl Log {
@@ -82,6 +86,49 @@ impl Log {
         Ok((discarded, removed))
     }
 
+    /// Test hook: what a power cut after a crash now would leave of each
+    /// segment file in the directory, as a crashed process leaves it for
+    /// the next one: synced lengths, and `None` for a file whose directory
+    /// entry may not be durable (a segment file this log never registered
+    /// is one being created). The caller has stopped every writer.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn unsynced_at_crash(&self) -> Result<BTreeMap<u64, Option<u64>>, StoreError> {
+        let segments = self.segments.read();
+        let mut ledger: BTreeMap<u64, Option<u64>> = segments
+            .iter()
+            .map(|(id, seg)| (*id, seg.survives_power_loss()))
+            .collect();
+        for (id, _) in SegmentListing::read(&self.dir)?.segments {
+            ledger.entry(id).or_insert(None);
+        }
+        Ok(ledger)
+    }
+
+    /// Test hook: start from what a crashed process left unsynced (the
+    /// files it left are on disk, but not necessarily durable).
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn inherit_unsynced(&self, ledger: BTreeMap<u64, Option<u64>>) {
+        *self.crashed.lock() = ledger;
+    }
+
+    /// A segment file found at open: under the test hook, it is only as
+    /// durable as the crashed process that wrote it left it.
+    pub(crate) fn inherit_crash(&self, seg: &Segment) {
+        #[cfg(feature = "dangerous-test-hooks")]
+        if let Some(left) = self.crashed.lock().get(&seg.id()) {
+            seg.inherit_unsynced(*left);
+        }
+        #[cfg(not(feature = "dangerous-test-hooks"))]
+        let _ = seg;
+    }
+
+    /// The directory was synced: every segment's entry is durable.
+    pub(crate) fn note_entries_synced(&self) {
+        for seg in self.segments.read().values() {
+            seg.set_entry_synced(true);
+        }
+    }
+
     pub(crate) fn new(
         dir: &Path,
         sync_mode: SyncMode,
@@ -94,6 +141,8 @@ impl Log {
             sync_mode,
             segment_max_bytes,
             prealloc,
+            #[cfg(feature = "dangerous-test-hooks")]
+            crashed: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -107,6 +156,7 @@ impl Log {
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
         let active = ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc)?;
+        self.inherit_crash(active.segment());
         self.register(active.segment().clone());
         Ok(active)
     }

@@ -203,6 +203,18 @@ impl Segment {
             .then(|| self.synced.load(Ordering::Acquire))
     }
 
+    #[cfg(feature = "dangerous-test-hooks")]
+    /// This file was found on disk after a (simulated) crash that left it
+    /// only this durable: [`Segment::survives_power_loss`] as it was then.
+    pub(crate) fn inherit_unsynced(&self, left: Option<u64>) {
+        match left {
+            Some(synced) => {
+                self.synced.fetch_min(synced, Ordering::AcqRel);
+            }
+            None => self.entry_synced.store(false, Ordering::Release),
+        }
+    }
+
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
         let covered = self.handed_over.load(Ordering::Acquire);
@@ -277,7 +289,8 @@ impl ActiveSegment {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let seg = Segment::map(id, file, capacity, true, prealloc)?;
         // Past the frames the file holds only zeros (preallocation, or a
-        // torn tail zeroed): the bytes that matter are the frames, all on disk.
+        // torn tail zeroed): the bytes that matter are the frames. They are
+        // in the file; recovery syncs them before anyone reads them.
         seg.reset_written_to(write_pos);
         Ok(Self {
             seg: Arc::new(seg),

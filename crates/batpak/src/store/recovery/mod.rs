@@ -17,7 +17,10 @@
 //! continue after the highest one used (including removed events').
 //!
 //! Recovery writes only to repair the newest segment's tail or to create the
-//! first files of a new store; a read-only open modifies nothing.
+//! first files of a new store; a read-only open modifies nothing. A writable
+//! open syncs the newest segment and the directory before it returns, so
+//! nothing it serves is only in the page cache (a process killed before its
+//! fsync leaves such bytes behind).
 
 mod removed;
 
@@ -33,7 +36,9 @@ use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
-use crate::store::log::{map_whole_file, rewrite, ActiveSegment, Log, Segment, SegmentListing};
+use crate::store::log::{
+    map_whole_file, rewrite, sync_dir, ActiveSegment, Log, Segment, SegmentListing,
+};
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
 use std::sync::Arc;
@@ -784,6 +789,7 @@ pub(crate) fn recover(
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
         let seg = Segment::open_read_only(path, *id)?;
+        log.inherit_crash(&seg);
         if newest && never_written(seg.bytes()) {
             // Crashed (or ran out of space) while creating the segment: it
             // never held a frame. A writable open starts it afresh; a
@@ -895,7 +901,9 @@ pub(crate) fn recover(
         let file_len = seg.file_len();
         if end.sealed {
             // Sealed (the crash came after its footer, before the next
-            // segment existed): the next append starts a new segment.
+            // segment existed): the next append starts a new segment. Its
+            // frames may be in the page cache only: sync them first.
+            seg.sync(log.sync_mode())?;
             log.register(Arc::new(seg));
             active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
             continue;
@@ -906,7 +914,13 @@ pub(crate) fn recover(
             // a file shrinking under a map faults its reader (SIGBUS).
             zero_from(path, frames_end)?;
         }
-        active = Some(log.reopen_active(path, *id, frames_end, file_len)?);
+        let reopened = log.reopen_active(path, *id, frames_end, file_len)?;
+        // The frames recovered here may never have been synced (a process
+        // killed between its write and its fsync): make them durable before
+        // anyone reads them, or a power cut could take back what was served
+        // and give its sequences to other events.
+        reopened.segment().sync(log.sync_mode())?;
+        active = Some(reopened);
     }
     asm.discard_batch("not committed before the end of the log");
     if cfg!(feature = "blake3") {
@@ -933,6 +947,13 @@ pub(crate) fn recover(
     }
     if writable && active.is_none() {
         active = Some(log.create_segment(1, 0, config.now_us())?);
+    }
+    if writable {
+        // Files a crashed process created may have directory entries that
+        // were never synced; this open is about to serve (and append to)
+        // them.
+        sync_dir(dir)?;
+        log.note_entries_synced();
     }
     if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
         asm.report.open_path = OpenPath::Footers;
