@@ -290,7 +290,9 @@ impl Store<Open> {
         cache: Box<dyn ProjectionCache>,
     ) -> Result<Self, StoreError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        // A new directory's entry is synced in its parent: the first durable
+        // receipts must not vanish with the directory in a power cut.
+        log::create_dir_all_synced(&config.data_dir)?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let prealloc = if config.durable_receipts() {
             log::Prealloc::Zeros

@@ -119,6 +119,43 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Create `dir` and its missing ancestors like `create_dir_all`, and make
+/// them durable: the parent of every directory created here is synced,
+/// outermost first, so a power cut cannot take the store's directory (and
+/// the receipts of its first appends) away. Returns the directories whose
+/// parents were synced, outermost first.
+pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    create_dir_all_with(dir, sync_dir)
+}
+
+fn create_dir_all_with(
+    dir: &Path,
+    mut sync: impl FnMut(&Path) -> Result<(), StoreError>,
+) -> Result<Vec<PathBuf>, StoreError> {
+    // The directories that do not exist yet, innermost first.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(d) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d.to_path_buf()),
+            Err(e) => return Err(e.into()),
+        }
+        at = d.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    missing.reverse();
+    for d in &missing {
+        // (Another process may have created some of them meanwhile; syncing
+        // their parents anyway costs little.)
+        match d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync(parent)?,
+            None => sync(Path::new("."))?,
+        }
+    }
+    Ok(missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +170,31 @@ mod tests {
         ));
         drop(first);
         assert!(DirLock::acquire(d.path()).is_ok());
+    }
+
+    #[test]
+    fn creating_a_directory_syncs_the_parent_of_each_one_created() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        let created = create_dir_all_with(&target, |p| {
+            synced.push(p.to_path_buf());
+            sync_dir(p)
+        })
+        .unwrap();
+        assert!(target.is_dir());
+        let a = d.path().join("a");
+        assert_eq!(created, vec![a.clone(), a.join("b"), target.clone()]);
+        // Outermost first: a parent's entry is durable before its child's.
+        assert_eq!(synced, vec![d.path().to_path_buf(), a.clone(), a.join("b")]);
+        // Nothing created, nothing synced.
+        synced.clear();
+        let created = create_dir_all_with(&target, |p| {
+            synced.push(p.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert!(created.is_empty() && synced.is_empty());
     }
 
     #[test]

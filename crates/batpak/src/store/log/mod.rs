@@ -19,7 +19,8 @@ pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{
-    map_whole_file, sync_dir, write_atomically, write_atomically_with, DirLock, SegmentListing,
+    create_dir_all_synced, map_whole_file, sync_dir, write_atomically, write_atomically_with,
+    DirLock, SegmentListing,
 };
 pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
 
