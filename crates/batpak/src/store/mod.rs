@@ -224,6 +224,7 @@ impl Store<Open> {
             config.sync.mode,
             config.segment_max_bytes,
             log::Prealloc::Reserve,
+            log::FrameWrites::Pwrite,
         );
         let recovered = recovery::recover(&log, &config, false)?;
         let mut shared = Shared::new(
@@ -299,11 +300,19 @@ impl Store<Open> {
         } else {
             log::Prealloc::Reserve
         };
+        // Relaxed mode copies frames into the map, except where a write to
+        // a preallocated block may need new space (a full disk would fault).
+        let writes = if config.durable_receipts() || config.copy_on_write() {
+            log::FrameWrites::Pwrite
+        } else {
+            log::FrameWrites::Mapped
+        };
         let log = Log::new(
             &config.data_dir,
             config.sync.mode,
             config.segment_max_bytes,
             prealloc,
+            writes,
         );
         #[cfg(feature = "dangerous-test-hooks")]
         log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));

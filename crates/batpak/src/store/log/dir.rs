@@ -156,6 +156,41 @@ fn create_dir_all_with(
     Ok(missing)
 }
 
+/// Whether `dir` is on a copy-on-write filesystem (btrfs, ZFS, bcachefs),
+/// where a write to an allocated block may need new space: a full disk then
+/// fails a write through a memory map with `SIGBUS` (see [`FrameWrites`]).
+///
+/// [`FrameWrites`]: super::FrameWrites
+pub(crate) fn is_copy_on_write(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const BTRFS: u32 = 0x9123_683e;
+        const ZFS: u32 = 0x2fc1_2fc1;
+        const BCACHEFS: u32 = 0xca45_1a4e;
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs reads a NUL-terminated path and writes one `statfs`
+        // struct into memory we own and zeroed.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `path` and `st` outlive the call.
+        if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+            return false;
+        }
+        // `f_type`'s integer type differs between targets; the magic
+        // numbers are 32-bit.
+        #[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+        let magic = st.f_type as u32;
+        matches!(magic, BTRFS | ZFS | BCACHEFS)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +230,28 @@ mod tests {
         })
         .unwrap();
         assert!(created.is_empty() && synced.is_empty());
+    }
+
+    #[test]
+    fn copy_on_write_detection_agrees_with_the_mount_table() {
+        // The filesystem type of the longest mount point above the
+        // directory, as the kernel lists it, against `statfs`.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let fs_type = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && dir.starts_with(f[1])).then(|| (f[1].len(), f[2].to_owned()))
+            })
+            .max()
+            .map(|(_, t)| t);
+        if let Some(t) = fs_type {
+            let cow = matches!(t.as_str(), "btrfs" | "zfs" | "bcachefs");
+            assert_eq!(is_copy_on_write(&dir), cow, "{} is on {t}", dir.display());
+        }
+        assert!(!is_copy_on_write(Path::new("/nonexistent/batpak")));
     }
 
     #[test]

@@ -12,17 +12,20 @@
 //! the same mapping. Segment files never shrink, since another process (a
 //! read-only handle) may map them: growth uses `fallocate`, so a full disk is
 //! an `ENOSPC` error from the grow call instead of a `SIGBUS` on a page fault,
-//! and a torn tail is zeroed at open, never truncated (ADR 0013).
+//! and a torn tail is zeroed at open, never truncated (ADR 0013). On
+//! copy-on-write filesystems, where even a preallocated block needs new space
+//! when it is written, and in durable mode, frames are written with `pwrite`
+//! and the map is only read.
 
 mod dir;
 pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{
-    create_dir_all_synced, map_whole_file, sync_dir, write_atomically, write_atomically_with,
-    DirLock, SegmentListing,
+    create_dir_all_synced, is_copy_on_write, map_whole_file, sync_dir, write_atomically,
+    write_atomically_with, DirLock, SegmentListing,
 };
-pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
+pub(crate) use segment::{ActiveSegment, FrameWrites, Prealloc, Segment};
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -39,6 +42,8 @@ pub(crate) struct Log {
     sync_mode: SyncMode,
     segment_max_bytes: u64,
     prealloc: Prealloc,
+    /// How the writer puts frames into the active segment.
+    writes: FrameWrites,
     /// Test hook: what the crashed store that used this directory before
     /// had not synced (see `Store::simulate_crash`), by segment id.
     #[cfg(feature = "dangerous-test-hooks")]
@@ -135,6 +140,7 @@ impl Log {
         sync_mode: SyncMode,
         segment_max_bytes: u64,
         prealloc: Prealloc,
+        writes: FrameWrites,
     ) -> Self {
         Self {
             dir: dir.to_path_buf(),
@@ -142,6 +148,7 @@ impl Log {
             sync_mode,
             segment_max_bytes,
             prealloc,
+            writes,
             #[cfg(feature = "dangerous-test-hooks")]
             crashed: parking_lot::Mutex::new(BTreeMap::new()),
         }
@@ -156,7 +163,8 @@ impl Log {
         file_len: u64,
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
-        let active = ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc)?;
+        let active =
+            ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc, self.writes)?;
         self.inherit_crash(active.segment());
         self.register(active.segment().clone());
         Ok(active)
@@ -242,7 +250,16 @@ impl Log {
             created_us: now_us,
         };
         let capacity = self.capacity_for(min_frame_len);
-        let create = || ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc);
+        let create = || {
+            ActiveSegment::create(
+                &path,
+                id,
+                &header.encode(),
+                capacity,
+                self.prealloc,
+                self.writes,
+            )
+        };
         let active = match create() {
             Err(StoreError::Io(e))
                 if e.kind() == std::io::ErrorKind::AlreadyExists && Self::holds_no_frame(&path) =>
