@@ -137,3 +137,70 @@ fn modifies_nothing_even_with_a_torn_tail() {
     );
     assert!(Store::open_read_only(StoreConfig::new(dir.path().join("missing"))).is_err());
 }
+
+/// What a follower can see of its owner's newest segment mid-write: a frame
+/// not yet (wholly) in the file with a later frame already there (frames
+/// copied in one go, or a torn tail being zeroed). Skipping it as damage
+/// would lose the frame for good once it is complete; the follower waits
+/// for it instead. In a segment the owner has moved on from, damage is
+/// final and passed over.
+#[test]
+fn a_frame_still_being_written_is_waited_for_not_skipped() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let owner = open_with(dir.path(), |c| c.with_enable_checkpoint(false));
+    let rs: Vec<AppendReceipt> = (0..5)
+        .map(|i| {
+            owner
+                .append(&coord("e", "s"), KIND_A, &json!({ "i": i }))
+                .unwrap()
+        })
+        .collect();
+    owner.close().unwrap();
+    let pos = rs[3].disk_pos;
+    let path = dir.path().join(format!("{:020}.seg", pos.segment_id));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut frame = vec![0u8; pos.length as usize];
+    file.read_exact_at(&mut frame, pos.offset).unwrap();
+    // The fourth frame is not in the file yet; the fifth is.
+    file.write_all_at(&vec![0u8; frame.len()], pos.offset)
+        .unwrap();
+
+    let reader = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    let ids =
+        |s: &Store| -> Vec<u128> { s.query(&Region::all()).iter().map(|e| e.event_id).collect() };
+    let first_three: Vec<u128> = rs[..3].iter().map(|r| r.event_id).collect();
+    assert_eq!(ids(&reader), first_three, "nothing past the gap yet");
+    assert!(reader.diagnostics().recovery.damaged.is_empty());
+    assert_eq!(reader.refresh().unwrap(), 0);
+    // The frame arrives.
+    file.write_all_at(&frame, pos.offset).unwrap();
+    assert_eq!(reader.refresh().unwrap(), 2);
+    let all: Vec<u128> = rs.iter().map(|r| r.event_id).collect();
+    assert_eq!(ids(&reader), all);
+    drop(reader);
+
+    // Once the owner has moved on to a newer segment, the gap is damage.
+    file.write_all_at(&vec![0u8; frame.len()], pos.offset)
+        .unwrap();
+    let owner = open_with(dir.path(), |c| {
+        c.with_enable_checkpoint(false).with_segment_max_bytes(4096)
+    });
+    while owner
+        .append(&coord("f", "s"), KIND_A, &json!({ "pad": "x".repeat(500) }))
+        .unwrap()
+        .disk_pos
+        .segment_id
+        == pos.segment_id
+    {}
+    let reader = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    let seen = reader.stream("e");
+    assert_eq!(seen.len(), 4, "the events after the damage are read");
+    assert_eq!(reader.diagnostics().recovery.damaged.len(), 1);
+    drop(reader);
+    owner.close().unwrap();
+}

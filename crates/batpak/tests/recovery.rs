@@ -112,7 +112,7 @@ fn damaged_length_resynchronises_on_the_marker() {
 }
 
 #[test]
-fn torn_tail_is_truncated_and_stays_fixed() {
+fn torn_tail_is_zeroed_not_truncated_and_stays_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let rs = fill(dir.path(), 5);
     let last = rs[4].disk_pos;
@@ -125,8 +125,21 @@ fn torn_tail_is_truncated_and_stays_fixed() {
         last.length as usize,
     );
     patch(dir.path(), last.segment_id, end, &frame[..frame.len() / 2]);
+    let path = dir.path().join(format!("{:020}.seg", last.segment_id));
+    let len_before = std::fs::metadata(&path).unwrap().len();
 
     let store = open(dir.path());
+    // The file keeps its length (a reader in another process may map it:
+    // a file shrinking under a map faults its reader); the torn bytes are
+    // zeros now.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
+    let rest = read_at(
+        dir.path(),
+        last.segment_id,
+        end,
+        (len_before - end) as usize,
+    );
+    assert!(rest.iter().all(|&b| b == 0), "the torn tail was not zeroed");
     let tail = store
         .diagnostics()
         .recovery

@@ -198,6 +198,11 @@ pub struct StoreConfig {
     /// Fault injection for tests (feature `dangerous-test-hooks`); no builder.
     #[cfg(feature = "dangerous-test-hooks")]
     pub fault_injector: Option<Arc<dyn crate::store::fault::FaultInjector>>,
+    /// Test hook (feature `dangerous-test-hooks`): behave as on a
+    /// copy-on-write filesystem, where relaxed mode writes frames with
+    /// `pwrite` instead of through the memory map. Default false (detected).
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub assume_copy_on_write: bool,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -238,6 +243,8 @@ impl StoreConfig {
             clock: None,
             #[cfg(feature = "dangerous-test-hooks")]
             fault_injector: None,
+            #[cfg(feature = "dangerous-test-hooks")]
+            assume_copy_on_write: false,
         }
     }
 
@@ -405,6 +412,16 @@ impl StoreConfig {
     /// True when every receipt means "on stable storage".
     pub(crate) fn durable_receipts(&self) -> bool {
         self.sync.every_n_events == 1
+    }
+
+    /// Whether the data directory is on a copy-on-write filesystem (or a
+    /// test says to behave as if).
+    pub(crate) fn copy_on_write(&self) -> bool {
+        #[cfg(feature = "dangerous-test-hooks")]
+        if self.assume_copy_on_write {
+            return true;
+        }
+        crate::store::log::is_copy_on_write(&self.data_dir)
     }
 
     pub(crate) fn now_us(&self) -> i64 {

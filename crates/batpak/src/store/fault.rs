@@ -166,6 +166,35 @@ pub struct PowerLoss {
     pub files_removed: usize,
 }
 
+/// What simulated crashes left unsynced, by data directory, until the next
+/// writable open of that directory takes it (see
+/// [`Store::simulate_crash`](crate::store::Store::simulate_crash)): per
+/// segment id, its synced length, or `None` when its directory entry may not
+/// be durable.
+type CrashLedger = std::collections::BTreeMap<u64, Option<u64>>;
+
+static CRASH_LEDGERS: Mutex<Vec<(std::path::PathBuf, CrashLedger)>> = Mutex::new(Vec::new());
+
+fn ledger_key(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+pub(crate) fn record_crash_ledger(dir: &std::path::Path, ledger: CrashLedger) {
+    let key = ledger_key(dir);
+    let mut all = CRASH_LEDGERS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(d, _)| *d != key);
+    all.push((key, ledger));
+}
+
+pub(crate) fn take_crash_ledger(dir: &std::path::Path) -> CrashLedger {
+    let key = ledger_key(dir);
+    let mut all = CRASH_LEDGERS.lock().unwrap_or_else(|p| p.into_inner());
+    match all.iter().position(|(d, _)| *d == key) {
+        Some(i) => all.swap_remove(i).1,
+        None => CrashLedger::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

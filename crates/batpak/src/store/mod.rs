@@ -224,6 +224,7 @@ impl Store<Open> {
             config.sync.mode,
             config.segment_max_bytes,
             log::Prealloc::Reserve,
+            log::FrameWrites::Pwrite,
         );
         let recovered = recovery::recover(&log, &config, false)?;
         let mut shared = Shared::new(
@@ -290,19 +291,31 @@ impl Store<Open> {
         cache: Box<dyn ProjectionCache>,
     ) -> Result<Self, StoreError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        // A new directory's entry is synced in its parent: the first durable
+        // receipts must not vanish with the directory in a power cut.
+        log::create_dir_all_synced(&config.data_dir)?;
         let lock = DirLock::acquire(&config.data_dir)?;
         let prealloc = if config.durable_receipts() {
             log::Prealloc::Zeros
         } else {
             log::Prealloc::Reserve
         };
+        // Relaxed mode copies frames into the map, except where a write to
+        // a preallocated block may need new space (a full disk would fault).
+        let writes = if config.durable_receipts() || config.copy_on_write() {
+            log::FrameWrites::Pwrite
+        } else {
+            log::FrameWrites::Mapped
+        };
         let log = Log::new(
             &config.data_dir,
             config.sync.mode,
             config.segment_max_bytes,
             prealloc,
+            writes,
         );
+        #[cfg(feature = "dangerous-test-hooks")]
+        log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));
         let recovered = recovery::recover(&log, &config, true)?;
         let written = recovered.index.len();
         let active = recovered
@@ -579,6 +592,36 @@ impl Store<Open> {
             bytes_discarded,
             files_removed,
         })
+    }
+
+    /// Test hook (feature `dangerous-test-hooks`): do to this store what
+    /// `SIGKILL` now would. The store stops writing (`Poisoned`) and is not
+    /// to be used again (drop it); whatever it wrote stays in the files, as
+    /// the page cache keeps it. The next writable open of the same directory
+    /// in this process inherits what was not synced at this moment, so that
+    /// a later [`Store::simulate_power_loss`] discards it unless that open
+    /// made it durable: together they test "killed, reopened, then the
+    /// power went".
+    ///
+    /// Unlike a real kill, a thread already inside a write or a segment
+    /// creation (parked there by a test) finishes that step; whatever it
+    /// writes or syncs afterwards still counts as unsynced, so the model
+    /// never keeps more than the kill left.
+    ///
+    /// # Errors
+    /// `ReadOnly`, or `Io` when the directory cannot be listed.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub fn simulate_crash(&self) -> Result<(), StoreError> {
+        if self.shared.writer.is_none() {
+            return Err(StoreError::ReadOnly);
+        }
+        // From here no append starts, no group is written and no sync
+        // acknowledges anything: each re-checks the store first. The writer
+        // lock is not taken: a test may hold a writer parked mid-rotation.
+        self.shared.durability.poison("simulated crash".into());
+        let ledger = self.shared.log.unsynced_at_crash()?;
+        fault::record_crash_ledger(&self.shared.config.data_dir, ledger);
+        Ok(())
     }
 
     /// Write a consistent copy of the store to `dest` while appends

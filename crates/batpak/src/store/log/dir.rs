@@ -119,6 +119,78 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Create `dir` and its missing ancestors like `create_dir_all`, and make
+/// them durable: the parent of every directory created here is synced,
+/// outermost first, so a power cut cannot take the store's directory (and
+/// the receipts of its first appends) away. Returns the directories whose
+/// parents were synced, outermost first.
+pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    create_dir_all_with(dir, sync_dir)
+}
+
+fn create_dir_all_with(
+    dir: &Path,
+    mut sync: impl FnMut(&Path) -> Result<(), StoreError>,
+) -> Result<Vec<PathBuf>, StoreError> {
+    // The directories that do not exist yet, innermost first.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(d) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d.to_path_buf()),
+            Err(e) => return Err(e.into()),
+        }
+        at = d.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    missing.reverse();
+    for d in &missing {
+        // (Another process may have created some of them meanwhile; syncing
+        // their parents anyway costs little.)
+        match d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync(parent)?,
+            None => sync(Path::new("."))?,
+        }
+    }
+    Ok(missing)
+}
+
+/// Whether `dir` is on a copy-on-write filesystem (btrfs, ZFS, bcachefs),
+/// where a write to an allocated block may need new space: a full disk then
+/// fails a write through a memory map with `SIGBUS` (see [`FrameWrites`]).
+///
+/// [`FrameWrites`]: super::FrameWrites
+pub(crate) fn is_copy_on_write(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const BTRFS: u32 = 0x9123_683e;
+        const ZFS: u32 = 0x2fc1_2fc1;
+        const BCACHEFS: u32 = 0xca45_1a4e;
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs reads a NUL-terminated path and writes one `statfs`
+        // struct into memory we own and zeroed.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `path` and `st` outlive the call.
+        if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+            return false;
+        }
+        // `f_type`'s integer type differs between targets; the magic
+        // numbers are 32-bit.
+        #[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+        let magic = st.f_type as u32;
+        matches!(magic, BTRFS | ZFS | BCACHEFS)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +205,53 @@ mod tests {
         ));
         drop(first);
         assert!(DirLock::acquire(d.path()).is_ok());
+    }
+
+    #[test]
+    fn creating_a_directory_syncs_the_parent_of_each_one_created() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        let created = create_dir_all_with(&target, |p| {
+            synced.push(p.to_path_buf());
+            sync_dir(p)
+        })
+        .unwrap();
+        assert!(target.is_dir());
+        let a = d.path().join("a");
+        assert_eq!(created, vec![a.clone(), a.join("b"), target.clone()]);
+        // Outermost first: a parent's entry is durable before its child's.
+        assert_eq!(synced, vec![d.path().to_path_buf(), a.clone(), a.join("b")]);
+        // Nothing created, nothing synced.
+        synced.clear();
+        let created = create_dir_all_with(&target, |p| {
+            synced.push(p.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert!(created.is_empty() && synced.is_empty());
+    }
+
+    #[test]
+    fn copy_on_write_detection_agrees_with_the_mount_table() {
+        // The filesystem type of the longest mount point above the
+        // directory, as the kernel lists it, against `statfs`.
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let fs_type = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && dir.starts_with(f[1])).then(|| (f[1].len(), f[2].to_owned()))
+            })
+            .max()
+            .map(|(_, t)| t);
+        if let Some(t) = fs_type {
+            let cow = matches!(t.as_str(), "btrfs" | "zfs" | "bcachefs");
+            assert_eq!(is_copy_on_write(&dir), cow, "{} is on {t}", dir.display());
+        }
+        assert!(!is_copy_on_write(Path::new("/nonexistent/batpak")));
     }
 
     #[test]

@@ -9,19 +9,23 @@
 //! Every segment is mapped once (`MAP_SHARED`) for its whole capacity. The
 //! writer copies frames into the active segment's mapping, which hands them to
 //! the OS page cache without a syscall per append; readers read frames through
-//! the same mapping. Files only grow while mapped: growth uses `fallocate`, so
-//! a full disk is an `ENOSPC` error from the grow call instead of a `SIGBUS`
-//! on a page fault, and the only truncation (of a torn tail at open) happens
-//! before the file is mapped.
+//! the same mapping. Segment files never shrink, since another process (a
+//! read-only handle) may map them: growth uses `fallocate`, so a full disk is
+//! an `ENOSPC` error from the grow call instead of a `SIGBUS` on a page fault,
+//! and a torn tail is zeroed at open, never truncated (ADR 0013). On
+//! copy-on-write filesystems, where even a preallocated block needs new space
+//! when it is written, and in durable mode, frames are written with `pwrite`
+//! and the map is only read.
 
 mod dir;
 pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{
-    map_whole_file, sync_dir, write_atomically, write_atomically_with, DirLock, SegmentListing,
+    create_dir_all_synced, is_copy_on_write, map_whole_file, sync_dir, write_atomically,
+    write_atomically_with, DirLock, SegmentListing,
 };
-pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
+pub(crate) use segment::{ActiveSegment, FrameWrites, Prealloc, Segment};
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -38,6 +42,12 @@ pub(crate) struct Log {
     sync_mode: SyncMode,
     segment_max_bytes: u64,
     prealloc: Prealloc,
+    /// How the writer puts frames into the active segment.
+    writes: FrameWrites,
+    /// Test hook: what the crashed store that used this directory before
+    /// had not synced (see `Store::simulate_crash`), by segment id.
+    #[cfg(feature = "dangerous-test-hooks")]
+    crashed: parking_lot::Mutex<std::collections::BTreeMap<u64, Option<u64>>>,
 }
 
 impl Log {
@@ -82,11 +92,55 @@ impl Log {
         Ok((discarded, removed))
     }
 
+    /// Test hook: what a power cut after a crash now would leave of each
+    /// segment file in the directory, as a crashed process leaves it for
+    /// the next one: synced lengths, and `None` for a file whose directory
+    /// entry may not be durable (a segment file this log never registered
+    /// is one being created). The caller has stopped every writer.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn unsynced_at_crash(&self) -> Result<BTreeMap<u64, Option<u64>>, StoreError> {
+        let segments = self.segments.read();
+        let mut ledger: BTreeMap<u64, Option<u64>> = segments
+            .iter()
+            .map(|(id, seg)| (*id, seg.survives_power_loss()))
+            .collect();
+        for (id, _) in SegmentListing::read(&self.dir)?.segments {
+            ledger.entry(id).or_insert(None);
+        }
+        Ok(ledger)
+    }
+
+    /// Test hook: start from what a crashed process left unsynced (the
+    /// files it left are on disk, but not necessarily durable).
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn inherit_unsynced(&self, ledger: BTreeMap<u64, Option<u64>>) {
+        *self.crashed.lock() = ledger;
+    }
+
+    /// A segment file found at open: under the test hook, it is only as
+    /// durable as the crashed process that wrote it left it.
+    pub(crate) fn inherit_crash(&self, seg: &Segment) {
+        #[cfg(feature = "dangerous-test-hooks")]
+        if let Some(left) = self.crashed.lock().get(&seg.id()) {
+            seg.inherit_unsynced(*left);
+        }
+        #[cfg(not(feature = "dangerous-test-hooks"))]
+        let _ = seg;
+    }
+
+    /// The directory was synced: every segment's entry is durable.
+    pub(crate) fn note_entries_synced(&self) {
+        for seg in self.segments.read().values() {
+            seg.set_entry_synced(true);
+        }
+    }
+
     pub(crate) fn new(
         dir: &Path,
         sync_mode: SyncMode,
         segment_max_bytes: u64,
         prealloc: Prealloc,
+        writes: FrameWrites,
     ) -> Self {
         Self {
             dir: dir.to_path_buf(),
@@ -94,6 +148,9 @@ impl Log {
             sync_mode,
             segment_max_bytes,
             prealloc,
+            writes,
+            #[cfg(feature = "dangerous-test-hooks")]
+            crashed: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -106,7 +163,9 @@ impl Log {
         file_len: u64,
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
-        let active = ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc)?;
+        let active =
+            ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc, self.writes)?;
+        self.inherit_crash(active.segment());
         self.register(active.segment().clone());
         Ok(active)
     }
@@ -191,18 +250,27 @@ impl Log {
             created_us: now_us,
         };
         let capacity = self.capacity_for(min_frame_len);
-        let active =
-            match ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc) {
-                Err(StoreError::Io(e))
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        && Self::holds_no_frame(&path) =>
-                {
-                    // Left by an earlier attempt that failed before using it.
-                    std::fs::remove_file(&path)?;
-                    ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc)?
-                }
-                other => other?,
-            };
+        let create = || {
+            ActiveSegment::create(
+                &path,
+                id,
+                &header.encode(),
+                capacity,
+                self.prealloc,
+                self.writes,
+            )
+        };
+        let active = match create() {
+            Err(StoreError::Io(e))
+                if e.kind() == std::io::ErrorKind::AlreadyExists && Self::holds_no_frame(&path) =>
+            {
+                // Left by an earlier attempt that failed before using it.
+                // Removed, never truncated: a reader may map it (ADR 0013).
+                std::fs::remove_file(&path)?;
+                create()?
+            }
+            other => other?,
+        };
         created()?;
         dir::sync_dir(&self.dir)?;
         active.segment().set_entry_synced(true);
@@ -211,10 +279,28 @@ impl Log {
     }
 
     /// A segment file with nothing but (at most) a header and zero fill.
+    /// Read in bounded chunks: the file may be a whole preallocated segment.
     fn holds_no_frame(path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|b| {
-            crate::store::format::frame::all_zero(b.get(SEGMENT_HEADER_LEN..).unwrap_or_default())
-        })
+        use std::io::Read;
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut skip = SEGMENT_HEADER_LEN;
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    let past_header = chunk[..n].get(skip..).unwrap_or_default();
+                    if !crate::store::format::frame::all_zero(past_header) {
+                        return false;
+                    }
+                    skip = skip.saturating_sub(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Finish `old` (sync it so everything in it is durable) and start segment
@@ -280,5 +366,32 @@ pub(crate) struct FrameBytes {
 impl FrameBytes {
     pub(crate) fn bytes(&self) -> &[u8] {
         self.seg.slice(self.offset, u64::from(self.length))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_no_frame_reads_the_whole_file_in_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        let mut bytes = vec![0u8; 300 * 1024];
+        bytes[..SEGMENT_HEADER_LEN].fill(0xAB);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Log::holds_no_frame(&path), "a header and zero fill");
+        // Something far past the first chunk.
+        bytes[250_000] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!Log::holds_no_frame(&path));
+        // Right after the header.
+        bytes[250_000] = 0;
+        bytes[SEGMENT_HEADER_LEN] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!Log::holds_no_frame(&path));
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert!(Log::holds_no_frame(&path), "shorter than a header");
+        assert!(!Log::holds_no_frame(&d.path().join("missing")));
     }
 }

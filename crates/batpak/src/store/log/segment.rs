@@ -203,6 +203,18 @@ impl Segment {
             .then(|| self.synced.load(Ordering::Acquire))
     }
 
+    #[cfg(feature = "dangerous-test-hooks")]
+    /// This file was found on disk after a (simulated) crash that left it
+    /// only this durable: [`Segment::survives_power_loss`] as it was then.
+    pub(crate) fn inherit_unsynced(&self, left: Option<u64>) {
+        match left {
+            Some(synced) => {
+                self.synced.fetch_min(synced, Ordering::AcqRel);
+            }
+            None => self.entry_synced.store(false, Ordering::Release),
+        }
+    }
+
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
         let covered = self.handed_over.load(Ordering::Acquire);
@@ -229,6 +241,8 @@ impl Segment {
 /// dirtied through a mapping).
 pub(crate) struct ActiveSegment {
     seg: Arc<Segment>,
+    /// How frames reach the file; with `Pwrite` the map is read-only.
+    writes: FrameWrites,
     write_pos: u64,
     /// Frames appended with `append_buffered` and not yet written to the file;
     /// they start at `write_pos - pending.len()`.
@@ -245,6 +259,7 @@ impl ActiveSegment {
         header: &[u8],
         capacity: u64,
         prealloc: Prealloc,
+        writes: FrameWrites,
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -255,11 +270,12 @@ impl ActiveSegment {
         allocate(&file, 0, initial, prealloc)?;
         file.write_all_at(header, 0)?;
         file.sync_all()?;
-        let seg = Segment::map(id, file, capacity, true, prealloc)?;
+        let seg = Segment::map(id, file, capacity, writes == FrameWrites::Mapped, prealloc)?;
         seg.set_entry_synced(false);
         seg.reset_written_to(header.len() as u64);
         Ok(Self {
             seg: Arc::new(seg),
+            writes,
             write_pos: header.len() as u64,
             pending: Vec::new(),
             growth_asked: 0,
@@ -273,14 +289,17 @@ impl ActiveSegment {
         write_pos: u64,
         capacity: u64,
         prealloc: Prealloc,
+        writes: FrameWrites,
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let seg = Segment::map(id, file, capacity, true, prealloc)?;
-        // Past the frames the file holds only zeros (preallocation): the
-        // bytes that matter are the frames, all on disk.
+        let seg = Segment::map(id, file, capacity, writes == FrameWrites::Mapped, prealloc)?;
+        // Past the frames the file holds only zeros (preallocation, or a
+        // torn tail zeroed): the bytes that matter are the frames. They are
+        // in the file; recovery syncs them before anyone reads them.
         seg.reset_written_to(write_pos);
         Ok(Self {
             seg: Arc::new(seg),
+            writes,
             write_pos,
             pending: Vec::new(),
             growth_asked: 0,
@@ -343,6 +362,17 @@ impl ActiveSegment {
             self.pending.is_empty(),
             "mixing buffered and mapped appends"
         );
+        if self.writes == FrameWrites::Pwrite {
+            // Handed to the file at once all the same, by `pwrite`: a full
+            // disk is then an error from this call, never a fault.
+            let offset = self.append_buffered(len, fill)?;
+            if let Err(e) = self.flush_pending() {
+                self.pending.clear();
+                self.write_pos = offset;
+                return Err(e);
+            }
+            return Ok(offset);
+        }
         let offset = self.write_pos;
         let end = offset + len as u64;
         self.ensure_allocated(end)?;
@@ -398,6 +428,17 @@ impl ActiveSegment {
         }
         self.pending.clear();
         let len = (buffered_from - pos) as usize;
+        if self.writes == FrameWrites::Pwrite {
+            // The map is read-only here; zeros go the way the frames went.
+            let mut at = pos;
+            while at < buffered_from {
+                let n = (buffered_from - at).min(ZEROS.len() as u64) as usize;
+                self.seg.file.write_all_at(&ZEROS[..n], at)?;
+                at += n as u64;
+            }
+            self.write_pos = pos;
+            return self.seg.sync(mode);
+        }
         // SAFETY: `pos..buffered_from` lies below the write position, inside
         // the mapping and the allocated file (it was written before). Only
         // the writer (`&mut self`) writes here, and none of these frames was
@@ -422,6 +463,20 @@ impl ActiveSegment {
         self.seg.note_handed_over(self.write_pos);
         Ok(())
     }
+}
+
+/// How the writer hands frames to the active segment's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameWrites {
+    /// Copied into the shared map (relaxed mode): no syscall per append.
+    /// Only where the blocks allocated ahead are all a write needs, so that
+    /// a page fault never needs disk space.
+    Mapped,
+    /// Written with `pwrite`; the map is read-only (durable mode, which
+    /// buffers frames for one write per group commit, and copy-on-write
+    /// filesystems, where writing a preallocated block allocates a new one
+    /// and a full disk would fault a mapped write with `SIGBUS`).
+    Pwrite,
 }
 
 /// How a segment gets disk blocks ahead of the writer.
@@ -496,6 +551,7 @@ mod tests {
             &header,
             4 * MIN_GROW,
             Prealloc::Reserve,
+            FrameWrites::Mapped,
         )
         .unwrap();
         assert_eq!(
@@ -520,6 +576,7 @@ mod tests {
             &header,
             4 * MIN_GROW,
             Prealloc::Reserve,
+            FrameWrites::Mapped,
         )
         .unwrap();
         b.segment().set_entry_synced(true);
@@ -541,6 +598,7 @@ mod tests {
             &[7u8; SEGMENT_HEADER_LEN],
             8 * MIN_GROW,
             Prealloc::Reserve,
+            FrameWrites::Mapped,
         )
         .unwrap();
         assert!(a.is_empty());

@@ -47,10 +47,13 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                     File::open(&to)?.sync_all()?;
                 }
                 // Otherwise the bytes this handle maps are the ones it serves.
+                // Of the newest segment only the committed range is touched:
+                // its writer may be writing past it through the same map.
                 upto => {
-                    let bytes = part.segment.bytes();
-                    let end = upto.map_or(bytes.len(), |u| (u as usize).min(bytes.len()));
-                    write_synced(&staging, &name, &bytes[..end])?;
+                    let seg = &part.segment;
+                    let end = upto.map_or(seg.file_len(), |u| u.min(seg.file_len()));
+                    seg.check_range(0, end)?;
+                    write_synced(&staging, &name, seg.slice(0, end))?;
                 }
             }
         }

@@ -12,11 +12,15 @@
 //! Footers and frames feed the same assembly step, so both obey the same
 //! rules: a batch whose frames are not all present is discarded as a whole;
 //! a damaged region followed by good frames is skipped and reported, never
-//! served; a torn tail of the newest segment is truncated; global sequences
+//! served; a torn tail of the newest segment is zeroed (never truncated: a
+//! read-only process may have the file mapped, ADR 0013); global sequences
 //! continue after the highest one used (including removed events').
 //!
 //! Recovery writes only to repair the newest segment's tail or to create the
-//! first files of a new store; a read-only open modifies nothing.
+//! first files of a new store; a read-only open modifies nothing. A writable
+//! open syncs the newest segment and the directory before it returns, so
+//! nothing it serves is only in the page cache (a process killed before its
+//! fsync leaves such bytes behind).
 
 mod removed;
 
@@ -25,12 +29,16 @@ pub(crate) use removed::{load_removed, load_removed_from, RemovedPredecessors};
 use crate::event::EventKind;
 use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer};
-use crate::store::format::frame::{after_damage, decode_frame, probe, AfterDamage, Probe};
+use crate::store::format::frame::{
+    after_damage, all_zero, decode_frame, probe, AfterDamage, Probe, FRAME_HEADER_LEN, MAX_BODY_LEN,
+};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
-use crate::store::log::{map_whole_file, rewrite, ActiveSegment, Log, Segment, SegmentListing};
+use crate::store::log::{
+    map_whole_file, rewrite, sync_dir, ActiveSegment, Log, Segment, SegmentListing,
+};
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,7 +72,7 @@ pub struct DamagedRegion {
     pub detail: String,
 }
 
-/// The newest segment's torn tail, cut off at open.
+/// The newest segment's torn tail, cut off (zeroed) at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TruncatedTail {
     /// Segment id.
@@ -96,7 +104,7 @@ pub struct RecoveryReport {
     pub events_recovered: u64,
     /// Damaged regions skipped (never served).
     pub damaged: Vec<DamagedRegion>,
-    /// A torn tail that was truncated (or, read-only, ignored).
+    /// A torn tail that was cut off (zeroed; or, read-only, ignored).
     pub truncated_tail: Option<TruncatedTail>,
     /// Events of incomplete batches that were discarded.
     pub discarded_batch_events: u64,
@@ -359,7 +367,13 @@ impl Assembly {
 
     /// Scan the frames of `seg` from `from`. Returns where its frames end,
     /// the length of a torn tail after them, and whether a footer ends them.
-    fn scan(&mut self, seg: &Segment, from: u64) -> ScanEnd {
+    ///
+    /// `live`: another process may be writing the segment right now (a
+    /// read-only look at its owner's newest segment). Then a damaged frame
+    /// may be a frame still being written, or a torn tail its owner is
+    /// zeroing, with valid frames already after it: the scan stops there
+    /// and looks again later, rather than skip frames it would never see.
+    fn scan(&mut self, seg: &Segment, from: u64, live: bool) -> ScanEnd {
         self.report.segments_scanned += 1;
         let bytes = seg.bytes();
         let id = seg.id();
@@ -410,6 +424,14 @@ impl Assembly {
                         ),
                     }
                     pos += len;
+                }
+                Probe::Damaged(_) if live => {
+                    return ScanEnd {
+                        end: pos as u64,
+                        torn: Some((bytes.len() - pos) as u64),
+                        torn_footer: false,
+                        sealed: false,
+                    }
                 }
                 Probe::Damaged(e) => match after_damage(bytes, pos) {
                     AfterDamage::Resume(next) => {
@@ -529,13 +551,24 @@ pub(crate) fn follow_up(
     follow: &mut Follow,
 ) -> Result<u64, StoreError> {
     let listing = SegmentListing::read(log.dir())?;
+    // A batch still open at the last look is read again from its first
+    // frame: if its writer died, the owner's next open zeroes the batch and
+    // writes new frames from where it began, which a look continuing after
+    // the batch's last frame would miss.
+    if let Some(first) = follow.batch.first() {
+        follow.segment_id = first.m.segment_id;
+        follow.offset = first.m.offset;
+        follow.sealed = false;
+        follow.batch.clear();
+    }
     let mut asm = Assembly {
         index: std::mem::take(index),
         report: RecoveryReport::default(),
         max_seq: follow.max_seq,
-        batch: std::mem::take(&mut follow.batch),
+        batch: Vec::new(),
         removed: RemovedPredecessors::default(),
     };
+    let newest = listing.segments.last().map(|s| s.0);
     let result = (|| {
         let first = follow.segment_id;
         for (id, path) in listing.segments.iter().filter(|(id, _)| *id >= first) {
@@ -546,18 +579,23 @@ pub(crate) fn follow_up(
             } else if follow.sealed {
                 continue;
             }
-            if std::fs::metadata(path)?.len() < SEGMENT_HEADER_LEN as u64 {
-                break; // being created
-            }
-            // Map the file as it is now (it may have grown since).
-            let seg = Segment::open_read_only(path, *id)?;
-            let end = asm.scan(&seg, follow.offset);
+            // Map the file as it is now (it may have grown since). A file
+            // shorter than a header is being created; one that vanished
+            // was a creation cut short, which the owner is redoing.
+            let seg = match Segment::open_read_only(path, *id) {
+                Ok(seg) if seg.file_len() >= SEGMENT_HEADER_LEN as u64 => seg,
+                Ok(_) => break,
+                Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e),
+            };
+            let end = asm.scan(&seg, follow.offset, Some(*id) == newest);
             seg.release_pages();
             log.register(Arc::new(seg));
             follow.offset = end.end;
             follow.sealed = end.sealed;
-            // A damaged or half-written frame at the end may still be being
-            // written: look again next time.
+            // A damaged or half-written frame in the newest segment may
+            // still be being written: look again next time. (Damage there
+            // is passed once the owner has moved on to a newer segment.)
         }
         Ok::<(), StoreError>(())
     })();
@@ -652,6 +690,16 @@ fn load_checkpoint(
             }
             if s.last_length > 0 {
                 use std::os::unix::fs::FileExt;
+                // Lengths from disk are checked before anything is allocated.
+                let last_end = s.last_offset.checked_add(u64::from(s.last_length));
+                if s.last_length as usize > FRAME_HEADER_LEN + MAX_BODY_LEN
+                    || last_end.is_none_or(|end| end > s.frames_end || end > len)
+                {
+                    return Err(format!(
+                        "segment {} last frame {}+{} lies outside its {} bytes of frames ({len} in the file)",
+                        s.segment_id, s.last_offset, s.last_length, s.frames_end
+                    ));
+                }
                 let mut frame = vec![0u8; s.last_length as usize];
                 file.read_exact_at(&mut frame, s.last_offset)
                     .map_err(|e| e.to_string())?;
@@ -741,6 +789,7 @@ pub(crate) fn recover(
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
         let seg = Segment::open_read_only(path, *id)?;
+        log.inherit_crash(&seg);
         if newest && never_written(seg.bytes()) {
             // Crashed (or ran out of space) while creating the segment: it
             // never held a frame. A writable open starts it afresh; a
@@ -785,7 +834,7 @@ pub(crate) fn recover(
             log.register(Arc::new(seg));
             continue;
         }
-        let end = asm.scan(&seg, start);
+        let end = asm.scan(&seg, start, newest && !writable);
         seg.release_pages();
         if !newest {
             if let Some(len) = end.torn {
@@ -852,16 +901,26 @@ pub(crate) fn recover(
         let file_len = seg.file_len();
         if end.sealed {
             // Sealed (the crash came after its footer, before the next
-            // segment existed): the next append starts a new segment.
+            // segment existed): the next append starts a new segment. Its
+            // frames may be in the page cache only: sync them first.
+            seg.sync(log.sync_mode())?;
             log.register(Arc::new(seg));
             active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
             continue;
         }
         drop(seg);
         if cut.is_some() {
-            truncate(path, frames_end)?;
+            // Zeroed, not truncated: another process may map this file, and
+            // a file shrinking under a map faults its reader (SIGBUS).
+            zero_from(path, frames_end)?;
         }
-        active = Some(log.reopen_active(path, *id, frames_end, file_len)?);
+        let reopened = log.reopen_active(path, *id, frames_end, file_len)?;
+        // The frames recovered here may never have been synced (a process
+        // killed between its write and its fsync): make them durable before
+        // anyone reads them, or a power cut could take back what was served
+        // and give its sequences to other events.
+        reopened.segment().sync(log.sync_mode())?;
+        active = Some(reopened);
     }
     asm.discard_batch("not committed before the end of the log");
     if cfg!(feature = "blake3") {
@@ -889,6 +948,13 @@ pub(crate) fn recover(
     if writable && active.is_none() {
         active = Some(log.create_segment(1, 0, config.now_us())?);
     }
+    if writable {
+        // Files a crashed process created may have directory entries that
+        // were never synced; this open is about to serve (and append to)
+        // them.
+        sync_dir(dir)?;
+        log.note_entries_synced();
+    }
     if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
         asm.report.open_path = OpenPath::Footers;
     }
@@ -907,23 +973,101 @@ pub(crate) fn recover(
     })
 }
 
-/// Overwrite a file with zeros from `from` to its end, durably. Used on
-/// bytes past a sealed segment's frames, which no reader ever reads.
-fn zero_from(path: &Path, from: u64) -> Result<(), StoreError> {
+/// How much of a file [`zero_from`] reads or writes at a time.
+const ZERO_CHUNK: usize = 64 * 1024;
+
+/// Overwrite a file with zeros from `from` to its end, durably, without
+/// changing its length: a file never shrinks, since another process may
+/// map it (ADR 0013). Used on a torn tail and on a torn footer, bytes past
+/// the last frame that no reader reads. Works in bounded chunks and writes
+/// only chunks that hold something other than zeros (the rest of a
+/// preallocated file usually does not). Returns the bytes overwritten.
+fn zero_from(path: &Path, from: u64) -> Result<u64, StoreError> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let len = f.metadata()?.len();
-    if len > from {
-        f.write_all_at(&vec![0u8; (len - from) as usize], from)?;
+    let mut chunk = vec![0u8; ZERO_CHUNK];
+    let mut at = from;
+    let mut zeroed = 0;
+    while at < len {
+        let n = (len - at).min(ZERO_CHUNK as u64) as usize;
+        f.read_exact_at(&mut chunk[..n], at)?;
+        if !all_zero(&chunk[..n]) {
+            f.write_all_at(&ZEROS[..n], at)?;
+            zeroed += n as u64;
+        }
+        at += n as u64;
+    }
+    if zeroed > 0 {
         f.sync_data()?;
     }
-    Ok(())
+    Ok(zeroed)
 }
 
-/// Cut a segment file at `len` and make that durable. Runs before the file is mapped.
-fn truncate(path: &Path, len: u64) -> Result<(), StoreError> {
-    let f = std::fs::OpenOptions::new().write(true).open(path)?;
-    f.set_len(len)?;
-    f.sync_all()?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    #[test]
+    fn zero_from_zeroes_in_place_and_writes_only_chunks_with_data() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        let mut bytes = vec![0u8; 256 * 1024];
+        bytes[..5].fill(7);
+        bytes[10..20].fill(9);
+        bytes[200_000] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let zeroed = zero_from(&path, 5).unwrap();
+        // The first chunk (holding bytes 10..20) and the last (200 000);
+        // the two all-zero chunks between them are left alone.
+        let chunk = ZERO_CHUNK as u64;
+        assert_eq!(zeroed, chunk + (256 * 1024 - (5 + 3 * chunk)));
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after.len(), bytes.len(), "the file keeps its length");
+        assert_eq!(&after[..5], &[7; 5]);
+        assert!(after[5..].iter().all(|&b| b == 0));
+        assert_eq!(zero_from(&path, 5).unwrap(), 0, "nothing left to zero");
+        assert_eq!(zero_from(&path, 1 << 30).unwrap(), 0, "past the end");
+    }
+
+    #[test]
+    fn a_checkpointed_last_frame_beyond_the_file_is_refused_before_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Coordinate::new("e", "s").unwrap();
+        let store = Store::open(StoreConfig::new(d.path())).unwrap();
+        for i in 0..3 {
+            store.append(&c, EventKind::custom(1, 1), &i).unwrap();
+        }
+        store.close().unwrap();
+        let path = d.path().join(CHECKPOINT_FILE);
+        let cp = checkpoint::decode(&std::fs::read(&path).unwrap()).unwrap();
+        let listing = SegmentListing::read(d.path()).unwrap();
+        // As written, the checkpoint is used.
+        assert!(load_checkpoint(d.path(), &listing, &mut RecoveryReport::default()).is_some());
+        for (offset, length) in [(64, u32::MAX), (u64::MAX - 10, 100), (1 << 40, 100)] {
+            let mut segments = cp.segments.clone();
+            segments[0].last_offset = offset;
+            segments[0].last_length = length;
+            let bytes = checkpoint::encode(cp.next_seq, &segments, &cp.index);
+            std::fs::write(&path, bytes).unwrap();
+            let mut report = RecoveryReport::default();
+            assert!(load_checkpoint(d.path(), &listing, &mut report).is_none());
+            let why = report.checkpoint_rejected.unwrap();
+            assert!(why.contains("lies outside"), "{offset}+{length}: {why}");
+        }
+        // The frame itself is still checked when it fits.
+        let mut segments = cp.segments.clone();
+        segments[0].last_offset += 1;
+        std::fs::write(&path, checkpoint::encode(cp.next_seq, &segments, &cp.index)).unwrap();
+        let mut report = RecoveryReport::default();
+        assert!(load_checkpoint(d.path(), &listing, &mut report).is_none());
+        // And the store opens from its segments.
+        let store = Store::open(StoreConfig::new(d.path())).unwrap();
+        assert_eq!(store.stream("e").len(), 3);
+    }
 }
