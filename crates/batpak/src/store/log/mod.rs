@@ -21,7 +21,7 @@ mod segment;
 pub(crate) use dir::{
     map_whole_file, sync_dir, write_atomically, write_atomically_with, DirLock, SegmentListing,
 };
-pub(crate) use segment::{ActiveSegment, Prealloc, Segment};
+pub(crate) use segment::{ActiveSegment, GrowthCounters, Prealloc, Segment};
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -38,6 +38,8 @@ pub(crate) struct Log {
     sync_mode: SyncMode,
     segment_max_bytes: u64,
     prealloc: Prealloc,
+    /// Growth of active segments: ahead of the writer, or on its path.
+    growth: Arc<GrowthCounters>,
 }
 
 impl Log {
@@ -94,6 +96,7 @@ impl Log {
             sync_mode,
             segment_max_bytes,
             prealloc,
+            growth: Arc::default(),
         }
     }
 
@@ -106,7 +109,14 @@ impl Log {
         file_len: u64,
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
-        let active = ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc)?;
+        let active = ActiveSegment::reopen(
+            path,
+            id,
+            write_pos,
+            capacity,
+            self.prealloc,
+            self.growth.clone(),
+        )?;
         self.register(active.segment().clone());
         Ok(active)
     }
@@ -117,6 +127,10 @@ impl Log {
 
     pub(crate) fn sync_mode(&self) -> SyncMode {
         self.sync_mode
+    }
+
+    pub(crate) fn growth(&self) -> &GrowthCounters {
+        &self.growth
     }
 
     /// Make a recovered segment readable.
@@ -191,18 +205,26 @@ impl Log {
             created_us: now_us,
         };
         let capacity = self.capacity_for(min_frame_len);
-        let active =
-            match ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc) {
-                Err(StoreError::Io(e))
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        && Self::holds_no_frame(&path) =>
-                {
-                    // Left by an earlier attempt that failed before using it.
-                    std::fs::remove_file(&path)?;
-                    ActiveSegment::create(&path, id, &header.encode(), capacity, self.prealloc)?
-                }
-                other => other?,
-            };
+        let create = || {
+            ActiveSegment::create(
+                &path,
+                id,
+                &header.encode(),
+                capacity,
+                self.prealloc,
+                self.growth.clone(),
+            )
+        };
+        let active = match create() {
+            Err(StoreError::Io(e))
+                if e.kind() == std::io::ErrorKind::AlreadyExists && Self::holds_no_frame(&path) =>
+            {
+                // Left by an earlier attempt that failed before using it.
+                std::fs::remove_file(&path)?;
+                create()?
+            }
+            other => other?,
+        };
         created()?;
         dir::sync_dir(&self.dir)?;
         active.segment().set_entry_synced(true);
@@ -218,7 +240,9 @@ impl Log {
     }
 
     /// Finish `old` (sync it so everything in it is durable) and start segment
-    /// `old.id() + 1` sized for a frame of `frame_len` bytes.
+    /// `old.id() + 1` sized for a frame of `frame_len` bytes. Once the new
+    /// segment exists, `old` is sealed: its descriptor closes (it is read
+    /// through its map from now on) as soon as the caller drops `old`.
     pub(crate) fn rotate(
         &self,
         old: &mut ActiveSegment,
@@ -228,7 +252,9 @@ impl Log {
     ) -> Result<ActiveSegment, StoreError> {
         old.flush_pending()?;
         old.segment().sync(self.sync_mode)?;
-        self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)
+        let new = self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)?;
+        old.segment().close_descriptor();
+        Ok(new)
     }
 }
 
