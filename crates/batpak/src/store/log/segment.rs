@@ -346,7 +346,9 @@ impl ActiveSegment {
 
     fn new(seg: Segment, write_pos: u64, growth: Arc<GrowthCounters>) -> Result<Self, StoreError> {
         let file = seg.descriptor().ok_or_else(|| {
-            StoreError::Io(std::io::Error::other("a writable segment without a descriptor"))
+            StoreError::Io(std::io::Error::other(
+                "a writable segment without a descriptor",
+            ))
         })?;
         Ok(Self {
             seg: Arc::new(seg),
@@ -706,7 +708,10 @@ mod tests {
         );
         seg.sync(SyncMode::SyncData).unwrap();
         assert_eq!(seg.survives_power_loss(), Some(off + 100));
-        assert!(seg.grow(seg.file_len() + 1).is_err(), "a sealed segment does not grow");
+        assert!(
+            seg.grow(seg.file_len() + 1).is_err(),
+            "a sealed segment does not grow"
+        );
     }
 
     /// Growth an append had to do itself is counted; growth done before it
@@ -732,7 +737,11 @@ mod tests {
         while a.write_pos() + 100_000 <= target {
             a.append(100_000, |b| b.fill(2)).unwrap();
         }
-        assert_eq!(growth.get(), (1, 0), "grown ahead: the appends did not grow");
+        assert_eq!(
+            growth.get(),
+            (1, 0),
+            "grown ahead: the appends did not grow"
+        );
         a.append(100_000, |b| b.fill(3)).unwrap();
         assert_eq!(growth.get(), (1, 1), "past the growth: the append grew");
     }

@@ -723,7 +723,11 @@ pub(crate) fn recover(
     };
     // (segment id, offset) where the frames after the checkpoint begin.
     let mut resume: Option<(u64, u64)> = None;
+    // Where the frames of each segment the checkpoint covers end, in the
+    // listing's order (the checkpoint was checked to cover its first ids).
+    let mut covered_ends = Vec::new();
     if let Some(cp) = checkpoint {
+        covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
         asm.report.open_path = OpenPath::Checkpoint;
         asm.report.events_from_checkpoint = u64::from(cp.index.len());
         asm.max_seq = cp.next_seq.checked_sub(1);
@@ -766,6 +770,15 @@ pub(crate) fn recover(
             _ => SEGMENT_HEADER_LEN as u64,
         };
         if covered {
+            // A close may have left its footer to a later open (footers
+            // only speed up opens without a checkpoint): queue it again.
+            let footer_at = covered_ends.get(i).and_then(|&e| usize::try_from(e).ok());
+            let has_footer = footer_at
+                .and_then(|at| seg.bytes().get(at..))
+                .is_some_and(footer::starts_footer);
+            if writable && !has_footer {
+                unsealed.push(*id);
+            }
             log.register(Arc::new(seg));
             continue;
         }
