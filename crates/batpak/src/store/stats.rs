@@ -29,7 +29,8 @@ pub struct StoreDiagnostics {
     pub data_dir: PathBuf,
     /// Configured segment size.
     pub segment_max_bytes: u64,
-    /// Configured descriptor budget.
+    /// Configured descriptor budget (accepted for compatibility; the store
+    /// holds a constant few descriptors, see `StoreConfig::fd_budget`).
     pub fd_budget: usize,
     /// Configured restart policy.
     pub restart_policy: RestartPolicy,

@@ -13,6 +13,10 @@
 //! a full disk is an `ENOSPC` error from the grow call instead of a `SIGBUS`
 //! on a page fault, and the only truncation (of a torn tail at open) happens
 //! before the file is mapped.
+//!
+//! Only the active segment keeps its file descriptor; every other segment
+//! is read through its map alone (see `segment.rs`), so the number of open
+//! descriptors does not grow with the number of segments.
 
 mod dir;
 pub(crate) mod rewrite;
