@@ -250,3 +250,41 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::config::SyncMode;
+    use crate::store::log::Prealloc;
+
+    /// An abandoned footer is not written; the same segment is sealed once
+    /// the flag is down, and only once.
+    #[test]
+    fn an_abandoned_footer_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let log = Log::new(d.path(), SyncMode::SyncData, 4096, Prealloc::Reserve);
+        let active = log.create_segment(1, 0, 0).unwrap();
+        drop(active);
+        let path = d.path().join(segment_file_name(1));
+        let footer_at = |path: &std::path::Path| footer::locate(&std::fs::read(path).unwrap());
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(true)).unwrap(),
+            Sealed::Stopped
+        );
+        assert_eq!(footer_at(&path), None, "nothing written");
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(false)).unwrap(),
+            Sealed::Written
+        );
+        assert_eq!(footer_at(&path), Some(SEGMENT_HEADER_LEN as u64));
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(false)).unwrap(),
+            Sealed::Already
+        );
+        assert_eq!(
+            seal_segment(&log, 2, &AtomicBool::new(false)).unwrap(),
+            Sealed::Already,
+            "a segment that is gone needs nothing"
+        );
+    }
+}
