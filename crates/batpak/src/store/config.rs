@@ -86,9 +86,12 @@ pub struct WriterConfig {
     pub stack_size: Option<usize>,
     /// What to do after a writer panic.
     pub restart_policy: RestartPolicy,
-    /// Accepted for compatibility (default 1024). batpak has no queue to
-    /// drain: every append is written by its caller before it returns, so
-    /// `Drop` only syncs what was written.
+    /// Most queued segment footers `close()` and `Drop` still write before
+    /// they stop the background sealer (default 1024), after the one in
+    /// hand; with 0 that one is dropped too if it is still being built.
+    /// Footers only speed up opens; the next writable open queues the rest
+    /// again. (There is no queue of appends to drain: every append is
+    /// written by its caller before it returns.)
     pub shutdown_drain_limit: usize,
 }
 
@@ -177,9 +180,11 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Segment size at which the writer starts a new segment (1..=4 GiB - 1, default 256 MiB).
     pub segment_max_bytes: u64,
-    /// Accepted for compatibility (default 64, must be non-zero). batpak
-    /// maps each segment once and keeps its descriptor for the store's
-    /// lifetime, so this does not bound anything.
+    /// Accepted for compatibility (default 64, must be non-zero); bounds
+    /// nothing, because there is nothing to bound: a store keeps a
+    /// descriptor only for its lock file and its active segment (sealed
+    /// segments are read through their memory maps), however many
+    /// segments it has.
     pub fd_budget: usize,
     /// Buffer of each lossy subscriber (default 8192).
     pub broadcast_capacity: usize,

@@ -50,6 +50,10 @@ pub enum InjectionPoint {
     CompactionInstalling,
     /// Snapshot: the segment files are copied; the rest is not.
     SnapshotCopied,
+    /// A writable open started one of its threads (in this order: the
+    /// flusher, in relaxed mode only; the grower; the sealer). `Fail` makes
+    /// the open fail right there, as a later start-up step failing would.
+    StoreThreadStarted,
 }
 
 /// What to do at an injection point.

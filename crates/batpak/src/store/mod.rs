@@ -82,7 +82,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use write::durability::Durability;
-use write::{Condition, Draft, Flusher, Writer};
+use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
     /// The shared state of a read-only store over a recovered index; a
@@ -101,6 +101,7 @@ impl Shared {
             index: RwLock::new(index),
             recovery,
             sealer: maintenance::Sealer::default(),
+            grower: Grower::default(),
             maintenance: Mutex::new(()),
             subscribers: delivery::Subscribers::default(),
             memo: projection::Memo::default(),
@@ -152,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) recovery: RecoveryReport,
     /// Sealed segments waiting for their footer.
     pub(crate) sealer: maintenance::Sealer,
+    /// Growth of the active segment ahead of the writer.
+    pub(crate) grower: Grower,
     /// Lossy subscribers.
     pub(crate) subscribers: delivery::Subscribers,
     /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
@@ -187,6 +190,7 @@ pub struct Store<State = Open> {
     shared: Arc<Shared>,
     flusher_thread: Option<JoinHandle<()>>,
     sealer_thread: Option<JoinHandle<()>>,
+    grower_thread: Option<JoinHandle<()>>,
     lock: Option<DirLock>,
     closed: bool,
     _state: PhantomData<State>,
@@ -240,6 +244,7 @@ impl Store<Open> {
             shared,
             flusher_thread: None,
             sealer_thread: None,
+            grower_thread: None,
             lock: None,
             closed: false,
             _state: PhantomData,
@@ -334,23 +339,30 @@ impl Store<Open> {
         shared.durability = Durability::new(written, max_inflight);
         shared.flusher = flusher;
         shared.cache = cache;
-        let shared = Arc::new(shared);
-        let flusher_thread = match shared.flusher {
-            Some(_) => Some(Flusher::spawn(shared.clone())?),
-            None => None,
-        };
-        let sealer_thread = Some(maintenance::Sealer::spawn(
-            shared.clone(),
-            recovered.unsealed,
-        )?);
-        Ok(Self {
-            shared,
-            flusher_thread,
-            sealer_thread,
+        let mut store = Self {
+            shared: Arc::new(shared),
+            flusher_thread: None,
+            sealer_thread: None,
+            grower_thread: None,
             lock: Some(lock),
             closed: false,
             _state: PhantomData,
-        })
+        };
+        // From here on a failure drops `store`, and its `Drop` stops and
+        // joins the threads started so far before the lock is released.
+        let started = fault::InjectionPoint::StoreThreadStarted;
+        if store.shared.flusher.is_some() {
+            store.flusher_thread = Some(Flusher::spawn(store.shared.clone())?);
+            store.shared.fault(started)?;
+        }
+        store.grower_thread = Some(Grower::spawn(store.shared.clone())?);
+        store.shared.fault(started)?;
+        store.sealer_thread = Some(maintenance::Sealer::spawn(
+            store.shared.clone(),
+            recovered.unsealed,
+        )?);
+        store.shared.fault(started)?;
+        Ok(store)
     }
 
     fn draft<'a>(
@@ -682,7 +694,6 @@ impl Store<Open> {
     /// acknowledged as durable was lost, but later writes were refused).
     pub fn close(mut self) -> Result<Closed, StoreError> {
         self.closed = true;
-        self.shared.mark_closed();
         self.stop_threads();
         if self.shared.durability.is_crashed() {
             // Writes stopped, but what was acknowledged is consistent on
@@ -740,6 +751,7 @@ impl Store<Open> {
         let visible = s.durability.visible();
         let heap = index.heap_bytes();
         let cfg = &s.config;
+        let (grown_ahead, grown_on_append) = s.log.growth().get();
         StoreDiagnostics {
             event_count: visible.saturating_sub(index.dead_count()) as usize,
             global_sequence,
@@ -768,22 +780,39 @@ impl Store<Open> {
             poisoned: s.durability.check().err().map(|e| e.to_string()),
             writer_restarts: s.restarts.count(),
             read_only: s.writer.is_none(),
+            footers_pending: s.sealer.pending(),
+            grown_ahead,
+            grown_on_append,
             recovery: s.recovery.clone(),
         }
     }
 }
 
 impl<State> Store<State> {
+    /// Mark the store closed and end its threads. Each is asked to stop
+    /// before anyone is told the store closed and before any is waited for,
+    /// so each wait is bounded by the step that thread is in: a sync, one
+    /// growth step, or the footer in hand plus at most
+    /// `writer.shutdown_drain_limit` queued ones.
     fn stop_threads(&mut self) {
-        if let Some(f) = &self.shared.flusher {
+        let shared = &self.shared;
+        shared
+            .sealer
+            .stop(shared.config.writer.shutdown_drain_limit);
+        shared.grower.stop();
+        if let Some(f) = &shared.flusher {
             f.stop();
         }
-        if let Some(t) = self.flusher_thread.take() {
-            let _ = t.join();
-        }
-        self.shared.sealer.finish();
-        if let Some(t) = self.sealer_thread.take() {
-            let _ = t.join();
+        shared.mark_closed();
+        for thread in [
+            self.flusher_thread.take(),
+            self.grower_thread.take(),
+            self.sealer_thread.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = thread.join();
         }
     }
 }
@@ -795,7 +824,6 @@ impl<State> Drop for Store<State> {
         if self.closed {
             return;
         }
-        self.shared.mark_closed();
         self.stop_threads();
         if self.shared.durability.is_crashed() {
             self.shared.sync_after_crash();

@@ -29,7 +29,8 @@ pub struct StoreDiagnostics {
     pub data_dir: PathBuf,
     /// Configured segment size.
     pub segment_max_bytes: u64,
-    /// Configured descriptor budget.
+    /// Configured descriptor budget (accepted for compatibility; the store
+    /// holds a constant few descriptors, see `StoreConfig::fd_budget`).
     pub fd_budget: usize,
     /// Configured restart policy.
     pub restart_policy: RestartPolicy,
@@ -62,6 +63,17 @@ pub struct StoreDiagnostics {
     pub writer_restarts: usize,
     /// Opened with `open_read_only`.
     pub read_only: bool,
+    /// Sealed segments waiting for their footer (queued by rotations, and
+    /// at open for those found without one); 0 once the sealer caught up.
+    pub footers_pending: usize,
+    /// Times the background thread grew the active segment's file ahead
+    /// of the writer since open.
+    pub grown_ahead: u64,
+    /// Times an append had to grow the active segment's file itself, under
+    /// the writer lock, since open: the background had not got that far,
+    /// or a frame was larger than a new segment's first allocation (1 MiB).
+    /// Expected to stay near 0.
+    pub grown_on_append: u64,
     /// What `open` found and did.
     pub recovery: RecoveryReport,
 }

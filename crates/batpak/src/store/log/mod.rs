@@ -16,6 +16,10 @@
 //! copy-on-write filesystems, where even a preallocated block needs new space
 //! when it is written, and in durable mode, frames are written with `pwrite`
 //! and the map is only read.
+//!
+//! Only the active segment keeps its file descriptor; every other segment
+//! is read through its map alone (see `segment.rs`), so the number of open
+//! descriptors does not grow with the number of segments.
 
 mod dir;
 pub(crate) mod rewrite;
@@ -25,7 +29,7 @@ pub(crate) use dir::{
     create_dir_all_synced, is_copy_on_write, map_whole_file, sync_dir, write_atomically,
     write_atomically_with, DirLock, SegmentListing,
 };
-pub(crate) use segment::{ActiveSegment, FrameWrites, Prealloc, Segment};
+pub(crate) use segment::{ActiveSegment, FrameWrites, GrowthCounters, Prealloc, Segment};
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -48,6 +52,8 @@ pub(crate) struct Log {
     /// had not synced (see `Store::simulate_crash`), by segment id.
     #[cfg(feature = "dangerous-test-hooks")]
     crashed: parking_lot::Mutex<std::collections::BTreeMap<u64, Option<u64>>>,
+    /// Growth of active segments: ahead of the writer, or on its path.
+    growth: Arc<GrowthCounters>,
 }
 
 impl Log {
@@ -151,6 +157,7 @@ impl Log {
             writes,
             #[cfg(feature = "dangerous-test-hooks")]
             crashed: parking_lot::Mutex::new(BTreeMap::new()),
+            growth: Arc::default(),
         }
     }
 
@@ -163,8 +170,15 @@ impl Log {
         file_len: u64,
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
-        let active =
-            ActiveSegment::reopen(path, id, write_pos, capacity, self.prealloc, self.writes)?;
+        let active = ActiveSegment::reopen(
+            path,
+            id,
+            write_pos,
+            capacity,
+            self.prealloc,
+            self.writes,
+            self.growth.clone(),
+        )?;
         self.inherit_crash(active.segment());
         self.register(active.segment().clone());
         Ok(active)
@@ -176,6 +190,10 @@ impl Log {
 
     pub(crate) fn sync_mode(&self) -> SyncMode {
         self.sync_mode
+    }
+
+    pub(crate) fn growth(&self) -> &GrowthCounters {
+        &self.growth
     }
 
     /// Make a recovered segment readable.
@@ -258,6 +276,7 @@ impl Log {
                 capacity,
                 self.prealloc,
                 self.writes,
+                self.growth.clone(),
             )
         };
         let active = match create() {
@@ -304,7 +323,9 @@ impl Log {
     }
 
     /// Finish `old` (sync it so everything in it is durable) and start segment
-    /// `old.id() + 1` sized for a frame of `frame_len` bytes.
+    /// `old.id() + 1` sized for a frame of `frame_len` bytes. Once the new
+    /// segment exists, `old` is sealed: its descriptor closes (it is read
+    /// through its map from now on) as soon as the caller drops `old`.
     pub(crate) fn rotate(
         &self,
         old: &mut ActiveSegment,
@@ -314,7 +335,9 @@ impl Log {
     ) -> Result<ActiveSegment, StoreError> {
         old.flush_pending()?;
         old.segment().sync(self.sync_mode)?;
-        self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)
+        let new = self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)?;
+        old.segment().close_descriptor();
+        Ok(new)
     }
 }
 

@@ -1,4 +1,12 @@
 //! One segment file and its memory map.
+//!
+//! A segment keeps a file descriptor only while it can still be written:
+//! the active segment holds one; a sealed segment, and any segment mapped
+//! read-only, is read through its map alone (a mapping stays valid after its
+//! descriptor is closed). Whoever needs the file of a sealed segment again
+//! (footer writing, compaction, snapshot copies) opens it by path for as
+//! long as it needs it. So a store holds a constant few descriptors however
+//! many segments it has (ADR 0014).
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
@@ -6,7 +14,7 @@ use crate::store::StoreError;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,10 +26,42 @@ const MAX_ZERO_GROW: u64 = 4 * 1024 * 1024;
 /// Allocated bytes the background keeps ahead of the writer.
 const GROW_AHEAD: u64 = 4 * 1024 * 1024;
 
+/// How often the active segment's file had to grow, and where.
+#[derive(Debug, Default)]
+pub(crate) struct GrowthCounters {
+    /// Grown by the background thread, ahead of the writer.
+    ahead: AtomicU64,
+    /// Grown by an append itself, under the writer lock, because the
+    /// background had not got that far (or the frame is bigger than the
+    /// first allocation of a new segment).
+    on_append: AtomicU64,
+}
+
+impl GrowthCounters {
+    pub(crate) fn note_ahead(&self) {
+        self.ahead.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (grown ahead, grown on an append).
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.ahead.load(Ordering::Relaxed),
+            self.on_append.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A segment file mapped for its whole capacity.
 pub(crate) struct Segment {
     id: u64,
-    file: File,
+    /// Where the file is, for the rare sync of a segment whose descriptor is
+    /// closed (see [`Segment::sync`]).
+    path: PathBuf,
+    /// The descriptor, while the segment can be written (the active
+    /// segment); `None` once it is sealed, and for read-only maps. Shared
+    /// (`Arc`) so a sync or growth step in progress keeps it open while
+    /// [`Segment::close_descriptor`] lets go of it.
+    file: parking_lot::Mutex<Option<Arc<File>>>,
     map: MmapRaw,
     /// Current file length. Only bytes below it are backed by the file, so no
     /// access may reach past it (that would fault); it only grows while mapped.
@@ -40,27 +80,35 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// Map `file` (at `path`) for `capacity` bytes. A segment that will be
+    /// written keeps the descriptor; a read-only one closes it once mapped.
     fn map(
         id: u64,
+        path: &Path,
         file: File,
         capacity: u64,
-        writable: bool,
+        access: MapAccess,
         prealloc: Prealloc,
     ) -> Result<Self, StoreError> {
+        let (map_writable, keep_descriptor) = match access {
+            MapAccess::Read => (false, false),
+            MapAccess::Write(writes) => (writes == FrameWrites::Mapped, true),
+        };
         let file_len = file.metadata()?.len();
         let capacity = capacity.max(file_len).max(1);
         let len = usize::try_from(capacity)
             .map_err(|_| StoreError::corrupt(id, "segment larger than the address space"))?;
         let mut opts = MmapOptions::new();
         opts.len(len);
-        let map = if writable {
+        let map = if map_writable {
             opts.map_raw(&file)?
         } else {
             opts.map_raw_read_only(&file)?
         };
         Ok(Self {
             id,
-            file,
+            path: path.to_path_buf(),
+            file: parking_lot::Mutex::new(keep_descriptor.then(|| Arc::new(file))),
             map,
             file_len: AtomicU64::new(file_len),
             prealloc,
@@ -73,10 +121,28 @@ impl Segment {
         })
     }
 
-    /// Map an existing segment read-only, exactly its current length.
+    /// Map an existing segment read-only, exactly its current length. No
+    /// descriptor stays open.
     pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
         let file = File::open(path)?;
-        Self::map(id, file, 0, false, Prealloc::Reserve)
+        Self::map(id, path, file, 0, MapAccess::Read, Prealloc::Reserve)
+    }
+
+    /// The descriptor, if the segment still has one.
+    fn descriptor(&self) -> Option<Arc<File>> {
+        self.file.lock().clone()
+    }
+
+    /// The segment is sealed and synced: close its descriptor (once no
+    /// sync or growth step still uses it). Reads go on through the map.
+    pub(crate) fn close_descriptor(&self) {
+        self.file.lock().take();
+    }
+
+    /// Whether the segment still holds a descriptor.
+    #[cfg(test)]
+    pub(crate) fn holds_descriptor(&self) -> bool {
+        self.file.lock().is_some()
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -147,13 +213,20 @@ impl Segment {
     /// Grow the file so that at least `end` bytes are backed by disk blocks
     /// (by at least one step, at most to the mapping's capacity). Bytes
     /// beyond the current length hold no data, so growing never touches
-    /// anything written.
-    pub(crate) fn grow(&self, end: u64) -> Result<(), StoreError> {
+    /// anything written. Returns whether this call grew the file (`false`:
+    /// someone else already had).
+    pub(crate) fn grow(&self, end: u64) -> Result<bool, StoreError> {
         let _growing = self.growth.lock();
         let cur = self.file_len();
         if end <= cur {
-            return Ok(());
+            return Ok(false);
         }
+        let Some(file) = self.descriptor() else {
+            return Err(StoreError::Io(std::io::Error::other(format!(
+                "segment {} is sealed and does not grow",
+                self.id
+            ))));
+        };
         let max_step = match self.prealloc {
             Prealloc::Reserve => MAX_GROW,
             Prealloc::Zeros => MAX_ZERO_GROW,
@@ -167,9 +240,9 @@ impl Segment {
                 "frame does not fit in the segment mapping",
             ));
         }
-        allocate(&self.file, cur, new_len - cur, self.prealloc)?;
+        allocate(&file, cur, new_len - cur, self.prealloc)?;
         self.file_len.store(new_len, Ordering::Release);
-        Ok(())
+        Ok(true)
     }
 
     /// The file's meaningful bytes end at `len`, all of them on disk (a
@@ -222,9 +295,18 @@ impl Segment {
         // shared mapping; elsewhere msync is needed first.
         #[cfg(not(target_os = "linux"))]
         self.map.flush()?;
+        let file = match self.descriptor() {
+            Some(file) => file,
+            // Sealed: it was synced whole before its descriptor closed, and
+            // whoever wrote to it since (a footer) synced that itself.
+            None if covered <= self.synced.load(Ordering::Acquire) => return Ok(()),
+            // Not expected, but a sync must never pass over unsynced bytes:
+            // a descriptor of the same file syncs its pages.
+            None => Arc::new(File::open(&self.path)?),
+        };
         match mode {
-            SyncMode::SyncAll => self.file.sync_all()?,
-            SyncMode::SyncData => self.file.sync_data()?,
+            SyncMode::SyncAll => file.sync_all()?,
+            SyncMode::SyncData => file.sync_data()?,
         }
         self.note_synced(covered);
         Ok(())
@@ -243,6 +325,10 @@ pub(crate) struct ActiveSegment {
     seg: Arc<Segment>,
     /// How frames reach the file; with `Pwrite` the map is read-only.
     writes: FrameWrites,
+    /// The segment's descriptor (the active segment always has one).
+    file: Arc<File>,
+    /// Where growth on the append path is counted.
+    growth: Arc<GrowthCounters>,
     write_pos: u64,
     /// Frames appended with `append_buffered` and not yet written to the file;
     /// they start at `write_pos - pending.len()`.
@@ -260,6 +346,7 @@ impl ActiveSegment {
         capacity: u64,
         prealloc: Prealloc,
         writes: FrameWrites,
+        growth: Arc<GrowthCounters>,
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -270,13 +357,29 @@ impl ActiveSegment {
         allocate(&file, 0, initial, prealloc)?;
         file.write_all_at(header, 0)?;
         file.sync_all()?;
-        let seg = Segment::map(id, file, capacity, writes == FrameWrites::Mapped, prealloc)?;
+        let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
         seg.set_entry_synced(false);
         seg.reset_written_to(header.len() as u64);
+        Self::new(seg, header.len() as u64, writes, growth)
+    }
+
+    fn new(
+        seg: Segment,
+        write_pos: u64,
+        writes: FrameWrites,
+        growth: Arc<GrowthCounters>,
+    ) -> Result<Self, StoreError> {
+        let file = seg.descriptor().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other(
+                "a writable segment without a descriptor",
+            ))
+        })?;
         Ok(Self {
             seg: Arc::new(seg),
             writes,
-            write_pos: header.len() as u64,
+            file,
+            growth,
+            write_pos,
             pending: Vec::new(),
             growth_asked: 0,
         })
@@ -290,20 +393,15 @@ impl ActiveSegment {
         capacity: u64,
         prealloc: Prealloc,
         writes: FrameWrites,
+        growth: Arc<GrowthCounters>,
     ) -> Result<Self, StoreError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let seg = Segment::map(id, file, capacity, writes == FrameWrites::Mapped, prealloc)?;
+        let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
         // Past the frames the file holds only zeros (preallocation, or a
         // torn tail zeroed): the bytes that matter are the frames. They are
         // in the file; recovery syncs them before anyone reads them.
         seg.reset_written_to(write_pos);
-        Ok(Self {
-            seg: Arc::new(seg),
-            writes,
-            write_pos,
-            pending: Vec::new(),
-            growth_asked: 0,
-        })
+        Self::new(seg, write_pos, writes, growth)
     }
 
     pub(crate) fn segment(&self) -> &Arc<Segment> {
@@ -329,7 +427,10 @@ impl ActiveSegment {
         if end <= self.seg.file_len() {
             return Ok(());
         }
-        self.seg.grow(end)
+        if self.seg.grow(end)? {
+            self.growth.on_append.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// When fewer than [`GROW_AHEAD`] allocated bytes remain ahead of the
@@ -433,7 +534,7 @@ impl ActiveSegment {
             let mut at = pos;
             while at < buffered_from {
                 let n = (buffered_from - at).min(ZEROS.len() as u64) as usize;
-                self.seg.file.write_all_at(&ZEROS[..n], at)?;
+                self.file.write_all_at(&ZEROS[..n], at)?;
                 at += n as u64;
             }
             self.write_pos = pos;
@@ -458,11 +559,20 @@ impl ActiveSegment {
             return Ok(());
         }
         let at = self.write_pos - self.pending.len() as u64;
-        self.seg.file.write_all_at(&self.pending, at)?;
+        self.file.write_all_at(&self.pending, at)?;
         self.pending.clear();
         self.seg.note_handed_over(self.write_pos);
         Ok(())
     }
+}
+
+/// How a segment is mapped: for reading only (no descriptor kept), or as
+/// the writer's segment (descriptor kept; the map itself writable only when
+/// frames are copied into it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MapAccess {
+    Read,
+    Write(FrameWrites),
 }
 
 /// How the writer hands frames to the active segment's file.
@@ -552,6 +662,7 @@ mod tests {
             4 * MIN_GROW,
             Prealloc::Reserve,
             FrameWrites::Mapped,
+            Arc::default(),
         )
         .unwrap();
         assert_eq!(
@@ -577,6 +688,7 @@ mod tests {
             4 * MIN_GROW,
             Prealloc::Reserve,
             FrameWrites::Mapped,
+            Arc::default(),
         )
         .unwrap();
         b.segment().set_entry_synced(true);
@@ -599,6 +711,7 @@ mod tests {
             8 * MIN_GROW,
             Prealloc::Reserve,
             FrameWrites::Mapped,
+            Arc::default(),
         )
         .unwrap();
         assert!(a.is_empty());
@@ -632,7 +745,81 @@ mod tests {
         let path = d.path().join("s");
         std::fs::write(&path, b"hello world").unwrap();
         let s = Segment::open_read_only(&path, 9).unwrap();
+        assert!(!s.holds_descriptor(), "a read-only map keeps no descriptor");
         assert_eq!(s.bytes(), b"hello world");
         assert_eq!(s.id(), 9);
+        // Nothing was written through it: a sync has nothing to do.
+        s.sync(SyncMode::SyncData).unwrap();
+    }
+
+    /// A sealed segment is read through its map after its descriptor is
+    /// closed, and a sync that finds bytes not yet synced opens the file by
+    /// path instead of passing over them.
+    #[cfg(feature = "dangerous-test-hooks")]
+    #[test]
+    fn closed_descriptor_reads_through_map_and_syncs_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        let mut a = ActiveSegment::create(
+            &path,
+            1,
+            &[7u8; SEGMENT_HEADER_LEN],
+            4 * MIN_GROW,
+            Prealloc::Reserve,
+            FrameWrites::Mapped,
+            Arc::default(),
+        )
+        .unwrap();
+        a.segment().set_entry_synced(true);
+        let off = a.append(100, |b| b.fill(5)).unwrap();
+        let seg = a.segment().clone();
+        drop(a);
+        seg.close_descriptor();
+        assert!(!seg.holds_descriptor());
+        assert!(seg.slice(off, 100).iter().all(|&b| b == 5));
+        assert_eq!(
+            seg.survives_power_loss(),
+            Some(SEGMENT_HEADER_LEN as u64),
+            "written through the map, not synced"
+        );
+        seg.sync(SyncMode::SyncData).unwrap();
+        assert_eq!(seg.survives_power_loss(), Some(off + 100));
+        assert!(
+            seg.grow(seg.file_len() + 1).is_err(),
+            "a sealed segment does not grow"
+        );
+    }
+
+    /// Growth an append had to do itself is counted; growth done before it
+    /// (as the background thread does) is not.
+    #[test]
+    fn growth_on_the_append_path_is_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let growth = Arc::new(GrowthCounters::default());
+        let mut a = ActiveSegment::create(
+            &d.path().join("s"),
+            1,
+            &[7u8; SEGMENT_HEADER_LEN],
+            32 * MIN_GROW,
+            Prealloc::Reserve,
+            FrameWrites::Mapped,
+            growth.clone(),
+        )
+        .unwrap();
+        a.append(1000, |b| b.fill(1)).unwrap();
+        assert_eq!(growth.get(), (0, 0), "inside the first allocation");
+        let target = a.growth_wanted().unwrap();
+        assert!(a.segment().grow(target).unwrap());
+        growth.note_ahead();
+        while a.write_pos() + 100_000 <= target {
+            a.append(100_000, |b| b.fill(2)).unwrap();
+        }
+        assert_eq!(
+            growth.get(),
+            (1, 0),
+            "grown ahead: the appends did not grow"
+        );
+        a.append(100_000, |b| b.fill(3)).unwrap();
+        assert_eq!(growth.get(), (1, 1), "past the growth: the append grew");
     }
 }

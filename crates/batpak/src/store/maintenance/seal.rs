@@ -1,31 +1,59 @@
 //! Footers: built from a sealed segment's frames and written after them, by
-//! a background thread so rotation never waits for them.
+//! a background thread (`batpak-sealer`) so rotation never waits for them.
+//!
+//! Footers are optional (open scans a segment without one, and a writable
+//! open queues it again), so closing does not wait for the whole queue:
+//! the thread finishes the footer in hand and at most
+//! `writer.shutdown_drain_limit` more, then ends, leaving the rest to the
+//! next open. It never grows the active segment (that is `write::grower`'s
+//! job, which must not wait behind the maintenance lock a footer needs).
 
 use crate::store::format::footer::{self, Footer, FooterEntry};
 use crate::store::format::frame::{probe, Probe};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
-use crate::store::log::{Log, Segment};
+use crate::store::log::Log;
 use crate::store::{Shared, StoreError};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long the sealer waits for the maintenance lock before it looks
+/// again whether the store is closing.
+const LOCK_PATIENCE: Duration = Duration::from_millis(20);
+
+/// What [`seal_segment`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Sealed {
+    /// Wrote the footer.
+    Written,
+    /// Nothing to do: the segment has its footer, or no longer exists.
+    Already,
+    /// Abandoned while the footer was being built; nothing written.
+    Stopped,
+}
 
 /// Write the footer of sealed segment `id`. Does nothing if it already has
 /// one. Refuses (and leaves the segment to be scanned at open) if any frame
-/// is damaged: a footer describes intact frames only.
-pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
+/// is damaged: a footer describes intact frames only. Gives up, writing
+/// nothing, as soon as it sees `abandon` raised.
+pub(crate) fn seal_segment(log: &Log, id: u64, abandon: &AtomicBool) -> Result<Sealed, StoreError> {
     // Gone: a compaction merged it into a segment that has its footer.
     let Some(seg) = log.segment(id) else {
-        return Ok(());
+        return Ok(Sealed::Already);
     };
     let bytes = seg.bytes();
     let mut footer = FooterBuilder::default();
     let mut pos = SEGMENT_HEADER_LEN;
     loop {
+        if abandon.load(Ordering::Relaxed) {
+            return Ok(Sealed::Stopped);
+        }
         match probe(bytes, pos) {
             Probe::End => break,
-            Probe::Frame { body, .. } if footer::is_footer(body) => return Ok(()),
+            Probe::Frame { body, .. } if footer::is_footer(body) => return Ok(Sealed::Already),
             Probe::Frame { body, len } => {
                 let r = decode_event(body).map_err(|e| {
                     StoreError::corrupt(id, format!("sealing: frame at {pos}: {e}"))
@@ -50,7 +78,7 @@ pub(crate) fn seal_segment(log: &Log, id: u64) -> Result<(), StoreError> {
     file.write_all_at(&bytes_out, pos as u64)?;
     file.sync_data()?;
     seg.note_synced(pos as u64 + bytes_out.len() as u64);
-    Ok(())
+    Ok(Sealed::Written)
 }
 
 /// The footer of a segment, gathered frame by frame.
@@ -110,75 +138,159 @@ impl<'a> FooterBuilder<'a> {
     }
 }
 
-/// Work for the background thread.
-enum Job {
-    /// Write the footer of this sealed segment.
-    Seal(u64),
-    /// Grow the active segment's file to this length ahead of the writer.
-    Grow(Arc<Segment>, u64),
-}
-
-/// The queue of background work (footers of sealed segments, growing the
-/// active segment ahead of the writer), drained by one thread.
+/// The queue of sealed segments waiting for their footer, drained by the
+/// `batpak-sealer` thread.
 #[derive(Default)]
 pub(crate) struct Sealer {
-    tx: parking_lot::Mutex<Option<flume::Sender<Job>>>,
+    tx: parking_lot::Mutex<Option<flume::Sender<u64>>>,
+    /// Raised when the store closes.
+    stop: AtomicBool,
+    /// Queued footers the thread may still start once stopped.
+    drain_left: AtomicUsize,
+    /// Raised with a drain limit of 0: drop even the footer being built.
+    abandon: AtomicBool,
+    /// Segments queued or being sealed.
+    pending: AtomicUsize,
 }
 
 impl Sealer {
-    /// Start the thread with `backlog` already queued. It holds the shared
-    /// state, not the `Store`, and ends once [`Sealer::finish`] closed the
-    /// queue and the queued footers are written.
+    /// Start the thread with `backlog` (sealed segments found without a
+    /// footer at open) already queued. It holds the shared state, not the
+    /// `Store`, and ends once [`Sealer::stop`] is called (after at most the
+    /// drain it allows).
     pub(crate) fn spawn(shared: Arc<Shared>, backlog: Vec<u64>) -> std::io::Result<JoinHandle<()>> {
-        let (tx, rx) = flume::unbounded::<Job>();
+        let (tx, rx) = flume::unbounded::<u64>();
+        shared
+            .sealer
+            .pending
+            .fetch_add(backlog.len(), Ordering::AcqRel);
         for id in backlog {
-            let _ = tx.send(Job::Seal(id));
+            let _ = tx.send(id);
         }
         *shared.sealer.tx.lock() = Some(tx);
         let mut builder = std::thread::Builder::new().name("batpak-sealer".into());
         if let Some(size) = shared.config.writer.stack_size {
             builder = builder.stack_size(size);
         }
-        builder.spawn(move || {
-            for job in rx.iter() {
-                match job {
-                    Job::Seal(id) => {
-                        // Not while a compaction replaces sealed segments.
-                        let _maintenance = shared.maintenance.lock();
-                        let result = seal_segment(&shared.log, id)
-                            .and_then(|()| shared.fault(crate::store::fault::InjectionPoint::FooterWritten));
-                        if let Err(e) = result {
-                            tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
-                        }
-                    }
-                    Job::Grow(segment, len) => {
-                        // A failure (a full disk) shows up again, as an error
-                        // of the append that needs the space.
-                        if let Err(e) = segment.grow(len) {
-                            tracing::debug!(segment_id = segment.id(), error = %e, "batpak: growing ahead failed");
-                        }
-                    }
-                }
-            }
-        })
+        builder.spawn(move || run(&shared, &rx))
     }
 
     /// Queue a sealed segment for its footer.
     pub(crate) fn request(&self, id: u64) {
         if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(Job::Seal(id));
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            if tx.send(id).is_err() {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
-    /// Queue growing `segment` to `len` bytes.
-    pub(crate) fn grow_ahead(&self, segment: Arc<Segment>, len: u64) {
-        if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(Job::Grow(segment, len));
-        }
-    }
-
-    /// Close the queue: the thread writes what is queued and ends.
-    pub(crate) fn finish(&self) {
+    /// Stop taking work: the thread finishes the footer in hand (drops it,
+    /// if `drain_limit` is 0, unless it is already being written), writes
+    /// at most `drain_limit` more from its queue, and ends. Segments still
+    /// queued keep no footer until the next open queues them again.
+    pub(crate) fn stop(&self, drain_limit: usize) {
+        self.drain_left.store(drain_limit, Ordering::Release);
+        self.abandon.store(drain_limit == 0, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        // Wakes the thread if it waits for work.
         self.tx.lock().take();
+    }
+
+    /// Segments queued or being sealed (0 once the thread has caught up).
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Whether the thread may start another footer (always, until stopped;
+    /// then as long as the drain allows).
+    fn may_start(&self) -> bool {
+        !self.stopping()
+            || self
+                .drain_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
+    let sealer = &shared.sealer;
+    for id in rx.iter() {
+        if !sealer.may_start() {
+            return;
+        }
+        // Not while a compaction replaces sealed segments. Nobody else can
+        // hold the lock once the store is closing (compaction, snapshot and
+        // verify need the `Store`), but never wait for it past that point.
+        let _maintenance = loop {
+            if let Some(guard) = shared.maintenance.try_lock_for(LOCK_PATIENCE) {
+                break guard;
+            }
+            if sealer.stopping() {
+                return;
+            }
+        };
+        let result = seal_segment(&shared.log, id, &sealer.abandon).and_then(|sealed| {
+            if sealed == Sealed::Written {
+                shared.fault(crate::store::fault::InjectionPoint::FooterWritten)?;
+            }
+            Ok(sealed)
+        });
+        sealer.pending.fetch_sub(1, Ordering::AcqRel);
+        match result {
+            Ok(Sealed::Stopped) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::config::SyncMode;
+    use crate::store::log::Prealloc;
+
+    /// An abandoned footer is not written; the same segment is sealed once
+    /// the flag is down, and only once.
+    #[test]
+    fn an_abandoned_footer_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let log = Log::new(
+            d.path(),
+            SyncMode::SyncData,
+            4096,
+            Prealloc::Reserve,
+            crate::store::log::FrameWrites::Mapped,
+        );
+        let active = log.create_segment(1, 0, 0).unwrap();
+        drop(active);
+        let path = d.path().join(segment_file_name(1));
+        let footer_at = |path: &std::path::Path| footer::locate(&std::fs::read(path).unwrap());
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(true)).unwrap(),
+            Sealed::Stopped
+        );
+        assert_eq!(footer_at(&path), None, "nothing written");
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(false)).unwrap(),
+            Sealed::Written
+        );
+        assert_eq!(footer_at(&path), Some(SEGMENT_HEADER_LEN as u64));
+        assert_eq!(
+            seal_segment(&log, 1, &AtomicBool::new(false)).unwrap(),
+            Sealed::Already
+        );
+        assert_eq!(
+            seal_segment(&log, 2, &AtomicBool::new(false)).unwrap(),
+            Sealed::Already,
+            "a segment that is gone needs nothing"
+        );
     }
 }

@@ -771,7 +771,11 @@ pub(crate) fn recover(
     };
     // (segment id, offset) where the frames after the checkpoint begin.
     let mut resume: Option<(u64, u64)> = None;
+    // Where the frames of each segment the checkpoint covers end, in the
+    // listing's order (the checkpoint was checked to cover its first ids).
+    let mut covered_ends = Vec::new();
     if let Some(cp) = checkpoint {
+        covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
         asm.report.open_path = OpenPath::Checkpoint;
         asm.report.events_from_checkpoint = u64::from(cp.index.len());
         asm.max_seq = cp.next_seq.checked_sub(1);
@@ -815,6 +819,15 @@ pub(crate) fn recover(
             _ => SEGMENT_HEADER_LEN as u64,
         };
         if covered {
+            // A close may have left its footer to a later open (footers
+            // only speed up opens without a checkpoint): queue it again.
+            let footer_at = covered_ends.get(i).and_then(|&e| usize::try_from(e).ok());
+            let has_footer = footer_at
+                .and_then(|at| seg.bytes().get(at..))
+                .is_some_and(footer::starts_footer);
+            if writable && !has_footer {
+                unsealed.push(*id);
+            }
             log.register(Arc::new(seg));
             continue;
         }
@@ -902,8 +915,11 @@ pub(crate) fn recover(
         if end.sealed {
             // Sealed (the crash came after its footer, before the next
             // segment existed): the next append starts a new segment. Its
-            // frames may be in the page cache only: sync them first.
-            seg.sync(log.sync_mode())?;
+            // frames may be in the page cache only: sync them first. The
+            // segment was mapped read-only without a descriptor, and its
+            // bookkeeping assumes what it found is on disk, so sync the file
+            // itself.
+            sync_file(path, log.sync_mode())?;
             log.register(Arc::new(seg));
             active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
             continue;
@@ -975,6 +991,16 @@ pub(crate) fn recover(
 
 /// How much of a file [`zero_from`] reads or writes at a time.
 const ZERO_CHUNK: usize = 64 * 1024;
+
+/// Make a file's contents durable, whatever this process knows of them.
+fn sync_file(path: &Path, mode: crate::store::config::SyncMode) -> Result<(), StoreError> {
+    let f = std::fs::File::open(path)?;
+    match mode {
+        crate::store::config::SyncMode::SyncAll => f.sync_all()?,
+        crate::store::config::SyncMode::SyncData => f.sync_data()?,
+    }
+    Ok(())
+}
 
 /// Overwrite a file with zeros from `from` to its end, durably, without
 /// changing its length: a file never shrinks, since another process may

@@ -17,11 +17,13 @@ mod batch;
 pub(crate) mod durability;
 mod flusher;
 mod gated;
+mod grower;
 mod options;
 mod restart;
 
 pub(crate) use flusher::Flusher;
 pub use gated::BypassRecord;
+pub(crate) use grower::Grower;
 pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
 use restart::Mark;
 pub(crate) use restart::Restarts;
@@ -383,7 +385,7 @@ impl Shared {
             }
         };
         if let Some(len) = w.active.growth_wanted() {
-            self.sealer.grow_ahead(w.active.segment().clone(), len);
+            self.grower.request(w.active.segment().clone(), len);
         }
         let last = records.len().saturating_sub(1);
 
