@@ -1,7 +1,8 @@
 //! Fault injection for crash and failure tests (feature `dangerous-test-hooks`).
 //!
 //! The store calls its configured [`FaultInjector`] at named points of the
-//! write path, rotation, sync, footer and checkpoint writing; the injector
+//! write path, rotation, sync, footer and checkpoint writing, compaction,
+//! snapshot and the read path; the injector
 //! answers whether to go on, fail with [`StoreError::FaultInjected`], panic,
 //! or abort the whole process (a crash, as far as the files are concerned).
 //! Never enable this feature in production builds.
@@ -50,6 +51,11 @@ pub enum InjectionPoint {
     CompactionInstalling,
     /// Snapshot: the segment files are copied; the rest is not.
     SnapshotCopied,
+    /// A reader picked its events and pinned their frames under the index
+    /// lock, released the lock, and is about to read the frames. Only
+    /// `Panic` and `Crash` act here (a read has no error to return); an
+    /// injector may also block, to hold a reader at this point.
+    ReadingFrames,
 }
 
 /// What to do at an injection point.
