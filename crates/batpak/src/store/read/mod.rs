@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 /// Most slots one step of a read examines, and so most entries it builds,
 /// under one hold of the index read lock: bounds how long an append can
-/// wait behind a reader (tens of microseconds: about 35 µs measured for
-/// 1,024 entries; see `benches/read_stall.rs`).
+/// wait behind a reader: tens of microseconds (35–50 µs on average in an
+/// instrumented run of `benches/read_stall.rs` on a 2-core VM).
 pub(crate) const STEP: u32 = 1024;
 
 /// Stepped reads that saw a compaction between two steps and start again;
