@@ -15,31 +15,38 @@ use batpak::prelude::*;
 use batpak::store::{FaultAction, FaultInjector, InjectionPoint};
 use common::*;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Blocks the first reader to reach `ReadingFrames` after [`Hold::arm`]
-/// until [`Hold::release`].
+/// Blocks readers that reach `ReadingFrames`: the next `n` passes after
+/// [`Hold::arm`], each until its own [`Hold::release`].
 #[derive(Default)]
 struct Hold {
-    armed: AtomicBool,
-    /// (a reader is held, released)
-    state: Mutex<(bool, bool)>,
+    armed: AtomicUsize,
+    /// (readers held so far, releases so far)
+    state: Mutex<(usize, usize)>,
     changed: Condvar,
 }
 
 impl FaultInjector for Hold {
     fn on(&self, point: InjectionPoint) -> FaultAction {
-        if point == InjectionPoint::ReadingFrames && self.armed.swap(false, Ordering::SeqCst) {
+        let take = |n: usize| n.checked_sub(1);
+        if point == InjectionPoint::ReadingFrames
+            && self
+                .armed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                .is_ok()
+        {
             let mut s = self.state.lock().unwrap();
-            s.0 = true;
+            s.0 += 1;
+            let me = s.0;
             self.changed.notify_all();
             let deadline = Instant::now() + LIMIT;
             // Bounded, so a test that fails never leaves a thread behind for good.
-            while !s.1 && Instant::now() < deadline {
+            while s.1 < me && Instant::now() < deadline {
                 s = self.changed.wait_timeout(s, LIMIT).unwrap().0;
             }
         }
@@ -48,22 +55,23 @@ impl FaultInjector for Hold {
 }
 
 impl Hold {
-    fn arm(&self) {
-        *self.state.lock().unwrap() = (false, false);
-        self.armed.store(true, Ordering::SeqCst);
+    fn arm(&self, passes: usize) {
+        self.armed.store(passes, Ordering::SeqCst);
     }
 
-    fn wait_held(&self) {
+    /// Wait until `n` readers in all have been held.
+    fn wait_held(&self, n: usize) {
         let deadline = Instant::now() + LIMIT;
         let mut s = self.state.lock().unwrap();
-        while !s.0 {
+        while s.0 < n {
             assert!(Instant::now() < deadline, "no reader reached ReadingFrames");
             s = self.changed.wait_timeout(s, LIMIT).unwrap().0;
         }
     }
 
+    /// Let the oldest held reader go.
     fn release(&self) {
-        self.state.lock().unwrap().1 = true;
+        self.state.lock().unwrap().1 += 1;
         self.changed.notify_all();
     }
 }
@@ -166,15 +174,15 @@ fn a_reader_reading_frames_does_not_hold_up_appends() {
             }),
         ),
     ];
-    for (name, read) in reads {
+    for (held, (name, read)) in reads.into_iter().enumerate() {
         let expected = read(&store);
         assert!(expected > 0, "{name}");
-        hold.arm();
+        hold.arm(1);
         let reader = {
             let store = store.clone();
             std::thread::spawn(move || read(&store))
         };
-        hold.wait_held();
+        hold.wait_held(held + 1);
         // The reader is now between the index lock and its frames. A durable
         // append (index write lock, then group commit) must not wait for it.
         let appender = {
@@ -199,12 +207,12 @@ fn frames_pinned_before_a_compaction_are_the_frames_read() {
     let (store, hold) = open_held(dir.path(), 8 * 1024);
     // Fewer events than one read step: the read pins every frame at once.
     fill(&store, 600, 6);
-    hold.arm();
+    hold.arm(1);
     let reader = {
         let store = store.clone();
         std::thread::spawn(move || store.query(&Region::all()))
     };
-    hold.wait_held();
+    hold.wait_held(1);
     // Redacting every other event rewrites the sealed segments under the same
     // ids with the frames at new offsets; the held reader's positions now
     // name other bytes of those files.
@@ -229,6 +237,16 @@ fn frames_pinned_before_a_compaction_are_the_frames_read() {
     assert_chains_match_get(&store, &after);
 }
 
+/// Redact the events whose payload `i` is a multiple of `every`.
+fn redact_multiples(every: u64) -> CompactionConfig {
+    CompactionConfig {
+        strategy: CompactionStrategy::Tombstone(Box::new(move |e: &StoredEvent<Value>| {
+            e.event.payload["i"].as_u64().is_none_or(|i| i % every != 0)
+        })),
+        min_segments: 1,
+    }
+}
+
 #[test]
 fn a_read_that_a_compaction_interrupts_starts_again() {
     type Read = fn(&Store) -> Vec<IndexEntry>;
@@ -236,29 +254,37 @@ fn a_read_that_a_compaction_interrupts_starts_again() {
         ("query", |s| s.query(&Region::all())),
         ("stream", |s| s.stream("acct:0")),
     ];
-    for (name, read) in reads {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, hold) = open_held(dir.path(), 64 * 1024);
-        // Several read steps (1,024 slots each), for the query and the stream.
-        fill(&store, 5000, 2);
-        hold.arm();
-        let reader = {
-            let store = store.clone();
-            std::thread::spawn(move || read(&store))
-        };
-        hold.wait_held();
-        store.compact(&redact_even()).unwrap();
-        hold.release();
-        let got = join_within(reader, LIMIT, name);
-        // Not the first step's entries from before the compaction and the
-        // rest from after: one view, the one after.
-        let now = read(&store);
-        assert!(now.iter().any(|e| e.kind == EventKind::TOMBSTONE));
-        assert_eq!(got.len(), now.len(), "{name}");
-        if let Some((i, (g, n))) = got.iter().zip(&now).enumerate().find(|(_, (g, n))| g != n) {
-            panic!("{name}: entry {i} is from another view: {g:?} vs {n:?}");
+    // A compaction between the first two steps of one try, or of each of
+    // the stepped tries (then the read selects under one hold).
+    for interruptions in [1, 2] {
+        for (name, read) in reads {
+            let what = format!("{name}, {interruptions} interruption(s)");
+            let dir = tempfile::tempdir().unwrap();
+            let (store, hold) = open_held(dir.path(), 64 * 1024);
+            // Several read steps (1,024 slots each), for the query and the stream.
+            fill(&store, 5000, 2);
+            hold.arm(interruptions);
+            let reader = {
+                let store = store.clone();
+                std::thread::spawn(move || read(&store))
+            };
+            for n in 1..=interruptions {
+                hold.wait_held(n);
+                let compacted = store.compact(&redact_multiples(n as u64 + 1)).unwrap();
+                assert!(compacted.events_tombstoned > 0, "{what}");
+                hold.release();
+            }
+            let got = join_within(reader, LIMIT, &what);
+            // Not the first step's entries from before a compaction and the
+            // rest from after: one view, the one after the last.
+            let now = read(&store);
+            assert!(now.iter().any(|e| e.kind == EventKind::TOMBSTONE));
+            assert_eq!(got.len(), now.len(), "{what}");
+            if let Some((i, (g, n))) = got.iter().zip(&now).enumerate().find(|(_, (g, n))| g != n) {
+                panic!("{what}: entry {i} is from another view: {g:?} vs {n:?}");
+            }
+            assert_chains_match_get(&store, &got);
         }
-        assert_chains_match_get(&store, &got);
     }
 }
 
