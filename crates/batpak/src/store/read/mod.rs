@@ -59,7 +59,10 @@ impl Unchained {
         let end = entries.len();
         for (i, (start, segment_id, seg)) in self.runs.iter().enumerate() {
             let stop = self.runs.get(i + 1).map_or(end, |r| r.0);
-            for e in &mut entries[*start..stop] {
+            let Some(run) = entries.get_mut(*start..stop) else {
+                continue;
+            };
+            for e in run {
                 let pos = e.disk_pos;
                 let chain = seg.as_ref().and_then(|seg| {
                     let len = u64::from(pos.length);
