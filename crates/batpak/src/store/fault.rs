@@ -1,7 +1,8 @@
 //! Fault injection for crash and failure tests (feature `dangerous-test-hooks`).
 //!
 //! The store calls its configured [`FaultInjector`] at named points of the
-//! write path, rotation, sync, footer and checkpoint writing; the injector
+//! write path, rotation, sync, footer and checkpoint writing, compaction,
+//! snapshot and the read path; the injector
 //! answers whether to go on, fail with [`StoreError::FaultInjected`], panic,
 //! or abort the whole process (a crash, as far as the files are concerned).
 //! Never enable this feature in production builds.
@@ -54,6 +55,11 @@ pub enum InjectionPoint {
     /// flusher, in relaxed mode only; the grower; the sealer). `Fail` makes
     /// the open fail right there, as a later start-up step failing would.
     StoreThreadStarted,
+    /// A reader picked its events and pinned their frames under the index
+    /// lock, released the lock, and is about to read the frames. Only
+    /// `Panic` and `Crash` act here (a read has no error to return); an
+    /// injector may also block, to hold a reader at this point.
+    ReadingFrames,
 }
 
 /// What to do at an injection point.

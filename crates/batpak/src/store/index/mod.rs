@@ -140,6 +140,8 @@ pub(crate) struct Index {
     removed: HashMap<u128, RemovedEvent>,
     /// Slots of events removed by a compaction since open (see `compaction`).
     dead: compaction::DeadSlots,
+    /// Compactions applied since the index was built (see `compaction`).
+    compactions: u64,
     /// While a write runs: the entity tails it replaced (see `rollback`).
     undo: Option<Vec<(u32, Option<EntityTail>)>>,
     undo_spare: Option<Vec<(u32, Option<EntityTail>)>>,

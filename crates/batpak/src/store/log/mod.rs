@@ -341,44 +341,6 @@ impl Log {
     }
 }
 
-/// Reads many frames in a row, looking up each segment once per run of
-/// frames in it (the common case: a query's frames cluster in few segments).
-pub(crate) struct FrameCursor<'a> {
-    log: &'a Log,
-    current: Option<Arc<Segment>>,
-}
-
-impl<'a> FrameCursor<'a> {
-    pub(crate) fn new(log: &'a Log) -> Self {
-        Self { log, current: None }
-    }
-
-    /// The bytes `offset..offset + len` of segment `segment_id`.
-    pub(crate) fn frame(
-        &mut self,
-        segment_id: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<&[u8], StoreError> {
-        if self.current.as_ref().is_none_or(|s| s.id() != segment_id) {
-            let seg = self.log.segment(segment_id).ok_or_else(|| {
-                StoreError::corrupt(segment_id, "segment is not part of the store")
-            })?;
-            self.current = Some(seg);
-        }
-        match &self.current {
-            Some(seg) => {
-                seg.check_range(offset, len)?;
-                Ok(seg.slice(offset, len))
-            }
-            None => Err(StoreError::corrupt(
-                segment_id,
-                "segment is not part of the store",
-            )),
-        }
-    }
-}
-
 /// A frame's bytes, kept alive by a reference to its segment.
 pub(crate) struct FrameBytes {
     seg: Arc<Segment>,

@@ -77,6 +77,7 @@ impl Store {
                 .map(|&s| self.shared.locate(&index, s))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        self.shared.reading_frames();
         located
             .into_iter()
             .map(|l| self.shared.read_event(l).map(|e| e.event))

@@ -32,11 +32,9 @@ pub struct BypassRecord {
 impl Store {
     /// The event hash of a just-appended event, from its frame.
     fn committed_hash(&self, r: &AppendReceipt) -> [u8; 32] {
-        let index = self.shared.index.read();
-        index
-            .slot_of(r.event_id)
-            .map(|slot| self.shared.entries(&index, &[slot]))
-            .and_then(|e| e.first().map(|e| e.hash_chain.event_hash))
+        self.shared
+            .entry_of(r.event_id)
+            .map(|e| e.hash_chain.event_hash)
             .unwrap_or_default()
     }
 
