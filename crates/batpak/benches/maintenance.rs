@@ -96,6 +96,7 @@ fn compaction(c: &mut Criterion) {
                     let cfg = CompactionConfig {
                         strategy: strategy(name),
                         min_segments: 1,
+                        ..Default::default()
                     };
                     let r = store.compact(&cfg).unwrap();
                     assert!(

@@ -135,6 +135,7 @@ fn snapshot_keeps_removed_keys_and_compacted_history() {
             e.event.payload["i"].as_u64().unwrap() >= 50
         })),
         min_segments: 1,
+        ..Default::default()
     };
     assert!(store.compact(&cfg).unwrap().events_removed > 0);
     let dest = out.path().join("snap");
@@ -266,6 +267,7 @@ fn a_read_only_handle_older_than_a_compaction_refuses_to_snapshot() {
             e.event.payload["i"].as_u64().unwrap() % 2 == 0
         })),
         min_segments: 1,
+        ..Default::default()
     };
     assert!(store.compact(&cfg).unwrap().events_removed > 0);
     let dest = out.path().join("stale");
