@@ -346,6 +346,81 @@ fn merge_packs_small_segments_into_far_fewer_and_then_has_nothing_to_do() {
     check_chains(&store, false);
 }
 
+/// Append small events until the owner has rotated `rotations` times.
+fn append_until_rotated(store: &Store, dir: &Path, rotations: usize, from: u64) -> u64 {
+    let target = segment_files(dir).len() + rotations;
+    let mut i = from;
+    while segment_files(dir).len() < target {
+        store
+            .append(
+                &coord(&format!("follow:{}", i % 3), "s"),
+                KIND_A,
+                &json!({"i": i, "pad": "f".repeat(80)}),
+            )
+            .unwrap();
+        i += 1;
+    }
+    i
+}
+
+#[test]
+fn a_read_only_handle_follows_its_owner_across_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = Store::open(small(dir.path())).unwrap();
+    let mut i = append_until_rotated(&owner, dir.path(), 3, 0);
+    let reader = Store::open_read_only(small(dir.path())).unwrap();
+    let everything = CompactionConfig {
+        target_segment_bytes: Some(1 << 20),
+        min_segments: 1,
+        ..Default::default()
+    };
+    // Each round: the handle reads part of the segment the owner is
+    // writing; the owner fills it and rotates (`rotations` times), merges
+    // every sealed segment into one, and appends a little more.
+    // With one rotation the segment the handle was reading is the last
+    // input and gives the output its id; with more it is deleted, and the
+    // output (named after a later segment) holds its frames.
+    for (round, rotations) in [1, 3, 1, 2].into_iter().enumerate() {
+        for _ in 0..3 {
+            owner
+                .append(&coord("follow:0", "s"), KIND_B, &json!({"i": i}))
+                .unwrap();
+            i += 1;
+        }
+        reader.refresh().unwrap();
+        i = append_until_rotated(&owner, dir.path(), rotations, i);
+        let result = owner.compact(&everything).unwrap();
+        assert!(result.segments_removed > 0, "round {round}: {result:?}");
+        for _ in 0..3 {
+            owner
+                .append(&coord("follow:1", "s"), KIND_B, &json!({"i": i}))
+                .unwrap();
+            i += 1;
+        }
+        reader.refresh().unwrap();
+        assert_eq!(
+            snapshot(&reader),
+            snapshot(&owner),
+            "round {round}: the handle sees exactly what the owner has"
+        );
+        check_chains(&reader, false);
+    }
+    // A cursor of the handle delivered every event once, in order.
+    let mut cursor = reader.cursor_guaranteed(&Region::all());
+    let seqs: Vec<u64> = std::iter::from_fn(|| cursor.poll())
+        .map(|e| e.global_sequence)
+        .collect();
+    assert_eq!(seqs, snapshot(&owner).into_keys().collect::<Vec<_>>());
+    // Its snapshot opens as the same store.
+    let out = tempfile::tempdir().unwrap();
+    reader.snapshot(&out.path().join("copy")).unwrap();
+    let copy = Store::open_read_only(small(&out.path().join("copy"))).unwrap();
+    assert_eq!(snapshot(&copy), snapshot(&owner));
+    assert!(copy.diagnostics().recovery.damaged.is_empty());
+    let report = reader.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
 #[test]
 fn retention_removes_rejected_events_and_keeps_their_keys() {
     let dir = tempfile::tempdir().unwrap();

@@ -83,6 +83,24 @@ impl Segment {
         self.id
     }
 
+    /// Whether `path` names the file this segment maps (compaction replaces
+    /// a segment's file under the same name).
+    pub(crate) fn is_file_at(&self, path: &Path) -> Result<bool, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mine = self.file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(m.dev() == mine.dev() && m.ino() == mine.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The same file mapped afresh, read-only, for its current length (it
+    /// may have grown since; its name may now be another file's or gone).
+    pub(crate) fn remap_read_only(&self) -> Result<Self, StoreError> {
+        Self::map(self.id, self.file.try_clone()?, 0, false, Prealloc::Reserve)
+    }
+
     pub(crate) fn file_len(&self) -> u64 {
         self.file_len.load(Ordering::Acquire)
     }

@@ -284,8 +284,9 @@ impl Target {
     }
 }
 
-/// Every segment of the store: those registered in the log and any other
-/// segment file in the directory (up to the active segment of a writable store).
+/// Every segment of the store: those registered in the log (of a writable
+/// store) and every segment file in the directory (up to the active segment
+/// of a writable store).
 fn collect_targets(
     shared: &Shared,
     dir: &Path,
@@ -293,8 +294,12 @@ fn collect_targets(
     pending: Option<&Intent>,
 ) -> Result<Vec<Target>, StoreError> {
     let mut ids: BTreeMap<u64, Option<PathBuf>> = BTreeMap::new();
-    for id in shared.log.segment_ids() {
-        ids.insert(id, None);
+    // A read-only handle checks the files as they are: the owner may have
+    // compacted away segments the handle still maps.
+    if shared.writer.is_some() {
+        for id in shared.log.segment_ids() {
+            ids.insert(id, None);
+        }
     }
     for (id, path) in SegmentListing::read(dir)?.segments {
         ids.insert(id, Some(path));
