@@ -767,6 +767,50 @@ fn verify_reports_clean_and_damaged_stores_by_exit_code() {
 }
 
 #[test]
+fn compact_packs_segments_up_to_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    segmented(dir.path());
+    fails(
+        &batpak(&[
+            "compact",
+            "--target-segment-bytes",
+            "0",
+            "--dir",
+            path(dir.path()),
+        ]),
+        2,
+    );
+    let merge = || -> Value {
+        serde_json::from_str(&ok(&batpak(&[
+            "compact",
+            "--json",
+            "--target-segment-bytes",
+            "16384",
+            "--dir",
+            path(dir.path()),
+        ])))
+        .unwrap()
+    };
+    let v = merge();
+    let (before, after) = (
+        v["segments_before"].as_u64().unwrap(),
+        v["segments_after"].as_u64().unwrap(),
+    );
+    // Segments of 4 KiB, four to a 16 KiB target (the last sealed segment
+    // and the active one may be partly full).
+    assert!(before >= 15 && after <= before / 4 + 2, "{v}");
+    assert_eq!(v["segments_removed"].as_u64().unwrap(), before - after);
+    // Packed: a second run has nothing to do.
+    let again = merge();
+    assert_eq!(again["segments_removed"], 0, "{again}");
+    assert_eq!(again["segments_after"].as_u64().unwrap(), after);
+    let store = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(store.stats().event_count, 300);
+    drop(store);
+    ok(&batpak(&["verify", "--dir", path(dir.path())]));
+}
+
+#[test]
 fn compact_merges_and_drops_by_filter() {
     let dir = tempfile::tempdir().unwrap();
     segmented(dir.path());

@@ -38,7 +38,10 @@
 //! let keep_even = CompactionStrategy::Retention(Box::new(|e: &StoredEvent<serde_json::Value>| {
 //!     e.event.payload["i"].as_u64().is_some_and(|i| i % 2 == 0)
 //! }));
-//! let result = store.compact(&CompactionConfig { strategy: keep_even, min_segments: 1 })?;
+//! let result = store.compact(&CompactionConfig {
+//!     strategy: keep_even,
+//!     min_segments: 1,
+//! })?;
 //! assert!(result.events_removed > 0);
 //! assert!(store.verify()?.is_clean());
 //! store.close()?;

@@ -6,7 +6,8 @@
 mod common;
 
 use batpak::prelude::*;
-use batpak::store::{CountdownInjector, FaultAction, InjectionPoint};
+use batpak::store::segment::CompactionResult;
+use batpak::store::{CountdownInjector, FaultAction, InjectionPoint, OpenPath};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -23,6 +24,11 @@ type State = BTreeMap<u64, (u128, String, EventKind, Value, u32)>;
 
 fn small(dir: &Path) -> StoreConfig {
     StoreConfig::new(dir).with_segment_max_bytes(SEGMENT)
+}
+
+/// The stores the crash-protocol tests compact: three segments per output.
+fn packed(dir: &Path) -> StoreConfig {
+    small(dir).with_compaction_target_bytes(3 * SEGMENT)
 }
 
 /// Everything observable about the events, by global sequence.
@@ -152,6 +158,271 @@ fn merge_keeps_every_event_ids_sequences_and_chains() {
         .unwrap();
     assert_eq!(r.sequence, *before.keys().last().unwrap() + 1);
     check_chains(&store, false);
+}
+
+/// Everything a reader can observe, except where the frames lie: every
+/// entry (ids, links, clock, hash chain, sequence), every event as `get`
+/// returns it, every entity's stream and the ancestry of its newest event.
+#[derive(Debug, PartialEq)]
+struct View {
+    entries: Vec<IndexEntry>,
+    events: Vec<StoredEvent<Value>>,
+    streams: BTreeMap<String, Vec<IndexEntry>>,
+    ancestry: BTreeMap<String, Vec<(u128, Option<HashChain>)>>,
+}
+
+fn without_position(mut e: IndexEntry) -> IndexEntry {
+    e.disk_pos = DiskPos::default();
+    e
+}
+
+fn view(store: &Store) -> View {
+    let entries: Vec<IndexEntry> = store
+        .query(&Region::all())
+        .into_iter()
+        .map(without_position)
+        .collect();
+    let events = entries
+        .iter()
+        .map(|e| store.get(e.event_id).expect("every listed event reads"))
+        .collect();
+    let entities: std::collections::BTreeSet<String> = entries
+        .iter()
+        .map(|e| e.coord.entity().to_owned())
+        .collect();
+    let mut streams = BTreeMap::new();
+    let mut ancestry = BTreeMap::new();
+    for entity in entities {
+        let stream: Vec<IndexEntry> = store
+            .stream(&entity)
+            .into_iter()
+            .map(without_position)
+            .collect();
+        let newest = stream.last().expect("an entity has events").event_id;
+        let walk = store
+            .walk_ancestors(newest, usize::MAX)
+            .into_iter()
+            .map(|e| (e.event.header.event_id, e.event.hash_chain))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            walk.len(),
+            stream.len(),
+            "{entity}: the walk reaches clock 0"
+        );
+        ancestry.insert(entity.clone(), walk);
+        streams.insert(entity, stream);
+    }
+    View {
+        entries,
+        events,
+        streams,
+        ancestry,
+    }
+}
+
+/// (inode, modification time, length) of every file in `dir`, by name:
+/// whether a compaction rewrote anything.
+fn file_identities(dir: &Path) -> BTreeMap<String, (u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.ino(), m.mtime(), m.mtime_nsec(), m.len()),
+            )
+        })
+        .collect()
+}
+
+/// Events of about 200 bytes over 7 entities with causal links, until the
+/// store has `sealed` sealed segments; one event of `big_at` is 70 KiB, in
+/// a segment of its own that no merge target of 64 KiB can take.
+fn fill_segments(store: &Store, dir: &Path, sealed: usize, big_at: usize) -> u64 {
+    let mut i = 0u64;
+    let mut previous: Option<u128> = None;
+    let mut big_done = false;
+    while segment_files(dir).len() < sealed + 1 {
+        let pad = if !big_done && segment_files(dir).len() == big_at {
+            big_done = true;
+            "B".repeat(70 * 1024)
+        } else {
+            "m".repeat(60)
+        };
+        let mut options = AppendOptions::new();
+        if let Some(p) = previous.filter(|_| i.is_multiple_of(3)) {
+            options.causation_id = Some(p);
+            options.correlation_id = Some(p);
+        }
+        let r = store
+            .append_with_options(
+                &coord(&format!("merge:{}", i % 7), "s"),
+                if i.is_multiple_of(2) { KIND_A } else { KIND_B },
+                &json!({"i": i, "pad": pad}),
+                options,
+            )
+            .unwrap();
+        previous = Some(r.event_id);
+        i += 1;
+    }
+    i
+}
+
+#[test]
+fn merge_packs_small_segments_into_far_fewer_and_then_has_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small(dir.path()).with_sync_every_n_events(64)).unwrap();
+    // 100 sealed segments of 4 KiB and, between them, one of 70 KiB.
+    fill_segments(&store, dir.path(), 101, 51);
+    let before = view(&store);
+    let files_before = file_identities(dir.path());
+    let segments_before = segment_files(dir.path());
+    assert_eq!(segments_before.len(), 102, "101 sealed and the active one");
+    let big = segments_before
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 64 * 1024)
+        .expect("the big event has a segment of its own")
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // The default target: 16 x 4 KiB of frames per segment.
+    let result = store.compact(&CompactionConfig::default()).unwrap();
+    let segments_after = segment_files(dir.path()).len();
+    // Each side of the big segment holds 50 segments of at most 4,032 bytes
+    // of frames; a group is closed only when the next segment would take it
+    // past 65,536 bytes, so every group but the last holds more than
+    // 61,504: at most 4 groups a side.
+    assert!(segments_after <= 4 + 1 + 4 + 1, "{segments_after} files");
+    assert_eq!(
+        result.segments_removed,
+        segments_before.len() - segments_after
+    );
+    assert!(result.bytes_reclaimed > 0, "{result:?}");
+    assert_eq!((result.events_removed, result.events_tombstoned), (0, 0));
+    let files_after = file_identities(dir.path());
+    assert_eq!(
+        files_after.get(&big),
+        files_before.get(&big),
+        "a segment too big to merge with a neighbour is left alone"
+    );
+    assert_eq!(view(&store), before, "every event reads the same");
+    check_chains(&store, false);
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+
+    // Nothing left to merge: no file is touched.
+    let again = store.compact(&CompactionConfig::default()).unwrap();
+    assert_eq!(again, CompactionResult::default());
+    assert_eq!(file_identities(dir.path()), files_after);
+
+    // The same after reopening, from the checkpoint and from the footers.
+    store.close().unwrap();
+    let store = Store::open(small(dir.path())).unwrap();
+    assert_eq!(store.diagnostics().recovery.open_path, OpenPath::Checkpoint);
+    assert_eq!(view(&store), before);
+    store.close().unwrap();
+    remove_checkpoint(dir.path());
+    let store = Store::open(small(dir.path())).unwrap();
+    let recovery = store.diagnostics().recovery;
+    assert_eq!(recovery.open_path, OpenPath::Footers);
+    assert_eq!(recovery.footers_rejected, 0);
+    assert!(recovery.damaged.is_empty(), "{:?}", recovery.damaged);
+    assert_eq!(view(&store), before);
+    assert!(store.verify().unwrap().is_clean());
+    let files = file_identities(dir.path());
+    assert_eq!(
+        store.compact(&CompactionConfig::default()).unwrap(),
+        CompactionResult::default(),
+        "still nothing to merge after reopening"
+    );
+    assert_eq!(file_identities(dir.path()), files);
+    // Appends continue the sequence and the chains.
+    let r = store
+        .append(&coord("merge:3", "s"), KIND_A, &json!({"i": -1}))
+        .unwrap();
+    assert_eq!(
+        r.sequence,
+        before.entries.last().unwrap().global_sequence + 1
+    );
+    check_chains(&store, false);
+}
+
+/// Append small events until the owner has rotated `rotations` times.
+fn append_until_rotated(store: &Store, dir: &Path, rotations: usize, from: u64) -> u64 {
+    let target = segment_files(dir).len() + rotations;
+    let mut i = from;
+    while segment_files(dir).len() < target {
+        store
+            .append(
+                &coord(&format!("follow:{}", i % 3), "s"),
+                KIND_A,
+                &json!({"i": i, "pad": "f".repeat(80)}),
+            )
+            .unwrap();
+        i += 1;
+    }
+    i
+}
+
+#[test]
+fn a_read_only_handle_follows_its_owner_across_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = Store::open(small(dir.path()).with_compaction_target_bytes(1 << 20)).unwrap();
+    let mut i = append_until_rotated(&owner, dir.path(), 3, 0);
+    let reader = Store::open_read_only(small(dir.path())).unwrap();
+    let everything = CompactionConfig {
+        min_segments: 1,
+        ..Default::default()
+    };
+    // Each round: the handle reads part of the segment the owner is
+    // writing; the owner fills it and rotates (`rotations` times), merges
+    // every sealed segment into one, and appends a little more.
+    // With one rotation the segment the handle was reading is the last
+    // input and gives the output its id; with more it is deleted, and the
+    // output (named after a later segment) holds its frames.
+    for (round, rotations) in [1, 3, 1, 2].into_iter().enumerate() {
+        for _ in 0..3 {
+            owner
+                .append(&coord("follow:0", "s"), KIND_B, &json!({"i": i}))
+                .unwrap();
+            i += 1;
+        }
+        reader.refresh().unwrap();
+        i = append_until_rotated(&owner, dir.path(), rotations, i);
+        let result = owner.compact(&everything).unwrap();
+        assert!(result.segments_removed > 0, "round {round}: {result:?}");
+        for _ in 0..3 {
+            owner
+                .append(&coord("follow:1", "s"), KIND_B, &json!({"i": i}))
+                .unwrap();
+            i += 1;
+        }
+        reader.refresh().unwrap();
+        assert_eq!(
+            snapshot(&reader),
+            snapshot(&owner),
+            "round {round}: the handle sees exactly what the owner has"
+        );
+        check_chains(&reader, false);
+    }
+    // A cursor of the handle delivered every event once, in order.
+    let mut cursor = reader.cursor_guaranteed(&Region::all());
+    let seqs: Vec<u64> = std::iter::from_fn(|| cursor.poll())
+        .map(|e| e.global_sequence)
+        .collect();
+    assert_eq!(seqs, snapshot(&owner).into_keys().collect::<Vec<_>>());
+    // Its snapshot opens as the same store.
+    let out = tempfile::tempdir().unwrap();
+    reader.snapshot(&out.path().join("copy")).unwrap();
+    let copy = Store::open_read_only(small(&out.path().join("copy"))).unwrap();
+    assert_eq!(snapshot(&copy), snapshot(&owner));
+    assert!(copy.diagnostics().recovery.damaged.is_empty());
+    let report = reader.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
 }
 
 #[test]
@@ -676,28 +947,93 @@ fn compaction_points() -> Vec<(InjectionPoint, u64)> {
     ]
 }
 
-fn retention() -> CompactionConfig {
-    CompactionConfig {
-        strategy: CompactionStrategy::Retention(Box::new(|e: &StoredEvent<Value>| {
-            !i_of(&e.event.payload).is_multiple_of(3)
-        })),
-        min_segments: 1,
+/// The compactions interrupted at every step: each packs several inputs
+/// into each of several outputs (a target of 3 segments), so an
+/// interruption can fall between outputs, between renames and between
+/// deletions.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// Removes a third of the events.
+    Retention,
+    /// Merges runs of small segments around one too big to merge.
+    Merge,
+}
+
+const PLANS: [Plan; 2] = [Plan::Retention, Plan::Merge];
+
+impl Plan {
+    fn config(self) -> CompactionConfig {
+        let strategy = match self {
+            Plan::Retention => CompactionStrategy::Retention(Box::new(|e: &StoredEvent<Value>| {
+                !i_of(&e.event.payload).is_multiple_of(3)
+            })),
+            Plan::Merge => CompactionStrategy::Merge,
+        };
+        CompactionConfig {
+            strategy,
+            min_segments: 1,
+        }
+    }
+
+    fn fill(self, store: &Store) {
+        fill(store);
+        if let Plan::Merge = self {
+            store
+                .append(
+                    &coord("big", "s"),
+                    KIND_A,
+                    &json!({"i": 5000, "pad": "B".repeat(4 * SEGMENT as usize)}),
+                )
+                .unwrap();
+            for i in 0..60u64 {
+                store
+                    .append(
+                        &coord(&format!("acct:{}", i % 5), "bank"),
+                        KIND_B,
+                        &json!({"i": 6000 + i, "pad": "a".repeat(40)}),
+                    )
+                    .unwrap();
+            }
+        }
     }
 }
 
+fn segment_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".seg"))
+        .collect()
+}
+
+/// The store before and after the compaction, and its segment files.
+struct Expected {
+    old: State,
+    new: State,
+    old_segments: Vec<String>,
+    new_segments: Vec<String>,
+}
+
 /// The store after a failed or crashed compaction holds exactly the old
-/// events or exactly the new ones.
-fn old_or_new(dir: &Path, old: &State, new: &State) -> bool {
+/// events in the old files or exactly the new ones in the new files.
+/// Returns whether it is the new state.
+fn old_or_new(dir: &Path, expected: &Expected) -> bool {
     let store = Store::open(small(dir)).unwrap();
     let now = snapshot(&store);
-    let is_new = &now == new;
+    let segments = segment_names(dir);
+    let is_new = segments == expected.new_segments;
     assert!(
-        &now == old || is_new,
-        "a mix of old and new state: {} events, old {}, new {}",
-        now.len(),
-        old.len(),
-        new.len()
+        is_new || segments == expected.old_segments,
+        "a mix of old and new files: {segments:?}"
     );
+    let state = if is_new { &expected.new } else { &expected.old };
+    assert!(
+        &now == state,
+        "the events do not match the files: {} events, old {}, new {}",
+        now.len(),
+        expected.old.len(),
+        expected.new.len()
+    );
+    assert!(store.diagnostics().recovery.damaged.is_empty());
     assert!(store.verify().unwrap().is_clean());
     check_chains(&store, true);
     // The store stays usable.
@@ -715,10 +1051,10 @@ fn old_or_new(dir: &Path, old: &State, new: &State) -> bool {
     is_new
 }
 
-/// The expected new state, computed on a copy.
-fn expected_states(dir: &Path) -> (State, State) {
+/// The states and files before and after `plan`, the after computed on a copy.
+fn expected(dir: &Path, plan: Plan) -> Expected {
     let store = Store::open(small(dir)).unwrap();
-    fill(&store);
+    plan.fill(&store);
     let old = snapshot(&store);
     store.close().unwrap();
     let copy = tempfile::tempdir().unwrap();
@@ -726,44 +1062,61 @@ fn expected_states(dir: &Path) -> (State, State) {
         let f = f.unwrap();
         std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
     }
-    let store = Store::open(small(copy.path())).unwrap();
-    store.compact(&retention()).unwrap();
+    let store = Store::open(packed(copy.path())).unwrap();
+    let result = store.compact(&plan.config()).unwrap();
     let new = snapshot(&store);
-    (old, new)
+    let expected = Expected {
+        old,
+        new,
+        old_segments: segment_names(dir),
+        new_segments: segment_names(copy.path()),
+    };
+    // Several outputs, each packing several inputs.
+    assert!(
+        expected.new_segments.len() >= 4
+            && expected.new_segments.len() * 2 <= expected.old_segments.len(),
+        "{plan:?}: {} segments became {} ({result:?})",
+        expected.old_segments.len(),
+        expected.new_segments.len()
+    );
+    expected
 }
 
 #[test]
 fn a_failure_at_any_step_leaves_old_or_new_state() {
-    for (point, nth) in compaction_points() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old, new) = expected_states(dir.path());
-        let mut cfg = small(dir.path());
-        cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
-            point,
-            nth,
-            FaultAction::Fail,
-        )));
-        let store = Store::open(cfg).unwrap();
-        let result = store.compact(&retention());
-        assert!(result.is_err(), "{point:?} #{nth} should fail");
-        // The running store still serves one consistent view.
-        let live = snapshot(&store);
-        assert!(
-            live == old || live == new,
-            "{point:?}: live view is a mix ({} events)",
-            live.len()
-        );
-        drop(store);
-        assert_eq!(
-            old_or_new(dir.path(), &old, &new),
-            after_commit(point),
-            "{point:?} #{nth}: the new state exactly when the failure came after the commit"
-        );
+    for plan in PLANS {
+        for (point, nth) in compaction_points() {
+            let dir = tempfile::tempdir().unwrap();
+            let expected = expected(dir.path(), plan);
+            let mut cfg = packed(dir.path());
+            cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
+                point,
+                nth,
+                FaultAction::Fail,
+            )));
+            let store = Store::open(cfg).unwrap();
+            let result = store.compact(&plan.config());
+            assert!(result.is_err(), "{plan:?}: {point:?} #{nth} should fail");
+            // The running store still serves one consistent view.
+            let live = snapshot(&store);
+            assert!(
+                live == expected.old || live == expected.new,
+                "{plan:?} {point:?}: live view is a mix ({} events)",
+                live.len()
+            );
+            drop(store);
+            assert_eq!(
+                old_or_new(dir.path(), &expected),
+                after_commit(point),
+                "{plan:?} {point:?} #{nth}: the new state exactly when the failure came after the commit"
+            );
+        }
     }
 }
 
 const CHILD_DIR: &str = "BATPAK_COMPACT_CHILD_DIR";
 const CHILD_POINT: &str = "BATPAK_COMPACT_CHILD_POINT";
+const CHILD_PLAN: &str = "BATPAK_COMPACT_CHILD_PLAN";
 
 #[test]
 #[ignore = "helper: run as a child process by a_crash_at_any_step_leaves_old_or_new_state"]
@@ -772,8 +1125,9 @@ fn compaction_crash_child() {
         return;
     };
     let i: usize = std::env::var(CHILD_POINT).unwrap().parse().unwrap();
+    let plan: usize = std::env::var(CHILD_PLAN).unwrap().parse().unwrap();
     let (point, nth) = compaction_points()[i];
-    let mut cfg = small(Path::new(&dir));
+    let mut cfg = packed(Path::new(&dir));
     cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
         point,
         nth,
@@ -781,68 +1135,81 @@ fn compaction_crash_child() {
     )));
     let store = Store::open(cfg).unwrap();
     println!("OPEN");
-    let _ = store.compact(&retention());
+    let _ = store.compact(&PLANS[plan].config());
     println!("SURVIVED");
 }
 
 #[test]
 fn a_crash_at_any_step_leaves_old_or_new_state() {
     let exe = std::env::current_exe().unwrap();
-    for (i, (point, nth)) in compaction_points().into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old, new) = expected_states(dir.path());
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "compaction_crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .env(CHILD_POINT, i.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        let status = child.wait().unwrap();
-        // The harness prints "test <name> ... " before the child's first line.
-        assert!(lines.iter().any(|l| l.ends_with("OPEN")), "{lines:?}");
-        assert!(!status.success(), "point {i} did not crash: {lines:?}");
-        assert_eq!(
-            old_or_new(dir.path(), &old, &new),
-            after_commit(point),
-            "{point:?} #{nth}: the new state exactly when the crash came after the commit"
-        );
+    for (p, plan) in PLANS.into_iter().enumerate() {
+        for (i, (point, nth)) in compaction_points().into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let expected = expected(dir.path(), plan);
+            let mut child = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "compaction_crash_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DIR, dir.path())
+                .env(CHILD_POINT, i.to_string())
+                .env(CHILD_PLAN, p.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+                .lines()
+                .map_while(Result::ok)
+                .collect();
+            let status = child.wait().unwrap();
+            // The harness prints "test <name> ... " before the child's first line.
+            assert!(lines.iter().any(|l| l.ends_with("OPEN")), "{lines:?}");
+            assert!(
+                !status.success(),
+                "{plan:?} point {i} did not crash: {lines:?}"
+            );
+            assert_eq!(
+                old_or_new(dir.path(), &expected),
+                after_commit(point),
+                "{plan:?} {point:?} #{nth}: the new state exactly when the crash came after the commit"
+            );
+        }
     }
 }
 
 #[test]
 fn read_only_open_sees_a_pending_compaction_as_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, new) = expected_states(dir.path());
-    let mut cfg = small(dir.path());
-    cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
-        InjectionPoint::CompactionInstalling,
-        3,
-        FaultAction::Fail,
-    )));
-    let store = Store::open(cfg).unwrap();
-    assert!(store.compact(&retention()).is_err());
-    let names_before = file_names(dir.path());
-    assert!(names_before.iter().any(|n| n == "compact.intent"));
-    let ro = Store::open_read_only(small(dir.path())).unwrap();
-    assert!(
-        snapshot(&ro) == new,
-        "read-only view is the finished compaction"
-    );
-    assert_eq!(
-        file_names(dir.path()),
-        names_before,
-        "read-only changes nothing"
-    );
+    for plan in PLANS {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = expected(dir.path(), plan);
+        let mut cfg = packed(dir.path());
+        // Some outputs renamed into place, no input deleted yet.
+        cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
+            InjectionPoint::CompactionInstalling,
+            4,
+            FaultAction::Fail,
+        )));
+        let store = Store::open(cfg).unwrap();
+        assert!(store.compact(&plan.config()).is_err());
+        let names_before = file_names(dir.path());
+        assert!(names_before.iter().any(|n| n == "compact.intent"));
+        assert!(names_before.iter().any(|n| n.ends_with(".tmp")));
+        let ro = Store::open_read_only(small(dir.path())).unwrap();
+        assert!(
+            snapshot(&ro) == expected.new,
+            "{plan:?}: the read-only view is the finished compaction"
+        );
+        assert!(ro.diagnostics().recovery.damaged.is_empty());
+        let report = ro.verify().unwrap();
+        assert!(report.is_clean(), "{plan:?}: {report}");
+        assert_eq!(
+            file_names(dir.path()),
+            names_before,
+            "read-only changes nothing"
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! `batpak compact`: merge the sealed segments and, with `--drop-*`
-//! filters, remove (`retention`) or redact (`tombstone`) the events they
-//! match. Needs the store's lock (the owner can compact in-process instead).
+//! `batpak compact`: pack the sealed segments into fewer files and, with
+//! `--drop-*` filters, remove (`retention`) or redact (`tombstone`) the
+//! events they match. Needs the store's lock (the owner can compact in-process instead).
 
 use crate::filter::{parse_category, parse_kind};
 use crate::output::{progress, stdout};
@@ -31,6 +31,10 @@ pub struct Args {
     /// Do nothing unless at least this many sealed segments exist.
     #[arg(long, default_value_t = 2)]
     min_segments: usize,
+    /// Bytes of events one compacted segment holds at most (default: 16
+    /// times the segment size, at most 1 GiB).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    target_segment_bytes: Option<u64>,
     /// Match events of this kind (hex like 0x1007, or decimal).
     #[arg(long, value_parser = parse_kind)]
     drop_kind: Vec<EventKind>,
@@ -103,7 +107,9 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
     };
     let dir = global.store_dir();
     require_store(&dir)?;
-    let store = open_writable(StoreConfig::new(&dir))?;
+    let mut config = StoreConfig::new(&dir);
+    config.compaction_target_bytes = args.target_segment_bytes;
+    let store = open_writable(config)?;
     let before = store.diagnostics().segment_count;
     let spinner = (!global.json).then(|| progress(None, "compacting"));
     let result = store.compact(&CompactionConfig {

@@ -200,6 +200,13 @@ pub struct StoreConfig {
     pub index: IndexConfig,
     /// Clock for event timestamps (µs since the epoch); `None` = system time.
     pub clock: Option<ClockFn>,
+    /// Bytes of event frames one segment written by compaction holds at
+    /// most (its header and footer come on top): adjacent sealed segments
+    /// are packed into one while their frames fit. `None` (the default)
+    /// means 16 × `segment_max_bytes`, at most 1 GiB, but never less than
+    /// `segment_max_bytes`. A segment is never split, so one that is already
+    /// larger stays whole. Allowed: 1 ..= 4 GiB − 1.
+    pub compaction_target_bytes: Option<u64>,
     /// Fault injection for tests (feature `dangerous-test-hooks`); no builder.
     #[cfg(feature = "dangerous-test-hooks")]
     pub fault_injector: Option<Arc<dyn crate::store::fault::FaultInjector>>,
@@ -223,6 +230,7 @@ impl fmt::Debug for StoreConfig {
             .field("sync", &self.sync)
             .field("index", &self.index)
             .field("clock", &self.clock.as_ref().map(|_| "<fn>"))
+            .field("compaction_target_bytes", &self.compaction_target_bytes)
             .finish()
     }
 }
@@ -246,6 +254,7 @@ impl StoreConfig {
             sync: SyncConfig::default(),
             index: IndexConfig::default(),
             clock: None,
+            compaction_target_bytes: None,
             #[cfg(feature = "dangerous-test-hooks")]
             fault_injector: None,
             #[cfg(feature = "dangerous-test-hooks")]
@@ -257,6 +266,12 @@ impl StoreConfig {
     #[must_use]
     pub fn with_segment_max_bytes(mut self, bytes: u64) -> Self {
         self.segment_max_bytes = bytes;
+        self
+    }
+    /// Set `compaction_target_bytes`.
+    #[must_use]
+    pub fn with_compaction_target_bytes(mut self, bytes: u64) -> Self {
+        self.compaction_target_bytes = Some(bytes);
         self
     }
     /// Set `sync.every_n_events`.
@@ -372,6 +387,13 @@ impl StoreConfig {
                 "segment_max_bytes must be 1..={MAX_SEGMENT_BYTES}, got {}",
                 self.segment_max_bytes
             ));
+        }
+        if let Some(t) = self.compaction_target_bytes {
+            if !(1..=MAX_SEGMENT_BYTES).contains(&t) {
+                return bad(format!(
+                    "compaction_target_bytes must be 1..={MAX_SEGMENT_BYTES}, got {t}"
+                ));
+            }
         }
         if self.fd_budget == 0 {
             return bad("fd_budget must be at least 1".into());

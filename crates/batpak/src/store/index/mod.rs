@@ -149,14 +149,23 @@ pub(crate) struct Index {
     undo_base: u32,
 }
 
+/// The id table's hasher, seeded once per process. Event ids are chosen by
+/// callers (an idempotency key becomes the event id), so a fixed mixer would
+/// let a client pick ids that all land in one bucket and make every lookup
+/// and insert walk all of them. Only this in-memory table depends on the
+/// seed: no file stores a hash of an id (the checkpoint's id table is
+/// rebuilt at load).
+///
+/// foldhash (hashbrown's default hasher, which every other map of the index
+/// already uses) hashes a `u128` with two multiplies and has no known
+/// seed-independent collisions.
+static ID_HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
+    std::sync::LazyLock::new(Default::default);
+
 #[inline]
 fn id_hash(id: u128) -> u64 {
-    // UUIDv7 keeps its randomness in the low bits, idempotency keys may be
-    // small counters: mix both halves so every bit reaches the bucket index
-    // and the control byte.
-    let x = (id as u64) ^ ((id >> 64) as u64).rotate_left(29);
-    let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    x ^ (x >> 32)
+    use std::hash::BuildHasher;
+    ID_HASHER.hash_one(id)
 }
 
 impl Index {
@@ -558,5 +567,94 @@ impl Index {
 
     pub(crate) fn query_slots(&self, region: &Region, visible: u32) -> Vec<u32> {
         SlotQuery::range(self, region, 0, visible).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mixer the id table used before it was seeded.
+    fn unseeded_mixer(id: u128) -> u64 {
+        let x = (id as u64) ^ ((id >> 64) as u64).rotate_left(29);
+        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        x ^ (x >> 32)
+    }
+
+    /// Keys a client can choose so that the unseeded mixer gives all of them
+    /// one hash: it folds the high half into the low half with an xor, so
+    /// any high half paired with the low half that cancels it collides.
+    fn colliding_keys(n: u64) -> Vec<u128> {
+        const TARGET: u64 = 0x5eed_f100d;
+        (1..=n)
+            .map(|hi| (u128::from(hi) << 64) | u128::from(TARGET ^ hi.rotate_left(29)))
+            .collect()
+    }
+
+    fn record(id: u128, seq: u64) -> NewRecord<'static> {
+        NewRecord {
+            event_id: id,
+            correlation_id: id,
+            causation_id: None,
+            entity: "flood",
+            scope: "s",
+            kind: EventKind::custom(1, 1),
+            timestamp_us: 0,
+            hlc_counter: 0,
+            clock: seq as u32,
+            event_hash: [0; 32],
+            global_seq: seq,
+            segment_id: 1,
+            offset: 32 + seq * 100,
+            length: 100,
+        }
+    }
+
+    /// Key comparisons made while looking every key up once.
+    fn comparisons(table: &HashTable<u32>, keys: &[u128], hash: impl Fn(u128) -> u64) -> u64 {
+        let mut compared = 0;
+        for (slot, &key) in keys.iter().enumerate() {
+            let found = table.find(hash(key), |&s| {
+                compared += 1;
+                keys[s as usize] == key
+            });
+            assert_eq!(found, Some(&(slot as u32)));
+        }
+        compared
+    }
+
+    #[test]
+    fn keys_colliding_under_a_fixed_mixer_stay_one_comparison_away() {
+        let n = 4000u64;
+        let keys = colliding_keys(n);
+        let first = unseeded_mixer(keys[0]);
+        assert!(keys.iter().all(|&k| unseeded_mixer(k) == first));
+
+        let mut index = Index::new();
+        for (seq, &key) in keys.iter().enumerate() {
+            index.insert(&record(key, seq as u64)).unwrap();
+        }
+        for (slot, &key) in keys.iter().enumerate() {
+            assert_eq!(index.slot_of(key), Some(slot as u32));
+        }
+        let seeded = comparisons(&index.by_id, &keys, id_hash);
+
+        // The same keys in a table hashed by the fixed mixer: every lookup
+        // compares against the keys inserted before it.
+        let mut fixed = HashTable::new();
+        for slot in 0..keys.len() as u32 {
+            fixed.insert_unique(unseeded_mixer(keys[slot as usize]), slot, |&s| {
+                unseeded_mixer(keys[s as usize])
+            });
+        }
+        let flooded = comparisons(&fixed, &keys, unseeded_mixer);
+
+        assert!(
+            flooded >= n * n / 2,
+            "the fixed mixer is flooded: {flooded}"
+        );
+        // One comparison per lookup, plus the rare false match of the 7-bit
+        // control byte within a probed group.
+        assert!(seeded <= n + n / 4, "{seeded} comparisons for {n} lookups");
     }
 }

@@ -17,23 +17,31 @@ use crate::store::format::segment::{segment_file_name, SegmentHeader};
 use crate::store::StoreError;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A segment being written whole under its temporary name.
+/// A segment being written whole under a temporary name. Its id is settled
+/// only when it is finished (compaction names an output after the last
+/// input it packs, which it knows only then): until then the file is named
+/// after, and its header names, the id it was created with.
 pub(crate) struct SegmentWriter {
-    id: u64,
+    dir: PathBuf,
+    created_as: u64,
+    created_us: i64,
     out: BufWriter<File>,
     len: u64,
 }
 
 impl SegmentWriter {
-    /// Start the replacement of segment `id`.
+    /// Start a segment file named (for now) after segment `id`.
     pub(crate) fn create(dir: &Path, id: u64, created_us: i64) -> Result<Self, StoreError> {
         let path = dir.join(output_file_name(id));
         let file = File::create(&path)?;
         let mut w = Self {
-            id,
+            dir: dir.to_path_buf(),
+            created_as: id,
+            created_us,
             out: BufWriter::with_capacity(1 << 20, file),
             len: 0,
         };
@@ -45,10 +53,6 @@ impl SegmentWriter {
             .encode(),
         )?;
         Ok(w)
-    }
-
-    pub(crate) fn id(&self) -> u64 {
-        self.id
     }
 
     /// Bytes written so far (the offset of the next frame).
@@ -64,10 +68,25 @@ impl SegmentWriter {
         Ok(at)
     }
 
-    /// Flush and sync the file; returns its length.
-    pub(crate) fn finish(self) -> Result<u64, StoreError> {
+    /// Settle the segment's id (its header and temporary name), flush and
+    /// sync the file; returns its length.
+    pub(crate) fn finish_as(self, id: u64) -> Result<u64, StoreError> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        if id != self.created_as {
+            let header = SegmentHeader {
+                segment_id: id,
+                created_us: self.created_us,
+            };
+            file.write_all_at(&header.encode(), 0)?;
+        }
         file.sync_all()?;
+        if id != self.created_as {
+            // Made durable with the directory when the intent is written.
+            std::fs::rename(
+                self.dir.join(output_file_name(self.created_as)),
+                self.dir.join(output_file_name(id)),
+            )?;
+        }
         Ok(self.len)
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Segment {
     /// (`Arc`) so a sync or growth step in progress keeps it open while
     /// [`Segment::close_descriptor`] lets go of it.
     file: parking_lot::Mutex<Option<Arc<File>>>,
+    /// The file's (device, inode), to tell whether its name still names it.
+    identity: (u64, u64),
     map: MmapRaw,
     /// Current file length. Only bytes below it are backed by the file, so no
     /// access may reach past it (that would fault); it only grows while mapped.
@@ -90,11 +92,14 @@ impl Segment {
         access: MapAccess,
         prealloc: Prealloc,
     ) -> Result<Self, StoreError> {
+        use std::os::unix::fs::MetadataExt;
         let (map_writable, keep_descriptor) = match access {
             MapAccess::Read => (false, false),
+            MapAccess::Follow => (false, true),
             MapAccess::Write(writes) => (writes == FrameWrites::Mapped, true),
         };
-        let file_len = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let file_len = meta.len();
         let capacity = capacity.max(file_len).max(1);
         let len = usize::try_from(capacity)
             .map_err(|_| StoreError::corrupt(id, "segment larger than the address space"))?;
@@ -109,6 +114,7 @@ impl Segment {
             id,
             path: path.to_path_buf(),
             file: parking_lot::Mutex::new(keep_descriptor.then(|| Arc::new(file))),
+            identity: (meta.dev(), meta.ino()),
             map,
             file_len: AtomicU64::new(file_len),
             prealloc,
@@ -126,6 +132,17 @@ impl Segment {
     pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
         let file = File::open(path)?;
         Self::map(id, path, file, 0, MapAccess::Read, Prealloc::Reserve)
+    }
+
+    /// Map the segment a read-only handle follows (its owner may still be
+    /// writing it): like [`Segment::open_read_only`], but the descriptor
+    /// stays open, so that if a compaction replaces the file under its name,
+    /// the rest of this file can still be read ([`Segment::remap_read_only`]).
+    /// A handle follows one segment at a time and closes the descriptor when
+    /// it moves on.
+    pub(crate) fn open_followed(path: &Path, id: u64) -> Result<Self, StoreError> {
+        let file = File::open(path)?;
+        Self::map(id, path, file, 0, MapAccess::Follow, Prealloc::Reserve)
     }
 
     /// The descriptor, if the segment still has one.
@@ -147,6 +164,36 @@ impl Segment {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether `path` names the file this segment maps (compaction replaces
+    /// a segment's file under the same name).
+    pub(crate) fn is_file_at(&self, path: &Path) -> Result<bool, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok((m.dev(), m.ino()) == self.identity),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The same file mapped afresh, read-only, for its current length (it
+    /// may have grown since; its name may now be another file's or gone).
+    /// Needs the descriptor a followed segment keeps; the new map keeps none.
+    pub(crate) fn remap_read_only(&self) -> Result<Self, StoreError> {
+        let file = self.descriptor().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other(
+                "a replaced segment was not followed with a descriptor",
+            ))
+        })?;
+        Self::map(
+            self.id,
+            &self.path,
+            file.try_clone()?,
+            0,
+            MapAccess::Read,
+            Prealloc::Reserve,
+        )
     }
 
     pub(crate) fn file_len(&self) -> u64 {
@@ -566,12 +613,14 @@ impl ActiveSegment {
     }
 }
 
-/// How a segment is mapped: for reading only (no descriptor kept), or as
-/// the writer's segment (descriptor kept; the map itself writable only when
+/// How a segment is mapped: for reading only (no descriptor kept, or one
+/// kept while a read-only handle follows it), or as the writer's segment (descriptor kept; the map itself writable only when
 /// frames are copied into it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MapAccess {
     Read,
+    /// Read-only, keeping the descriptor (the segment a follower reads).
+    Follow,
     Write(FrameWrites),
 }
 

@@ -1,12 +1,24 @@
-//! Compaction (SPEC §5.4): rewrite the sealed segments, merging them and
-//! removing (`Retention`) or redacting (`Tombstone`) the events a predicate
-//! rejects, while appends continue in the active segment.
+//! Compaction (SPEC §5.4): rewrite sealed segments, packing them into fewer
+//! files and removing (`Retention`) or redacting (`Tombstone`) the events a
+//! predicate rejects, while appends continue in the active segment.
 //!
 //! The protocol that makes it crash-atomic is in `format::intent`; the file
-//! mechanics are in `log::rewrite`. This module decides what happens to each
-//! frame, streams the survivors into the new segments, and finally swaps the
-//! new segments and positions in under the index write lock (the only moment
-//! readers wait). It never touches the active segment.
+//! mechanics are in `log::rewrite`. This module decides which segments are
+//! rewritten and what happens to each frame, streams the survivors into the
+//! new segments, and finally swaps the new segments and positions in under
+//! the index write lock (the only moment readers wait). It never touches the
+//! active segment.
+//!
+//! Packing (ADR 0016): outputs hold up to a target of event-frame bytes
+//! ([`StoreConfig::compaction_target_bytes`](crate::store::StoreConfig::compaction_target_bytes)) and are cut only between
+//! input segments. `Merge` rewrites only runs of adjacent sealed segments
+//! that fit one output together; a segment that fits with neither
+//! neighbour is left alone, so a second `Merge` does nothing. `Retention`
+//! and `Tombstone` must apply their predicate to every sealed segment, so
+//! they rewrite all of them, packing the survivors the same way. Each output
+//! takes the id of the last input it packs, so segment ids stay in the order
+//! of the events in them, and the newest sealed segment keeps its id (what a
+//! read-only handle following the owner was reading).
 //!
 //! Survivors keep their event ids, global sequences, clocks and hashes, so
 //! cursors, projection watermarks and hash chains stay valid. Removed events
@@ -16,13 +28,14 @@
 
 use super::seal::FooterBuilder;
 use crate::event::StoredEvent;
+use crate::store::config::StoreConfig;
 use crate::store::fault::InjectionPoint;
 use crate::store::format::footer;
 use crate::store::format::frame::{after_damage, probe, AfterDamage, Probe};
 use crate::store::format::intent::{Intent, REMOVED_NEXT_FILE};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::{self, RemovedEntry};
-use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{DiskPos, Fate};
 use crate::store::log::rewrite::{self, SegmentWriter};
 use crate::store::log::Segment;
@@ -75,6 +88,24 @@ impl Default for CompactionConfig {
     }
 }
 
+/// How many segments of `segment_max_bytes` the default target packs.
+const DEFAULT_PACKING: u64 = 16;
+/// Largest default target: a compacted segment's rewrite (by a later
+/// `Retention`) and its memory map stay moderate.
+const DEFAULT_TARGET_CAP: u64 = 1 << 30;
+
+/// The event-frame bytes one output may hold (`StoreConfig::compaction_target_bytes`,
+/// validated at open, or the default for segments of `segment_max_bytes`).
+fn target(config: &StoreConfig) -> u64 {
+    config.compaction_target_bytes.unwrap_or_else(|| {
+        config
+            .segment_max_bytes
+            .saturating_mul(DEFAULT_PACKING)
+            .min(DEFAULT_TARGET_CAP)
+            .max(config.segment_max_bytes)
+    })
+}
+
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactionResult {
@@ -112,27 +143,34 @@ pub(crate) fn compact(
     config: &CompactionConfig,
 ) -> Result<CompactionResult, StoreError> {
     let writer = shared.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+    let target = target(&shared.config);
     shared.durability.check()?;
     let _maintenance = shared.maintenance.lock();
     // Under the writer lock no append is half-done: every frame of a sealed
     // segment is now either indexed or the remains of a failed append.
     let active_id = writer.lock().active.segment().id();
-    let inputs: Vec<Arc<Segment>> = shared
+    let sealed: Vec<Arc<Segment>> = shared
         .log
         .segment_ids()
         .into_iter()
         .filter(|&id| id < active_id)
         .filter_map(|id| shared.log.segment(id))
         .collect();
-    if inputs.is_empty() || inputs.len() < config.min_segments {
+    if sealed.is_empty() || sealed.len() < config.min_segments {
+        return Ok(CompactionResult::default());
+    }
+    let runs = plan(&sealed, &config.strategy, target);
+    if runs.is_empty() {
         return Ok(CompactionResult::default());
     }
     let mut run = Run {
         shared,
         config,
-        ids: inputs.iter().map(|s| s.id()).collect(),
+        target,
+        inputs: Vec::new(),
         outputs: Vec::new(),
         current: None,
+        last_input: 0,
         footer: FooterBuilder::default(),
         fates: Vec::new(),
         removed: Vec::new(),
@@ -141,12 +179,12 @@ pub(crate) fn compact(
         scratch: Vec::new(),
         created_us: 0,
     };
-    if let Err(e) = run.rewrite(&inputs) {
+    if let Err(e) = runs.iter().try_for_each(|r| run.rewrite(r)) {
         run.abandon();
         return Err(e);
     }
     let Run {
-        ids,
+        inputs,
         outputs,
         fates,
         removed,
@@ -154,6 +192,14 @@ pub(crate) fn compact(
         ..
     } = run;
     let dir = shared.log.dir();
+    // The inputs' lengths on disk (a footer the sealer appended after the
+    // segment was mapped is not in its mapping's length).
+    let before: u64 = inputs
+        .iter()
+        .map(|s| {
+            std::fs::metadata(dir.join(segment_file_name(s.id()))).map_or(s.file_len(), |m| m.len())
+        })
+        .sum();
     let events_removed = removed.len() as u64;
     let rewrites_history = events_removed > 0 || tombstoned > 0;
     let epoch = shared.history_epoch() + u64::from(rewrites_history);
@@ -170,11 +216,16 @@ pub(crate) fn compact(
         let _ = rewrite::discard_temporaries(dir);
         return Err(e);
     }
-    // Outputs take over the inputs' ids in order; the ids left over go.
+    // Each output took the id of one of its inputs; the other inputs go.
+    let output_ids: Vec<u64> = outputs.iter().map(|o| o.0).collect();
     let intent = Intent {
         removed_record: rewrites_history,
-        outputs: outputs.iter().map(|o| o.0).collect(),
-        deleted: ids[outputs.len()..].to_vec(),
+        deleted: inputs
+            .iter()
+            .map(|s| s.id())
+            .filter(|id| output_ids.binary_search(id).is_err())
+            .collect(),
+        outputs: output_ids,
     };
     if let Err(e) = rewrite::commit(dir, &intent) {
         // Whether the intent reached the disk is unknown: open decides
@@ -222,7 +273,6 @@ pub(crate) fn compact(
             .epoch
             .store(epoch, std::sync::atomic::Ordering::Release);
     }
-    let before: u64 = inputs.iter().map(|s| s.file_len()).sum();
     let after: u64 = outputs.iter().map(|o| o.1).sum();
     Ok(CompactionResult {
         segments_removed: intent.deleted.len(),
@@ -232,15 +282,68 @@ pub(crate) fn compact(
     })
 }
 
+/// Bytes of event frames in `seg` (where its footer starts), or an upper
+/// bound when it has no footer yet. Only plans the packing: nothing relies
+/// on it being exact.
+fn frame_bytes(seg: &Segment) -> u64 {
+    let bytes = seg.bytes();
+    let end = footer::content_end(bytes);
+    let frames_end = footer::locate_before(bytes, end)
+        .filter(|&at| at <= end as u64)
+        .unwrap_or(end as u64);
+    seg.release_pages();
+    frames_end.saturating_sub(SEGMENT_HEADER_LEN as u64)
+}
+
+/// The runs of adjacent sealed segments to rewrite, in order. `Retention`
+/// and `Tombstone` visit every sealed segment. `Merge` packs greedily:
+/// adjacent segments join one group while their frames fit `target`
+/// together, and a group of one has nothing to merge with, so it is left
+/// alone. A merged group's frames are exactly its inputs' (less any remains
+/// of failed appends), so each neighbour of a merged segment still does not
+/// fit beside it: a second `Merge` finds only groups of one.
+fn plan(
+    sealed: &[Arc<Segment>],
+    strategy: &CompactionStrategy,
+    target: u64,
+) -> Vec<Vec<Arc<Segment>>> {
+    if !matches!(strategy, CompactionStrategy::Merge) {
+        return vec![sealed.to_vec()];
+    }
+    let mut runs = Vec::new();
+    let mut group: Vec<Arc<Segment>> = Vec::new();
+    let mut group_bytes = 0u64;
+    for seg in sealed {
+        let bytes = frame_bytes(seg);
+        if !group.is_empty() && group_bytes.saturating_add(bytes) > target {
+            if group.len() > 1 {
+                runs.push(std::mem::take(&mut group));
+            }
+            group.clear();
+            group_bytes = 0;
+        }
+        group.push(seg.clone());
+        group_bytes = group_bytes.saturating_add(bytes);
+    }
+    if group.len() > 1 {
+        runs.push(group);
+    }
+    runs
+}
+
 /// One compaction's state while it writes.
 struct Run<'s, 'a> {
     shared: &'s Shared,
     config: &'s CompactionConfig,
-    /// Input segment ids, ascending: the outputs take them over in order.
-    ids: Vec<u64>,
-    /// Finished outputs: (id, file length).
+    /// Event-frame bytes an output may hold before it is cut.
+    target: u64,
+    /// Every input rewritten so far, in order.
+    inputs: Vec<Arc<Segment>>,
+    /// Finished outputs: (id, file length), ids ascending.
     outputs: Vec<(u64, u64)>,
-    current: Option<SegmentWriter>,
+    current: Option<Output>,
+    /// Id of the input being read (or last read).
+    last_input: u64,
     footer: FooterBuilder<'a>,
     fates: Vec<(u32, Fate)>,
     removed: Vec<RemovedEntry>,
@@ -252,58 +355,85 @@ struct Run<'s, 'a> {
     created_us: i64,
 }
 
+/// The output being written.
+struct Output {
+    writer: SegmentWriter,
+    /// Where its events' fates start in `Run::fates` (their positions get
+    /// the output's id when it is finished).
+    first_fate: usize,
+}
+
 impl<'a> Run<'_, 'a> {
-    fn rewrite(&mut self, inputs: &'a [Arc<Segment>]) -> Result<(), StoreError> {
-        for seg in inputs {
-            // An output keeps the creation time of the input it starts in.
-            self.created_us = SegmentHeader::decode(seg.bytes())
-                .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
-            let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
-            let bytes: &'a [u8] = seg.bytes();
-            let mut pos = SEGMENT_HEADER_LEN;
-            loop {
-                match probe(bytes, pos) {
-                    Probe::End => break,
-                    Probe::Frame { body, .. } if footer::is_footer(body) => break,
-                    Probe::Frame { body, len } => {
-                        match decode_event(body) {
-                            Ok(rec) => chunk.push((pos as u64, &bytes[pos..pos + len], rec)),
-                            Err(e) => tracing::warn!(
-                                segment_id = seg.id(),
-                                offset = pos,
-                                error = %e,
-                                "batpak: compaction drops an undecodable frame"
-                            ),
-                        }
-                        pos += len;
-                        if chunk.len() == LOOKUP_CHUNK {
-                            self.decide(seg.id(), &mut chunk)?;
-                        }
-                    }
-                    Probe::Damaged(e) => {
-                        let next = match after_damage(bytes, pos) {
-                            // The footer is rewritten anyway.
-                            AfterDamage::TornFooter => break,
-                            AfterDamage::Resume(next) => next,
-                            AfterDamage::TornTail => bytes.len(),
-                        };
-                        tracing::warn!(
+    /// Rewrite one run of adjacent sealed segments. Outputs are cut only
+    /// between inputs, before an input whose frames would take the current
+    /// output past the target, and each is named after the last input read
+    /// into it: so outputs take distinct input ids, in order.
+    fn rewrite(&mut self, run: &'a [Arc<Segment>]) -> Result<(), StoreError> {
+        for seg in run {
+            if let Some(out) = &self.current {
+                let frames = out.writer.len() - SEGMENT_HEADER_LEN as u64;
+                if frames.saturating_add(frame_bytes(seg)) > self.target {
+                    self.finish_output()?;
+                }
+            }
+            self.inputs.push(seg.clone());
+            self.last_input = seg.id();
+            self.read_input(seg)?;
+        }
+        // A batch still open continues after this run (in a segment left
+        // alone, or the active one, which is not compacted): its members
+        // keep their batch marks, so none may go.
+        self.flush_batch(true)?;
+        self.finish_output()
+    }
+
+    /// Decide and write every indexed event of `seg`.
+    fn read_input(&mut self, seg: &'a Arc<Segment>) -> Result<(), StoreError> {
+        // An output keeps the creation time of the input it starts in.
+        self.created_us = SegmentHeader::decode(seg.bytes())
+            .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
+        let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
+        let bytes: &'a [u8] = seg.bytes();
+        let mut pos = SEGMENT_HEADER_LEN;
+        loop {
+            match probe(bytes, pos) {
+                Probe::End => break,
+                Probe::Frame { body, .. } if footer::is_footer(body) => break,
+                Probe::Frame { body, len } => {
+                    match decode_event(body) {
+                        Ok(rec) => chunk.push((pos as u64, &bytes[pos..pos + len], rec)),
+                        Err(e) => tracing::warn!(
                             segment_id = seg.id(),
                             offset = pos,
                             error = %e,
-                            "batpak: compaction drops a damaged region (recovery never served it)"
-                        );
-                        pos = next;
+                            "batpak: compaction drops an undecodable frame"
+                        ),
+                    }
+                    pos += len;
+                    if chunk.len() == LOOKUP_CHUNK {
+                        self.decide(seg.id(), &mut chunk)?;
                     }
                 }
+                Probe::Damaged(e) => {
+                    let next = match after_damage(bytes, pos) {
+                        // The footer is rewritten anyway.
+                        AfterDamage::TornFooter => break,
+                        AfterDamage::Resume(next) => next,
+                        AfterDamage::TornTail => bytes.len(),
+                    };
+                    tracing::warn!(
+                        segment_id = seg.id(),
+                        offset = pos,
+                        error = %e,
+                        "batpak: compaction drops a damaged region (recovery never served it)"
+                    );
+                    pos = next;
+                }
             }
-            self.decide(seg.id(), &mut chunk)?;
-            seg.release_pages();
         }
-        // A batch still open continues in the active segment, which is not
-        // compacted: its members keep their batch marks, so none may go.
-        self.flush_batch(true)?;
-        self.finish_output()
+        self.decide(seg.id(), &mut chunk)?;
+        seg.release_pages();
+        Ok(())
     }
 
     /// Look `chunk` up in the index, decide each event's fate and write it.
@@ -453,13 +583,16 @@ impl<'a> Run<'_, 'a> {
             .current
             .as_mut()
             .ok_or_else(|| StoreError::Configuration("compaction output missing".into()))?;
-        let offset = out.write(if encoded { &self.scratch } else { frame })?;
+        let offset = out
+            .writer
+            .write(if encoded { &self.scratch } else { frame })?;
         self.footer.push(offset, len as usize, &rec);
         self.fates.push((
             slot,
             Fate::Moved {
+                // The output's id is settled when it is finished.
                 pos: DiskPos {
-                    segment_id: out.id(),
+                    segment_id: 0,
                     offset,
                     length: len as u32,
                 },
@@ -469,43 +602,39 @@ impl<'a> Run<'_, 'a> {
         Ok(())
     }
 
-    /// Make sure the current output can take `len` more bytes, finishing it
-    /// and starting the next when it is full. Outputs take the input ids in
-    /// order; when they run out, the last output grows past the size limit.
+    /// Make sure there is an output that can take `len` more bytes (an
+    /// output is only cut between inputs, in `rewrite`).
     fn make_room(&mut self, len: u64) -> Result<(), StoreError> {
-        let max = self.shared.config.segment_max_bytes;
         if let Some(out) = &self.current {
-            let fits = out.len() + len <= max || out.len() == SEGMENT_HEADER_LEN as u64;
-            let ids_left = self.outputs.len() + 1 < self.ids.len();
-            if fits || !ids_left {
-                if out.len() + len > MAX_SEGMENT_BYTES {
-                    return Err(StoreError::CapacityExhausted(format!(
-                        "compacted segment {} would exceed {MAX_SEGMENT_BYTES} bytes",
-                        out.id()
-                    )));
-                }
-                return Ok(());
+            if out.writer.len() + len > MAX_SEGMENT_BYTES {
+                return Err(StoreError::CapacityExhausted(format!(
+                    "a compacted segment would exceed {MAX_SEGMENT_BYTES} bytes; lower compaction_target_bytes"
+                )));
             }
-            self.finish_output()?;
+            return Ok(());
         }
-        let id = self.ids[self.outputs.len()];
-        self.current = Some(SegmentWriter::create(
-            self.shared.log.dir(),
-            id,
-            self.created_us,
-        )?);
+        self.current = Some(Output {
+            writer: SegmentWriter::create(self.shared.log.dir(), self.last_input, self.created_us)?,
+            first_fate: self.fates.len(),
+        });
         Ok(())
     }
 
-    /// Footer, sync, done.
+    /// Footer, sync, done: the output takes the id of the last input read
+    /// into it.
     fn finish_output(&mut self) -> Result<(), StoreError> {
         let Some(mut out) = self.current.take() else {
             return Ok(());
         };
-        let footer = std::mem::take(&mut self.footer).encode(out.id(), out.len());
-        out.write(&footer)?;
-        let id = out.id();
-        let len = out.finish()?;
+        let id = self.last_input;
+        let footer = std::mem::take(&mut self.footer).encode(id, out.writer.len());
+        out.writer.write(&footer)?;
+        let len = out.writer.finish_as(id)?;
+        for (_, fate) in &mut self.fates[out.first_fate..] {
+            if let Fate::Moved { pos, .. } = fate {
+                pos.segment_id = id;
+            }
+        }
         self.outputs.push((id, len));
         self.shared.fault(InjectionPoint::CompactionSegmentWritten)
     }

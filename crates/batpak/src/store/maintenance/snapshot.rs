@@ -12,8 +12,9 @@
 //! directory beside it.
 
 use crate::store::fault::InjectionPoint;
+use crate::store::format::footer;
 use crate::store::format::removed::REMOVED_FILE;
-use crate::store::format::segment::segment_file_name;
+use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::log::rewrite::write_synced;
 use crate::store::log::{sync_dir, Segment};
 use crate::store::{Shared, StoreError};
@@ -26,6 +27,11 @@ struct Part {
     segment: Arc<Segment>,
     /// Copy only this many bytes (the active segment); `None` = the whole file.
     upto: Option<u64>,
+    /// Copy the frames from here on (after the header): a read-only handle
+    /// that followed its owner across a compaction began reading an output
+    /// past the frames it had read from the segments that output replaced,
+    /// and copies each frame once.
+    from: u64,
 }
 
 pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
@@ -53,7 +59,21 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                     let seg = &part.segment;
                     let end = upto.map_or(seg.file_len(), |u| u.min(seg.file_len()));
                     seg.check_range(0, end)?;
-                    write_synced(&staging, &name, seg.slice(0, end))?;
+                    let bytes = seg.slice(0, end);
+                    let end = bytes.len();
+                    let from = part.from as usize;
+                    if from > SEGMENT_HEADER_LEN && from <= end {
+                        // The header, then the frames this handle indexed
+                        // from this file; not the footer (its offsets name
+                        // the frames left out), so the copy's open scans it.
+                        let frames_end =
+                            footer::locate(bytes).map_or(end, |at| (at as usize).clamp(from, end));
+                        let mut copy = bytes[..SEGMENT_HEADER_LEN].to_vec();
+                        copy.extend_from_slice(&bytes[from..frames_end]);
+                        write_synced(&staging, &name, &copy)?;
+                    } else {
+                        write_synced(&staging, &name, bytes)?;
+                    }
                 }
             }
         }
@@ -149,6 +169,7 @@ fn commit_point(shared: &Shared) -> Result<Vec<Part>, StoreError> {
     };
     // Everything up to that point becomes durable before it is copied.
     shared.sync_all_written()?;
+    let follow = shared.follow.lock();
     Ok(shared
         .log
         .segment_ids()
@@ -157,6 +178,9 @@ fn commit_point(shared: &Shared) -> Result<Vec<Part>, StoreError> {
         .filter_map(|id| shared.log.segment(id))
         .map(|segment| Part {
             upto: (segment.id() == newest).then_some(end),
+            from: follow
+                .as_ref()
+                .map_or(SEGMENT_HEADER_LEN as u64, |f| f.read_from(segment.id())),
             segment,
         })
         .collect())

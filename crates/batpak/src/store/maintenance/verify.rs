@@ -41,11 +41,12 @@ use crate::store::format::footer::{self, Footer, FooterEntry, TRAILER_LEN};
 use crate::store::format::frame::{
     after_damage, all_zero, decode_frame, probe, AfterDamage, Probe,
 };
+use crate::store::format::intent::Intent;
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::{self, REMOVED_FILE};
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::format::{chain, FormatError};
-use crate::store::log::{map_whole_file, Segment, SegmentListing};
+use crate::store::log::{map_whole_file, rewrite, Segment, SegmentListing};
 use crate::store::recovery::RemovedPredecessors;
 use crate::store::{Shared, StoreError};
 use std::collections::BTreeMap;
@@ -181,14 +182,27 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, StoreError> {
         None => None,
     };
     let dir = shared.log.dir();
-    let targets = collect_targets(shared, dir, active)?;
-    let removed = load_removed(dir, &targets)?;
+    // A read-only handle reads a compaction its owner committed but has not
+    // installed yet as finished, as its open did: the files the intent
+    // replaces or deletes, and the checkpoint it deletes, are not the
+    // store's any more. (A writable store installs it at open.)
+    let pending = match shared.writer {
+        Some(_) => None,
+        None => rewrite::pending_intent(dir)?,
+    };
+    let targets = collect_targets(shared, dir, active, pending.as_ref())?;
+    let removed_path = pending.as_ref().map_or_else(
+        || dir.join(REMOVED_FILE),
+        |intent| rewrite::pending_removed_path(dir, intent),
+    );
+    let removed = load_removed(removed_path, &targets)?;
+    let pending = pending.is_some();
     let (walk, hash_problems, checkpoint) = std::thread::scope(|s| {
         let targets = &targets;
         // The checkpoint's records are checked beside the walk.
         let checkpoint = std::thread::Builder::new()
             .name("batpak-verify-checkpoint".into())
-            .spawn_scoped(s, move || check_checkpoint(dir, targets));
+            .spawn_scoped(s, move || check_checkpoint(dir, targets, pending));
         let (tx, rx) = flume::bounded::<HashJob<'_>>(8);
         let hasher = {
             let rx = rx.clone();
@@ -213,7 +227,7 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, StoreError> {
         }
         let checkpoint = match checkpoint {
             Ok(h) => join(h),
-            Err(_) => check_checkpoint(dir, targets),
+            Err(_) => check_checkpoint(dir, targets, pending),
         };
         (walk, problems, checkpoint)
     });
@@ -270,19 +284,31 @@ impl Target {
     }
 }
 
-/// Every segment of the store: those registered in the log and any other
-/// segment file in the directory (up to the active segment of a writable store).
+/// Every segment of the store: those registered in the log (of a writable
+/// store) and every segment file in the directory (up to the active segment
+/// of a writable store).
 fn collect_targets(
     shared: &Shared,
     dir: &Path,
     active: Option<(u64, u64)>,
+    pending: Option<&Intent>,
 ) -> Result<Vec<Target>, StoreError> {
     let mut ids: BTreeMap<u64, Option<PathBuf>> = BTreeMap::new();
-    for id in shared.log.segment_ids() {
-        ids.insert(id, None);
+    // A read-only handle checks the files as they are: the owner may have
+    // compacted away segments the handle still maps.
+    if shared.writer.is_some() {
+        for id in shared.log.segment_ids() {
+            ids.insert(id, None);
+        }
     }
     for (id, path) in SegmentListing::read(dir)?.segments {
         ids.insert(id, Some(path));
+    }
+    if let Some(intent) = pending {
+        ids = ids
+            .into_keys()
+            .filter_map(|id| Some((id, Some(rewrite::pending_segment_path(dir, intent, id)?))))
+            .collect();
     }
     let mut targets = Vec::with_capacity(ids.len());
     for (id, path) in ids {
@@ -322,8 +348,7 @@ struct LoadedRemoved {
     problems: Vec<VerifyProblem>,
 }
 
-fn load_removed(dir: &Path, targets: &[Target]) -> Result<LoadedRemoved, StoreError> {
-    let path = dir.join(REMOVED_FILE);
+fn load_removed(path: PathBuf, targets: &[Target]) -> Result<LoadedRemoved, StoreError> {
     let mut out = LoadedRemoved {
         links: RemovedPredecessors::default(),
         problems: Vec::new(),
@@ -987,7 +1012,16 @@ fn find_target(targets: &[Target], id: u64) -> Option<usize> {
 
 /// Decode the checkpoint, if there is one, and check each record against
 /// the frame it points at. Runs beside the walk.
-fn check_checkpoint(dir: &Path, targets: &[Target]) -> Result<LoadedCheckpoint, StoreError> {
+/// `pending`: a compaction is committed, so the checkpoint is about to be
+/// deleted and does not describe the store.
+fn check_checkpoint(
+    dir: &Path,
+    targets: &[Target],
+    pending: bool,
+) -> Result<LoadedCheckpoint, StoreError> {
+    if pending {
+        return Ok(LoadedCheckpoint::Absent);
+    }
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match map_whole_file(&path) {
         Ok(b) => b,

@@ -534,12 +534,26 @@ pub(crate) struct Follow {
     sealed: bool,
     batch: Vec<Owned>,
     max_seq: Option<u64>,
+    /// Compaction outputs this handle began reading past their first
+    /// frames (it had read those from the segments they replaced): id and
+    /// offset of the first frame it indexed.
+    read_from: Vec<(u64, u64)>,
 }
 
 impl Follow {
     /// The segment and offset up to which frames have been read.
     pub(crate) fn position(&self) -> (u64, u64) {
         (self.segment_id, self.offset)
+    }
+
+    /// Where this handle began indexing segment `id`'s frames: after the
+    /// header, unless `id` is a compaction output whose first frames it had
+    /// read elsewhere.
+    pub(crate) fn read_from(&self, id: u64) -> u64 {
+        self.read_from
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map_or(SEGMENT_HEADER_LEN as u64, |(_, at)| *at)
     }
 }
 
@@ -571,8 +585,14 @@ pub(crate) fn follow_up(
     let newest = listing.segments.last().map(|s| s.0);
     let result = (|| {
         let first = follow.segment_id;
+        finish_if_replaced(log, &listing, &mut asm, follow)?;
         for (id, path) in listing.segments.iter().filter(|(id, _)| *id >= first) {
             if *id > follow.segment_id {
+                // Moving on: the segment left behind is sealed, and read
+                // through its map alone from now on.
+                if let Some(prev) = log.segment(follow.segment_id) {
+                    prev.close_descriptor();
+                }
                 follow.segment_id = *id;
                 follow.offset = SEGMENT_HEADER_LEN as u64;
                 follow.sealed = false;
@@ -582,12 +602,23 @@ pub(crate) fn follow_up(
             // Map the file as it is now (it may have grown since). A file
             // shorter than a header is being created; one that vanished
             // was a creation cut short, which the owner is redoing.
-            let seg = match Segment::open_read_only(path, *id) {
+            let open = if Some(*id) == newest {
+                Segment::open_followed
+            } else {
+                Segment::open_read_only
+            };
+            let seg = match open(path, *id) {
                 Ok(seg) if seg.file_len() >= SEGMENT_HEADER_LEN as u64 => seg,
                 Ok(_) => break,
                 Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(e) => return Err(e),
             };
+            if follow.offset == SEGMENT_HEADER_LEN as u64 {
+                follow.offset = first_unseen(seg.bytes(), asm.max_seq);
+                if follow.offset > SEGMENT_HEADER_LEN as u64 {
+                    follow.read_from.push((*id, follow.offset));
+                }
+            }
             let end = asm.scan(&seg, follow.offset, Some(*id) == newest);
             seg.release_pages();
             log.register(Arc::new(seg));
@@ -604,6 +635,65 @@ pub(crate) fn follow_up(
     follow.batch = std::mem::take(&mut asm.batch);
     *index = asm.index;
     result.map(|()| added)
+}
+
+/// The owner may have compacted the segment this handle was reading since
+/// the last look: replaced its file (the output of a merge took its id) or
+/// deleted it. Compaction only takes sealed segments, so the file this
+/// handle mapped is complete: read the rest of it through the handle's own
+/// descriptor, so the positions already indexed and the new ones name the
+/// same bytes. Later segments are then read from the directory; an output
+/// among them may repeat frames read here (see [`first_unseen`]).
+fn finish_if_replaced(
+    log: &Log,
+    listing: &SegmentListing,
+    asm: &mut Assembly,
+    follow: &mut Follow,
+) -> Result<(), StoreError> {
+    if follow.sealed {
+        return Ok(());
+    }
+    let Some(mine) = log.segment(follow.segment_id) else {
+        return Ok(());
+    };
+    let path = listing
+        .segments
+        .iter()
+        .find(|(id, _)| *id == follow.segment_id)
+        .map(|(_, p)| p);
+    if let Some(path) = path {
+        if mine.is_file_at(path)? {
+            return Ok(());
+        }
+    }
+    let seg = mine.remap_read_only()?;
+    // Sealed (compaction takes only sealed segments): damage is damage.
+    let end = asm.scan(&seg, follow.offset, false);
+    seg.release_pages();
+    log.register(Arc::new(seg));
+    follow.offset = end.end;
+    // Nothing is written to a replaced file again (whether or not the
+    // sealer got to write its footer).
+    follow.sealed = true;
+    Ok(())
+}
+
+/// Where the frames of a segment this handle has not read before start
+/// being new to it: a compaction output packs the frames of the segments
+/// it replaced, and this handle may have indexed some of them already
+/// (their sequences are at most `max_seq`). Frames are in sequence order.
+fn first_unseen(bytes: &[u8], max_seq: Option<u64>) -> u64 {
+    let mut pos = SEGMENT_HEADER_LEN;
+    let Some(max_seq) = max_seq else {
+        return pos as u64;
+    };
+    while let Probe::Frame { body, len } = probe(bytes, pos) {
+        match decode_event(body) {
+            Ok(rec) if !footer::is_footer(body) && rec.global_seq <= max_seq => pos += len,
+            _ => break,
+        }
+    }
+    pos as u64
 }
 
 struct ScanEnd {
@@ -792,7 +882,13 @@ pub(crate) fn recover(
     let count = listing.segments.len();
     for (i, (id, path)) in listing.segments.iter().enumerate() {
         let newest = i + 1 == count;
-        let seg = Segment::open_read_only(path, *id)?;
+        // A read-only handle keeps the descriptor of the newest segment,
+        // which it follows (see `finish_if_replaced`).
+        let seg = if newest && !writable {
+            Segment::open_followed(path, *id)?
+        } else {
+            Segment::open_read_only(path, *id)?
+        };
         log.inherit_crash(&seg);
         if newest && never_written(seg.bytes()) {
             // Crashed (or ran out of space) while creating the segment: it
@@ -809,6 +905,7 @@ pub(crate) fn recover(
                     sealed: false,
                     batch: std::mem::take(&mut asm.batch),
                     max_seq: None,
+                    read_from: Vec::new(),
                 });
             }
             continue;
@@ -878,6 +975,7 @@ pub(crate) fn recover(
                 sealed: end.sealed,
                 batch: std::mem::take(&mut asm.batch),
                 max_seq: None,
+                read_from: Vec::new(),
             });
             log.register(Arc::new(seg));
             continue;
