@@ -21,6 +21,7 @@ mod options;
 mod restart;
 
 pub(crate) use flusher::Flusher;
+pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
 pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
 use restart::Mark;
@@ -551,21 +552,16 @@ impl Shared {
             };
             // Per entity, time never goes backwards; events in the same
             // millisecond are told apart by the HLC counter.
-            let (timestamp_us, hlc_counter) = match &tail {
-                Some(t) => {
-                    let ts = now_us.max(t.timestamp_us);
-                    let same_ms = ts.div_euclid(1000) == t.timestamp_us.div_euclid(1000);
-                    (
-                        ts,
-                        if same_ms {
-                            t.hlc_counter.saturating_add(1)
-                        } else {
-                            0
-                        },
-                    )
-                }
-                None => (now_us, 0),
-            };
+            let crate::store::codec::EntityTime {
+                timestamp_us,
+                hlc_counter,
+            } = crate::store::codec::next_entity_time(
+                now_us,
+                tail.map(|t| crate::store::codec::EntityTime {
+                    timestamp_us: t.timestamp_us,
+                    hlc_counter: t.hlc_counter,
+                }),
+            );
             let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
             let mut rec = EventRecord {
                 flags: d.flags,
