@@ -7,12 +7,18 @@
 //! between backends with their hashes intact, and one `verify` rule checks
 //! both. This module is that rule, published: the payload codec
 //! (MessagePack of the `serde_json::Value`), the content and event hashes,
-//! the per-entity timestamp rule and the size limits.
+//! the per-entity timestamp rule, the size limits, and the validation of an
+//! append or a batch before it is written ([`prepare_event`],
+//! [`prepare_batch`], [`Condition`]).
 //!
 //! It owns no encoding of its own: every function calls the private code
 //! the file store itself runs (`format::payload`, `format::chain`,
 //! `write::encode_payload`), so the two cannot drift apart. It never
 //! touches files, the index or the log.
+
+pub use crate::store::write::{
+    prepare_batch, prepare_event, AppendLimits, Condition, PreparedEvent,
+};
 
 use crate::coordinate::Coordinate;
 use crate::event::{EventKind, StoredEvent};

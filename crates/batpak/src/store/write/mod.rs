@@ -20,6 +20,7 @@ mod gated;
 mod options;
 mod restart;
 
+pub use batch::{prepare_batch, prepare_event, AppendLimits, PreparedEvent};
 pub(crate) use flusher::Flusher;
 pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
@@ -86,18 +87,21 @@ impl From<PayloadError> for StoreError {
     }
 }
 
-/// The condition an append places on its entity's current state.
+/// The condition an append places on its entity's current state (SPEC §3.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Condition {
+pub enum Condition {
+    /// No condition.
     None,
-    /// The newest event has this clock.
+    /// The newest event has this clock (`with_cas`).
     Clock(u32),
-    /// No event yet.
+    /// No event yet (`with_cas_empty`).
     Empty,
 }
 
 impl Condition {
-    pub(crate) fn from_options(opts: &AppendOptions) -> Self {
+    /// The condition `opts` asks for.
+    #[must_use]
+    pub fn from_options(opts: &AppendOptions) -> Self {
         match (opts.expect_empty, opts.expected_sequence) {
             (true, _) => Condition::Empty,
             (false, Some(n)) => Condition::Clock(n),
@@ -105,22 +109,27 @@ impl Condition {
         }
     }
 
-    fn check(self, entity: &str, tail: Option<&EntityTail>) -> Result<(), StoreError> {
-        match (self, tail) {
+    /// Check the condition against `entity` whose newest event has clock
+    /// `newest` (`None`: no event).
+    ///
+    /// # Errors
+    /// `StreamNotEmpty`, `StreamIsEmpty` or `SequenceMismatch`.
+    pub fn check(self, entity: &str, newest: Option<u32>) -> Result<(), StoreError> {
+        match (self, newest) {
             (Condition::None, _) | (Condition::Empty, None) => Ok(()),
-            (Condition::Empty, Some(t)) => Err(StoreError::StreamNotEmpty {
+            (Condition::Empty, Some(actual)) => Err(StoreError::StreamNotEmpty {
                 entity: entity.to_owned(),
-                actual: t.clock,
+                actual,
             }),
             (Condition::Clock(n), None) => Err(StoreError::StreamIsEmpty {
                 entity: entity.to_owned(),
                 expected: n,
             }),
-            (Condition::Clock(n), Some(t)) if t.clock == n => Ok(()),
-            (Condition::Clock(n), Some(t)) => Err(StoreError::SequenceMismatch {
+            (Condition::Clock(n), Some(actual)) if actual == n => Ok(()),
+            (Condition::Clock(n), Some(actual)) => Err(StoreError::SequenceMismatch {
                 entity: entity.to_owned(),
                 expected: n,
-                actual: t.clock,
+                actual,
             }),
         }
     }
@@ -198,17 +207,7 @@ impl Shared {
         kind: EventKind,
         payload_len: usize,
     ) -> Result<(), StoreError> {
-        if kind.is_system() {
-            return Err(StoreError::ReservedKind(kind));
-        }
-        let max = self.config.single_append_max_bytes as usize;
-        if payload_len > max {
-            return Err(StoreError::PayloadTooLarge {
-                size: payload_len,
-                max,
-            });
-        }
-        Ok(())
+        batch::check_event(kind, payload_len, self.config.single_append_max_bytes)
     }
 
     /// Run an injected fault, if the test configured one for `point`.
@@ -536,7 +535,7 @@ impl Shared {
             };
             let tail = local.or_else(|| index.entity_tail(entity));
             d.condition
-                .check(entity, tail.as_ref())
+                .check(entity, tail.map(|t| t.clock))
                 .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
             let clock = match &tail {
                 Some(t) => t.clock.checked_add(1).ok_or_else(|| {
