@@ -1,0 +1,91 @@
+//! How database failures become [`StoreError`]s: a lost or refused
+//! connection is `Unavailable` (retryable), a race the append loop resolves
+//! itself is a [`Race`], anything else is `Backend`. Never a panic.
+
+use batpak::store::StoreError;
+use postgres::error::SqlState;
+
+/// What a failed statement means for the append loop.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Another writer won a race the loop can re-plan around: a unique
+    /// violation on a key or an entity's row, a serialization failure, a
+    /// deadlock. Nothing of the attempt was written.
+    Race(&'static str),
+    /// Give up with this error.
+    Fatal(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// The store error for a failed database call.
+pub(crate) fn store_error(e: postgres::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// Sort a failed append statement into a race to retry or a final error.
+pub(crate) fn classify_write(e: postgres::Error) -> Failure {
+    if let Some(code) = e.code() {
+        if *code == SqlState::UNIQUE_VIOLATION {
+            let constraint = e
+                .as_db_error()
+                .and_then(|d| d.constraint())
+                .unwrap_or_default();
+            // Keys, new entities and clocks are decided by these unique
+            // indexes: losing one of them means another writer got there
+            // first, and nothing of this attempt was written.
+            return match constraint {
+                "events_pkey" => Failure::Race("an idempotency key committed meanwhile"),
+                "streams_pkey" => Failure::Race("the entity was created meanwhile"),
+                "events_entity_clock_key" => Failure::Race("the entity's clock moved meanwhile"),
+                _ => Failure::Fatal(StoreError::Backend(Box::new(e))),
+            };
+        }
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE {
+            return Failure::Race("serialization failure");
+        }
+        if *code == SqlState::T_R_DEADLOCK_DETECTED {
+            return Failure::Race("deadlock");
+        }
+    }
+    Failure::Fatal(store_error(e))
+}
+
+/// A connection that is gone or refused, or a server that cannot do the
+/// work now: worth trying again later.
+fn is_unavailable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08 connection exception, 53 insufficient resources (disk
+            // full, out of memory, too many connections), 57P01..57P05
+            // admin or crash shutdown, cannot connect now, idle timeouts,
+            // 40 transaction rollback (serialization failure, deadlock),
+            // 58 system error (I/O).
+            class == "08"
+                || class == "53"
+                || class == "40"
+                || class == "58"
+                || (class == "57" && code.code() != "57014")
+        }
+        // No SQLSTATE: the client failed (I/O, a closed socket, a timeout)
+        // rather than the server refusing the statement.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// The error for an r2d2 checkout that found no connection in time.
+pub(crate) fn pool_error(e: r2d2::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}

@@ -1,0 +1,275 @@
+//! # batpak-postgres
+//!
+//! A PostgreSQL backend for batpak: one event store that many processes on
+//! many hosts append to and read at once, with the same API and meaning as
+//! the embedded file store ([`batpak::store::Store`]) through the shared
+//! [`EventStore`] trait.
+//!
+//! ```no_run
+//! use batpak::prelude::*;
+//! use batpak_postgres::{PgConfig, PgStore};
+//!
+//! let store = PgStore::open(PgConfig::new("postgres://app@db/events").with_schema("orders"))?;
+//! let order = Coordinate::new("order:42", "tenant:acme")?;
+//! let placed = store.append(&order, EventKind::custom(1, 1), &serde_json::json!({"sku": "tea"}))?;
+//! store.append_with_options(&order, EventKind::custom(1, 2), &"paid",
+//!                           AppendOptions::new().with_cas(0))?;
+//! assert_eq!(store.stream("order:42")?.len(), 2);
+//! assert_eq!(store.get(placed.event_id)?.event.payload["sku"], "tea");
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! What differs from the file store, deliberately (docs/postgres.md):
+//! global sequences (`AppendReceipt::sequence`, `IndexEntry::global_sequence`)
+//! are *positions* derived from the writing transaction's id: strictly
+//! increasing in commit order per entity and per writer, sparse rather than
+//! dense, and safe to resume from only through [`PgStore::read_stable`];
+//! `disk_pos` is all zeros; reads return `Result`.
+//!
+//! | module    | owns                                                        |
+//! |-----------|-------------------------------------------------------------|
+//! | `config`  | [`PgConfig`] and its validation                             |
+//! | `pool`    | the r2d2 pool, session settings, prepared statements        |
+//! | `schema`  | tables, indexes, the append function, migrations            |
+//! | `write`   | the append path: planning, the append loop, retries         |
+//! | `read`    | reads, region queries, the stable read                      |
+//! | `verify`  | checking every chain                                        |
+//! | `error`   | mapping database failures to `StoreError`                   |
+//! | `testing` | a throwaway cluster for tests (feature `test-support`)      |
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod pool;
+mod read;
+mod schema;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod verify;
+mod write;
+
+#[cfg(feature = "test-support")]
+pub use config::BeforeCommitHook;
+pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use read::StableRead;
+pub use schema::SCHEMA_VERSION;
+pub use verify::{PgProblem, PgProblemKind, PgVerifyReport};
+
+use batpak::coordinate::{Coordinate, Region};
+use batpak::event::{EventKind, EventSourced, StoredEvent};
+use batpak::store::codec;
+use batpak::store::{
+    AppendOptions, AppendReceipt, BatchAppendItem, EventStore, Freshness, IndexEntry, StoreError,
+    StoreStats,
+};
+use parking_lot::Mutex;
+use pool::{Conn, Pool};
+use schema::Sql;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use write::Tail;
+
+/// An event store in a PostgreSQL schema. Every method blocks; the handle is
+/// `Send + Sync` (share it with `Arc`) and holds a pool of connections.
+/// Any number of handles, in any number of processes and hosts, may use the
+/// same schema at once.
+pub struct PgStore {
+    pool: Pool,
+    config: PgConfig,
+    sql: Sql,
+    /// Newest known state of entities this handle appended to (write.rs).
+    tails: Mutex<HashMap<String, Tail>>,
+    schema_was: u32,
+}
+
+/// A failed use of a pooled connection: no connection, or a database error.
+pub(crate) enum WithConn {
+    Pool(StoreError),
+    Db(postgres::Error),
+}
+
+impl PgStore {
+    /// Connect, and create the schema or migrate it to [`SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    /// `Configuration` for invalid settings or connection string,
+    /// `Unavailable` when the server cannot be reached within
+    /// `connect_timeout`, `SchemaTooNew` when a newer batpak wrote the
+    /// schema, `Backend` when the server refuses (permissions, ...).
+    pub fn open(config: PgConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let pool = pool::build(&config)?;
+        let schema_was = {
+            let mut conn = pool.get().map_err(error::pool_error)?;
+            schema::migrate(&mut conn.client, &config.schema)?
+        };
+        Ok(Self {
+            sql: Sql::new(&config.schema),
+            pool,
+            config,
+            tails: Mutex::new(HashMap::new()),
+            schema_was,
+        })
+    }
+
+    /// The schema version found at open (0: the schema was created then).
+    pub fn schema_version_at_open(&self) -> u32 {
+        self.schema_was
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &PgConfig {
+        &self.config
+    }
+
+    /// Run `f` on a pooled connection.
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, WithConn> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| WithConn::Pool(error::pool_error(e)))?;
+        let result = f(&mut conn);
+        if result.is_ok() {
+            conn.touch();
+        }
+        result.map_err(WithConn::Db)
+    }
+
+    /// Run a read `f`; a connection found closed when used is replaced once
+    /// (reads change nothing, so repeating one is safe).
+    pub(crate) fn db<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        match self.with_conn(&mut f) {
+            Ok(v) => Ok(v),
+            Err(WithConn::Db(e)) if e.is_closed() => match self.with_conn(&mut f) {
+                Ok(v) => Ok(v),
+                Err(WithConn::Pool(e)) => Err(e),
+                Err(WithConn::Db(e)) => Err(error::store_error(e)),
+            },
+            Err(WithConn::Pool(e)) => Err(e),
+            Err(WithConn::Db(e)) => Err(error::store_error(e)),
+        }
+    }
+
+    /// Check every entity's chain: clocks dense from 0, every `prev_hash`
+    /// the previous event's hash, every event hash and content hash
+    /// recomputed, every payload readable, positions increasing with the
+    /// clock, and each entity's row in `streams` at its newest event. Reads
+    /// one consistent snapshot while appends continue.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Backend` when the database cannot be read (damage
+    /// is a [`PgProblem`] in the report, not an error).
+    pub fn verify(&self) -> Result<PgVerifyReport, StoreError> {
+        verify::verify(self)
+    }
+}
+
+impl EventStore for PgStore {
+    fn append_with_options(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let event = codec::prepare_event(coord, kind, payload, opts, &self.config.limits())?;
+        let receipts = self
+            .write(std::slice::from_ref(&event))
+            .map_err(|e| e.error)?;
+        receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Backend("append returned no receipt".into()))
+    }
+
+    fn append_batch(&self, items: Vec<BatchAppendItem>) -> Result<Vec<AppendReceipt>, StoreError> {
+        let events = codec::prepare_batch(items, None, &self.config.limits())?;
+        self.write(&events)
+            .map_err(write::AppendError::into_batch_error)
+    }
+
+    fn append_reaction_batch(
+        &self,
+        correlation_id: u128,
+        causation_id: u128,
+        items: Vec<BatchAppendItem>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        let events = codec::prepare_batch(
+            items,
+            Some((correlation_id, causation_id)),
+            &self.config.limits(),
+        )?;
+        self.write(&events)
+            .map_err(write::AppendError::into_batch_error)
+    }
+
+    fn get(&self, event_id: u128) -> Result<StoredEvent<Value>, StoreError> {
+        self.get_event(event_id)
+    }
+
+    fn query(&self, region: &Region) -> Result<Vec<IndexEntry>, StoreError> {
+        self.query_region(region)
+    }
+
+    fn stream(&self, entity: &str) -> Result<Vec<IndexEntry>, StoreError> {
+        self.stream_entries(entity)
+    }
+
+    fn by_correlation(&self, correlation_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
+        self.correlated(correlation_id)
+    }
+
+    fn children(&self, event_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
+        self.caused_by(event_id)
+    }
+
+    fn walk_ancestors(
+        &self,
+        event_id: u128,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent<Value>>, StoreError> {
+        self.ancestors(event_id, limit)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.counts()
+    }
+
+    /// Every receipt already means the commit is durable on the server.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn close(self) -> Result<(), StoreError> {
+        // Dropping the pool closes its connections; nothing is pending.
+        drop(self);
+        Ok(())
+    }
+
+    /// One query for the entity's events of the kinds `T` reads (there is
+    /// no projection cache; `freshness` is always met).
+    fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
+    {
+        let _ = freshness;
+        let events = self.entity_events(entity)?;
+        let kinds = T::relevant_event_kinds();
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| kinds.is_empty() || kinds.contains(&e.event.header.event_kind))
+            .map(|e| e.event)
+            .collect();
+        Ok(T::from_events(&events))
+    }
+}
