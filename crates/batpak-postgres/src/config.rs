@@ -124,6 +124,12 @@ impl PgConfig {
             before_commit: None,
         }
     }
+    /// Set `url`.
+    #[must_use]
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
     /// Set `schema`.
     #[must_use]
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {

@@ -22,12 +22,47 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// A database error whose message says what the server said (the client's
+/// own `Display` is only "db error"); its source is the client's error.
+#[derive(Debug)]
+pub(crate) struct DbFailure(pub(crate) postgres::Error);
+
+impl std::fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(
+                    f,
+                    "{} {}: {}",
+                    db.severity(),
+                    db.code().code(),
+                    db.message()
+                )?;
+                if let Some(detail) = db.detail() {
+                    write!(f, " ({detail})")?;
+                }
+                Ok(())
+            }
+            None => match std::error::Error::source(&self.0) {
+                Some(cause) => write!(f, "{}: {cause}", self.0),
+                None => write!(f, "{}", self.0),
+            },
+        }
+    }
+}
+
+impl std::error::Error for DbFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// The store error for a failed database call.
 pub(crate) fn store_error(e: postgres::Error) -> StoreError {
     if is_unavailable(&e) {
-        StoreError::Unavailable(Box::new(e))
+        StoreError::Unavailable(Box::new(DbFailure(e)))
     } else {
-        StoreError::Backend(Box::new(e))
+        StoreError::Backend(Box::new(DbFailure(e)))
     }
 }
 
@@ -46,7 +81,7 @@ pub(crate) fn classify_write(e: postgres::Error) -> Failure {
                 "events_pkey" => Failure::Race("an idempotency key committed meanwhile"),
                 "streams_pkey" => Failure::Race("the entity was created meanwhile"),
                 "events_entity_clock_key" => Failure::Race("the entity's clock moved meanwhile"),
-                _ => Failure::Fatal(StoreError::Backend(Box::new(e))),
+                _ => Failure::Fatal(StoreError::Backend(Box::new(DbFailure(e)))),
             };
         }
         if *code == SqlState::T_R_SERIALIZATION_FAILURE {
@@ -59,10 +94,25 @@ pub(crate) fn classify_write(e: postgres::Error) -> Failure {
     Failure::Fatal(store_error(e))
 }
 
+/// The error ended the session: the socket failed or closed, or the server
+/// sent a FATAL error (it closes the connection after one). The connection
+/// must not be used again.
+pub(crate) fn ends_session(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        Some(db) => {
+            matches!(db.severity(), "FATAL" | "PANIC") || db.code().code().starts_with("08")
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
 /// A connection that is gone or refused, or a server that cannot do the
 /// work now: worth trying again later.
 fn is_unavailable(e: &postgres::Error) -> bool {
-    if e.is_closed() {
+    if ends_session(e) {
         return true;
     }
     match e.code() {

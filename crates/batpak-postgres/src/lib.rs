@@ -136,13 +136,15 @@ impl PgStore {
             .get()
             .map_err(|e| WithConn::Pool(error::pool_error(e)))?;
         let result = f(&mut conn);
-        if result.is_ok() {
-            conn.touch();
+        match &result {
+            Ok(_) => conn.touch(),
+            Err(e) if error::ends_session(e) => conn.broken = true,
+            Err(_) => {}
         }
         result.map_err(WithConn::Db)
     }
 
-    /// Run a read `f`; a connection found closed when used is replaced once
+    /// Run a read `f`; a connection found dead when used is replaced once
     /// (reads change nothing, so repeating one is safe).
     pub(crate) fn db<T>(
         &self,
@@ -150,7 +152,7 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         match self.with_conn(&mut f) {
             Ok(v) => Ok(v),
-            Err(WithConn::Db(e)) if e.is_closed() => match self.with_conn(&mut f) {
+            Err(WithConn::Db(e)) if error::ends_session(&e) => match self.with_conn(&mut f) {
                 Ok(v) => Ok(v),
                 Err(WithConn::Pool(e)) => Err(e),
                 Err(WithConn::Db(e)) => Err(error::store_error(e)),

@@ -15,6 +15,9 @@ pub(crate) struct Conn {
     pub(crate) client: Client,
     statements: HashMap<String, Statement>,
     last_used: Instant,
+    /// The server ended the session (or the socket failed): the pool
+    /// drops this connection instead of handing it out again.
+    pub(crate) broken: bool,
 }
 
 impl Conn {
@@ -77,6 +80,7 @@ impl r2d2::ManageConnection for Manager {
             client,
             statements: HashMap::new(),
             last_used: Instant::now(),
+            broken: false,
         })
     }
 
@@ -89,7 +93,7 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
+        conn.broken || conn.client.is_closed()
     }
 }
 
