@@ -33,8 +33,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// Version 1. `events` holds every event once; `streams` holds one row per
-/// entity with its newest clock, hash and time, which appends lock and
-/// advance. Text columns use the C collation: byte order, so an entity
+/// entity with its newest clock, hash and time, which appends advance under
+/// the entity's advisory lock. Text columns use the C collation: byte order, so an entity
 /// prefix is an index range, and no locale can reorder or equate entities.
 const MIGRATION_1: &str = r#"
 CREATE TABLE {s}.events (
@@ -75,15 +75,41 @@ CREATE TABLE {s}.streams (
     CONSTRAINT streams_pkey PRIMARY KEY (entity)
 ) WITH (fillfactor = 70);
 
--- One append or batch, atomically, in one statement (one round trip).
--- The caller planned clocks, times and hashes from the entity states it
--- expects (p_expected: newest clock, -1 for none); this checks keys first,
--- then the states under row locks taken in entity order, then writes.
+-- The lock of an entity: a transaction-level advisory lock on a 64-bit
+-- hash of the schema and the entity. Unlike a row lock it needs no row (new
+-- entities are locked the same way) and assigns no transaction id.
+CREATE FUNCTION {s}.lock_entities(p_entities text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    v_key bigint;
+BEGIN
+    -- One order for every caller: appends never deadlock on each other.
+    FOR v_key IN
+        SELECT DISTINCT hashtextextended('{s}' || chr(31) || x.entity, 0)
+        FROM unnest(p_entities) AS x(entity) ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(v_key);
+    END LOOP;
+END
+$fn$;
+
+-- One append or batch, atomically. The caller planned clocks, times and
+-- hashes from the entity states it expects (p_expected: newest clock, -1
+-- for none); this checks idempotency keys first, then the states under the
+-- entities' locks, then writes.
 -- Outcome 0: written at positions (xid << 20) + item index; 1: an
 -- idempotency key is taken (its event's row); 2: an entity is not in the
 -- expected state (its actual newest clock, hash and time; NULL clock for
--- none). Outcomes 1 and 2 write nothing.
+-- none). Outcomes 1 and 2 write nothing and take no transaction id.
+-- Optimistic callers (p_lock_first = false) run it alone, in one round
+-- trip; a stale expectation is then found before any lock is taken.
+-- Callers that lost races call it inside their own transaction with
+-- p_lock_first = true: the locks taken before the checks are held until
+-- COMMIT, so after outcome 2 the states it reported cannot move, and the
+-- caller's second call with a plan made from them succeeds.
 CREATE FUNCTION {s}.append_events(
+    p_lock_first boolean,
     p_keys uuid[],
     p_entities text[],
     p_expected bigint[],
@@ -128,6 +154,9 @@ BEGIN
             current_setting('transaction_isolation')
             USING ERRCODE = 'feature_not_supported';
     END IF;
+    IF p_lock_first THEN
+        PERFORM {s}.lock_entities(p_entities);
+    END IF;
 
     IF cardinality(p_keys) > 0 THEN
         RETURN QUERY
@@ -137,7 +166,21 @@ BEGIN
         IF FOUND THEN RETURN; END IF;
     END IF;
 
-    -- Without locks first: a stale expectation costs no transaction id.
+    IF NOT p_lock_first THEN
+        -- Without locks first: a stale expectation costs no lock wait.
+        RETURN QUERY
+            SELECT 2, NULL::uuid, x.entity, NULL::text, NULL::integer,
+                   s.clock, s.event_hash, s.timestamp_us, s.hlc_counter, NULL::bigint
+            FROM unnest(p_entities, p_expected) AS x(entity, expected)
+            LEFT JOIN {s}.streams s ON s.entity = x.entity
+            WHERE s.clock IS DISTINCT FROM nullif(x.expected, -1);
+        IF FOUND THEN RETURN; END IF;
+        PERFORM {s}.lock_entities(p_entities);
+    END IF;
+
+    -- Under the locks. This statement's snapshot is newer than the locks,
+    -- and a lock is released only after its holder's commit is visible, so
+    -- it sees every append of these entities that will ever precede ours.
     RETURN QUERY
         SELECT 2, NULL::uuid, x.entity, NULL::text, NULL::integer,
                s.clock, s.event_hash, s.timestamp_us, s.hlc_counter, NULL::bigint
@@ -146,22 +189,10 @@ BEGIN
         WHERE s.clock IS DISTINCT FROM nullif(x.expected, -1);
     IF FOUND THEN RETURN; END IF;
 
-    -- Lock the entities' rows in one order for every append, so appends
-    -- never deadlock on them; then check again under the locks (this
-    -- statement's fresh snapshot sees every commit before the locks).
-    PERFORM 1 FROM {s}.streams s
-        WHERE s.entity = ANY (p_entities) ORDER BY s.entity FOR UPDATE;
-    RETURN QUERY
-        SELECT 2, NULL::uuid, x.entity, NULL::text, NULL::integer,
-               s.clock, s.event_hash, s.timestamp_us, s.hlc_counter, NULL::bigint
-        FROM unnest(p_entities, p_expected) AS x(entity, expected)
-        LEFT JOIN {s}.streams s ON s.entity = x.entity
-        WHERE s.clock IS DISTINCT FROM nullif(x.expected, -1);
-    IF FOUND THEN RETURN; END IF;
-
-    -- The top-level transaction id, even inside a subtransaction; unique
-    -- and never reused (64 bits with the epoch). Positions stay positive
-    -- bigints while it is below 2^43.
+    -- The top-level transaction id (also inside a subtransaction), assigned
+    -- here, after the locks: every earlier append of these entities has
+    -- committed with a smaller one. Unique and never reused (64 bits with
+    -- the epoch); positions stay positive bigints while it is below 2^43.
     v_xid := pg_current_xact_id()::text::bigint;
     IF v_xid >= (1::bigint << 43) THEN
         RAISE EXCEPTION 'transaction id % is past the range of batpak positions', v_xid
@@ -177,14 +208,11 @@ BEGIN
         FROM unnest(p_entities, p_expected, p_new_clock, p_new_hash, p_new_ts, p_new_hlc)
              AS n(entity, expected, clock, hash, ts, hlc)
         WHERE s.entity = n.entity AND n.expected >= 0;
-    -- New entities, in entity order; a concurrent creator makes this fail
-    -- with a unique violation on streams_pkey, and the caller re-plans.
     INSERT INTO {s}.streams (entity, clock, event_hash, timestamp_us, hlc_counter)
         SELECT n.entity, n.clock, n.hash, n.ts, n.hlc
         FROM unnest(p_entities, p_expected, p_new_clock, p_new_hash, p_new_ts, p_new_hlc)
              AS n(entity, expected, clock, hash, ts, hlc)
-        WHERE n.expected < 0
-        ORDER BY n.entity;
+        WHERE n.expected < 0;
     INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
                             timestamp_us, hlc_counter, correlation_id, causation_id,
                             prev_hash, event_hash, content_hash, payload)
@@ -281,7 +309,7 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, entity, scope, clock
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let s = schema;
-        let params = (1..=21)
+        let params = (1..=22)
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", ");

@@ -1,14 +1,17 @@
 //! The append path: plan clocks, times and hashes on the caller's thread
-//! from the entity states it expects, then write everything in one
-//! statement (`append_events`, one round trip) that checks keys and states
-//! under row locks. When another writer got there first, the statement
-//! reports the entity's actual state and writes nothing; the loop re-plans
-//! from it. No writer ever waits for another entity's writers.
+//! from the entity states it expects, then write everything with one call
+//! of `append_events`, which checks keys and states under the entities'
+//! locks. When another writer got there first, the call reports the
+//! entity's actual state and writes nothing; the loop re-plans from it.
+//! Writers of different entities never wait for each other.
 //!
 //! Expected states come from a per-store cache of entity tails (each append
 //! leaves its entity's new tail there), so a process that keeps appending to
 //! an entity pays one round trip per append; an entity it has not seen is
-//! guessed empty, and a wrong guess costs one read-only round trip.
+//! guessed empty, and a wrong guess costs one round trip that takes no lock.
+//! After two lost races an append stops hoping: it calls `append_events`
+//! inside its own transaction with the locks taken first, so the states it
+//! is told about cannot move before its second call, and it wins.
 //!
 //! Why positions from transaction ids never let a reader pass an event that
 //! will still commit below it, and why an entity's positions increase with
@@ -93,6 +96,24 @@ enum Outcome {
     Stale(Vec<(String, Option<Tail>)>),
 }
 
+/// How one attempt ended.
+enum Sent {
+    Written {
+        base: u64,
+        plan: Plan,
+    },
+    Keys(Vec<KeyRow>),
+    Stale(Vec<(String, Option<Tail>)>),
+    /// The plan failed a condition; `learned` are states read under locks.
+    Refused {
+        refused: Refused,
+        learned: Vec<(String, Option<Tail>)>,
+    },
+}
+
+/// Expected states by entity.
+type States = HashMap<String, Option<Tail>>;
+
 pub(crate) struct KeyRow {
     event_id: u128,
     entity: String,
@@ -175,11 +196,7 @@ fn outcome(rows: &[Row]) -> Result<Outcome, StoreError> {
 
 /// Plan `events` (in order) on top of `base`: each item's condition is
 /// checked against its entity as earlier items of the call left it.
-fn plan(
-    events: &[PreparedEvent],
-    base: &HashMap<&str, Option<Tail>>,
-    now_us: i64,
-) -> Result<Plan, Refused> {
+fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Refused> {
     let mut entities: BTreeMap<String, (Option<Tail>, Tail)> = BTreeMap::new();
     let mut planned = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
@@ -257,33 +274,63 @@ impl PgStore {
         names.dedup();
         // States read from the database during this call: a condition that
         // fails against one of them fails for real.
-        let mut fresh: HashMap<&str, Option<Tail>> = HashMap::new();
-        let mut last_race = "none";
+        let mut fresh: States = HashMap::new();
+        let mut stale_rounds = 0u32;
+        let mut last_race = None;
         for attempt in 0..self.config.max_attempts {
-            if attempt > 0 {
+            if let Some(why) = last_race {
+                tracing::debug!(attempt, why, "batpak: append lost a race; retrying");
                 backoff(attempt);
             }
-            let base: HashMap<&str, Option<Tail>> = {
+            last_race = None;
+            let base: States = {
                 let cache = self.tails.lock();
                 names
                     .iter()
-                    .map(|&n| match fresh.get(n) {
-                        Some(t) => (n, *t),
-                        None => (n, cache.get(n).copied()),
+                    .map(|&n| {
+                        let known = match fresh.get(n) {
+                            Some(t) => *t,
+                            None => cache.get(n).copied(),
+                        };
+                        (n.to_owned(), known)
                     })
                     .collect()
             };
-            let planned = match plan(events, &base, self.config.now_us()) {
-                Ok(p) => p,
-                Err(refused) => {
+            let locked = stale_rounds >= 2;
+            match self.attempt(events, base, locked) {
+                Ok(Sent::Written { base, plan }) => {
+                    self.remember(
+                        plan.entities
+                            .iter()
+                            .map(|(k, (_, after))| (k.as_str(), Some(*after))),
+                    );
+                    return Ok(events
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| AppendReceipt {
+                            event_id: e.event_id,
+                            sequence: base + i as u64,
+                            disk_pos: DiskPos::default(),
+                        })
+                        .collect());
+                }
+                Ok(Sent::Keys(rows)) => return retried(events, &rows),
+                Ok(Sent::Stale(actual)) => {
+                    stale_rounds += 1;
+                    self.remember(actual.iter().map(|(k, v)| (k.as_str(), *v)));
+                    fresh.extend(actual);
+                }
+                Ok(Sent::Refused { refused, learned }) => {
+                    self.remember(learned.iter().map(|(k, v)| (k.as_str(), *v)));
+                    fresh.extend(learned);
                     if !fresh.contains_key(refused.entity.as_str()) {
                         // Refused against a cached or guessed state: learn
-                        // the real one, then decide.
+                        // the real ones, then decide.
                         let tails = self
                             .read_tails(&names)
                             .map_err(|e| AppendError::at(0, BatchStage::Validation, e))?;
                         for &n in &names {
-                            fresh.insert(n, tails.get(n).copied());
+                            fresh.insert(n.to_owned(), tails.get(n).copied());
                         }
                         self.remember(tails.iter().map(|(k, v)| (k.as_str(), Some(*v))));
                         continue;
@@ -303,38 +350,10 @@ impl PgStore {
                         refused.error,
                     ));
                 }
-            };
-            match self.send(events, &planned) {
-                Ok(Outcome::Written { base }) => {
-                    self.remember(
-                        planned
-                            .entities
-                            .iter()
-                            .map(|(k, (_, after))| (k.as_str(), Some(*after))),
-                    );
-                    return Ok(events
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| AppendReceipt {
-                            event_id: e.event_id,
-                            sequence: base + i as u64,
-                            disk_pos: DiskPos::default(),
-                        })
-                        .collect());
-                }
-                Ok(Outcome::Keys(rows)) => return retried(events, &rows),
-                Ok(Outcome::Stale(actual)) => {
-                    for (entity, tail) in &actual {
-                        if let Some(&n) = names.iter().find(|n| **n == entity.as_str()) {
-                            fresh.insert(n, *tail);
-                        }
-                    }
-                    self.remember(actual.iter().map(|(k, v)| (k.as_str(), *v)));
-                }
                 Err(Failure::Race(why)) => {
-                    // Another writer committed first on a key, an entity or
-                    // its clock: nothing known about them is current.
-                    last_race = why;
+                    // Another writer committed first on a key, or the server
+                    // gave up a transaction: nothing known is current.
+                    last_race = Some(why);
                     fresh.clear();
                     self.forget(&names);
                 }
@@ -349,12 +368,94 @@ impl PgStore {
             BatchStage::Writing,
             StoreError::Unavailable(
                 format!(
-                    "gave up after {} attempts lost to concurrent writers (last: {last_race})",
-                    self.config.max_attempts
+                    "gave up after {} attempts lost to concurrent writers (last: {})",
+                    self.config.max_attempts,
+                    last_race.unwrap_or("a stale entity state")
                 )
                 .into(),
             ),
         ))
+    }
+
+    /// One attempt: plan against `base` and call `append_events`, alone in
+    /// one round trip, or (`locked`, or with the test hook) in a
+    /// transaction, where a stale answer is re-planned under the held locks.
+    fn attempt(
+        &self,
+        events: &[PreparedEvent],
+        base: States,
+        locked: bool,
+    ) -> Result<Sent, Failure> {
+        let now_us = self.config.now_us();
+        let first = match plan(events, &base, now_us) {
+            Ok(p) => p,
+            Err(refused) => {
+                return Ok(Sent::Refused {
+                    refused,
+                    learned: Vec::new(),
+                })
+            }
+        };
+        let sql = &self.sql.append;
+        #[cfg(feature = "test-support")]
+        let hook = self.config.before_commit.clone();
+        #[cfg(not(feature = "test-support"))]
+        let hook: Option<std::sync::Arc<dyn Fn() + Send + Sync>> = None;
+        let result = self.with_conn(|c| {
+            let st = c.statement(sql)?;
+            if !locked && hook.is_none() {
+                let rows = c.client.query(&st, &params(false, events, &first).refs())?;
+                return Ok(outcome(&rows).map(|o| match o {
+                    Outcome::Written { base } => Sent::Written { base, plan: first },
+                    Outcome::Keys(k) => Sent::Keys(k),
+                    Outcome::Stale(s) => Sent::Stale(s),
+                }));
+            }
+            let mut tx = c.client.transaction()?;
+            let mut plan = first;
+            let mut base = base;
+            let mut learned = Vec::new();
+            for round in 0..2 {
+                let rows = tx.query(&st, &params(locked, events, &plan).refs())?;
+                let answer = match outcome(&rows) {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Err(e)),
+                };
+                match answer {
+                    Outcome::Written { base } => {
+                        if let Some(hook) = &hook {
+                            hook();
+                        }
+                        tx.commit()?;
+                        return Ok(Ok(Sent::Written { base, plan }));
+                    }
+                    Outcome::Keys(k) => return Ok(Ok(Sent::Keys(k))),
+                    Outcome::Stale(actual) if !locked || round > 0 => {
+                        // Not holding locks (or someone wrote without
+                        // them): start over with what we learned.
+                        return Ok(Ok(Sent::Stale(actual)));
+                    }
+                    Outcome::Stale(actual) => {
+                        // The locks are held: these states cannot move.
+                        for (k, v) in &actual {
+                            base.insert(k.clone(), *v);
+                        }
+                        learned.extend(actual);
+                        match self::plan(events, &base, now_us) {
+                            Ok(p) => plan = p,
+                            Err(refused) => return Ok(Ok(Sent::Refused { refused, learned })),
+                        }
+                    }
+                }
+            }
+            Ok(Ok(Sent::Stale(learned)))
+        });
+        match result {
+            Ok(Ok(sent)) => Ok(sent),
+            Ok(Err(e)) => Err(Failure::Fatal(e)),
+            Err(crate::WithConn::Pool(e)) => Err(Failure::Fatal(e)),
+            Err(crate::WithConn::Db(e)) => Err(classify_write(e)),
+        }
     }
 
     fn remember<'a>(&self, tails: impl Iterator<Item = (&'a str, Option<Tail>)>) {
@@ -428,114 +529,110 @@ impl PgStore {
             })
             .collect()
     }
+}
 
-    /// One `append_events` call.
-    fn send(&self, events: &[PreparedEvent], plan: &Plan) -> Result<Outcome, Failure> {
-        let keys: Vec<Uuid> = events
+/// The 22 parameters of `append_events`, owned.
+struct Params<'a> {
+    lock_first: bool,
+    keys: Vec<Uuid>,
+    entities: Vec<&'a str>,
+    expected: Vec<i64>,
+    new_clock: Vec<i64>,
+    new_hash: Vec<&'a [u8]>,
+    new_ts: Vec<i64>,
+    new_hlc: Vec<i32>,
+    ids: Vec<Uuid>,
+    entity: Vec<&'a str>,
+    scope: Vec<&'a str>,
+    clock: Vec<i64>,
+    kind: Vec<i32>,
+    flags: Vec<i16>,
+    ts: Vec<i64>,
+    hlc: Vec<i32>,
+    corr: Vec<Uuid>,
+    cause: Vec<Option<Uuid>>,
+    prev: Vec<&'a [u8]>,
+    hash: Vec<&'a [u8]>,
+    content: Vec<&'a [u8]>,
+    payload: Vec<&'a [u8]>,
+}
+
+impl Params<'_> {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 22] {
+        [
+            &self.lock_first,
+            &self.keys,
+            &self.entities,
+            &self.expected,
+            &self.new_clock,
+            &self.new_hash,
+            &self.new_ts,
+            &self.new_hlc,
+            &self.ids,
+            &self.entity,
+            &self.scope,
+            &self.clock,
+            &self.kind,
+            &self.flags,
+            &self.ts,
+            &self.hlc,
+            &self.corr,
+            &self.cause,
+            &self.prev,
+            &self.hash,
+            &self.content,
+            &self.payload,
+        ]
+    }
+}
+
+fn params<'a>(lock_first: bool, events: &'a [PreparedEvent], plan: &'a Plan) -> Params<'a> {
+    let after = || plan.entities.values().map(|(_, a)| a);
+    Params {
+        lock_first,
+        keys: events
             .iter()
             .filter(|e| e.idempotent)
             .map(|e| Uuid::from_u128(e.event_id))
-            .collect();
-        let entities: Vec<&str> = plan.entities.keys().map(String::as_str).collect();
-        let expected: Vec<i64> = plan
+            .collect(),
+        entities: plan.entities.keys().map(String::as_str).collect(),
+        expected: plan
             .entities
             .values()
             .map(|(before, _)| before.map_or(-1, |t| i64::from(t.clock)))
-            .collect();
-        let new_clock: Vec<i64> = plan
-            .entities
-            .values()
-            .map(|(_, a)| i64::from(a.clock))
-            .collect();
-        let new_hash: Vec<&[u8]> = plan
-            .entities
-            .values()
-            .map(|(_, a)| a.hash.as_slice())
-            .collect();
-        let new_ts: Vec<i64> = plan
-            .entities
-            .values()
-            .map(|(_, a)| a.time.timestamp_us)
-            .collect();
-        let new_hlc: Vec<i32> = plan
-            .entities
-            .values()
-            .map(|(_, a)| i32::from(a.time.hlc_counter))
-            .collect();
-        let ids: Vec<Uuid> = events.iter().map(|e| Uuid::from_u128(e.event_id)).collect();
-        let ev_entity: Vec<&str> = events.iter().map(|e| e.coord.entity()).collect();
-        let ev_scope: Vec<&str> = events.iter().map(|e| e.coord.scope()).collect();
-        let ev_clock: Vec<i64> = plan.events.iter().map(|p| i64::from(p.clock)).collect();
-        let ev_kind: Vec<i32> = events.iter().map(|e| i32::from(e.kind.raw())).collect();
-        let ev_flags: Vec<i16> = events.iter().map(|e| i16::from(e.flags)).collect();
-        let ev_ts: Vec<i64> = plan.events.iter().map(|p| p.time.timestamp_us).collect();
-        let ev_hlc: Vec<i32> = plan
+            .collect(),
+        new_clock: after().map(|a| i64::from(a.clock)).collect(),
+        new_hash: after().map(|a| a.hash.as_slice()).collect(),
+        new_ts: after().map(|a| a.time.timestamp_us).collect(),
+        new_hlc: after().map(|a| i32::from(a.time.hlc_counter)).collect(),
+        ids: events.iter().map(|e| Uuid::from_u128(e.event_id)).collect(),
+        entity: events.iter().map(|e| e.coord.entity()).collect(),
+        scope: events.iter().map(|e| e.coord.scope()).collect(),
+        clock: plan.events.iter().map(|p| i64::from(p.clock)).collect(),
+        kind: events.iter().map(|e| i32::from(e.kind.raw())).collect(),
+        flags: events.iter().map(|e| i16::from(e.flags)).collect(),
+        ts: plan.events.iter().map(|p| p.time.timestamp_us).collect(),
+        hlc: plan
             .events
             .iter()
             .map(|p| i32::from(p.time.hlc_counter))
-            .collect();
-        let ev_corr: Vec<Uuid> = events
+            .collect(),
+        corr: events
             .iter()
             .map(|e| Uuid::from_u128(e.correlation_id.unwrap_or(e.event_id)))
-            .collect();
-        let ev_cause: Vec<Option<Uuid>> = events
+            .collect(),
+        cause: events
             .iter()
             .map(|e| e.causation_id.map(Uuid::from_u128))
-            .collect();
-        let ev_prev: Vec<&[u8]> = plan.events.iter().map(|p| p.prev_hash.as_slice()).collect();
-        let ev_hash: Vec<&[u8]> = plan
+            .collect(),
+        prev: plan.events.iter().map(|p| p.prev_hash.as_slice()).collect(),
+        hash: plan
             .events
             .iter()
             .map(|p| p.event_hash.as_slice())
-            .collect();
-        let ev_content: Vec<&[u8]> = events.iter().map(|e| e.content_hash.as_slice()).collect();
-        let ev_payload: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        let params: [&(dyn ToSql + Sync); 21] = [
-            &keys,
-            &entities,
-            &expected,
-            &new_clock,
-            &new_hash,
-            &new_ts,
-            &new_hlc,
-            &ids,
-            &ev_entity,
-            &ev_scope,
-            &ev_clock,
-            &ev_kind,
-            &ev_flags,
-            &ev_ts,
-            &ev_hlc,
-            &ev_corr,
-            &ev_cause,
-            &ev_prev,
-            &ev_hash,
-            &ev_content,
-            &ev_payload,
-        ];
-        let sql = &self.sql.append;
-        #[cfg(feature = "test-support")]
-        let hook = self.config.before_commit.clone();
-        let rows = self
-            .with_conn(|c| {
-                let st = c.statement(sql)?;
-                #[cfg(feature = "test-support")]
-                if let Some(hook) = &hook {
-                    let mut tx = c.client.transaction()?;
-                    let rows = tx.query(&st, &params)?;
-                    if matches!(rows.first().map(|r| r.get::<_, i32>(0)), Some(0)) {
-                        hook();
-                    }
-                    tx.commit()?;
-                    return Ok(rows);
-                }
-                c.client.query(&st, &params)
-            })
-            .map_err(|e| match e {
-                crate::WithConn::Pool(e) => Failure::Fatal(e),
-                crate::WithConn::Db(e) => classify_write(e),
-            })?;
-        outcome(&rows).map_err(Failure::Fatal)
+            .collect(),
+        content: events.iter().map(|e| e.content_hash.as_slice()).collect(),
+        payload: events.iter().map(|e| e.payload.as_slice()).collect(),
     }
 }
 

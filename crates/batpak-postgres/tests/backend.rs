@@ -196,7 +196,7 @@ fn appends_run_read_committed_whatever_the_server_default() {
     let err = tx
         .query(
             &format!(
-                "SELECT * FROM {}.append_events('{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}',
+                "SELECT * FROM {}.append_events(false, '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}',
                  '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}',
                  '{{}}', '{{}}', '{{}}', '{{}}')",
                 cfg.schema
@@ -423,4 +423,56 @@ fn reads_use_indexes() {
         assert!(plan.contains("Index"), "{what} does not use an index:\n{plan}");
     }
     assert_eq!(store.by_correlation(root.event_id).unwrap().len(), 2);
+}
+
+/// An append that keeps losing races to busy writers stops hoping: after two
+/// stale answers it takes the entities' locks first, and then wins. Without
+/// that, a batch over entities that others append to all the time can lose
+/// every attempt.
+#[test]
+fn a_batch_over_busy_entities_gets_through() {
+    let Some(cfg) = testing::fresh_config() else {
+        return;
+    };
+    let store = Arc::new(PgStore::open(cfg.clone().with_max_attempts(6)).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..6)
+        .map(|i| {
+            // Other handles, like other processes: their appends move the
+            // entities behind this handle's back.
+            let other = PgStore::open(cfg.clone()).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    other
+                        .append(&coord(&format!("hot{}", (i + n) % 6)), KIND, &n)
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for round in 0..15 {
+        let items = (0..6)
+            .map(|e| {
+                BatchAppendItem::new(
+                    coord(&format!("hot{e}")),
+                    KIND,
+                    &json!({ "round": round }),
+                    AppendOptions::new(),
+                    CausationRef::None,
+                )
+                .unwrap()
+            })
+            .collect();
+        store.append_batch(items).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let others: u64 = busy.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(others > 0);
+    assert!(store.verify().unwrap().is_clean());
+    assert_eq!(store.stats().unwrap().event_count as u64, others + 90);
 }
