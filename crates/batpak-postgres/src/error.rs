@@ -5,12 +5,20 @@
 use batpak::store::StoreError;
 use postgres::error::SqlState;
 
+/// The SQLSTATE the append statement aborts with when an entity was not in
+/// the expected state (schema.rs).
+const STALE: &str = "BP001";
+
 /// What a failed statement means for the append loop.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// Another writer won a race the loop can re-plan around: a unique
-    /// violation on a key or an entity's row, a serialization failure, a
-    /// deadlock. Nothing of the attempt was written.
+    /// An entity was not in the expected state (the statement aborted with
+    /// BP001, or lost a unique index on an entity's row or clock): re-read
+    /// the states and plan again. Nothing of the attempt was written.
+    Stale,
+    /// Another writer won a race the loop can retry: a key committed
+    /// meanwhile, a serialization failure, a deadlock. Nothing of the
+    /// attempt was written.
     Race(&'static str),
     /// Give up with this error.
     Fatal(StoreError),
@@ -79,10 +87,12 @@ pub(crate) fn classify_write(e: postgres::Error) -> Failure {
             // first, and nothing of this attempt was written.
             return match constraint {
                 "events_pkey" => Failure::Race("an idempotency key committed meanwhile"),
-                "streams_pkey" => Failure::Race("the entity was created meanwhile"),
-                "events_entity_clock_key" => Failure::Race("the entity's clock moved meanwhile"),
+                "streams_pkey" | "events_entity_clock_key" => Failure::Stale,
                 _ => Failure::Fatal(StoreError::Backend(Box::new(DbFailure(e)))),
             };
+        }
+        if code.code() == STALE {
+            return Failure::Stale;
         }
         if *code == SqlState::T_R_SERIALIZATION_FAILURE {
             return Failure::Race("serialization failure");

@@ -68,8 +68,12 @@ impl r2d2::ManageConnection for Manager {
         // The append protocol takes a fresh snapshot per statement after
         // locking (READ COMMITTED; see docs/postgres.md), and a receipt
         // must mean the commit record is flushed: never accept `off`.
+        // Statements are prepared once per connection; planning the append
+        // statement anew on every call (a "custom" plan) would cost more
+        // than running it, and its generic plan is the same index lookups.
         client.batch_execute(
             "SET default_transaction_isolation TO 'read committed';
+             SET plan_cache_mode TO force_generic_plan;
              DO $$ BEGIN
                IF current_setting('synchronous_commit') = 'off' THEN
                  PERFORM set_config('synchronous_commit', 'on', false);

@@ -28,30 +28,33 @@ struct Migration {
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    description: "events, streams, indexes, append_events()",
+    description: "events, streams, indexes, all_or_nothing()",
     sql: MIGRATION_1,
 }];
 
 /// Version 1. `events` holds every event once; `streams` holds one row per
-/// entity with its newest clock, hash and time, which appends advance under
-/// the entity's advisory lock. Text columns use the C collation: byte order, so an entity
-/// prefix is an index range, and no locale can reorder or equate entities.
+/// entity with its newest clock, hash, time and position, which appends
+/// advance under the row's lock. Text columns use the C collation: byte
+/// order, so an entity prefix is an index range, and no locale can reorder
+/// or equate entities. Values are checked by the code that writes them
+/// and by `verify`, not by CHECK constraints (each would be re-parsed by
+/// every append statement).
 const MIGRATION_1: &str = r#"
 CREATE TABLE {s}.events (
     position        bigint   NOT NULL,
     event_id        uuid     NOT NULL,
     entity          text     COLLATE "C" NOT NULL,
     scope           text     COLLATE "C" NOT NULL,
-    clock           bigint   NOT NULL CHECK (clock >= 0 AND clock <= 4294967295),
-    kind            integer  NOT NULL CHECK (kind >= 0 AND kind <= 65535),
-    flags           smallint NOT NULL CHECK (flags >= 0 AND flags <= 255),
+    clock           bigint   NOT NULL,
+    kind            integer  NOT NULL,
+    flags           smallint NOT NULL,
     timestamp_us    bigint   NOT NULL,
-    hlc_counter     integer  NOT NULL CHECK (hlc_counter >= 0 AND hlc_counter <= 65535),
+    hlc_counter     integer  NOT NULL,
     correlation_id  uuid     NOT NULL,
     causation_id    uuid,
-    prev_hash       bytea    NOT NULL CHECK (length(prev_hash) = 32),
-    event_hash      bytea    NOT NULL CHECK (length(event_hash) = 32),
-    content_hash    bytea    NOT NULL CHECK (length(content_hash) = 32),
+    prev_hash       bytea    NOT NULL,
+    event_hash      bytea    NOT NULL,
+    content_hash    bytea    NOT NULL,
     payload         bytea    NOT NULL,
     CONSTRAINT events_pkey PRIMARY KEY (event_id),
     CONSTRAINT events_position_key UNIQUE (position),
@@ -67,167 +70,170 @@ CREATE INDEX events_causation_idx ON {s}.events (causation_id, position)
     WHERE causation_id IS NOT NULL;
 
 CREATE TABLE {s}.streams (
-    entity        text   COLLATE "C" NOT NULL,
-    clock         bigint NOT NULL CHECK (clock >= 0 AND clock <= 4294967295),
-    event_hash    bytea  NOT NULL CHECK (length(event_hash) = 32),
-    timestamp_us  bigint NOT NULL,
+    entity        text    COLLATE "C" NOT NULL,
+    clock         bigint  NOT NULL,
+    event_hash    bytea   NOT NULL,
+    timestamp_us  bigint  NOT NULL,
     hlc_counter   integer NOT NULL,
+    -- The newest event's position: an append's positions must be above it.
+    position      bigint  NOT NULL,
     CONSTRAINT streams_pkey PRIMARY KEY (entity)
 ) WITH (fillfactor = 70);
 
--- The lock of an entity: a transaction-level advisory lock on a 64-bit
--- hash of the schema and the entity. Unlike a row lock it needs no row (new
--- entities are locked the same way) and assigns no transaction id.
-CREATE FUNCTION {s}.lock_entities(p_entities text[]) RETURNS void
-LANGUAGE plpgsql VOLATILE
+-- Called once per append statement: whether to write (no idempotency key
+-- was taken), or, when the entities were not all in the expected state,
+-- abort the whole statement (SQLSTATE BP001) so that nothing of it stays.
+CREATE FUNCTION {s}.all_or_nothing(fresh boolean, advanced bigint, entities integer)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
 AS $fn$
-DECLARE
-    v_key bigint;
 BEGIN
-    -- One order for every caller: appends never deadlock on each other.
-    FOR v_key IN
-        SELECT DISTINCT hashtextextended('{s}' || chr(31) || x.entity, 0)
-        FROM unnest(p_entities) AS x(entity) ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock(v_key);
-    END LOOP;
-END
-$fn$;
-
--- One append or batch, atomically. The caller planned clocks, times and
--- hashes from the entity states it expects (p_expected: newest clock, -1
--- for none); this checks idempotency keys first, then the states under the
--- entities' locks, then writes.
--- Outcome 0: written at positions (xid << 20) + item index; 1: an
--- idempotency key is taken (its event's row); 2: an entity is not in the
--- expected state (its actual newest clock, hash and time; NULL clock for
--- none). Outcomes 1 and 2 write nothing and take no transaction id.
--- Optimistic callers (p_lock_first = false) run it alone, in one round
--- trip; a stale expectation is then found before any lock is taken.
--- Callers that lost races call it inside their own transaction with
--- p_lock_first = true: the locks taken before the checks are held until
--- COMMIT, so after outcome 2 the states it reported cannot move, and the
--- caller's second call with a plan made from them succeeds.
-CREATE FUNCTION {s}.append_events(
-    p_lock_first boolean,
-    p_keys uuid[],
-    p_entities text[],
-    p_expected bigint[],
-    p_new_clock bigint[],
-    p_new_hash bytea[],
-    p_new_ts bigint[],
-    p_new_hlc integer[],
-    e_id uuid[],
-    e_entity text[],
-    e_scope text[],
-    e_clock bigint[],
-    e_kind integer[],
-    e_flags smallint[],
-    e_ts bigint[],
-    e_hlc integer[],
-    e_corr uuid[],
-    e_cause uuid[],
-    e_prev bytea[],
-    e_hash bytea[],
-    e_content bytea[],
-    e_payload bytea[]
-) RETURNS TABLE (
-    outcome integer,
-    r_event_id uuid,
-    r_entity text,
-    r_scope text,
-    r_kind integer,
-    r_clock bigint,
-    r_hash bytea,
-    r_ts bigint,
-    r_hlc integer,
-    r_position bigint
-)
-LANGUAGE plpgsql VOLATILE
-AS $fn$
-DECLARE
-    v_xid bigint;
-BEGIN
-    -- Every statement below must see what committed before it started.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'batpak appends need READ COMMITTED, not %',
-            current_setting('transaction_isolation')
-            USING ERRCODE = 'feature_not_supported';
+    IF NOT fresh THEN
+        RETURN false;
     END IF;
-    IF p_lock_first THEN
-        PERFORM {s}.lock_entities(p_entities);
+    IF advanced <> entities THEN
+        RAISE EXCEPTION 'batpak: % of % entities were not in the expected state',
+            entities - advanced, entities
+            USING ERRCODE = 'BP001';
     END IF;
-
-    IF cardinality(p_keys) > 0 THEN
-        RETURN QUERY
-            SELECT 1, e.event_id, e.entity::text, e.scope::text, e.kind, e.clock,
-                   NULL::bytea, NULL::bigint, NULL::integer, e.position
-            FROM {s}.events e WHERE e.event_id = ANY (p_keys);
-        IF FOUND THEN RETURN; END IF;
-    END IF;
-
-    IF NOT p_lock_first THEN
-        -- Without locks first: a stale expectation costs no lock wait.
-        RETURN QUERY
-            SELECT 2, NULL::uuid, x.entity, NULL::text, NULL::integer,
-                   s.clock, s.event_hash, s.timestamp_us, s.hlc_counter, NULL::bigint
-            FROM unnest(p_entities, p_expected) AS x(entity, expected)
-            LEFT JOIN {s}.streams s ON s.entity = x.entity
-            WHERE s.clock IS DISTINCT FROM nullif(x.expected, -1);
-        IF FOUND THEN RETURN; END IF;
-        PERFORM {s}.lock_entities(p_entities);
-    END IF;
-
-    -- Under the locks. This statement's snapshot is newer than the locks,
-    -- and a lock is released only after its holder's commit is visible, so
-    -- it sees every append of these entities that will ever precede ours.
-    RETURN QUERY
-        SELECT 2, NULL::uuid, x.entity, NULL::text, NULL::integer,
-               s.clock, s.event_hash, s.timestamp_us, s.hlc_counter, NULL::bigint
-        FROM unnest(p_entities, p_expected) AS x(entity, expected)
-        LEFT JOIN {s}.streams s ON s.entity = x.entity
-        WHERE s.clock IS DISTINCT FROM nullif(x.expected, -1);
-    IF FOUND THEN RETURN; END IF;
-
-    -- The top-level transaction id (also inside a subtransaction), assigned
-    -- here, after the locks: every earlier append of these entities has
-    -- committed with a smaller one. Unique and never reused (64 bits with
-    -- the epoch); positions stay positive bigints while it is below 2^43.
-    v_xid := pg_current_xact_id()::text::bigint;
-    IF v_xid >= (1::bigint << 43) THEN
-        RAISE EXCEPTION 'transaction id % is past the range of batpak positions', v_xid
-            USING ERRCODE = 'program_limit_exceeded';
-    END IF;
-    IF cardinality(e_id) > (1 << 20) THEN
-        RAISE EXCEPTION 'a batch of % events is over 2^20', cardinality(e_id)
-            USING ERRCODE = 'program_limit_exceeded';
-    END IF;
-
-    UPDATE {s}.streams s
-        SET clock = n.clock, event_hash = n.hash, timestamp_us = n.ts, hlc_counter = n.hlc
-        FROM unnest(p_entities, p_expected, p_new_clock, p_new_hash, p_new_ts, p_new_hlc)
-             AS n(entity, expected, clock, hash, ts, hlc)
-        WHERE s.entity = n.entity AND n.expected >= 0;
-    INSERT INTO {s}.streams (entity, clock, event_hash, timestamp_us, hlc_counter)
-        SELECT n.entity, n.clock, n.hash, n.ts, n.hlc
-        FROM unnest(p_entities, p_expected, p_new_clock, p_new_hash, p_new_ts, p_new_hlc)
-             AS n(entity, expected, clock, hash, ts, hlc)
-        WHERE n.expected < 0;
-    INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
-                            timestamp_us, hlc_counter, correlation_id, causation_id,
-                            prev_hash, event_hash, content_hash, payload)
-        SELECT (v_xid << 20) + (e.ord - 1), e.id, e.entity, e.scope, e.clock, e.kind, e.flags,
-               e.ts, e.hlc, e.corr, e.cause, e.prev, e.hash, e.content, e.payload
-        FROM unnest(e_id, e_entity, e_scope, e_clock, e_kind, e_flags, e_ts, e_hlc,
-                    e_corr, e_cause, e_prev, e_hash, e_content, e_payload)
-             WITH ORDINALITY
-             AS e(id, entity, scope, clock, kind, flags, ts, hlc, corr, cause, prev, hash,
-                  content, payload, ord);
-    RETURN QUERY SELECT 0, NULL::uuid, NULL::text, NULL::text, NULL::integer, NULL::bigint,
-                        NULL::bytea, NULL::bigint, NULL::integer, v_xid << 20;
+    RETURN true;
 END
 $fn$;
 "#;
+
+/// One append or batch, atomically, in one statement: one round trip,
+/// committed by itself (or inside the caller's transaction). The caller
+/// planned clocks, times and hashes from the entity states it expects
+/// (`$3`: newest clock per entity, -1 for none).
+///
+/// 1. `keys`: events whose id is one of the idempotency keys. If any
+///    exists, nothing is written and their rows are returned (outcome 1).
+/// 2. `locked`: the existing rows of the entities, locked in entity order
+///    (so appends never deadlock on each other).
+/// 3. `advanced`: each existing row advanced only if it is at the expected
+///    clock and its newest position is below this transaction's (a row
+///    updated concurrently is re-checked at its newest version); new
+///    entities inserted only if still absent.
+/// 4. `gate`: all of them advanced, or the statement aborts (BP001) and
+///    nothing stays; the caller re-reads the states and plans again.
+/// 5. `written`: the events at positions (top-level xid << 20) + item index.
+///
+/// Returns outcome 0 with the first position, or the outcome-1 rows.
+/// Parameters: $1 keys uuid[]; $2..$8 per entity: names, expected clock,
+/// new clock, hash, timestamp, HLC counter; $9..$22 per event: id, entity,
+/// scope, clock, kind, flags, timestamp, HLC counter, correlation,
+/// causation, prev hash, hash, content hash, payload.
+pub(crate) const APPEND: &str = r#"
+WITH keys AS (
+    SELECT e.event_id, e.entity::text AS entity, e.scope::text AS scope, e.kind, e.position
+    FROM unnest($1::uuid[]) AS k(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM {s}.events e WHERE e.event_id = k.id OFFSET 0
+    ) e
+),
+locked AS (
+    SELECT l.ctid AS row_id, l.entity, l.clock, l.position
+    FROM unnest($2::text[]) AS x(entity)
+    CROSS JOIN LATERAL (
+        SELECT s.ctid, s.entity, s.clock, s.position
+        FROM {s}.streams s WHERE s.entity = x.entity FOR UPDATE
+    ) l
+    WHERE NOT EXISTS (SELECT 1 FROM keys)
+),
+updated AS (
+    UPDATE {s}.streams s
+    SET clock = n.clock, event_hash = n.hash, timestamp_us = n.ts, hlc_counter = n.hlc,
+        position = (pg_current_xact_id()::text::bigint << 20) + n.last_item
+    FROM locked l
+    JOIN unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[],
+                $7::integer[], $8::bigint[])
+         AS n(entity, expected, clock, hash, ts, hlc, last_item)
+      ON n.entity = l.entity
+    WHERE s.ctid = l.row_id
+      AND l.clock = n.expected
+      AND l.position < (pg_current_xact_id()::text::bigint << 20)
+    RETURNING s.entity
+),
+created AS (
+    INSERT INTO {s}.streams (entity, clock, event_hash, timestamp_us, hlc_counter, position)
+    SELECT n.entity, n.clock, n.hash, n.ts, n.hlc,
+           (pg_current_xact_id()::text::bigint << 20) + n.last_item
+    FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[],
+                $7::integer[], $8::bigint[])
+         AS n(entity, expected, clock, hash, ts, hlc, last_item)
+    WHERE n.expected < 0 AND NOT EXISTS (SELECT 1 FROM keys)
+    ON CONFLICT (entity) DO NOTHING
+    RETURNING entity
+),
+gate AS (
+    SELECT {s}.all_or_nothing(
+        NOT EXISTS (SELECT 1 FROM keys),
+        (SELECT count(*) FROM updated) + (SELECT count(*) FROM created),
+        cardinality($2::text[])) AS go
+),
+written AS (
+    INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
+                            timestamp_us, hlc_counter, correlation_id, causation_id,
+                            prev_hash, event_hash, content_hash, payload)
+    SELECT (pg_current_xact_id()::text::bigint << 20) + (e.ord - 1), e.id, e.entity, e.scope,
+           e.clock, e.kind, e.flags, e.ts, e.hlc, e.corr, e.cause, e.prev, e.hash, e.content,
+           e.payload
+    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::bigint[], $13::integer[],
+                $14::smallint[], $15::bigint[], $16::integer[], $17::uuid[], $18::uuid[],
+                $19::bytea[], $20::bytea[], $21::bytea[], $22::bytea[])
+         WITH ORDINALITY
+         AS e(id, entity, scope, clock, kind, flags, ts, hlc, corr, cause, prev, hash, content,
+              payload, ord)
+    WHERE (SELECT go FROM gate)
+    RETURNING position
+)
+SELECT 0 AS outcome, NULL::uuid, NULL::text, NULL::text, NULL::integer,
+       (SELECT min(position) FROM written)
+WHERE (SELECT go FROM gate)
+UNION ALL
+SELECT 1, k.event_id, k.entity, k.scope, k.kind, k.position FROM keys k
+"#;
+
+/// The common case of [`APPEND`], as a much smaller plan: one event, no
+/// idempotency key. The entity's row is advanced only from the expected
+/// state (`$2`: newest clock, -1 for none) and only below this transaction's
+/// position, or created if absent; the event is written only if one of them
+/// happened. No row returned means the entity was not in the expected state
+/// and nothing was written (one entity: nothing to undo).
+///
+/// Parameters: $1 entity, $2 expected clock, $3 clock, $4 event hash,
+/// $5 timestamp, $6 HLC counter, $7 event id, $8 scope, $9 kind, $10 flags,
+/// $11 correlation, $12 causation, $13 prev hash, $14 content hash,
+/// $15 payload.
+pub(crate) const APPEND_ONE: &str = r#"
+WITH updated AS (
+    UPDATE {s}.streams s
+    SET clock = $3, event_hash = $4, timestamp_us = $5, hlc_counter = $6,
+        position = pg_current_xact_id()::text::bigint << 20
+    WHERE s.entity = $1::text AND s.clock = $2::bigint
+      AND s.position < (pg_current_xact_id()::text::bigint << 20)
+    RETURNING 1
+),
+created AS (
+    INSERT INTO {s}.streams (entity, clock, event_hash, timestamp_us, hlc_counter, position)
+    SELECT $1, $3, $4, $5, $6, pg_current_xact_id()::text::bigint << 20
+    WHERE $2::bigint < 0
+    ON CONFLICT (entity) DO NOTHING
+    RETURNING 1
+)
+INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
+                        timestamp_us, hlc_counter, correlation_id, causation_id,
+                        prev_hash, event_hash, content_hash, payload)
+SELECT pg_current_xact_id()::text::bigint << 20, $7, $1, $8, $3, $9, $10, $5, $6, $11, $12,
+       $13, $4, $14, $15
+WHERE EXISTS (SELECT 1 FROM updated) OR EXISTS (SELECT 1 FROM created)
+RETURNING position
+"#;
+
+/// The existing rows of some entities, locked in entity order, with their
+/// newest event: what an append that lost races plans from, inside its own
+/// transaction, before it runs [`APPEND`] there.
+pub(crate) const LOCK_TAILS: &str = "SELECT entity, clock, event_hash, timestamp_us, hlc_counter \
+     FROM {s}.streams WHERE entity = ANY ($1) ORDER BY entity FOR UPDATE";
 
 /// Create the schema or bring it to [`SCHEMA_VERSION`]; returns the version
 /// it was at before (0 for a new store).
@@ -287,6 +293,8 @@ pub(crate) fn migrate(client: &mut Client, schema: &str) -> Result<u32, StoreErr
 pub(crate) struct Sql {
     pub(crate) schema: String,
     pub(crate) append: String,
+    pub(crate) append_one: String,
+    pub(crate) lock_tails: String,
     pub(crate) get: String,
     pub(crate) stream: String,
     pub(crate) stream_events: String,
@@ -309,13 +317,11 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, entity, scope, clock
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let s = schema;
-        let params = (1..=22)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         Self {
             schema: s.to_owned(),
-            append: format!("SELECT * FROM {s}.append_events({params})"),
+            append: APPEND.replace("{s}", s),
+            append_one: APPEND_ONE.replace("{s}", s),
+            lock_tails: LOCK_TAILS.replace("{s}", s),
             get: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
             stream: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {s}.events WHERE entity = $1 ORDER BY clock"

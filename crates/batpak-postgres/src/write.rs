@@ -1,17 +1,17 @@
 //! The append path: plan clocks, times and hashes on the caller's thread
-//! from the entity states it expects, then write everything with one call
-//! of `append_events`, which checks keys and states under the entities'
-//! locks. When another writer got there first, the call reports the
-//! entity's actual state and writes nothing; the loop re-plans from it.
-//! Writers of different entities never wait for each other.
+//! from the entity states it expects, then write everything with one
+//! statement ([`crate::schema::APPEND`]) that checks idempotency keys, locks
+//! the entities' rows in entity order, advances each only from the
+//! expected state, and writes the events, or aborts whole. Writers of
+//! different entities never wait for each other.
 //!
 //! Expected states come from a per-store cache of entity tails (each append
 //! leaves its entity's new tail there), so a process that keeps appending to
 //! an entity pays one round trip per append; an entity it has not seen is
-//! guessed empty, and a wrong guess costs one round trip that takes no lock.
-//! After two lost races an append stops hoping: it calls `append_events`
-//! inside its own transaction with the locks taken first, so the states it
-//! is told about cannot move before its second call, and it wins.
+//! guessed empty, and a wrong guess costs an aborted statement and a read.
+//! After two lost races an append stops hoping: in its own transaction it
+//! locks the rows first, reads their states, plans from them and writes;
+//! nobody can move them in between, so it wins.
 //!
 //! Why positions from transaction ids never let a reader pass an event that
 //! will still commit below it, and why an entity's positions increase with
@@ -72,11 +72,19 @@ struct Planned {
     event_hash: [u8; 32],
 }
 
+/// An entity of a planned append: the state expected, the state after,
+/// and the index of its last item (whose position its row will hold).
+struct EntityPlan {
+    expected: Option<Tail>,
+    after: Tail,
+    last_item: usize,
+}
+
 /// A whole append, planned against expected entity states.
 struct Plan {
     events: Vec<Planned>,
-    /// Per entity (in entity order): the state expected, the state after.
-    entities: BTreeMap<String, (Option<Tail>, Tail)>,
+    /// In entity order (the order rows are locked in).
+    entities: BTreeMap<String, EntityPlan>,
 }
 
 /// A plan that cannot be sent: a CAS condition fails, or a clock overflows.
@@ -86,34 +94,21 @@ struct Refused {
     error: StoreError,
 }
 
-/// What `append_events` answered.
-enum Outcome {
-    /// Written; positions are `base + item index`.
-    Written { base: u64 },
-    /// Idempotency keys already taken: (key, entity, scope, kind, position).
-    Keys(Vec<KeyRow>),
-    /// Entities not in the expected state: their actual tails.
-    Stale(Vec<(String, Option<Tail>)>),
-}
+/// Expected states by entity (`None`: no event).
+type States = HashMap<String, Option<Tail>>;
 
 /// How one attempt ended.
 enum Sent {
-    Written {
-        base: u64,
-        plan: Plan,
-    },
+    /// Written; positions are `base + item index`.
+    Written { base: u64, plan: Plan },
+    /// Idempotency keys already taken; nothing written.
     Keys(Vec<KeyRow>),
-    Stale(Vec<(String, Option<Tail>)>),
-    /// The plan failed a condition; `learned` are states read under locks.
-    Refused {
-        refused: Refused,
-        learned: Vec<(String, Option<Tail>)>,
-    },
+    /// The plan failed a condition. `locked` are the states it was made
+    /// from when they were read under the rows' locks (authoritative).
+    Refused { refused: Refused, locked: States },
 }
 
-/// Expected states by entity.
-type States = HashMap<String, Option<Tail>>;
-
+/// The event an idempotency key names.
 pub(crate) struct KeyRow {
     event_id: u128,
     entity: String,
@@ -123,86 +118,99 @@ pub(crate) struct KeyRow {
 }
 
 fn backend(detail: &str) -> StoreError {
-    StoreError::Backend(format!("append_events: {detail}").into())
+    StoreError::Backend(format!("append: {detail}").into())
 }
 
-fn tail_from(
-    clock: Option<i64>,
-    hash: Option<Vec<u8>>,
-    ts: Option<i64>,
-    hlc: Option<i32>,
-) -> Result<Option<Tail>, StoreError> {
-    let Some(clock) = clock else {
+fn tail_from(row: &Row, at: usize) -> Result<Option<Tail>, StoreError> {
+    let get = |e: postgres::Error| backend(&e.to_string());
+    let Some(clock) = row.try_get::<_, Option<i64>>(at).map_err(get)? else {
         return Ok(None);
     };
-    let hash: [u8; 32] = hash
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| backend("entity hash is not 32 bytes"))?;
+    let hash: Vec<u8> = row.try_get(at + 1).map_err(get)?;
+    let ts: i64 = row.try_get(at + 2).map_err(get)?;
+    let hlc: i32 = row.try_get(at + 3).map_err(get)?;
     Ok(Some(Tail {
         clock: u32::try_from(clock).map_err(|_| backend("entity clock out of range"))?,
-        hash,
+        hash: hash
+            .try_into()
+            .map_err(|_| backend("entity hash is not 32 bytes"))?,
         time: EntityTime {
-            timestamp_us: ts.ok_or_else(|| backend("entity time missing"))?,
-            hlc_counter: hlc
-                .and_then(|h| u16::try_from(h).ok())
-                .ok_or_else(|| backend("entity HLC counter out of range"))?,
+            timestamp_us: ts,
+            hlc_counter: u16::try_from(hlc)
+                .map_err(|_| backend("entity HLC counter out of range"))?,
         },
     }))
 }
 
-fn outcome(rows: &[Row]) -> Result<Outcome, StoreError> {
+/// Rows of (entity, clock, hash, timestamp, HLC counter) as states.
+fn tails(rows: &[Row]) -> Result<States, StoreError> {
+    rows.iter()
+        .map(|r| {
+            let entity: String = r.try_get(0).map_err(|e| backend(&e.to_string()))?;
+            Ok((entity, tail_from(r, 1)?))
+        })
+        .collect()
+}
+
+fn key_row(r: &Row, at: usize) -> Result<KeyRow, StoreError> {
     let get = |e: postgres::Error| backend(&e.to_string());
+    let kind: i32 = r.try_get(at + 3).map_err(get)?;
+    Ok(KeyRow {
+        event_id: r.try_get::<_, Uuid>(at).map_err(get)?.as_u128(),
+        entity: r.try_get(at + 1).map_err(get)?,
+        scope: r.try_get(at + 2).map_err(get)?,
+        kind: u16::try_from(kind).map_err(|_| backend("kind out of range"))?,
+        position: position(r.try_get(at + 4).map_err(get)?)?,
+    })
+}
+
+/// What the append statement returned. The general form: outcome 0 with
+/// the first position, or outcome-1 rows naming the events that took its
+/// keys (it aborts with BP001 when an entity was stale). The one-event
+/// form: the position, or no row when the entity was stale.
+fn answer(events: &[PreparedEvent], rows: &[Row], plan: Plan) -> Result<Sent, Failure> {
+    let fatal = |e: postgres::Error| Failure::Fatal(backend(&e.to_string()));
+    if single(events) {
+        let Some(row) = rows.first() else {
+            return Err(Failure::Stale);
+        };
+        return Ok(Sent::Written {
+            base: position(row.try_get(0).map_err(fatal)?).map_err(Failure::Fatal)?,
+            plan,
+        });
+    }
     let Some(first) = rows.first() else {
-        return Err(backend("no result row"));
+        return Err(Failure::Fatal(backend("no result row")));
     };
-    match first.try_get::<_, i32>(0).map_err(get)? {
-        0 => {
-            let base: i64 = first.try_get(9).map_err(get)?;
-            Ok(Outcome::Written {
-                base: position(base)?,
-            })
-        }
+    match first.try_get::<_, i32>(0).map_err(fatal)? {
+        0 => Ok(Sent::Written {
+            base: position(first.try_get(5).map_err(fatal)?).map_err(Failure::Fatal)?,
+            plan,
+        }),
         1 => rows
             .iter()
-            .map(|r| {
-                let kind: i32 = r.try_get(4).map_err(get)?;
-                Ok(KeyRow {
-                    event_id: r.try_get::<_, Uuid>(1).map_err(get)?.as_u128(),
-                    entity: r.try_get(2).map_err(get)?,
-                    scope: r.try_get(3).map_err(get)?,
-                    kind: u16::try_from(kind).map_err(|_| backend("kind out of range"))?,
-                    position: position(r.try_get(9).map_err(get)?)?,
-                })
-            })
+            .map(|r| key_row(r, 1))
             .collect::<Result<_, _>>()
-            .map(Outcome::Keys),
-        2 => rows
-            .iter()
-            .map(|r| {
-                let entity: String = r.try_get(2).map_err(get)?;
-                let tail = tail_from(
-                    r.try_get(5).map_err(get)?,
-                    r.try_get(6).map_err(get)?,
-                    r.try_get(7).map_err(get)?,
-                    r.try_get(8).map_err(get)?,
-                )?;
-                Ok((entity, tail))
-            })
-            .collect::<Result<_, _>>()
-            .map(Outcome::Stale),
-        other => Err(backend(&format!("unknown outcome {other}"))),
+            .map(Sent::Keys)
+            .map_err(Failure::Fatal),
+        other => Err(Failure::Fatal(backend(&format!("unknown outcome {other}")))),
     }
+}
+
+/// A single event without an idempotency key: the one-event statement.
+fn single(events: &[PreparedEvent]) -> bool {
+    events.len() == 1 && !events[0].idempotent
 }
 
 /// Plan `events` (in order) on top of `base`: each item's condition is
 /// checked against its entity as earlier items of the call left it.
 fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Refused> {
-    let mut entities: BTreeMap<String, (Option<Tail>, Tail)> = BTreeMap::new();
+    let mut entities: BTreeMap<String, EntityPlan> = BTreeMap::new();
     let mut planned = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
         let entity = ev.coord.entity();
         let expected = base.get(entity).copied().flatten();
-        let tail = entities.get(entity).map_or(expected, |(_, now)| Some(*now));
+        let tail = entities.get(entity).map_or(expected, |p| Some(p.after));
         let refuse = |error| Refused {
             item: i,
             entity: entity.to_owned(),
@@ -244,8 +252,15 @@ fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Re
         };
         entities
             .entry(entity.to_owned())
-            .and_modify(|(_, now)| *now = after)
-            .or_insert((expected, after));
+            .and_modify(|p| {
+                p.after = after;
+                p.last_item = i;
+            })
+            .or_insert(EntityPlan {
+                expected,
+                after,
+                last_item: i,
+            });
         planned.push(Planned {
             clock,
             time,
@@ -275,14 +290,9 @@ impl PgStore {
         // States read from the database during this call: a condition that
         // fails against one of them fails for real.
         let mut fresh: States = HashMap::new();
-        let mut stale_rounds = 0u32;
-        let mut last_race = None;
+        let mut lost = 0u32;
+        let mut last_race = "none";
         for attempt in 0..self.config.max_attempts {
-            if let Some(why) = last_race {
-                tracing::debug!(attempt, why, "batpak: append lost a race; retrying");
-                backoff(attempt);
-            }
-            last_race = None;
             let base: States = {
                 let cache = self.tails.lock();
                 names
@@ -296,13 +306,12 @@ impl PgStore {
                     })
                     .collect()
             };
-            let locked = stale_rounds >= 2;
-            match self.attempt(events, base, locked) {
+            match self.attempt(events, &names, &base, lost >= 2) {
                 Ok(Sent::Written { base, plan }) => {
                     self.remember(
                         plan.entities
                             .iter()
-                            .map(|(k, (_, after))| (k.as_str(), Some(*after))),
+                            .map(|(k, p)| (k.as_str(), Some(p.after))),
                     );
                     return Ok(events
                         .iter()
@@ -315,24 +324,14 @@ impl PgStore {
                         .collect());
                 }
                 Ok(Sent::Keys(rows)) => return retried(events, &rows),
-                Ok(Sent::Stale(actual)) => {
-                    stale_rounds += 1;
-                    self.remember(actual.iter().map(|(k, v)| (k.as_str(), *v)));
-                    fresh.extend(actual);
-                }
-                Ok(Sent::Refused { refused, learned }) => {
-                    self.remember(learned.iter().map(|(k, v)| (k.as_str(), *v)));
-                    fresh.extend(learned);
+                Ok(Sent::Refused { refused, locked }) => {
+                    self.remember(locked.iter().map(|(k, v)| (k.as_str(), *v)));
+                    fresh.extend(locked);
                     if !fresh.contains_key(refused.entity.as_str()) {
                         // Refused against a cached or guessed state: learn
                         // the real ones, then decide.
-                        let tails = self
-                            .read_tails(&names)
+                        self.learn(&names, &mut fresh)
                             .map_err(|e| AppendError::at(0, BatchStage::Validation, e))?;
-                        for &n in &names {
-                            fresh.insert(n.to_owned(), tails.get(n).copied());
-                        }
-                        self.remember(tails.iter().map(|(k, v)| (k.as_str(), Some(*v))));
                         continue;
                     }
                     // A key already used answers before any condition.
@@ -350,12 +349,22 @@ impl PgStore {
                         refused.error,
                     ));
                 }
+                Err(Failure::Stale) => {
+                    // Another writer moved an entity first (or created it):
+                    // read where they are now and plan again.
+                    lost += 1;
+                    last_race = "an entity moved meanwhile";
+                    self.learn(&names, &mut fresh)
+                        .map_err(|e| AppendError::at(last, BatchStage::Writing, e))?;
+                }
                 Err(Failure::Race(why)) => {
-                    // Another writer committed first on a key, or the server
-                    // gave up a transaction: nothing known is current.
-                    last_race = Some(why);
+                    // A key committed meanwhile, or the server gave up a
+                    // transaction: nothing known is current.
+                    lost += 1;
+                    last_race = why;
                     fresh.clear();
                     self.forget(&names);
+                    backoff(attempt);
                 }
                 Err(Failure::Fatal(e)) => {
                     self.forget(&names);
@@ -368,94 +377,148 @@ impl PgStore {
             BatchStage::Writing,
             StoreError::Unavailable(
                 format!(
-                    "gave up after {} attempts lost to concurrent writers (last: {})",
-                    self.config.max_attempts,
-                    last_race.unwrap_or("a stale entity state")
+                    "gave up after {} attempts lost to concurrent writers (last: {last_race})",
+                    self.config.max_attempts
                 )
                 .into(),
             ),
         ))
     }
 
-    /// One attempt: plan against `base` and call `append_events`, alone in
-    /// one round trip, or (`locked`, or with the test hook) in a
-    /// transaction, where a stale answer is re-planned under the held locks.
+    /// One attempt. Optimistic: plan from `base`, run the append statement
+    /// alone (one round trip). `locked`: in a transaction, lock the rows and
+    /// read their states first, plan from those, run the statement, commit.
+    /// With the test hook the statement also runs in a transaction, and the
+    /// hook runs before COMMIT.
     fn attempt(
         &self,
         events: &[PreparedEvent],
-        base: States,
+        names: &[&str],
+        base: &States,
         locked: bool,
     ) -> Result<Sent, Failure> {
         let now_us = self.config.now_us();
-        let first = match plan(events, &base, now_us) {
-            Ok(p) => p,
-            Err(refused) => {
-                return Ok(Sent::Refused {
-                    refused,
-                    learned: Vec::new(),
-                })
-            }
-        };
-        let sql = &self.sql.append;
         #[cfg(feature = "test-support")]
         let hook = self.config.before_commit.clone();
         #[cfg(not(feature = "test-support"))]
         let hook: Option<std::sync::Arc<dyn Fn() + Send + Sync>> = None;
-        let result = self.with_conn(|c| {
-            let st = c.statement(sql)?;
-            if !locked && hook.is_none() {
-                let rows = c.client.query(&st, &params(false, events, &first).refs())?;
-                return Ok(outcome(&rows).map(|o| match o {
-                    Outcome::Written { base } => Sent::Written { base, plan: first },
-                    Outcome::Keys(k) => Sent::Keys(k),
-                    Outcome::Stale(s) => Sent::Stale(s),
-                }));
-            }
-            let mut tx = c.client.transaction()?;
-            let mut plan = first;
-            let mut base = base;
-            let mut learned = Vec::new();
-            for round in 0..2 {
-                let rows = tx.query(&st, &params(locked, events, &plan).refs())?;
-                let answer = match outcome(&rows) {
-                    Ok(a) => a,
-                    Err(e) => return Ok(Err(e)),
+        if !locked {
+            // Planned before a connection is taken: a plan refused against a
+            // cached state costs no round trip.
+            let plan = match plan(events, base, now_us) {
+                Ok(p) => p,
+                Err(refused) => {
+                    return Ok(Sent::Refused {
+                        refused,
+                        locked: States::new(),
+                    })
+                }
+            };
+            if hook.is_none() {
+                let result = self.with_conn(|c| self.run(c, events, &plan));
+                return match result {
+                    Ok(rows) => answer(events, &rows, plan),
+                    Err(e) => Err(failure(e)),
                 };
-                match answer {
-                    Outcome::Written { base } => {
-                        if let Some(hook) = &hook {
-                            hook();
-                        }
-                        tx.commit()?;
-                        return Ok(Ok(Sent::Written { base, plan }));
+            }
+            return self.in_transaction(events, names, Some(plan), now_us, hook.as_deref());
+        }
+        self.in_transaction(events, names, None, now_us, hook.as_deref())
+    }
+
+    /// Run the append in a transaction: with `plan`, as planned; without,
+    /// after locking the rows and planning from what they hold.
+    fn in_transaction(
+        &self,
+        events: &[PreparedEvent],
+        names: &[&str],
+        plan: Option<Plan>,
+        now_us: i64,
+        hook: Option<&(dyn Fn() + Send + Sync)>,
+    ) -> Result<Sent, Failure> {
+        let result = self.with_conn(|c| {
+            let lock = c.statement(&self.sql.lock_tails)?;
+            let one = c.statement(&self.sql.append_one)?;
+            let general = c.statement(&self.sql.append)?;
+            let mut tx = c.client.transaction()?;
+            let plan = match plan {
+                Some(p) => p,
+                None => {
+                    let rows = tx.query(&lock, &[&names])?;
+                    let mut states = match tails(&rows) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(Failure::Fatal(e))),
+                    };
+                    for n in names {
+                        states.entry((*n).to_owned()).or_insert(None);
                     }
-                    Outcome::Keys(k) => return Ok(Ok(Sent::Keys(k))),
-                    Outcome::Stale(actual) if !locked || round > 0 => {
-                        // Not holding locks (or someone wrote without
-                        // them): start over with what we learned.
-                        return Ok(Ok(Sent::Stale(actual)));
-                    }
-                    Outcome::Stale(actual) => {
-                        // The locks are held: these states cannot move.
-                        for (k, v) in &actual {
-                            base.insert(k.clone(), *v);
-                        }
-                        learned.extend(actual);
-                        match self::plan(events, &base, now_us) {
-                            Ok(p) => plan = p,
-                            Err(refused) => return Ok(Ok(Sent::Refused { refused, learned })),
+                    match self::plan(events, &states, now_us) {
+                        Ok(p) => p,
+                        Err(refused) => {
+                            return Ok(Ok(Sent::Refused {
+                                refused,
+                                locked: states,
+                            }))
                         }
                     }
                 }
+            };
+            let rows = if single(events) {
+                tx.query(&one, &one_params(&events[0], &plan).refs())?
+            } else {
+                tx.query(&general, &params(events, &plan).refs())?
+            };
+            let sent = match answer(events, &rows, plan) {
+                Ok(s) => s,
+                Err(Failure::Stale) => {
+                    // Nothing was written; the transaction ends here.
+                    tx.rollback()?;
+                    return Ok(Err(Failure::Stale));
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            if let (Sent::Written { .. }, Some(hook)) = (&sent, hook) {
+                hook();
             }
-            Ok(Ok(Sent::Stale(learned)))
+            tx.commit()?;
+            Ok(Ok(sent))
         });
         match result {
-            Ok(Ok(sent)) => Ok(sent),
-            Ok(Err(e)) => Err(Failure::Fatal(e)),
-            Err(crate::WithConn::Pool(e)) => Err(Failure::Fatal(e)),
-            Err(crate::WithConn::Db(e)) => Err(classify_write(e)),
+            Ok(r) => r,
+            Err(e) => Err(failure(e)),
         }
+    }
+
+    /// Run the append statement for `plan` on `c`: the one-event form for a
+    /// single event without a key, else the general one.
+    fn run(
+        &self,
+        c: &mut crate::pool::Conn,
+        events: &[PreparedEvent],
+        plan: &Plan,
+    ) -> Result<Vec<Row>, postgres::Error> {
+        if single(events) {
+            let st = c.statement(&self.sql.append_one)?;
+            c.client.query(&st, &one_params(&events[0], plan).refs())
+        } else {
+            let st = c.statement(&self.sql.append)?;
+            c.client.query(&st, &params(events, plan).refs())
+        }
+    }
+
+    /// Read the states of `names` into `fresh` (and the cache).
+    fn learn(&self, names: &[&str], fresh: &mut States) -> Result<(), StoreError> {
+        let rows = self.db(|c| {
+            let st = c.statement(&self.sql.tails)?;
+            c.client.query(&st, &[&names])
+        })?;
+        let mut states = tails(&rows)?;
+        for n in names {
+            states.entry((*n).to_owned()).or_insert(None);
+        }
+        self.remember(states.iter().map(|(k, v)| (k.as_str(), *v)));
+        fresh.extend(states);
+        Ok(())
     }
 
     fn remember<'a>(&self, tails: impl Iterator<Item = (&'a str, Option<Tail>)>) {
@@ -482,58 +545,29 @@ impl PgStore {
         }
     }
 
-    fn read_tails(&self, names: &[&str]) -> Result<HashMap<String, Tail>, StoreError> {
-        let sql = self.sql.tails.clone();
-        let rows = self.db(|c| {
-            let st = c.statement(&sql)?;
-            c.client.query(&st, &[&names])
-        })?;
-        let mut out = HashMap::new();
-        for r in &rows {
-            let get = |e: postgres::Error| backend(&e.to_string());
-            let entity: String = r.try_get(0).map_err(get)?;
-            if let Some(t) = tail_from(
-                r.try_get(1).map_err(get)?,
-                r.try_get(2).map_err(get)?,
-                r.try_get(3).map_err(get)?,
-                r.try_get(4).map_err(get)?,
-            )? {
-                out.insert(entity, t);
-            }
-        }
-        Ok(out)
-    }
-
     fn lookup_keys(&self, events: &[PreparedEvent]) -> Result<Vec<KeyRow>, StoreError> {
         let keys: Vec<Uuid> = events
             .iter()
             .filter(|e| e.idempotent)
             .map(|e| Uuid::from_u128(e.event_id))
             .collect();
-        let sql = self.sql.keys.clone();
         let rows = self.db(|c| {
-            let st = c.statement(&sql)?;
+            let st = c.statement(&self.sql.keys)?;
             c.client.query(&st, &[&keys])
         })?;
-        rows.iter()
-            .map(|r| {
-                let get = |e: postgres::Error| backend(&e.to_string());
-                let kind: i32 = r.try_get(3).map_err(get)?;
-                Ok(KeyRow {
-                    event_id: r.try_get::<_, Uuid>(0).map_err(get)?.as_u128(),
-                    entity: r.try_get(1).map_err(get)?,
-                    scope: r.try_get(2).map_err(get)?,
-                    kind: u16::try_from(kind).map_err(|_| backend("kind out of range"))?,
-                    position: position(r.try_get(4).map_err(get)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| key_row(r, 0)).collect()
     }
 }
 
-/// The 22 parameters of `append_events`, owned.
+fn failure(e: crate::WithConn) -> Failure {
+    match e {
+        crate::WithConn::Pool(e) => Failure::Fatal(e),
+        crate::WithConn::Db(e) => classify_write(e),
+    }
+}
+
+/// The 22 parameters of the append statement.
 struct Params<'a> {
-    lock_first: bool,
     keys: Vec<Uuid>,
     entities: Vec<&'a str>,
     expected: Vec<i64>,
@@ -541,6 +575,7 @@ struct Params<'a> {
     new_hash: Vec<&'a [u8]>,
     new_ts: Vec<i64>,
     new_hlc: Vec<i32>,
+    last_item: Vec<i64>,
     ids: Vec<Uuid>,
     entity: Vec<&'a str>,
     scope: Vec<&'a str>,
@@ -560,7 +595,6 @@ struct Params<'a> {
 impl Params<'_> {
     fn refs(&self) -> [&(dyn ToSql + Sync); 22] {
         [
-            &self.lock_first,
             &self.keys,
             &self.entities,
             &self.expected,
@@ -568,6 +602,7 @@ impl Params<'_> {
             &self.new_hash,
             &self.new_ts,
             &self.new_hlc,
+            &self.last_item,
             &self.ids,
             &self.entity,
             &self.scope,
@@ -586,25 +621,25 @@ impl Params<'_> {
     }
 }
 
-fn params<'a>(lock_first: bool, events: &'a [PreparedEvent], plan: &'a Plan) -> Params<'a> {
-    let after = || plan.entities.values().map(|(_, a)| a);
+fn params<'a>(events: &'a [PreparedEvent], plan: &'a Plan) -> Params<'a> {
+    let entities = || plan.entities.values();
     Params {
-        lock_first,
         keys: events
             .iter()
             .filter(|e| e.idempotent)
             .map(|e| Uuid::from_u128(e.event_id))
             .collect(),
         entities: plan.entities.keys().map(String::as_str).collect(),
-        expected: plan
-            .entities
-            .values()
-            .map(|(before, _)| before.map_or(-1, |t| i64::from(t.clock)))
+        expected: entities()
+            .map(|p| p.expected.map_or(-1, |t| i64::from(t.clock)))
             .collect(),
-        new_clock: after().map(|a| i64::from(a.clock)).collect(),
-        new_hash: after().map(|a| a.hash.as_slice()).collect(),
-        new_ts: after().map(|a| a.time.timestamp_us).collect(),
-        new_hlc: after().map(|a| i32::from(a.time.hlc_counter)).collect(),
+        new_clock: entities().map(|p| i64::from(p.after.clock)).collect(),
+        new_hash: entities().map(|p| p.after.hash.as_slice()).collect(),
+        new_ts: entities().map(|p| p.after.time.timestamp_us).collect(),
+        new_hlc: entities()
+            .map(|p| i32::from(p.after.time.hlc_counter))
+            .collect(),
+        last_item: entities().map(|p| p.last_item as i64).collect(),
         ids: events.iter().map(|e| Uuid::from_u128(e.event_id)).collect(),
         entity: events.iter().map(|e| e.coord.entity()).collect(),
         scope: events.iter().map(|e| e.coord.scope()).collect(),
@@ -633,6 +668,74 @@ fn params<'a>(lock_first: bool, events: &'a [PreparedEvent], plan: &'a Plan) -> 
             .collect(),
         content: events.iter().map(|e| e.content_hash.as_slice()).collect(),
         payload: events.iter().map(|e| e.payload.as_slice()).collect(),
+    }
+}
+
+/// The 15 parameters of the one-event statement.
+struct OneParams<'a> {
+    entity: &'a str,
+    expected: i64,
+    clock: i64,
+    hash: &'a [u8],
+    ts: i64,
+    hlc: i32,
+    id: Uuid,
+    scope: &'a str,
+    kind: i32,
+    flags: i16,
+    corr: Uuid,
+    cause: Option<Uuid>,
+    prev: &'a [u8],
+    content: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl OneParams<'_> {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 15] {
+        [
+            &self.entity,
+            &self.expected,
+            &self.clock,
+            &self.hash,
+            &self.ts,
+            &self.hlc,
+            &self.id,
+            &self.scope,
+            &self.kind,
+            &self.flags,
+            &self.corr,
+            &self.cause,
+            &self.prev,
+            &self.content,
+            &self.payload,
+        ]
+    }
+}
+
+fn one_params<'a>(e: &'a PreparedEvent, plan: &'a Plan) -> OneParams<'a> {
+    let p = &plan.events[0];
+    let expected = plan
+        .entities
+        .values()
+        .next()
+        .and_then(|ep| ep.expected)
+        .map_or(-1, |t| i64::from(t.clock));
+    OneParams {
+        entity: e.coord.entity(),
+        expected,
+        clock: i64::from(p.clock),
+        hash: &p.event_hash,
+        ts: p.time.timestamp_us,
+        hlc: i32::from(p.time.hlc_counter),
+        id: Uuid::from_u128(e.event_id),
+        scope: e.coord.scope(),
+        kind: i32::from(e.kind.raw()),
+        flags: i16::from(e.flags),
+        corr: Uuid::from_u128(e.correlation_id.unwrap_or(e.event_id)),
+        cause: e.causation_id.map(Uuid::from_u128),
+        prev: &p.prev_hash,
+        content: &e.content_hash,
+        payload: &e.payload,
     }
 }
 
