@@ -1300,3 +1300,126 @@ pub fn hashes_are_the_codecs<H: Harness>(h: &H) {
         }
     }
 }
+
+/// Every event of `store` in global order, with payloads.
+fn export<S: EventStore>(store: &S) -> Vec<StoredEvent<serde_json::Value>> {
+    store
+        .query(&Region::all())
+        .unwrap()
+        .iter()
+        .map(|e| store.get(e.event_id).unwrap())
+        .collect()
+}
+
+/// Events moved to another store keep everything but their global
+/// sequence; a second import writes nothing; an event that does not continue
+/// its entity's chain (a gap, a changed payload) is refused whole.
+pub fn imports_keep_ids_clocks_times_and_hashes<H: Harness>(h: &H) {
+    let Some(other) = H::new() else {
+        return;
+    };
+    let source = open(h);
+    let root = source
+        .append(&coord("order:1", "t1"), KIND_A, &json!({"sku": "tea"}))
+        .unwrap();
+    source
+        .append_reaction(
+            &coord("pay:1", "t1"),
+            KIND_B,
+            &"paid",
+            root.event_id,
+            root.event_id,
+        )
+        .unwrap();
+    let mut items = vec![item("order:1", json!(1)), item("order:2", json!(2.5))];
+    items[1].options = AppendOptions::new().with_flags(batpak::event::FLAG_TRANSACTIONAL);
+    items[1].causation = CausationRef::PriorItem(0);
+    source.append_batch(items).unwrap();
+    for i in 0..5 {
+        source
+            .append(&coord("order:1", "t2"), KIND_A, &json!({ "i": i }))
+            .unwrap();
+    }
+    let exported = export(&source);
+    assert_eq!(exported.len(), 9);
+
+    let target = open(&other);
+    let first: Vec<AppendReceipt> = exported
+        .chunks(4)
+        .flat_map(|chunk| target.import_events(chunk.to_vec()).unwrap())
+        .collect();
+    let imported = export(&target);
+    assert_eq!(
+        imported, exported,
+        "ids, clocks, times, links, flags, payloads, hashes"
+    );
+    assert!(strictly_increasing(
+        &first.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    ));
+    for e in ["order:1", "order:2", "pay:1"] {
+        let (a, b) = (source.stream(e).unwrap(), target.stream(e).unwrap());
+        let strip = |v: Vec<IndexEntry>| {
+            v.into_iter()
+                .map(|e| (e.event_id, e.clock, e.hash_chain, e.wall_ms, e.coord))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(a), strip(b));
+    }
+    // Again, in other chunks: nothing new.
+    let again: Vec<AppendReceipt> = exported
+        .chunks(3)
+        .flat_map(|chunk| target.import_events(chunk.to_vec()).unwrap())
+        .collect();
+    assert_eq!(again, first);
+    assert_eq!(target.stats().unwrap().event_count, 9);
+    // Appends continue the imported chains.
+    let next = target
+        .append(&coord("order:1", "t1"), KIND_A, &"next")
+        .unwrap();
+    let next = target.get(next.event_id).unwrap();
+    assert_eq!(next.event.header.position.sequence, 7);
+    assert_eq!(
+        next.event.hash_chain.unwrap().prev_hash,
+        exported
+            .last()
+            .unwrap()
+            .event
+            .hash_chain
+            .unwrap()
+            .event_hash
+    );
+
+    // A third store: a gap, or a changed payload, is refused and writes nothing.
+    let Some(third) = H::new() else {
+        return;
+    };
+    let fresh = open(&third);
+    let at = |entity: &str, clock: u32| {
+        exported
+            .iter()
+            .find(|e| e.coordinate.entity() == entity && e.event.header.position.sequence == clock)
+            .cloned()
+            .unwrap()
+    };
+    let gap = fresh.import_events(vec![at("order:1", 0), at("order:1", 2)]);
+    assert!(
+        matches!(&gap, Err(StoreError::BatchFailed { item_index: 1, source, .. })
+            if matches!(**source, StoreError::ChainMismatch { clock: 2, .. })),
+        "{gap:?}"
+    );
+    let mut changed = exported[0].clone();
+    changed.event.payload = json!({"sku": "coffee"});
+    assert!(matches!(
+        fresh.import_events(vec![changed]),
+        Err(StoreError::ChainMismatch { clock: 0, .. })
+    ));
+    let mut late = exported[0].clone();
+    late.event.header.position.sequence = 3;
+    assert!(matches!(
+        fresh.import_events(vec![late]),
+        Err(StoreError::ChainMismatch { .. })
+    ));
+    assert_eq!(fresh.stats().unwrap().event_count, 0);
+    fresh.import_events(vec![exported[0].clone()]).unwrap();
+    assert_eq!(fresh.stats().unwrap().event_count, 1);
+}

@@ -120,6 +120,7 @@ macro_rules! __for_each_check {
             bypasses_are_flagged_and_audited_atomically,
             projections_fold_relevant_events,
             hashes_are_the_codecs,
+            imports_keep_ids_clocks_times_and_hashes,
         );
     };
 }

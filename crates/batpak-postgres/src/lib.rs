@@ -215,6 +215,19 @@ impl EventStore for PgStore {
             .map_err(write::AppendError::into_batch_error)
     }
 
+    fn import_events(
+        &self,
+        events: Vec<StoredEvent<Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = codec::prepare_imports(events, &self.config.limits())?;
+        let batch = events.len() > 1;
+        self.write(&events)
+            .map_err(|e| if batch { e.into_batch_error() } else { e.error })
+    }
+
     fn get(&self, event_id: u128) -> Result<StoredEvent<Value>, StoreError> {
         self.get_event(event_id)
     }

@@ -216,19 +216,28 @@ fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Re
             entity: entity.to_owned(),
             error,
         };
-        ev.condition
-            .check(entity, tail.map(|t| t.clock))
-            .map_err(refuse)?;
-        let clock = match tail {
-            Some(t) => t.clock.checked_add(1).ok_or_else(|| {
-                refuse(StoreError::ClockOverflow {
-                    entity: entity.to_owned(),
-                })
-            })?,
-            None => 0,
+        let (clock, time, prev_hash) = match &ev.continuation {
+            // An import keeps its clock, time and link; checked below.
+            Some(c) => (c.clock, c.time, c.prev_hash),
+            None => {
+                ev.condition
+                    .check(entity, tail.map(|t| t.clock))
+                    .map_err(refuse)?;
+                let clock = match tail {
+                    Some(t) => t.clock.checked_add(1).ok_or_else(|| {
+                        refuse(StoreError::ClockOverflow {
+                            entity: entity.to_owned(),
+                        })
+                    })?,
+                    None => 0,
+                };
+                (
+                    clock,
+                    codec::next_entity_time(now_us, tail.map(|t| t.time)),
+                    tail.map_or([0; 32], |t| t.hash),
+                )
+            }
         };
-        let time = codec::next_entity_time(now_us, tail.map(|t| t.time));
-        let prev_hash = tail.map_or([0; 32], |t| t.hash);
         let event_hash = codec::event_hash(
             &prev_hash,
             &ChainInput {
@@ -245,6 +254,10 @@ fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Re
                 content_hash: ev.content_hash,
             },
         );
+        if let Some(c) = &ev.continuation {
+            c.check(entity, tail.map(|t| (t.clock, t.hash, t.time)), event_hash)
+                .map_err(refuse)?;
+        }
         let after = Tail {
             clock,
             hash: event_hash,

@@ -17,7 +17,8 @@
 //! touches files, the index or the log.
 
 pub use crate::store::write::{
-    prepare_batch, prepare_event, AppendLimits, Condition, PreparedEvent,
+    prepare_batch, prepare_event, prepare_imports, AppendLimits, Condition, Continuation,
+    PreparedEvent,
 };
 
 use crate::coordinate::Coordinate;

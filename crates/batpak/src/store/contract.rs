@@ -119,6 +119,21 @@ pub trait EventStore: Send + Sync {
         items: Vec<BatchAppendItem>,
     ) -> Result<Vec<AppendReceipt>, StoreError>;
 
+    /// Import events exported from a store of either backend, atomically,
+    /// keeping each one's id, kind, flags, links, payload, clock, timestamp
+    /// and hashes (the global sequence is this store's). Each must continue
+    /// its entity's chain exactly where this store has it; an id already
+    /// present with the same coordinate and kind answers with its receipt.
+    ///
+    /// # Errors
+    /// `ChainMismatch`, `IdempotencyConflict`, `InvalidBatch` (only some ids
+    /// present), the batch limits, and the backend's write failures; for
+    /// more than one event, wrapped in `BatchFailed` with the item's index.
+    fn import_events(
+        &self,
+        events: Vec<StoredEvent<Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError>;
+
     /// The event with this id.
     ///
     /// # Errors
@@ -316,6 +331,13 @@ impl EventStore for Store {
         items: Vec<BatchAppendItem>,
     ) -> Result<Vec<AppendReceipt>, StoreError> {
         Store::append_reaction_batch(self, correlation_id, causation_id, items)
+    }
+
+    fn import_events(
+        &self,
+        events: Vec<StoredEvent<Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        Store::import_events(self, events)
     }
 
     fn get(&self, event_id: u128) -> Result<StoredEvent<Value>, StoreError> {

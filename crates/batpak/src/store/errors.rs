@@ -183,6 +183,18 @@ pub enum StoreError {
     /// decode).
     #[error("backend error: {0}")]
     Backend(#[source] BoxError),
+    /// An imported event does not continue its entity's chain where the
+    /// store has it: another clock, another previous hash, an earlier time,
+    /// or a hash that its own fields do not produce.
+    #[error("imported event of {entity} at clock {clock} does not continue its chain: {detail}")]
+    ChainMismatch {
+        /// Entity.
+        entity: String,
+        /// The imported event's clock.
+        clock: u32,
+        /// What does not match.
+        detail: String,
+    },
     /// The backend's schema was written by a newer version of batpak than
     /// this one; this code refuses to read or write it.
     #[error(

@@ -372,6 +372,7 @@ impl Store<Open> {
             flags: opts.flags,
             condition: Condition::from_options(&opts),
             idempotent: opts.idempotency_key.is_some(),
+            continuation: None,
         })
     }
 

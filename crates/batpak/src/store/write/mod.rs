@@ -20,7 +20,9 @@ mod gated;
 mod options;
 mod restart;
 
-pub use batch::{prepare_batch, prepare_event, AppendLimits, PreparedEvent};
+pub use batch::{
+    prepare_batch, prepare_event, prepare_imports, AppendLimits, Continuation, PreparedEvent,
+};
 pub(crate) use flusher::Flusher;
 pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
@@ -150,6 +152,8 @@ pub(crate) struct Draft<'a> {
     pub(crate) condition: Condition,
     /// The event id is an idempotency key.
     pub(crate) idempotent: bool,
+    /// An imported event's clock, time and hashes, kept as they are.
+    pub(crate) continuation: Option<Continuation>,
 }
 
 /// Why an append (or one item of a batch) failed, and at which step.
@@ -534,6 +538,22 @@ impl Shared {
                     })
             };
             let tail = local.or_else(|| index.entity_tail(entity));
+            if let Some(c) = &d.continuation {
+                let rec = imported_record(d, c, entity, tail, next_seq + i as u64, batch_size, i)?;
+                if use_map {
+                    overlay_map.insert(
+                        entity,
+                        EntityTail {
+                            clock: rec.clock,
+                            event_hash: rec.event_hash,
+                            timestamp_us: rec.timestamp_us,
+                            hlc_counter: rec.hlc_counter,
+                        },
+                    );
+                }
+                records.push(rec);
+                continue;
+            }
             d.condition
                 .check(entity, tail.map(|t| t.clock))
                 .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
@@ -689,4 +709,52 @@ impl Shared {
         let written = writer.lock().written;
         self.wait_durable(written)
     }
+}
+
+/// The record of an imported event: its own clock, time and hashes, checked
+/// against its entity's tail (`Continuation::check`).
+fn imported_record<'d>(
+    d: &'d Draft<'d>,
+    c: &Continuation,
+    entity: &'d str,
+    tail: Option<EntityTail>,
+    global_seq: u64,
+    batch_size: u32,
+    i: usize,
+) -> Result<EventRecord<'d>, Failure> {
+    let mut rec = EventRecord {
+        flags: d.flags,
+        kind: d.kind.raw(),
+        clock: c.clock,
+        global_seq,
+        timestamp_us: c.time.timestamp_us,
+        hlc_counter: c.time.hlc_counter,
+        batch_size,
+        batch_index: if batch_size > 0 { i as u32 } else { 0 },
+        event_id: d.event_id,
+        correlation_id: d.correlation_id.unwrap_or(d.event_id),
+        causation_id: d.causation_id,
+        prev_hash: c.prev_hash,
+        event_hash: [0; 32],
+        content_hash: d.content_hash,
+        entity,
+        scope: d.coord.scope(),
+        payload_len: d.payload.len() as u32,
+        redacted: false,
+        payload: &d.payload,
+    };
+    rec.event_hash = chain::event_hash(&c.prev_hash, &rec);
+    let tail = tail.map(|t| {
+        (
+            t.clock,
+            t.event_hash,
+            crate::store::codec::EntityTime {
+                timestamp_us: t.timestamp_us,
+                hlc_counter: t.hlc_counter,
+            },
+        )
+    });
+    c.check(entity, tail, rec.event_hash)
+        .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
+    Ok(rec)
 }
