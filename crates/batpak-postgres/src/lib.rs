@@ -86,6 +86,26 @@ pub struct PgStore {
     schema_was: u32,
 }
 
+/// What [`PgStore::describe`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgInfo {
+    /// The store's schema.
+    pub schema: String,
+    /// Its schema version.
+    pub schema_version: u32,
+    /// Events stored.
+    pub event_count: u64,
+    /// Entities with at least one event.
+    pub entity_count: u64,
+    /// One past the highest position.
+    pub next_position: u64,
+    /// Every event below this position has committed or never will.
+    pub stable_position: u64,
+    /// Bytes of the tables and their indexes.
+    pub table_bytes: u64,
+}
+
 /// A failed use of a pooled connection: no connection, or a database error.
 pub(crate) enum WithConn {
     Pool(StoreError),
@@ -113,6 +133,82 @@ impl PgStore {
             config,
             tails: Mutex::new(HashMap::new()),
             schema_was,
+        })
+    }
+
+    /// Open the store in `config.schema` only if it exists there, without
+    /// creating or migrating anything: for tools that inspect a store.
+    /// `Ok(None)` when the schema holds no batpak store.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`]; `SchemaTooNew` for a newer schema, and
+    /// `Configuration` for an older one (open it once with
+    /// [`PgStore::open`] to migrate it).
+    pub fn open_existing(config: PgConfig) -> Result<Option<Self>, StoreError> {
+        config.validate()?;
+        let pool = pool::build(&config)?;
+        let found = {
+            let mut conn = pool.get().map_err(error::pool_error)?;
+            match schema::version(&mut conn.client, &config.schema)? {
+                None => return Ok(None),
+                Some(v) => v,
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::Configuration(format!(
+                "the store in schema {} is at version {found}; open it for writing once to \
+                 migrate it to {SCHEMA_VERSION}",
+                config.schema
+            )));
+        }
+        Ok(Some(Self {
+            sql: Sql::new(&config.schema),
+            pool,
+            config,
+            tails: Mutex::new(HashMap::new()),
+            schema_was: found,
+        }))
+    }
+
+    /// Counters for tools: events, entities, the next position and the
+    /// stable bound (see [`PgStore::read_stable`]).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Backend`.
+    pub fn describe(&self) -> Result<PgInfo, StoreError> {
+        let s = &self.sql.schema;
+        let sql = format!(
+            "SELECT coalesce(sum(clock + 1), 0)::bigint, count(*),
+                    (SELECT coalesce(max(position) + 1, 0) FROM {s}.events),
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20,
+                    (SELECT coalesce(max(version), 0) FROM {s}.schema_version),
+                    pg_total_relation_size('{s}.events') + pg_total_relation_size('{s}.streams')
+             FROM {s}.streams"
+        );
+        let row = self.db(|c| c.client.query_one(&sql, &[]))?;
+        let num = |i: usize| -> Result<u64, StoreError> {
+            let v: i64 = row
+                .try_get(i)
+                .map_err(|e| StoreError::Backend(Box::new(error::DbFailure(e))))?;
+            u64::try_from(v).map_err(|_| StoreError::Backend(format!("negative count {v}").into()))
+        };
+        let version: i32 = row
+            .try_get(4)
+            .map_err(|e| StoreError::Backend(Box::new(error::DbFailure(e))))?;
+        Ok(PgInfo {
+            schema: s.clone(),
+            schema_version: u32::try_from(version).unwrap_or(0),
+            event_count: num(0)?,
+            entity_count: num(1)?,
+            next_position: num(2)?,
+            stable_position: num(3)?,
+            table_bytes: num(5)?,
         })
     }
 

@@ -235,6 +235,28 @@ RETURNING position
 pub(crate) const LOCK_TAILS: &str = "SELECT entity, clock, event_hash, timestamp_us, hlc_counter \
      FROM {s}.streams WHERE entity = ANY ($1) ORDER BY entity FOR UPDATE";
 
+/// The version of the store in `schema`, or `None` when there is none.
+pub(crate) fn version(client: &mut Client, schema: &str) -> Result<Option<u32>, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass(quote_ident($1) || '.schema_version')::text",
+            &[&schema],
+        )
+        .map_err(store_error)?;
+    let table: Option<String> = row.try_get(0).map_err(store_error)?;
+    if table.is_none() {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .map_err(store_error)?;
+    let v: i32 = row.try_get(0).map_err(store_error)?;
+    Ok(Some(u32::try_from(v).unwrap_or(0)).filter(|&v| v > 0))
+}
+
 /// Create the schema or bring it to [`SCHEMA_VERSION`]; returns the version
 /// it was at before (0 for a new store).
 ///
@@ -263,7 +285,7 @@ pub(crate) fn migrate(client: &mut Client, schema: &str) -> Result<u32, StoreErr
             &[],
         )
         .map_err(store_error)?;
-    let found: i32 = row.get(0);
+    let found: i32 = row.try_get(0).map_err(store_error)?;
     let found = u32::try_from(found).unwrap_or(0);
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
