@@ -243,6 +243,12 @@ impl PgConfig {
         Ok(())
     }
 
+    /// `url` with any password replaced by `***`, for messages and logs.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_password(&self.url)
+    }
+
     pub(crate) fn limits(&self) -> AppendLimits {
         AppendLimits {
             single_append_max_bytes: self.single_append_max_bytes,

@@ -35,7 +35,6 @@ impl From<StoreError> for Failure {
 #[derive(Debug)]
 pub(crate) struct DbFailure(pub(crate) postgres::Error);
 
-
 impl std::fmt::Display for DbFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0.as_db_error() {
