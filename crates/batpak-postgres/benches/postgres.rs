@@ -12,7 +12,7 @@
 //! `BATPAK_TEST_PG_URL`. After criterion's own report the bench prints the
 //! ratios the targets are about, read from criterion's estimates.
 //!
-//! `cargo bench -p batpak-postgres -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p batpak-postgres --bench postgres -- --warm-up-time 1 --measurement-time 3`
 
 use batpak::prelude::*;
 use batpak::store::codec;
