@@ -4,7 +4,8 @@
 //! The first caller in a process starts one cluster (`initdb` and `pg_ctl`
 //! on a free port of 127.0.0.1 and a private socket directory, `fsync=on`;
 //! as root, run as the `postgres` user) and every test takes a fresh schema
-//! in it. `BATPAK_TEST_PG_URL` names an existing server to use instead.
+//! in it. `BATPAK_TEST_PG_URL` names an existing server to use instead;
+//! `BATPAK_TEST_PG_BIN` the directory of `initdb` and `pg_ctl`.
 //! Where neither exists, tests print one loud line and skip, except under
 //! `CI=true`, where a skip is a failure (so CI proves they ran).
 //!
@@ -15,6 +16,7 @@
 //! next run.
 
 use crate::PgConfig;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +68,9 @@ fn start_or_skip() -> Option<String> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}; under CI=true a skip is a failure");
         }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        // Straight to the process's stderr: the test harness captures
+        // `eprintln!` of passing tests, and this line must be seen.
+        let _ = writeln!(std::io::stderr().lock(), "\n!!!!!!!! {msg} !!!!!!!!\n");
         return None;
     };
     match Cluster::start(&bin) {
@@ -75,9 +79,17 @@ fn start_or_skip() -> Option<String> {
     }
 }
 
+/// The environment variable naming the directory of `initdb` and `pg_ctl`
+/// (instead of searching `PATH` and `/usr/lib/postgresql/*/bin`).
+pub const BIN_VAR: &str = "BATPAK_TEST_PG_BIN";
+
 /// The directory holding `initdb` and `pg_ctl`.
 fn find_binaries() -> Option<PathBuf> {
     let has = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os(BIN_VAR) {
+        let dir = PathBuf::from(dir);
+        return has(&dir).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has(&dir) {
