@@ -63,19 +63,19 @@ impl Filters {
     /// The matching events visible now: an exact entity in its stream (clock)
     /// order, everything else in global order. The narrowest index serves
     /// the candidates; the full filter then runs on each.
-    pub fn existing(&self, store: &Store) -> Vec<IndexEntry> {
+    pub fn existing<S: EventStore>(&self, store: &S) -> Result<Vec<IndexEntry>, StoreError> {
         let region = self.region();
         let candidates = if let Some(entity) = &self.entity {
-            store.stream(entity)
+            store.stream(entity)?
         } else if let Some(c) = self.correlation {
-            store.by_correlation(c)
+            store.by_correlation(c)?
         } else {
-            store.query(&region)
+            store.query(&region)?
         };
-        candidates
+        Ok(candidates
             .into_iter()
             .filter(|e| self.matches(&region, e))
-            .collect()
+            .collect())
     }
 }
 

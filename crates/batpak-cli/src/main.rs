@@ -40,8 +40,15 @@ struct Cli {
 #[derive(clap::Args)]
 pub struct Global {
     /// Store directory [default: ./batpak-data]
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "url")]
     dir: Option<PathBuf>,
+    /// A PostgreSQL store instead of a directory: postgres://user@host/db
+    /// (stats, ls, get, verify, export, graph, import).
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// The PostgreSQL schema holding the store (with --url).
+    #[arg(long, global = true, value_name = "NAME", default_value = batpak_postgres::DEFAULT_SCHEMA)]
+    schema: String,
     /// Machine-readable output (JSON; NDJSON for event lists).
     #[arg(long, global = true)]
     pub json: bool,
@@ -61,6 +68,15 @@ impl Global {
     /// `--dir` only if given explicitly (commands with their own default use this).
     pub fn explicit_dir(&self) -> Option<&PathBuf> {
         self.dir.as_ref()
+    }
+
+    /// The PostgreSQL store asked for with `--url`, if any.
+    pub fn postgres(&self) -> Option<batpak_postgres::PgConfig> {
+        self.url.as_ref().map(|url| {
+            batpak_postgres::PgConfig::new(url.clone())
+                .with_schema(self.schema.clone())
+                .with_pool_size(2)
+        })
     }
 }
 
@@ -97,7 +113,7 @@ subcommands! {
     Tail => tail,
     /// Write every event as NDJSON (format version 1), in global order.
     Export => export,
-    /// Append events from an export; idempotent, keeps ids and causal links.
+    /// Import an export; idempotent, keeps ids, links, clocks, times and hashes.
     Import => import,
     /// Causal graph of a correlation id (or of an event's tree) as DOT or SVG.
     Graph => graph,
@@ -111,12 +127,38 @@ subcommands! {
     Bench => bench,
 }
 
+impl Command {
+    /// Whether the command works on a PostgreSQL store (`--url`).
+    fn takes_url(&self) -> bool {
+        matches!(
+            self,
+            Command::Stats(_)
+                | Command::Ls(_)
+                | Command::Get(_)
+                | Command::Verify(_)
+                | Command::Export(_)
+                | Command::Graph(_)
+                | Command::Import(_)
+        )
+    }
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     cli.global.style = output::Style::for_stdout(
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     );
-    match cli.command.run(&cli.global) {
+    let result = if cli.global.url.is_some() && !cli.command.takes_url() {
+        Err(store_access::UsageError(
+            "--url works with stats, ls, get, verify, export, graph and import; \
+             this command needs a store directory (--dir)"
+                .into(),
+        )
+        .into())
+    } else {
+        cli.command.run(&cli.global)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // `batpak ls | head` closes the pipe early; that is the reader's choice, not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

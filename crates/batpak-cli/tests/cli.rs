@@ -933,3 +933,195 @@ fn snapshot_copies_a_store_even_while_another_process_owns_it() {
     let copy = Store::open(StoreConfig::new(&dest2)).unwrap();
     assert_eq!(copy.stats().event_count, 301);
 }
+
+/// A PostgreSQL store for `--url` tests: its URL and schema, or `None`
+/// when PostgreSQL is not available (the helper said so; under CI=true it
+/// fails instead).
+fn postgres_store() -> Option<(String, String)> {
+    let cfg = batpak_postgres::testing::fresh_config()?;
+    Some((cfg.url.clone(), cfg.schema.clone()))
+}
+
+/// Export lines without the store-specific `global_sequence`.
+fn portable(lines: &[Value]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.as_object_mut().expect("object").remove("global_sequence");
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn moving_between_backends_keeps_every_id_clock_time_and_hash() {
+    let Some((url, schema)) = postgres_store() else {
+        return;
+    };
+    let (tmp, f) = fixture();
+    let src = tmp.path().join("store");
+    let back = tmp.path().join("back");
+    let from_file = tmp.path().join("from-file.ndjson");
+    let from_pg = tmp.path().join("from-pg.ndjson");
+    let pg = ["--url", url.as_str(), "--schema", schema.as_str()];
+
+    ok(&batpak(&[
+        "--dir",
+        path(&src),
+        "export",
+        "--out",
+        path(&from_file),
+    ]));
+    let lines = ndjson(&std::fs::read_to_string(&from_file).expect("export"));
+    for key in ["hlc_counter", "content_hash", "prev_hash", "event_hash"] {
+        assert!(lines.iter().all(|l| l.get(key).is_some()), "{key}");
+    }
+    let import = |args: &[&str], file: &Path| -> Value {
+        let mut full = args.to_vec();
+        full.extend(["--json", "import", "--in", path(file)]);
+        serde_json::from_str(&ok(&batpak(&full))).expect("json")
+    };
+    let first = import(&pg, &from_file);
+    assert_eq!(
+        (first["imported"].clone(), first["already_present"].clone()),
+        (json!(5), json!(0))
+    );
+    let again = import(&pg, &from_file);
+    assert_eq!(
+        (again["imported"].clone(), again["already_present"].clone()),
+        (json!(0), json!(5))
+    );
+
+    let mut full = pg.to_vec();
+    full.extend(["export", "--out", path(&from_pg)]);
+    ok(&batpak(&full));
+    let pg_lines = ndjson(&std::fs::read_to_string(&from_pg).expect("export"));
+    assert_eq!(
+        portable(&pg_lines),
+        portable(&lines),
+        "PostgreSQL kept everything"
+    );
+    assert!(pg_lines
+        .windows(2)
+        .all(|w| w[0]["global_sequence"].as_u64() < w[1]["global_sequence"].as_u64()));
+
+    // And back into a directory.
+    import(&["--dir", path(&back)], &from_pg);
+    let again = tmp.path().join("again.ndjson");
+    ok(&batpak(&[
+        "--dir",
+        path(&back),
+        "export",
+        "--out",
+        path(&again),
+    ]));
+    let back_lines = ndjson(&std::fs::read_to_string(&again).expect("export"));
+    assert_eq!(
+        portable(&back_lines),
+        portable(&lines),
+        "the round trip kept everything"
+    );
+
+    let a = Store::open_read_only(StoreConfig::new(&src)).expect("open src");
+    let b = Store::open_read_only(StoreConfig::new(&back)).expect("open copy");
+    for id in f.all() {
+        assert_eq!(b.get(id).expect("copy"), a.get(id).expect("original"));
+    }
+    let mut verify = pg.to_vec();
+    verify.push("verify");
+    assert!(ok(&batpak(&verify)).contains("clean"));
+    assert!(ok(&batpak(&["--dir", path(&back), "verify"])).contains("clean"));
+
+    // An import that would break a chain is refused and names the line.
+    let gap = tmp.path().join("gap.ndjson");
+    let text = std::fs::read_to_string(&from_file).expect("export");
+    let without_first: Vec<&str> = text.lines().skip(1).collect();
+    std::fs::write(&gap, without_first.join("\n")).expect("write");
+    let err = fails(
+        &batpak(&[
+            "--dir",
+            path(&tmp.path().join("gapped")),
+            "import",
+            "--in",
+            path(&gap),
+        ]),
+        1,
+    );
+    assert!(err.contains("does not continue its chain"), "{err}");
+}
+
+#[test]
+fn inspection_commands_take_a_postgres_url() {
+    let Some((url, schema)) = postgres_store() else {
+        return;
+    };
+    let (tmp, f) = fixture();
+    let file = tmp.path().join("export.ndjson");
+    ok(&batpak(&[
+        "--dir",
+        path(&tmp.path().join("store")),
+        "export",
+        "--out",
+        path(&file),
+    ]));
+    let pg = |args: &[&str]| -> Output {
+        let mut full = vec!["--url", url.as_str(), "--schema", schema.as_str()];
+        full.extend(args.iter().copied());
+        batpak(&full)
+    };
+    ok(&pg(&["import", "--in", path(&file)]));
+
+    let stats: Value = serde_json::from_str(&ok(&pg(&["--json", "stats"]))).expect("json");
+    assert_eq!(stats["event_count"], 5);
+    assert_eq!(stats["entity_count"], 3, "order:1 spans two scopes");
+    assert!(stats["stable_position"].as_u64() >= stats["next_position"].as_u64());
+
+    let listed = ndjson(&ok(&pg(&["--json", "ls", "--scope", "tenant:a"])));
+    assert_eq!(ids_of(&listed), vec![hex(f.a1), hex(f.a2), hex(f.a3)]);
+    let stream = ndjson(&ok(&pg(&["--json", "ls", "--entity", "order:1"])));
+    assert_eq!(ids_of(&stream), vec![hex(f.a1), hex(f.a3), hex(f.b2)]);
+
+    let got: Value = serde_json::from_str(&ok(&pg(&["--json", "get", &hex(f.a2)]))).expect("json");
+    assert_eq!(got["causation_id"], hex(f.a1));
+    assert_eq!(got["flags"], FLAG_REQUIRES_ACK);
+    assert!(got["global_sequence"].is_u64());
+    assert!(
+        got["segment_id"].is_null(),
+        "no disk position in PostgreSQL"
+    );
+    let human = ok(&pg(&["get", &hex(f.a2)]));
+    assert!(human.contains("position"), "{human}");
+
+    let graph: Value =
+        serde_json::from_str(&ok(&pg(&["--json", "graph", &hex(f.a3)]))).expect("json");
+    assert_eq!(graph["nodes"].as_array().expect("nodes").len(), 3);
+    assert!(ok(&pg(&["graph", &hex(f.a1)])).starts_with("digraph"));
+
+    let err = fails(&pg(&["get", &hex(12345)]), 4);
+    assert!(err.contains("no event"), "{err}");
+    let err = fails(
+        &batpak(&["--url", url.as_str(), "--schema", "no_such_store", "stats"]),
+        4,
+    );
+    assert!(err.contains("no batpak store"), "{err}");
+    for cmd in [vec!["tail"], vec!["compact"], vec!["snapshot", "x"]] {
+        let err = fails(&pg(&cmd), 2);
+        assert!(err.contains("--url works with"), "{cmd:?}: {err}");
+    }
+    fails(&batpak(&["--url", url.as_str(), "--dir", "x", "stats"]), 2);
+
+    // Damage behind the store's back: verify exits 5 and names it.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    db.execute(
+        &format!("UPDATE {schema}.events SET flags = 7 WHERE event_id = $1"),
+        &[&uuid::Uuid::from_u128(f.b1)],
+    )
+    .expect("update");
+    let out = pg(&["--json", "verify"]);
+    fails(&out, 5);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["clean"], false);
+    assert_eq!(v["problems"][0]["event_id"], hex(f.b1));
+    assert_eq!(v["problems"][0]["kind"], "EventHashMismatch");
+}

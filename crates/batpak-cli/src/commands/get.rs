@@ -1,11 +1,12 @@
-//! `batpak get ID`: one event in full (header, position on disk, hash chain,
-//! payload), from a read-only open.
+//! `batpak get ID`: one event in full (header, position on disk or in
+//! PostgreSQL, hash chain, payload), from a read-only open.
 
 use crate::filter::parse_id;
 use crate::output::{hex_bytes, hex_id, iso_utc, stdout};
-use crate::store_access::{get_event, open_read_only};
+use crate::store_access::{get_event, open_for_inspection, Inspected};
 use crate::Global;
 use batpak::event::{FLAG_REPLAY, FLAG_REQUIRES_ACK, FLAG_TRANSACTIONAL};
+use batpak::prelude::EventStore;
 use serde_json::json;
 use std::io::Write;
 
@@ -18,14 +19,27 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
-    let dir = global.store_dir();
-    let store = open_read_only(&dir)?;
-    let ev = get_event(&store, &dir, args.id, "event")?;
+    let inspected = open_for_inspection(global)?;
+    let place = inspected.place();
+    match inspected {
+        Inspected::File { store, .. } => show(global, args, &store, &place, true),
+        Inspected::Postgres { store, .. } => show(global, args, &*store, &place, false),
+    }
+}
+
+fn show<S: EventStore>(
+    global: &Global,
+    args: &Args,
+    store: &S,
+    place: &str,
+    on_disk: bool,
+) -> anyhow::Result<()> {
+    let ev = get_event(store, place, args.id, "event")?;
     let h = &ev.event.header;
     // The store has no lookup from id to index entry; the event's own
     // correlation tree holds it and is usually small.
     let entry = store
-        .by_correlation(h.correlation_id)
+        .by_correlation(h.correlation_id)?
         .into_iter()
         .find(|e| e.event_id == args.id);
     let chain = ev.event.hash_chain.unwrap_or_default();
@@ -57,9 +71,9 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
             "clock": h.position.sequence,
             "hlc_counter": h.position.counter,
             "global_sequence": entry.as_ref().map(|e| e.global_sequence),
-            "segment_id": entry.as_ref().map(|e| e.disk_pos.segment_id),
-            "offset": entry.as_ref().map(|e| e.disk_pos.offset),
-            "frame_bytes": entry.as_ref().map(|e| e.disk_pos.length),
+            "segment_id": entry.as_ref().filter(|_| on_disk).map(|e| e.disk_pos.segment_id),
+            "offset": entry.as_ref().filter(|_| on_disk).map(|e| e.disk_pos.offset),
+            "frame_bytes": entry.as_ref().filter(|_| on_disk).map(|e| e.disk_pos.length),
             "payload_size": h.payload_size,
             "content_hash": hex_bytes(&h.content_hash),
             "prev_hash": hex_bytes(&chain.prev_hash),
@@ -100,13 +114,17 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
         format!("{} ({} µs)", iso_utc(wall_ms), h.timestamp_us),
     )?;
     if let Some(e) = &entry {
-        field(
-            "sequence",
-            format!(
-                "{} (segment {}, offset {}, {} bytes)",
-                e.global_sequence, e.disk_pos.segment_id, e.disk_pos.offset, e.disk_pos.length
-            ),
-        )?;
+        if on_disk {
+            field(
+                "sequence",
+                format!(
+                    "{} (segment {}, offset {}, {} bytes)",
+                    e.global_sequence, e.disk_pos.segment_id, e.disk_pos.offset, e.disk_pos.length
+                ),
+            )?;
+        } else {
+            field("position", e.global_sequence.to_string())?;
+        }
     }
     let root = if h.correlation_id == h.event_id {
         " (this event is the root)"

@@ -8,7 +8,7 @@
 
 use crate::filter::parse_id;
 use crate::output::{entry_json, hex_id, short_id, stdout};
-use crate::store_access::{get_event, open_read_only};
+use crate::store_access::{get_event, open_for_inspection, Inspected};
 use crate::Global;
 use anyhow::Context;
 use batpak::prelude::*;
@@ -33,6 +33,20 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
+/// The tree of `args.id` (a correlation id, or any event of the tree).
+fn load<S: EventStore>(args: &Args, store: &S, place: &str) -> anyhow::Result<Graph> {
+    let mut focus = None;
+    let mut correlation_id = args.id;
+    let mut entries = store.by_correlation(args.id)?;
+    if entries.is_empty() {
+        let ev = get_event(store, place, args.id, "correlation id or event")?;
+        correlation_id = ev.event.header.correlation_id;
+        focus = (correlation_id != args.id).then_some(args.id);
+        entries = store.by_correlation(correlation_id)?;
+    }
+    Ok(Graph::new(correlation_id, focus, entries))
+}
+
 /// One box of the drawing.
 struct Node {
     id: u128,
@@ -52,18 +66,12 @@ struct Graph {
 }
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
-    let dir = global.store_dir();
-    let store = open_read_only(&dir)?;
-    let mut focus = None;
-    let mut correlation_id = args.id;
-    let mut entries = store.by_correlation(args.id);
-    if entries.is_empty() {
-        let ev = get_event(&store, &dir, args.id, "correlation id or event")?;
-        correlation_id = ev.event.header.correlation_id;
-        focus = (correlation_id != args.id).then_some(args.id);
-        entries = store.by_correlation(correlation_id);
-    }
-    let graph = Graph::new(correlation_id, focus, entries);
+    let inspected = open_for_inspection(global)?;
+    let place = inspected.place();
+    let graph = match inspected {
+        Inspected::File { store, .. } => load(args, &store, &place)?,
+        Inspected::Postgres { store, .. } => load(args, &*store, &place)?,
+    };
 
     let text = if args.svg {
         graph.svg()

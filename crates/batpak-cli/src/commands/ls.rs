@@ -1,10 +1,11 @@
 //! `batpak ls` (alias `query`): the events matching filters, as a table or
-//! NDJSON, from a read-only open.
+//! NDJSON, from a read-only open of a directory or a PostgreSQL store.
 
 use crate::filter::Filters;
 use crate::output::{entry_cells, entry_json, paint_entry_cell, stdout, Table, ENTRY_COLUMNS};
-use crate::store_access::open_read_only;
+use crate::store_access::{open_for_inspection, Inspected};
 use crate::Global;
+use batpak::prelude::EventStore;
 use std::io::Write;
 
 /// Arguments of `batpak ls`.
@@ -24,8 +25,14 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
-    let store = open_read_only(&global.store_dir())?;
-    let mut entries = args.filters.existing(&store);
+    match open_for_inspection(global)? {
+        Inspected::File { store, .. } => list(global, args, &store),
+        Inspected::Postgres { store, .. } => list(global, args, &*store),
+    }
+}
+
+fn list<S: EventStore>(global: &Global, args: &Args, store: &S) -> anyhow::Result<()> {
+    let mut entries = args.filters.existing(store)?;
     let matching = entries.len();
     if args.newest_first {
         entries.reverse();

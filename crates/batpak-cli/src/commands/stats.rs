@@ -1,9 +1,11 @@
 //! `batpak stats`: the store's counters, index memory, disk use and what the
-//! read-only open found (recovery report), as a table or one JSON object.
+//! read-only open found (recovery report), as a table or one JSON object;
+//! for a PostgreSQL store (`--url`), its counters, positions and table size.
 
 use crate::output::{stdout, Table};
-use crate::store_access::open_read_only;
+use crate::store_access::{open_for_inspection, Inspected};
 use crate::Global;
+use batpak_postgres::PgStore;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -13,8 +15,10 @@ use std::path::Path;
 pub struct Args {}
 
 pub fn run(global: &Global, _args: &Args) -> anyhow::Result<()> {
-    let dir = global.store_dir();
-    let store = open_read_only(&dir)?;
+    let (store, dir) = match open_for_inspection(global)? {
+        Inspected::File { store, dir } => (store, dir),
+        Inspected::Postgres { store, place } => return postgres(global, &store, &place),
+    };
     let d = store.diagnostics();
     let r = &d.recovery;
     let disk_bytes = dir_bytes(&dir)?;
@@ -119,6 +123,57 @@ pub fn run(global: &Global, _args: &Args) -> anyhow::Result<()> {
         );
     }
     // The header of a two-column key/value table says nothing; print rows only.
+    let widths = t.widths();
+    for cells in t.rows() {
+        writeln!(
+            out,
+            "{}",
+            t.line(cells, &widths, |i, v| if i == 0 {
+                s.bold(v)
+            } else {
+                v.into()
+            })
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `stats` of a PostgreSQL store.
+fn postgres(global: &Global, store: &PgStore, place: &str) -> anyhow::Result<()> {
+    let i = store.describe()?;
+    let mut out = stdout();
+    if global.json {
+        let v = json!({
+            "store": place,
+            "schema": i.schema,
+            "schema_version": i.schema_version,
+            "event_count": i.event_count,
+            "next_position": i.next_position,
+            "stable_position": i.stable_position,
+            "entity_count": i.entity_count,
+            "table_bytes": i.table_bytes,
+        });
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        return Ok(());
+    }
+    let s = global.style;
+    let mut t = Table::new(&[("", false), ("", false)]);
+    let mut row = |k: &str, v: String| t.push(vec![k.to_string(), v]);
+    row("store", place.to_owned());
+    row("schema version", i.schema_version.to_string());
+    row("events", i.event_count.to_string());
+    row("entities", i.entity_count.to_string());
+    row("next position", i.next_position.to_string());
+    row(
+        "stable below",
+        format!(
+            "{} (no event can still commit below this position)",
+            i.stable_position
+        ),
+    );
+    row("tables and indexes", human_bytes(i.table_bytes));
     let widths = t.widths();
     for cells in t.rows() {
         writeln!(

@@ -103,7 +103,7 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
         writeln!(out, "{header}")?;
     }
     if !args.new_only {
-        let existing = args.filters.existing(&store);
+        let existing = args.filters.existing(&store)?;
         let skip = args.last.map_or(0, |n| existing.len().saturating_sub(n));
         for e in &existing[skip..] {
             printer.print(&mut out, e)?;

@@ -169,9 +169,59 @@ pub enum StoreError {
     /// A test fault fired (only with the `dangerous-test-hooks` feature).
     #[error("fault injected: {0}")]
     FaultInjected(String),
+    /// A database backend could not be reached, lost the connection, or
+    /// refused the work for now (shutting down, out of resources, a
+    /// serialization failure or deadlock that kept recurring). Retryable
+    /// ([`StoreError::is_retryable`]). For a write the outcome is unknown:
+    /// it may have committed just before the connection was lost, so retry
+    /// writes with an idempotency key, which answers with the original
+    /// receipt if the first attempt did commit.
+    #[error("backend unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// A database backend failed in a way a retry will not fix (a refused
+    /// permission, a statement it rejected, stored data that does not
+    /// decode).
+    #[error("backend error: {0}")]
+    Backend(#[source] BoxError),
+    /// An imported event does not continue its entity's chain where the
+    /// store has it: another clock, another previous hash, an earlier time,
+    /// or a hash that its own fields do not produce.
+    #[error("imported event of {entity} at clock {clock} does not continue its chain: {detail}")]
+    ChainMismatch {
+        /// Entity.
+        entity: String,
+        /// The imported event's clock.
+        clock: u32,
+        /// What does not match.
+        detail: String,
+    },
+    /// The backend's schema was written by a newer version of batpak than
+    /// this one; this code refuses to read or write it.
+    #[error(
+        "schema version {found} is newer than this batpak supports ({supported}); upgrade batpak"
+    )]
+    SchemaTooNew {
+        /// The schema version found.
+        found: u32,
+        /// The newest version this code knows.
+        supported: u32,
+    },
 }
 
 impl StoreError {
+    /// True when repeating the same call unchanged may succeed: the backend
+    /// was unavailable (`Unavailable`), or the writer panicked during this
+    /// call and restarted (`WriterPanicked`); for a failed batch, when its
+    /// cause is. A CAS failure is not retryable as is: re-read and decide.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::WriterPanicked(_) => true,
+            StoreError::BatchFailed { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn serialization(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Serialization(Box::new(e))
     }
@@ -204,5 +254,31 @@ mod tests {
             StoreError::NotFound(0xab).to_string(),
             "event 000000000000000000000000000000ab not found"
         );
+    }
+
+    #[test]
+    fn only_unavailable_backends_and_restarted_writers_are_retryable() {
+        let lost = StoreError::Unavailable(Box::new(std::io::Error::other("connection reset")));
+        assert!(lost.is_retryable());
+        assert!(lost.source().unwrap().to_string().contains("reset"));
+        let batch = StoreError::BatchFailed {
+            item_index: 0,
+            stage: BatchStage::Writing,
+            source: Box::new(lost),
+        };
+        assert!(batch.is_retryable());
+        assert!(StoreError::WriterPanicked("x".into()).is_retryable());
+        assert!(!StoreError::Backend(Box::new(std::io::Error::other("denied"))).is_retryable());
+        assert!(!StoreError::SequenceMismatch {
+            entity: "e".into(),
+            expected: 1,
+            actual: 2
+        }
+        .is_retryable());
+        assert!(!StoreError::SchemaTooNew {
+            found: 9,
+            supported: 1
+        }
+        .is_retryable());
     }
 }

@@ -15,11 +15,15 @@
 //! | `maintenance` | footers, checkpoint, compaction, snapshot, verify           |
 //! | `fault`       | fault injection (feature `dangerous-test-hooks`)            |
 //! | `stats`       | statistics and diagnostics                                  |
+//! | `contract`    | [`EventStore`], the operations every backend shares         |
+//! | `codec`       | the canonical payload and hash encodings, for other backends |
 //!
 //! `Store` itself is a thin shell: it validates arguments, builds drafts and
 //! delegates to the modules above through the shared state.
 
+pub mod codec;
 mod config;
+mod contract;
 mod delivery;
 mod errors;
 #[cfg(feature = "dangerous-test-hooks")]
@@ -41,6 +45,7 @@ pub use config::{
     BatchConfig, ClockFn, IndexConfig, IndexLayout, RestartPolicy, StoreConfig, SyncConfig,
     SyncMode, WriterConfig, MAX_SEGMENT_BYTES, MAX_SINGLE_APPEND_BYTES,
 };
+pub use contract::EventStore;
 pub use delivery::{Cursor, Notification, Subscription, SubscriptionOps};
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
@@ -392,6 +397,7 @@ impl Store<Open> {
             flags: opts.flags,
             condition: Condition::from_options(&opts),
             idempotent: opts.idempotency_key.is_some(),
+            continuation: None,
         })
     }
 

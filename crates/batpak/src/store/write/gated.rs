@@ -73,34 +73,8 @@ impl Store {
         kind: EventKind,
         receipt: BypassReceipt<T>,
     ) -> Result<Committed<T>, StoreError> {
-        let (reason, justification) = (receipt.reason(), receipt.justification());
-        let payload = receipt.into_payload();
-        // The id is chosen here so the audit record can name its event.
-        let event_id = crate::id::generate_v7_id();
-        let event = BatchAppendItem::new(
-            coord.clone(),
-            kind,
-            &payload,
-            AppendOptions::new()
-                .with_flags(FLAG_BYPASS)
-                .with_idempotency(event_id),
-            CausationRef::None,
-        )?;
-        let record = BypassRecord {
-            event: format!("{event_id:032x}"),
-            entity: coord.entity().to_owned(),
-            kind: kind.raw(),
-            reason: reason.to_owned(),
-            justification: justification.to_owned(),
-        };
-        let audit = BatchAppendItem::new(
-            Coordinate::new("batpak:bypass", coord.scope())?,
-            EventKind::EFFECT_BYPASS,
-            &record,
-            AppendOptions::new(),
-            CausationRef::PriorItem(0),
-        )?;
-        let receipts = self.append_batch(vec![event, audit])?;
+        let (payload, items) = bypass_batch(coord, kind, receipt)?;
+        let receipts = self.append_batch(items)?;
         let r = receipts.first().copied().ok_or(StoreError::WriterCrashed)?;
         Ok(Committed {
             payload,
@@ -123,4 +97,42 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The two items of an audited bypass (see [`Store::append_bypassed`]): the
+/// event flagged `FLAG_BYPASS`, then its `EFFECT_BYPASS` audit record on
+/// entity `batpak:bypass`, caused by it. Every backend writes these.
+pub(crate) fn bypass_batch<T: Serialize>(
+    coord: &Coordinate,
+    kind: EventKind,
+    receipt: BypassReceipt<T>,
+) -> Result<(T, Vec<BatchAppendItem>), StoreError> {
+    let (reason, justification) = (receipt.reason(), receipt.justification());
+    let payload = receipt.into_payload();
+    // The id is chosen here so the audit record can name its event.
+    let event_id = crate::id::generate_v7_id();
+    let event = BatchAppendItem::new(
+        coord.clone(),
+        kind,
+        &payload,
+        AppendOptions::new()
+            .with_flags(FLAG_BYPASS)
+            .with_idempotency(event_id),
+        CausationRef::None,
+    )?;
+    let record = BypassRecord {
+        event: format!("{event_id:032x}"),
+        entity: coord.entity().to_owned(),
+        kind: kind.raw(),
+        reason: reason.to_owned(),
+        justification: justification.to_owned(),
+    };
+    let audit = BatchAppendItem::new(
+        Coordinate::new("batpak:bypass", coord.scope())?,
+        EventKind::EFFECT_BYPASS,
+        &record,
+        AppendOptions::new(),
+        CausationRef::PriorItem(0),
+    )?;
+    Ok((payload, vec![event, audit]))
 }

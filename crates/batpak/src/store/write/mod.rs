@@ -21,7 +21,11 @@ mod grower;
 mod options;
 mod restart;
 
+pub use batch::{
+    prepare_batch, prepare_event, prepare_imports, AppendLimits, Continuation, PreparedEvent,
+};
 pub(crate) use flusher::Flusher;
+pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
 pub(crate) use grower::Grower;
 pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
@@ -87,18 +91,21 @@ impl From<PayloadError> for StoreError {
     }
 }
 
-/// The condition an append places on its entity's current state.
+/// The condition an append places on its entity's current state (SPEC §3.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Condition {
+pub enum Condition {
+    /// No condition.
     None,
-    /// The newest event has this clock.
+    /// The newest event has this clock (`with_cas`).
     Clock(u32),
-    /// No event yet.
+    /// No event yet (`with_cas_empty`).
     Empty,
 }
 
 impl Condition {
-    pub(crate) fn from_options(opts: &AppendOptions) -> Self {
+    /// The condition `opts` asks for.
+    #[must_use]
+    pub fn from_options(opts: &AppendOptions) -> Self {
         match (opts.expect_empty, opts.expected_sequence) {
             (true, _) => Condition::Empty,
             (false, Some(n)) => Condition::Clock(n),
@@ -106,22 +113,27 @@ impl Condition {
         }
     }
 
-    fn check(self, entity: &str, tail: Option<&EntityTail>) -> Result<(), StoreError> {
-        match (self, tail) {
+    /// Check the condition against `entity` whose newest event has clock
+    /// `newest` (`None`: no event).
+    ///
+    /// # Errors
+    /// `StreamNotEmpty`, `StreamIsEmpty` or `SequenceMismatch`.
+    pub fn check(self, entity: &str, newest: Option<u32>) -> Result<(), StoreError> {
+        match (self, newest) {
             (Condition::None, _) | (Condition::Empty, None) => Ok(()),
-            (Condition::Empty, Some(t)) => Err(StoreError::StreamNotEmpty {
+            (Condition::Empty, Some(actual)) => Err(StoreError::StreamNotEmpty {
                 entity: entity.to_owned(),
-                actual: t.clock,
+                actual,
             }),
             (Condition::Clock(n), None) => Err(StoreError::StreamIsEmpty {
                 entity: entity.to_owned(),
                 expected: n,
             }),
-            (Condition::Clock(n), Some(t)) if t.clock == n => Ok(()),
-            (Condition::Clock(n), Some(t)) => Err(StoreError::SequenceMismatch {
+            (Condition::Clock(n), Some(actual)) if actual == n => Ok(()),
+            (Condition::Clock(n), Some(actual)) => Err(StoreError::SequenceMismatch {
                 entity: entity.to_owned(),
                 expected: n,
-                actual: t.clock,
+                actual,
             }),
         }
     }
@@ -142,6 +154,8 @@ pub(crate) struct Draft<'a> {
     pub(crate) condition: Condition,
     /// The event id is an idempotency key.
     pub(crate) idempotent: bool,
+    /// An imported event's clock, time and hashes, kept as they are.
+    pub(crate) continuation: Option<Continuation>,
 }
 
 /// Why an append (or one item of a batch) failed, and at which step.
@@ -199,17 +213,7 @@ impl Shared {
         kind: EventKind,
         payload_len: usize,
     ) -> Result<(), StoreError> {
-        if kind.is_system() {
-            return Err(StoreError::ReservedKind(kind));
-        }
-        let max = self.config.single_append_max_bytes as usize;
-        if payload_len > max {
-            return Err(StoreError::PayloadTooLarge {
-                size: payload_len,
-                max,
-            });
-        }
-        Ok(())
+        batch::check_event(kind, payload_len, self.config.single_append_max_bytes)
     }
 
     /// Run an injected fault, if the test configured one for `point`.
@@ -536,8 +540,24 @@ impl Shared {
                     })
             };
             let tail = local.or_else(|| index.entity_tail(entity));
+            if let Some(c) = &d.continuation {
+                let rec = imported_record(d, c, entity, tail, next_seq + i as u64, batch_size, i)?;
+                if use_map {
+                    overlay_map.insert(
+                        entity,
+                        EntityTail {
+                            clock: rec.clock,
+                            event_hash: rec.event_hash,
+                            timestamp_us: rec.timestamp_us,
+                            hlc_counter: rec.hlc_counter,
+                        },
+                    );
+                }
+                records.push(rec);
+                continue;
+            }
             d.condition
-                .check(entity, tail.as_ref())
+                .check(entity, tail.map(|t| t.clock))
                 .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
             let clock = match &tail {
                 Some(t) => t.clock.checked_add(1).ok_or_else(|| {
@@ -553,21 +573,16 @@ impl Shared {
             };
             // Per entity, time never goes backwards; events in the same
             // millisecond are told apart by the HLC counter.
-            let (timestamp_us, hlc_counter) = match &tail {
-                Some(t) => {
-                    let ts = now_us.max(t.timestamp_us);
-                    let same_ms = ts.div_euclid(1000) == t.timestamp_us.div_euclid(1000);
-                    (
-                        ts,
-                        if same_ms {
-                            t.hlc_counter.saturating_add(1)
-                        } else {
-                            0
-                        },
-                    )
-                }
-                None => (now_us, 0),
-            };
+            let crate::store::codec::EntityTime {
+                timestamp_us,
+                hlc_counter,
+            } = crate::store::codec::next_entity_time(
+                now_us,
+                tail.map(|t| crate::store::codec::EntityTime {
+                    timestamp_us: t.timestamp_us,
+                    hlc_counter: t.hlc_counter,
+                }),
+            );
             let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
             let mut rec = EventRecord {
                 flags: d.flags,
@@ -696,4 +711,52 @@ impl Shared {
         let written = writer.lock().written;
         self.wait_durable(written)
     }
+}
+
+/// The record of an imported event: its own clock, time and hashes, checked
+/// against its entity's tail (`Continuation::check`).
+fn imported_record<'d>(
+    d: &'d Draft<'d>,
+    c: &Continuation,
+    entity: &'d str,
+    tail: Option<EntityTail>,
+    global_seq: u64,
+    batch_size: u32,
+    i: usize,
+) -> Result<EventRecord<'d>, Failure> {
+    let mut rec = EventRecord {
+        flags: d.flags,
+        kind: d.kind.raw(),
+        clock: c.clock,
+        global_seq,
+        timestamp_us: c.time.timestamp_us,
+        hlc_counter: c.time.hlc_counter,
+        batch_size,
+        batch_index: if batch_size > 0 { i as u32 } else { 0 },
+        event_id: d.event_id,
+        correlation_id: d.correlation_id.unwrap_or(d.event_id),
+        causation_id: d.causation_id,
+        prev_hash: c.prev_hash,
+        event_hash: [0; 32],
+        content_hash: d.content_hash,
+        entity,
+        scope: d.coord.scope(),
+        payload_len: d.payload.len() as u32,
+        redacted: false,
+        payload: &d.payload,
+    };
+    rec.event_hash = chain::event_hash(&c.prev_hash, &rec);
+    let tail = tail.map(|t| {
+        (
+            t.clock,
+            t.event_hash,
+            crate::store::codec::EntityTime {
+                timestamp_us: t.timestamp_us,
+                hlc_counter: t.hlc_counter,
+            },
+        )
+    });
+    c.check(entity, tail, rec.event_hash)
+        .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
+    Ok(rec)
 }

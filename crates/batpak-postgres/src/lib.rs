@@ -1,0 +1,386 @@
+//! # batpak-postgres
+//!
+//! A PostgreSQL backend for batpak: one event store that many processes on
+//! many hosts append to and read at once, with the same API and meaning as
+//! the embedded file store ([`batpak::store::Store`]) through the shared
+//! [`EventStore`] trait.
+//!
+//! ```no_run
+//! use batpak::prelude::*;
+//! use batpak_postgres::{PgConfig, PgStore};
+//!
+//! let store = PgStore::open(PgConfig::new("postgres://app@db/events").with_schema("orders"))?;
+//! let order = Coordinate::new("order:42", "tenant:acme")?;
+//! let placed = store.append(&order, EventKind::custom(1, 1), &serde_json::json!({"sku": "tea"}))?;
+//! store.append_with_options(&order, EventKind::custom(1, 2), &"paid",
+//!                           AppendOptions::new().with_cas(0))?;
+//! assert_eq!(store.stream("order:42")?.len(), 2);
+//! assert_eq!(store.get(placed.event_id)?.event.payload["sku"], "tea");
+//! store.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! What differs from the file store, deliberately (docs/postgres.md):
+//! global sequences (`AppendReceipt::sequence`, `IndexEntry::global_sequence`)
+//! are *positions* derived from the writing transaction's id: strictly
+//! increasing in commit order per entity and per writer, sparse rather than
+//! dense, and safe to resume from only through [`PgStore::read_stable`];
+//! `disk_pos` is all zeros; reads return `Result`.
+//!
+//! | module    | owns                                                        |
+//! |-----------|-------------------------------------------------------------|
+//! | `config`  | [`PgConfig`] and its validation                             |
+//! | `pool`    | the r2d2 pool, session settings, prepared statements        |
+//! | `schema`  | tables, indexes, the append function, migrations            |
+//! | `write`   | the append path: planning, the append loop, retries         |
+//! | `read`    | reads, region queries, the stable read                      |
+//! | `verify`  | checking every chain                                        |
+//! | `error`   | mapping database failures to `StoreError`                   |
+//! | `testing` | a throwaway cluster for tests (feature `test-support`)      |
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod pool;
+mod read;
+mod schema;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod verify;
+mod write;
+
+#[cfg(feature = "test-support")]
+pub use config::BeforeCommitHook;
+pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use read::StableRead;
+pub use schema::SCHEMA_VERSION;
+pub use verify::{PgProblem, PgProblemKind, PgVerifyReport};
+
+use batpak::coordinate::{Coordinate, Region};
+use batpak::event::{EventKind, EventSourced, StoredEvent};
+use batpak::store::codec;
+use batpak::store::{
+    AppendOptions, AppendReceipt, BatchAppendItem, EventStore, Freshness, IndexEntry, StoreError,
+    StoreStats,
+};
+use parking_lot::Mutex;
+use pool::{Conn, Pool};
+use schema::Sql;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use write::Tail;
+
+/// An event store in a PostgreSQL schema. Every method blocks; the handle is
+/// `Send + Sync` (share it with `Arc`) and holds a pool of connections.
+/// Any number of handles, in any number of processes and hosts, may use the
+/// same schema at once.
+pub struct PgStore {
+    pool: Pool,
+    config: PgConfig,
+    sql: Sql,
+    /// Newest known state of entities this handle appended to (write.rs).
+    tails: Mutex<HashMap<String, Tail>>,
+    schema_was: u32,
+}
+
+/// What [`PgStore::describe`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgInfo {
+    /// The store's schema.
+    pub schema: String,
+    /// Its schema version.
+    pub schema_version: u32,
+    /// Events stored.
+    pub event_count: u64,
+    /// Entities with at least one event.
+    pub entity_count: u64,
+    /// One past the highest position.
+    pub next_position: u64,
+    /// Every event below this position has committed or never will.
+    pub stable_position: u64,
+    /// Bytes of the tables and their indexes.
+    pub table_bytes: u64,
+}
+
+/// A failed use of a pooled connection: no connection, or a database error.
+pub(crate) enum WithConn {
+    Pool(StoreError),
+    Db(postgres::Error),
+}
+
+impl PgStore {
+    /// Connect, and create the schema or migrate it to [`SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    /// `Configuration` for invalid settings or connection string,
+    /// `Unavailable` when the server cannot be reached within
+    /// `connect_timeout`, `SchemaTooNew` when a newer batpak wrote the
+    /// schema, `Backend` when the server refuses (permissions, ...).
+    pub fn open(config: PgConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let pool = pool::build(&config)?;
+        let schema_was = {
+            let mut conn = pool.get().map_err(error::pool_error)?;
+            schema::migrate(&mut conn.client, &config.schema)?
+        };
+        Ok(Self {
+            sql: Sql::new(&config.schema),
+            pool,
+            config,
+            tails: Mutex::new(HashMap::new()),
+            schema_was,
+        })
+    }
+
+    /// Open the store in `config.schema` only if it exists there, without
+    /// creating or migrating anything: for tools that inspect a store.
+    /// `Ok(None)` when the schema holds no batpak store.
+    ///
+    /// # Errors
+    /// As [`PgStore::open`]; `SchemaTooNew` for a newer schema, and
+    /// `Configuration` for an older one (open it once with
+    /// [`PgStore::open`] to migrate it).
+    pub fn open_existing(config: PgConfig) -> Result<Option<Self>, StoreError> {
+        config.validate()?;
+        let pool = pool::build(&config)?;
+        let found = {
+            let mut conn = pool.get().map_err(error::pool_error)?;
+            match schema::version(&mut conn.client, &config.schema)? {
+                None => return Ok(None),
+                Some(v) => v,
+            }
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::Configuration(format!(
+                "the store in schema {} is at version {found}; open it for writing once to \
+                 migrate it to {SCHEMA_VERSION}",
+                config.schema
+            )));
+        }
+        Ok(Some(Self {
+            sql: Sql::new(&config.schema),
+            pool,
+            config,
+            tails: Mutex::new(HashMap::new()),
+            schema_was: found,
+        }))
+    }
+
+    /// Counters for tools: events, entities, the next position and the
+    /// stable bound (see [`PgStore::read_stable`]).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Backend`.
+    pub fn describe(&self) -> Result<PgInfo, StoreError> {
+        let s = &self.sql.schema;
+        let sql = format!(
+            "SELECT coalesce(sum(clock + 1), 0)::bigint, count(*),
+                    (SELECT coalesce(max(position) + 1, 0) FROM {s}.events),
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20,
+                    (SELECT coalesce(max(version), 0) FROM {s}.schema_version),
+                    pg_total_relation_size('{s}.events') + pg_total_relation_size('{s}.streams')
+             FROM {s}.streams"
+        );
+        let row = self.db(|c| c.client.query_one(&sql, &[]))?;
+        let num = |i: usize| -> Result<u64, StoreError> {
+            let v: i64 = row
+                .try_get(i)
+                .map_err(|e| StoreError::Backend(Box::new(error::DbFailure(e))))?;
+            u64::try_from(v).map_err(|_| StoreError::Backend(format!("negative count {v}").into()))
+        };
+        let version: i32 = row
+            .try_get(4)
+            .map_err(|e| StoreError::Backend(Box::new(error::DbFailure(e))))?;
+        Ok(PgInfo {
+            schema: s.clone(),
+            schema_version: u32::try_from(version).unwrap_or(0),
+            event_count: num(0)?,
+            entity_count: num(1)?,
+            next_position: num(2)?,
+            stable_position: num(3)?,
+            table_bytes: num(5)?,
+        })
+    }
+
+    /// The schema version found at open (0: the schema was created then).
+    pub fn schema_version_at_open(&self) -> u32 {
+        self.schema_was
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &PgConfig {
+        &self.config
+    }
+
+    /// Run `f` on a pooled connection.
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, WithConn> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| WithConn::Pool(error::pool_error(e)))?;
+        let result = f(&mut conn);
+        match &result {
+            Ok(_) => conn.touch(),
+            Err(e) if error::ends_session(e) => conn.broken = true,
+            Err(_) => {}
+        }
+        result.map_err(WithConn::Db)
+    }
+
+    /// Run a read `f`; a connection found dead when used is replaced once
+    /// (reads change nothing, so repeating one is safe).
+    pub(crate) fn db<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        match self.with_conn(&mut f) {
+            Ok(v) => Ok(v),
+            Err(WithConn::Db(e)) if error::ends_session(&e) => match self.with_conn(&mut f) {
+                Ok(v) => Ok(v),
+                Err(WithConn::Pool(e)) => Err(e),
+                Err(WithConn::Db(e)) => Err(error::store_error(e)),
+            },
+            Err(WithConn::Pool(e)) => Err(e),
+            Err(WithConn::Db(e)) => Err(error::store_error(e)),
+        }
+    }
+
+    /// Check every entity's chain: clocks dense from 0, every `prev_hash`
+    /// the previous event's hash, every event hash and content hash
+    /// recomputed, every payload readable, positions increasing with the
+    /// clock, and each entity's row in `streams` at its newest event. Reads
+    /// one consistent snapshot while appends continue.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Backend` when the database cannot be read (damage
+    /// is a [`PgProblem`] in the report, not an error).
+    pub fn verify(&self) -> Result<PgVerifyReport, StoreError> {
+        verify::verify(self)
+    }
+}
+
+impl EventStore for PgStore {
+    fn append_with_options(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let event = codec::prepare_event(coord, kind, payload, opts, &self.config.limits())?;
+        let receipts = self
+            .write(std::slice::from_ref(&event))
+            .map_err(|e| e.error)?;
+        receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Backend("append returned no receipt".into()))
+    }
+
+    fn append_batch(&self, items: Vec<BatchAppendItem>) -> Result<Vec<AppendReceipt>, StoreError> {
+        let events = codec::prepare_batch(items, None, &self.config.limits())?;
+        self.write(&events)
+            .map_err(write::AppendError::into_batch_error)
+    }
+
+    fn append_reaction_batch(
+        &self,
+        correlation_id: u128,
+        causation_id: u128,
+        items: Vec<BatchAppendItem>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        let events = codec::prepare_batch(
+            items,
+            Some((correlation_id, causation_id)),
+            &self.config.limits(),
+        )?;
+        self.write(&events)
+            .map_err(write::AppendError::into_batch_error)
+    }
+
+    fn import_events(
+        &self,
+        events: Vec<StoredEvent<Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = codec::prepare_imports(events, &self.config.limits())?;
+        let batch = events.len() > 1;
+        self.write(&events)
+            .map_err(|e| if batch { e.into_batch_error() } else { e.error })
+    }
+
+    fn get(&self, event_id: u128) -> Result<StoredEvent<Value>, StoreError> {
+        self.get_event(event_id)
+    }
+
+    fn query(&self, region: &Region) -> Result<Vec<IndexEntry>, StoreError> {
+        self.query_region(region)
+    }
+
+    fn stream(&self, entity: &str) -> Result<Vec<IndexEntry>, StoreError> {
+        self.stream_entries(entity)
+    }
+
+    fn by_correlation(&self, correlation_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
+        self.correlated(correlation_id)
+    }
+
+    fn children(&self, event_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
+        self.caused_by(event_id)
+    }
+
+    fn walk_ancestors(
+        &self,
+        event_id: u128,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent<Value>>, StoreError> {
+        self.ancestors(event_id, limit)
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.counts()
+    }
+
+    /// Every receipt already means the commit is durable on the server.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn close(self) -> Result<(), StoreError> {
+        // Dropping the pool closes its connections; nothing is pending.
+        drop(self);
+        Ok(())
+    }
+
+    /// One query for the entity's events of the kinds `T` reads (there is
+    /// no projection cache; `freshness` is always met).
+    fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
+    {
+        let _ = freshness;
+        let events = self.entity_events(entity)?;
+        let kinds = T::relevant_event_kinds();
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| kinds.is_empty() || kinds.contains(&e.event.header.event_kind))
+            .map(|e| e.event)
+            .collect();
+        Ok(T::from_events(&events))
+    }
+}
