@@ -235,6 +235,21 @@ RETURNING position
 pub(crate) const LOCK_TAILS: &str = "SELECT entity, clock, event_hash, timestamp_us, hlc_counter \
      FROM {s}.streams WHERE entity = ANY ($1) ORDER BY entity FOR UPDATE";
 
+/// The writing transaction's id, as the statements above use it.
+const TRANSACTION_ID: &str = "pg_current_xact_id()::text::bigint";
+
+/// An id newer than every lock an append that lost races holds: run inside
+/// a savepoint after [`LOCK_TAILS`], it writes one of the locked rows (no
+/// change), which gives the subtransaction its own id, and returns that id
+/// (32 bits, from the new row version's `xmin`) with the top-level one
+/// (64 bits, epoch-extended). The top-level id was taken when the first row
+/// was locked; a competitor that got a newer one may have committed to a
+/// row locked after it. The subtransaction's id is newer than both, so
+/// positions based on it are above every position on the locked rows, and
+/// still at or above the top-level id, which is what stable reads rely on
+/// (ADR 0018).
+pub(crate) const CLAIM_LATE_ID: &str = "UPDATE {s}.streams SET clock = clock WHERE entity = $1      RETURNING xmin::text::bigint, pg_current_xact_id()::text::bigint";
+
 /// The version of the store in `schema`, or `None` when there is none.
 pub(crate) fn version(client: &mut Client, schema: &str) -> Result<Option<u32>, StoreError> {
     let row = client
@@ -317,6 +332,11 @@ pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) lock_tails: String,
+    /// [`APPEND`] and [`APPEND_ONE`] at a position base given as the last
+    /// parameter (a subtransaction's id; see [`CLAIM_LATE_ID`]).
+    pub(crate) append_at: String,
+    pub(crate) append_one_at: String,
+    pub(crate) claim_late_id: String,
     pub(crate) get: String,
     pub(crate) stream: String,
     pub(crate) stream_events: String,
@@ -344,6 +364,13 @@ impl Sql {
             append: APPEND.replace("{s}", s),
             append_one: APPEND_ONE.replace("{s}", s),
             lock_tails: LOCK_TAILS.replace("{s}", s),
+            append_at: APPEND
+                .replace("{s}", s)
+                .replace(TRANSACTION_ID, "$23::bigint"),
+            append_one_at: APPEND_ONE
+                .replace("{s}", s)
+                .replace(TRANSACTION_ID, "$16::bigint"),
+            claim_late_id: CLAIM_LATE_ID.replace("{s}", s),
             get: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
             stream: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {s}.events WHERE entity = $1 ORDER BY clock"

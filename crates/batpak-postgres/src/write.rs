@@ -440,7 +440,12 @@ impl PgStore {
     }
 
     /// Run the append in a transaction: with `plan`, as planned; without,
-    /// after locking the rows and planning from what they hold.
+    /// after locking the rows and planning from what they hold. In the
+    /// second case the events are positioned by a subtransaction's id taken
+    /// once every row is locked ([`crate::schema::CLAIM_LATE_ID`]), so no
+    /// competitor can have moved a locked row above it: an append that lost
+    /// races cannot lose again, except to a writer creating one of its
+    /// entities at the same moment.
     fn in_transaction(
         &self,
         events: &[PreparedEvent],
@@ -453,19 +458,23 @@ impl PgStore {
             let lock = c.statement(&self.sql.lock_tails)?;
             let one = c.statement(&self.sql.append_one)?;
             let general = c.statement(&self.sql.append)?;
+            let claim = c.statement(&self.sql.claim_late_id)?;
+            let one_at = c.statement(&self.sql.append_one_at)?;
+            let general_at = c.statement(&self.sql.append_at)?;
             let mut tx = c.client.transaction()?;
-            let plan = match plan {
-                Some(p) => p,
+            let (plan, late_base) = match plan {
+                Some(p) => (p, None),
                 None => {
                     let rows = tx.query(&lock, &[&names])?;
                     let mut states = match tails(&rows) {
                         Ok(s) => s,
                         Err(e) => return Ok(Err(Failure::Fatal(e))),
                     };
+                    let first_locked = rows.first().map(|r| r.try_get::<_, String>(0));
                     for n in names {
                         states.entry((*n).to_owned()).or_insert(None);
                     }
-                    match self::plan(events, &states, now_us) {
+                    let plan = match self::plan(events, &states, now_us) {
                         Ok(p) => p,
                         Err(refused) => {
                             return Ok(Ok(Sent::Refused {
@@ -473,13 +482,34 @@ impl PgStore {
                                 locked: states,
                             }))
                         }
-                    }
+                    };
+                    let late_base = match first_locked {
+                        Some(entity) => {
+                            tx.execute("SAVEPOINT batpak_late_id", &[])?;
+                            let r = tx.query_one(&claim, &[&entity?])?;
+                            Some(late_id(r.try_get(1)?, r.try_get(0)?))
+                        }
+                        // Nothing to lock: every entity is new.
+                        None => None,
+                    };
+                    (plan, late_base)
                 }
             };
-            let rows = if single(events) {
-                tx.query(&one, &one_params(&events[0], &plan).refs())?
-            } else {
-                tx.query(&general, &params(events, &plan).refs())?
+            let rows = match (late_base, single(events)) {
+                (None, true) => tx.query(&one, &one_params(&events[0], &plan).refs())?,
+                (None, false) => tx.query(&general, &params(events, &plan).refs())?,
+                (Some(base), true) => {
+                    let p = one_params(&events[0], &plan);
+                    let mut refs = p.refs().to_vec();
+                    refs.push(&base);
+                    tx.query(&one_at, &refs)?
+                }
+                (Some(base), false) => {
+                    let p = params(events, &plan);
+                    let mut refs = p.refs().to_vec();
+                    refs.push(&base);
+                    tx.query(&general_at, &refs)?
+                }
             };
             let sent = match answer(events, &rows, plan) {
                 Ok(s) => s,
@@ -752,6 +782,15 @@ fn one_params<'a>(e: &'a PreparedEvent, plan: &'a Plan) -> OneParams<'a> {
     }
 }
 
+/// The 64-bit id of a subtransaction, from its 32-bit id (`sub`) and its
+/// top-level transaction's 64-bit, epoch-extended id (`top`): a
+/// subtransaction's id is assigned after its parent's, so it is the first
+/// id at or after `top` whose low 32 bits are `sub`.
+fn late_id(top: i64, sub: i64) -> i64 {
+    let low = top & 0xffff_ffff;
+    top + ((sub - low) & 0xffff_ffff)
+}
+
 /// The answer to a call whose idempotency keys were found: the original
 /// receipts when every item's key names an event with its coordinate and
 /// kind; `IdempotencyConflict` at the first item whose key names another
@@ -812,4 +851,23 @@ fn backoff(attempt: u32) {
             .unwrap_or(0),
     );
     std::thread::sleep(std::time::Duration::from_micros(jitter % cap_us.max(1)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::late_id;
+
+    #[test]
+    fn a_subtransaction_id_is_extended_from_its_parent() {
+        let epoch = 3i64 << 32;
+        // Same epoch.
+        assert_eq!(late_id(epoch + 1000, 1005), epoch + 1005);
+        assert_eq!(late_id(epoch + 1000, 1000), epoch + 1000);
+        // The 32-bit counter wrapped between parent and child.
+        assert_eq!(
+            late_id(epoch + 0xffff_fff0, 5),
+            (4i64 << 32) + 5,
+            "the child is in the next epoch"
+        );
+    }
 }
