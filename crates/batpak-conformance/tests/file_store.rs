@@ -1,6 +1,8 @@
 //! The conformance checks against the embedded file store, in temporary
 //! directories.
 
+mod support;
+
 use batpak::prelude::*;
 use batpak_conformance::{Harness, Settings};
 
@@ -20,17 +22,7 @@ impl Harness for FileStore {
     }
 
     fn open(&self, settings: &Settings) -> Store {
-        let mut cfg = StoreConfig::new(self.dir.path()).with_clock(settings.clock.clone());
-        if let Some(n) = settings.single_append_max_bytes {
-            cfg = cfg.with_single_append_max_bytes(n);
-        }
-        if let Some(n) = settings.batch_max_size {
-            cfg = cfg.with_batch_max_size(n);
-        }
-        if let Some(n) = settings.batch_max_bytes {
-            cfg = cfg.with_batch_max_bytes(n);
-        }
-        Store::open(cfg).expect("open store")
+        Store::open(support::config(self.dir.path(), settings)).expect("open store")
     }
 }
 

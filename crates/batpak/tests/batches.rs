@@ -9,8 +9,6 @@ use batpak::prelude::*;
 use batpak::store::OpenPath;
 use common::*;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 fn item(entity: &str, payload: serde_json::Value) -> BatchAppendItem {
     BatchAppendItem::new(
@@ -21,59 +19,6 @@ fn item(entity: &str, payload: serde_json::Value) -> BatchAppendItem {
         CausationRef::None,
     )
     .unwrap()
-}
-
-/// The conformance suite checks this in the default (durable) mode; here
-/// it is checked in relaxed mode too, where events are visible before a sync.
-#[test]
-fn readers_see_a_batch_all_at_once_in_both_sync_modes() {
-    let dir = tempfile::tempdir().unwrap();
-    for relaxed in [false, true] {
-        let sub = dir.path().join(format!("relaxed-{relaxed}"));
-        let store = Arc::new(open_with(&sub, |c| {
-            if relaxed {
-                c.with_sync_every_n_events(100)
-            } else {
-                c
-            }
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Arc::new(std::sync::Barrier::new(2));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let reader = {
-            let (store, stop, start, reads) =
-                (store.clone(), stop.clone(), start.clone(), reads.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                // Reads that landed while batches were still arriving.
-                let mut mid_run = 0usize;
-                loop {
-                    let n = store.query(&Region::all()).len();
-                    assert_eq!(n % 7, 0, "saw part of a batch: {n} events");
-                    assert_eq!(store.stream("e").len() % 7, 0);
-                    mid_run += usize::from(n > 0 && n < 280);
-                    reads.fetch_add(1, Ordering::AcqRel);
-                    if stop.load(Ordering::Acquire) {
-                        return mid_run;
-                    }
-                }
-            })
-        };
-        start.wait();
-        for round in 0..40 {
-            let items = (0..7).map(|i| item("e", json!([round, i]))).collect();
-            store.append_batch(items).unwrap();
-            // Let the reader look at least once between batches, so its
-            // reads interleave with the writes even when these are fast.
-            let seen = reads.load(Ordering::Acquire);
-            while reads.load(Ordering::Acquire) < seen + 2 {
-                std::thread::yield_now();
-            }
-        }
-        stop.store(true, Ordering::Release);
-        assert!(reader.join().unwrap() > 0, "no read overlapped the batches");
-        assert_eq!(store.query(&Region::all()).len(), 280);
-    }
 }
 
 #[test]

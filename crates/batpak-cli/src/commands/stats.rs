@@ -122,21 +122,7 @@ pub fn run(global: &Global, _args: &Args) -> anyhow::Result<()> {
             ),
         );
     }
-    // The header of a two-column key/value table says nothing; print rows only.
-    let widths = t.widths();
-    for cells in t.rows() {
-        writeln!(
-            out,
-            "{}",
-            t.line(cells, &widths, |i, v| if i == 0 {
-                s.bold(v)
-            } else {
-                v.into()
-            })
-        )?;
-    }
-    out.flush()?;
-    Ok(())
+    print_rows(&mut out, &t, s)
 }
 
 /// `stats` of a PostgreSQL store.
@@ -174,6 +160,12 @@ fn postgres(global: &Global, store: &PgStore, place: &str) -> anyhow::Result<()>
         ),
     );
     row("tables and indexes", human_bytes(i.table_bytes));
+    print_rows(&mut out, &t, s)
+}
+
+/// A two-column key/value table: its rows only (a header would say
+/// nothing), keys in bold.
+fn print_rows(out: &mut impl Write, t: &Table, s: crate::output::Style) -> anyhow::Result<()> {
     let widths = t.widths();
     for cells in t.rows() {
         writeln!(

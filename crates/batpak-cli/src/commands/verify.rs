@@ -77,11 +77,7 @@ pub fn run(global: &Global, _args: &Args) -> anyhow::Result<()> {
             )?;
         }
         let mb = report.bytes_checked as f64 / 1e6;
-        let verdict = if report.is_clean() {
-            s.green("clean")
-        } else {
-            s.yellow(&format!("{} problem(s)", report.problems().len()))
-        };
+        let verdict = verdict(s, report.problems().len());
         writeln!(
             out,
             "{} segments, {} events, {mb:.1} MB checked in {secs:.2} s ({:.0} MB/s): {verdict}",
@@ -91,14 +87,7 @@ pub fn run(global: &Global, _args: &Args) -> anyhow::Result<()> {
         )?;
     }
     out.flush()?;
-    if report.is_clean() {
-        Ok(())
-    } else {
-        Err(Damaged {
-            count: report.problems().len(),
-        }
-        .into())
-    }
+    outcome(report.problems().len())
 }
 
 /// `verify` of a PostgreSQL store: every entity's chain.
@@ -135,11 +124,7 @@ fn postgres(global: &Global, store: &PgStore, place: &str) -> anyhow::Result<()>
         for p in report.problems() {
             writeln!(out, "{} {p}", s.yellow("problem"))?;
         }
-        let verdict = if report.is_clean() {
-            s.green("clean")
-        } else {
-            s.yellow(&format!("{} problem(s)", report.problems().len()))
-        };
+        let verdict = verdict(s, report.problems().len());
         writeln!(
             out,
             "{} entities, {} events checked in {secs:.2} s: {verdict}",
@@ -147,12 +132,23 @@ fn postgres(global: &Global, store: &PgStore, place: &str) -> anyhow::Result<()>
         )?;
     }
     out.flush()?;
-    if report.is_clean() {
+    outcome(report.problems().len())
+}
+
+/// "clean", or how many problems, coloured.
+fn verdict(s: crate::output::Style, problems: usize) -> String {
+    if problems == 0 {
+        s.green("clean")
+    } else {
+        s.yellow(&format!("{problems} problem(s)"))
+    }
+}
+
+/// Success, or `Damaged` (exit code 5) when anything was found.
+fn outcome(problems: usize) -> anyhow::Result<()> {
+    if problems == 0 {
         Ok(())
     } else {
-        Err(Damaged {
-            count: report.problems().len(),
-        }
-        .into())
+        Err(Damaged { count: problems }.into())
     }
 }

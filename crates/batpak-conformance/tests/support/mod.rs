@@ -1,0 +1,21 @@
+//! What the file-store harnesses share: a store's config from a check's
+//! settings.
+
+use batpak::prelude::*;
+use batpak_conformance::Settings;
+use std::path::Path;
+
+/// The config of a file store in `dir` with the check's `settings`.
+pub fn config(dir: &Path, settings: &Settings) -> StoreConfig {
+    let mut cfg = StoreConfig::new(dir).with_clock(settings.clock.clone());
+    if let Some(n) = settings.single_append_max_bytes {
+        cfg = cfg.with_single_append_max_bytes(n);
+    }
+    if let Some(n) = settings.batch_max_size {
+        cfg = cfg.with_batch_max_size(n);
+    }
+    if let Some(n) = settings.batch_max_bytes {
+        cfg = cfg.with_batch_max_bytes(n);
+    }
+    cfg
+}
