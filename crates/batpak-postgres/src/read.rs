@@ -39,7 +39,7 @@ pub(crate) fn entry(row: &Row) -> Result<IndexEntry, StoreError> {
 }
 
 /// An index entry from a row whose [`ENTRY_COLUMNS`] start at column `at`.
-fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
+pub(crate) fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
     let clock: i64 = col(row, at + 4)?;
     let kind: i32 = col(row, at + 5)?;
     let timestamp_us: i64 = col(row, at + 6)?;
@@ -174,6 +174,18 @@ pub(crate) fn region_filter(
     (sql, params)
 }
 
+/// The current stable bound: every transaction that can still write below
+/// it has ended (ADR 0018).
+pub(crate) fn stable_bound(pool: &crate::pool::Pool) -> Result<u64, StoreError> {
+    let rows = crate::read_with(pool, |c| {
+        let st =
+            c.statement("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20")?;
+        c.client.query(&st, &[])
+    })?;
+    let row = rows.first().ok_or_else(|| damaged("bound", "no row"))?;
+    position(col(row, 0)?)
+}
+
 /// What [`PgStore::read_stable`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StableRead {
@@ -223,17 +235,6 @@ impl PgStore {
 
     pub(crate) fn stream_entries(&self, entity: &str) -> Result<Vec<IndexEntry>, StoreError> {
         entries(&self.rows(&self.sql.stream, &[&entity])?)
-    }
-
-    /// Every event of `entity` with its payload, in clock order.
-    pub(crate) fn entity_events(
-        &self,
-        entity: &str,
-    ) -> Result<Vec<StoredEvent<serde_json::Value>>, StoreError> {
-        self.rows(&self.sql.stream_events, &[&entity])?
-            .iter()
-            .map(event)
-            .collect()
     }
 
     pub(crate) fn correlated(&self, correlation_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
@@ -355,12 +356,7 @@ impl PgStore {
     /// # Errors
     /// `Unavailable`, `Backend`.
     pub fn stable_position(&self) -> Result<u64, StoreError> {
-        let rows = self.rows(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
-            &[],
-        )?;
-        let row = rows.first().ok_or_else(|| damaged("bound", "no row"))?;
-        position(col(row, 0)?)
+        stable_bound(&self.pool)
     }
 }
 
