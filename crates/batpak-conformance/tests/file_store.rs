@@ -30,6 +30,9 @@ impl Harness for FileStore {
         if let Some(n) = settings.batch_max_bytes {
             cfg = cfg.with_batch_max_bytes(n);
         }
+        if let Some(n) = settings.broadcast_capacity {
+            cfg = cfg.with_broadcast_capacity(n);
+        }
         Store::open(cfg).expect("open store")
     }
 }
