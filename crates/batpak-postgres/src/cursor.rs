@@ -38,8 +38,14 @@ pub(crate) const WINDOW_XIDS: i64 = 1 << 14;
 
 /// Shortest wait before a cursor that knows of events it cannot read yet
 /// (an older transaction holds the bound) looks again; it doubles up to
-/// `poll_interval`.
-const HELD_BACK_FIRST: Duration = Duration::from_millis(1);
+/// `poll_interval`. A batpak append that holds it back announces its own
+/// commit, so this matters only for other transactions.
+const HELD_BACK_FIRST: Duration = Duration::from_millis(5);
+
+/// Shortest time between two reads of a waiting cursor: wake-ups within it
+/// are served by one read, which bounds what a busy store's notifications
+/// cost each cursor, for at most this much added latency.
+const READ_GAP: Duration = Duration::from_millis(2);
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
@@ -152,6 +158,8 @@ pub(crate) struct Pager {
     page: i64,
     /// The bound of the last page read (0 before the first).
     stable_below: u64,
+    /// When the last page was read.
+    read_at: Option<Instant>,
 }
 
 impl Pager {
@@ -169,6 +177,7 @@ impl Pager {
             buffer: VecDeque::new(),
             page: i64::try_from(page.max(1)).unwrap_or(i64::MAX),
             stable_below: 0,
+            read_at: None,
         }
     }
 
@@ -199,6 +208,7 @@ impl Pager {
                 .try_get(1)
                 .map_err(|e| StoreError::Backend(Box::new(crate::error::DbFailure(e))))?;
             self.stable_below = position(bound)?;
+            self.read_at = Some(Instant::now());
             let mut read = 0i64;
             let mut last = self.scan;
             for row in &rows {

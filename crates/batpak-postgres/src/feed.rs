@@ -40,6 +40,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// Reconnect delays of the listener and the notifier.
 const RECONNECT_FIRST: Duration = Duration::from_millis(10);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Shortest time between two notifications of one handle: commits within it
+/// are announced together. It bounds what notifying costs the server (one
+/// small transaction per notification) whatever the append rate, for at
+/// most this much added latency.
+const NOTIFY_GAP: Duration = Duration::from_millis(2);
 /// Events the dispatcher reads per round trip.
 const DISPATCH_PAGE: usize = 1024;
 
@@ -274,7 +279,8 @@ impl Feed {
     }
 
     /// The notifier thread: announce this handle's commits, coalescing
-    /// those that arrive while a `NOTIFY` is on the wire. A notification it
+    /// those that arrive while a `NOTIFY` is on the wire and for
+    /// [`NOTIFY_GAP`] after it. A notification it
     /// cannot send is dropped: readers find the events at their next poll.
     fn notifier(self: Arc<Self>) {
         let mut conn: Option<Conn> = None;
@@ -317,6 +323,8 @@ impl Feed {
                 tracing::debug!(error = %e, "batpak: notify failed; readers will poll");
                 conn = None;
             }
+            // Commits meanwhile wait for the next notification.
+            std::thread::sleep(NOTIFY_GAP);
         }
     }
 
