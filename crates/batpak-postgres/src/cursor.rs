@@ -366,6 +366,15 @@ impl PgCursor {
                 .checked_add(nap)
                 .map(|t| deadline.map_or(t, |d| d.min(t)));
             self.feed.wait(seen, until.or(deadline));
+            // Woken right after a read: let more commits gather first.
+            if let Some(gap) = self
+                .pager
+                .read_at
+                .and_then(|at| READ_GAP.checked_sub(at.elapsed()))
+            {
+                let left = deadline.map_or(gap, |d| d.saturating_duration_since(Instant::now()));
+                std::thread::sleep(gap.min(left));
+            }
         }
     }
 
