@@ -12,7 +12,9 @@
 //!   scope, one kind) against the same writers without, in alternating
 //!   windows. Target: at least 80%.
 //! - the cost of notifying: single appends and 16 writers with `notify`
-//!   on and off, alternating.
+//!   on and off, alternating; and, for ADR 0020, what a NOTIFY inside each
+//!   transaction costs 16 committing connections;
+//! - what the category index costs batches of 256.
 //!
 //! `cargo bench -p batpak-postgres --bench delivery -- --warm-up-time 1 --measurement-time 3`
 
@@ -406,6 +408,60 @@ fn notify_cost(url: &str) {
     );
 }
 
+/// Why the notification is not sent inside the append's transaction: 16
+/// connections committing `BEGIN; INSERT; COMMIT` against the same with
+/// `SELECT pg_notify(..)` before the COMMIT, in alternating windows.
+fn notify_inside_transactions(url: &str) {
+    let schema = testing::unique_schema("bench_inside");
+    let mut setup = Client::connect(url, NoTls).unwrap();
+    setup
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (id bigserial PRIMARY KEY, w int, body text)"
+        ))
+        .unwrap();
+    let clients: Vec<std::sync::Mutex<Client>> = (0..WRITERS)
+        .map(|_| std::sync::Mutex::new(Client::connect(url, NoTls).unwrap()))
+        .collect();
+    let insert = format!("INSERT INTO {schema}.t (w, body) VALUES ($1, repeat('x', 100))");
+    let window = |notify: bool| -> u64 {
+        let done = AtomicU64::new(0);
+        let until = Instant::now() + Duration::from_millis(1500);
+        std::thread::scope(|s| {
+            for (w, client) in clients.iter().enumerate() {
+                let (done, insert) = (&done, &insert);
+                s.spawn(move || {
+                    let mut c = client.lock().unwrap();
+                    let w = w as i32;
+                    while Instant::now() < until {
+                        let mut tx = c.transaction().unwrap();
+                        tx.execute(insert.as_str(), &[&w]).unwrap();
+                        if notify {
+                            tx.execute("SELECT pg_notify('batpak_bench_inside', '')", &[])
+                                .unwrap();
+                        }
+                        tx.commit().unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        done.into_inner()
+    };
+    let (mut inside, mut plain) = (0, 0);
+    for _ in 0..3 {
+        plain += window(false);
+        inside += window(true);
+    }
+    println!(
+        "
+16 connections, BEGIN; INSERT; COMMIT, alternating 1.5 s windows: {:.0}/s with a \
+         NOTIFY inside each transaction vs {:.0}/s without = {:.0}%",
+        inside as f64 / 4.5,
+        plain as f64 / 4.5,
+        100.0 * inside as f64 / plain as f64
+    );
+}
+
 /// What the kind-category index (schema version 2) costs appends: batches
 /// of 256 alternating between a store with it and one without.
 fn index_cost(url: &str) {
@@ -470,8 +526,10 @@ fn main() {
     let Some(url) = testing::cluster_url() else {
         return;
     };
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("index_cost") {
-        return index_cost(url);
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("index_cost") => return index_cost(url),
+        Ok("notify_inside") => return notify_inside_transactions(url),
+        _ => {}
     }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -483,6 +541,7 @@ fn main() {
         latency(url);
         writers_with_cursors(url);
         notify_cost(url);
+        notify_inside_transactions(url);
         index_cost(url);
     }
 }
