@@ -529,6 +529,11 @@ fn main() {
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("index_cost") => return index_cost(url),
         Ok("notify_inside") => return notify_inside_transactions(url),
+        Ok("live") => {
+            latency(url);
+            writers_with_cursors(url);
+            return notify_cost(url);
+        }
         _ => {}
     }
     let mut c = Criterion::default()

@@ -45,7 +45,7 @@ const HELD_BACK_FIRST: Duration = Duration::from_millis(5);
 /// Shortest time between two reads of a waiting cursor: wake-ups within it
 /// are served by one read, which bounds what a busy store's notifications
 /// cost each cursor, for at most this much added latency.
-const READ_GAP: Duration = Duration::from_millis(2);
+const READ_GAP: Duration = Duration::from_millis(5);
 
 type Param = Box<dyn ToSql + Sync + Send>;
 

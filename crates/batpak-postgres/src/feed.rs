@@ -44,7 +44,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// are announced together. It bounds what notifying costs the server (one
 /// small transaction per notification) whatever the append rate, for at
 /// most this much added latency.
-const NOTIFY_GAP: Duration = Duration::from_millis(2);
+const NOTIFY_GAP: Duration = Duration::from_millis(5);
 /// Events the dispatcher reads per round trip.
 const DISPATCH_PAGE: usize = 1024;
 
