@@ -22,11 +22,17 @@
 
 pub mod checks;
 pub mod delivery;
+pub mod typed;
 
 #[doc(hidden)]
 pub use checks::*;
 #[doc(hidden)]
 pub use delivery::*;
+#[doc(hidden)]
+pub use typed::{
+    event_iterators_match_the_listings, typed_events_round_trip_with_their_versions,
+    typed_reads_refuse_what_does_not_fit, upcasters_apply_on_every_read_path,
+};
 
 use batpak::prelude::*;
 use batpak::store::ClockFn;
@@ -138,6 +144,10 @@ macro_rules! __for_each_check {
             reactors_answer_every_trigger_once_and_resume_after_a_restart,
             a_reactor_never_skips_a_trigger_it_cannot_answer,
             watchers_emit_each_change_and_end_with_the_store,
+            typed_events_round_trip_with_their_versions,
+            upcasters_apply_on_every_read_path,
+            typed_reads_refuse_what_does_not_fit,
+            event_iterators_match_the_listings,
         );
     };
 }

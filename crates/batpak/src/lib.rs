@@ -56,6 +56,9 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// `#[derive(TypedEvent)]` names `::batpak`, also inside this crate's tests.
+extern crate self as batpak;
+
 pub mod coordinate;
 pub mod event;
 pub mod guard;

@@ -2,7 +2,8 @@
 
 pub use crate::coordinate::{Coordinate, CoordinateError, DagPosition, KindFilter, Region};
 pub use crate::event::{
-    Event, EventHeader, EventKind, EventSourced, HashChain, Reactive, StoredEvent,
+    Event, EventHeader, EventKind, EventSourced, HashChain, Reactive, Schema, StoredEvent,
+    TypedError, TypedEvent, VersionedEvent,
 };
 pub use crate::guard::{Denial, Gate, GateSet, Receipt};
 pub use crate::id::EventId;

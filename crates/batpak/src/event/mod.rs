@@ -10,6 +10,7 @@ pub mod header;
 mod kind;
 /// Folding events into state and reacting to them.
 pub mod sourcing;
+pub mod typed;
 
 #[cfg(feature = "blake3")]
 pub use hash::compute_hash;
@@ -17,6 +18,7 @@ pub use hash::HashChain;
 pub use header::{EventHeader, FLAG_BYPASS, FLAG_REPLAY, FLAG_REQUIRES_ACK, FLAG_TRANSACTIONAL};
 pub use kind::{EventKind, EventKindError};
 pub use sourcing::{EventSourced, Reactive};
+pub use typed::{Schema, TypedError, TypedEvent, Upcaster, VersionedEvent};
 
 use crate::coordinate::{Coordinate, DagPosition};
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,9 @@
 //! - reads return `Result`, because a database read can fail.
 
 use crate::coordinate::{Coordinate, KindFilter, Region};
-use crate::event::{EventKind, EventSourced, StoredEvent};
+use crate::event::{
+    EventKind, EventSourced, Schema, StoredEvent, TypedError, TypedEvent, Upcaster, VersionedEvent,
+};
 use crate::guard::Receipt;
 use crate::pipeline::{BypassReceipt, Committed};
 use crate::store::{
@@ -28,6 +30,7 @@ use crate::store::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// An event store backend: appends with CAS and idempotency, atomic
 /// batches, and the reads of the index and the causal graph.
@@ -227,13 +230,210 @@ pub trait EventStore: Send + Sync {
     {
         let _ = freshness;
         let kinds = T::relevant_event_kinds();
+        let schema = self.schema();
         let mut events = Vec::new();
         for entry in self.stream(entity)? {
             if kinds.is_empty() || kinds.contains(&entry.kind) {
-                events.push(self.get(entry.event_id)?.event);
+                let v = self.get_versioned(entry.event_id)?;
+                let mut event = v.event.event;
+                if entry.kind != EventKind::TOMBSTONE {
+                    let payload = std::mem::take(&mut event.payload);
+                    event.payload = schema
+                        .upcast(entry.event_id, entry.kind, v.payload_version, payload)?
+                        .0;
+                }
+                events.push(event);
             }
         }
         Ok(T::from_events(&events))
+    }
+
+    /// The schema (typed events and upcasters) this backend's reads apply.
+    /// The default is an empty one, for backends without a schema.
+    fn schema(&self) -> Arc<Schema> {
+        Arc::default()
+    }
+
+    /// Change the schema atomically: `change` edits a copy, installed only
+    /// if it succeeds.
+    ///
+    /// # Errors
+    /// What `change` returns; `Typed(Unsupported)` for a backend without a schema.
+    fn update_schema(
+        &self,
+        change: &mut dyn FnMut(&mut Schema) -> Result<(), TypedError>,
+    ) -> Result<(), StoreError> {
+        let _ = change;
+        Err(TypedError::Unsupported("a schema").into())
+    }
+
+    /// Register `T` for `T::KIND` (see [`Schema::register`]).
+    ///
+    /// # Errors
+    /// `Typed(KindClaimedTwice)` naming both types when another type holds the kind.
+    fn register<T: TypedEvent>(&self) -> Result<(), StoreError> {
+        self.update_schema(&mut |s| s.register::<T>().map(drop))
+    }
+
+    /// Register `T`'s upcaster from payload version `from` to `from + 1`.
+    ///
+    /// # Errors
+    /// As [`EventStore::register`]; `Typed(InvalidRegistration)`.
+    fn register_upcaster<T: TypedEvent>(
+        &self,
+        from: u16,
+        upcaster: Upcaster,
+    ) -> Result<(), StoreError> {
+        self.update_schema(&mut |s| s.upcaster::<T>(from, upcaster).map(drop))
+    }
+
+    /// Append with an explicit payload version (1: unversioned). The default
+    /// stores only version 1 and refuses others.
+    ///
+    /// # Errors
+    /// As [`EventStore::append_with_options`]; `Typed(Unsupported)`.
+    fn append_versioned(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        payload_version: u16,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        if payload_version > 1 {
+            return Err(TypedError::Unsupported("payload versions").into());
+        }
+        self.append_with_options(coord, kind, payload, opts)
+    }
+
+    /// Append `event` with kind `T::KIND` and payload version `T::VERSION`.
+    ///
+    /// # Errors
+    /// As [`EventStore::append_versioned`]; `Typed(KindClaimedTwice)`.
+    fn append_typed<T: TypedEvent>(
+        &self,
+        coord: &Coordinate,
+        event: &T,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.append_typed_with_options(coord, event, AppendOptions::new())
+    }
+
+    /// [`EventStore::append_typed`] with options (CAS, idempotency, links).
+    ///
+    /// # Errors
+    /// As [`EventStore::append_typed`].
+    fn append_typed_with_options<T: TypedEvent>(
+        &self,
+        coord: &Coordinate,
+        event: &T,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.schema().check::<T>()?;
+        self.append_versioned(coord, T::KIND, event, T::VERSION, opts)
+    }
+
+    /// The event with its payload version. The default reads every event as
+    /// version 1 (right for a backend that stores only version 1).
+    ///
+    /// # Errors
+    /// As [`EventStore::get`].
+    fn get_versioned(&self, event_id: u128) -> Result<VersionedEvent, StoreError> {
+        Ok(VersionedEvent {
+            event: self.get(event_id)?,
+            payload_version: 1,
+        })
+    }
+
+    /// The event decoded as `T`, upcast from an older payload version.
+    ///
+    /// # Errors
+    /// As [`EventStore::get`]; `Typed(KindMismatch | ShapeMismatch |
+    /// VersionTooNew | NoUpcaster | UpcastFailed | KindClaimedTwice)`.
+    fn get_as<T: TypedEvent>(&self, event_id: u128) -> Result<StoredEvent<T>, StoreError> {
+        Ok(self.schema().decode::<T>(self.get_versioned(event_id)?)?)
+    }
+
+    /// Every event matching `region` with its payload version, lazily, in
+    /// global-sequence order; a read failure is an `Err` item. The default
+    /// reads the entries first, then each event as it is reached.
+    fn events_versioned<'a>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        match self.query(region) {
+            Ok(entries) => Box::new(
+                entries
+                    .into_iter()
+                    .map(move |e| self.get_versioned(e.event_id)),
+            ),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Every event of exactly this entity with its payload version, lazily,
+    /// in clock order (as [`EventStore::events_versioned`]).
+    fn stream_events_versioned<'a>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        match self.stream(entity) {
+            Ok(entries) => Box::new(
+                entries
+                    .into_iter()
+                    .map(move |e| self.get_versioned(e.event_id)),
+            ),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Every event matching `region`, payloads as stored, lazily.
+    fn events<'a>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<Value>, StoreError>> + 'a> {
+        Box::new(self.events_versioned(region).map(|r| r.map(|v| v.event)))
+    }
+
+    /// Every event of this entity, payloads as stored, lazily, in clock order.
+    fn stream_events<'a>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<Value>, StoreError>> + 'a> {
+        Box::new(
+            self.stream_events_versioned(entity)
+                .map(|r| r.map(|v| v.event)),
+        )
+    }
+
+    /// The events of kind `T::KIND` matching `region` (its fact filter is
+    /// replaced by `T::KIND`), decoded as `T`, lazily.
+    fn events_as<'a, T: TypedEvent>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        let schema = self.schema();
+        let region = region.clone().with_fact(KindFilter::Exact(T::KIND));
+        Box::new(
+            self.events_versioned(&region)
+                .map(move |r| Ok(schema.decode::<T>(r?)?)),
+        )
+    }
+
+    /// The entity's events of kind `T::KIND`, decoded as `T`, lazily, in
+    /// clock order (other kinds are skipped).
+    fn stream_events_as<'a, T: TypedEvent>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        let schema = self.schema();
+        Box::new(
+            self.stream_events_versioned(entity)
+                .filter(|r| {
+                    r.as_ref()
+                        .map_or(true, |v| v.event.event.header.event_kind == T::KIND)
+                })
+                .map(move |r| Ok(schema.decode::<T>(r?)?)),
+        )
     }
 
     /// Append the payload of a gate [`Receipt`] and return it as
@@ -407,5 +607,63 @@ impl EventStore for Store {
 
     fn bypasses(&self) -> Result<Vec<BypassRecord>, StoreError> {
         Store::bypasses(self)
+    }
+
+    fn schema(&self) -> Arc<Schema> {
+        Store::schema(self)
+    }
+
+    fn update_schema(
+        &self,
+        change: &mut dyn FnMut(&mut Schema) -> Result<(), TypedError>,
+    ) -> Result<(), StoreError> {
+        self.shared.update_schema(change)
+    }
+
+    fn append_versioned(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        payload_version: u16,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        Store::append_versioned(self, coord, kind, payload, payload_version, opts)
+    }
+
+    fn get_versioned(&self, event_id: u128) -> Result<VersionedEvent, StoreError> {
+        Store::get_versioned(self, event_id)
+    }
+
+    fn get_as<T: TypedEvent>(&self, event_id: u128) -> Result<StoredEvent<T>, StoreError> {
+        Store::get_as(self, event_id)
+    }
+
+    fn events_versioned<'a>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        Box::new(Store::events_versioned(self, region))
+    }
+
+    fn stream_events_versioned<'a>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        Box::new(Store::stream_events_versioned(self, entity))
+    }
+
+    fn events_as<'a, T: TypedEvent>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        Box::new(Store::events_as(self, region))
+    }
+
+    fn stream_events_as<'a, T: TypedEvent>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        Box::new(Store::stream_events_as(self, entity))
     }
 }

@@ -206,6 +206,11 @@ pub enum StoreError {
         /// The newest version this code knows.
         supported: u32,
     },
+    /// A typed read, typed append or schema registration was refused
+    /// (kind or shape mismatch, a payload version newer than the code, a
+    /// missing upcaster, two types claiming one kind).
+    #[error(transparent)]
+    Typed(#[from] crate::event::TypedError),
 }
 
 impl StoreError {

@@ -17,6 +17,7 @@
 //! | `stats`       | statistics and diagnostics                                  |
 //! | `contract`    | [`EventStore`], the operations every backend shares         |
 //! | `codec`       | the canonical payload and hash encodings, for other backends |
+//! | `typed`       | the schema, typed appends and reads, lazy event iterators   |
 //!
 //! `Store` itself is a thin shell: it validates arguments, builds drafts and
 //! delegates to the modules above through the shared state.
@@ -39,6 +40,7 @@ pub mod projection;
 mod read;
 pub mod recovery;
 pub mod stats;
+mod typed;
 mod write;
 
 pub use config::{
@@ -48,7 +50,7 @@ pub use config::{
 pub use contract::EventStore;
 pub use delivery::{
     answer_trigger, Cursor, EventCursor, EventFeed, Notification, Subscription, SubscriptionFeed,
-    SubscriptionOps,
+    SubscriptionOps, TypedCursor,
 };
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
@@ -78,6 +80,7 @@ pub use projection::{
 };
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
 pub use stats::{StoreDiagnostics, StoreStats};
+pub use typed::EventIter;
 pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef};
 
 use crate::coordinate::{Coordinate, KindFilter, Region};
@@ -120,6 +123,7 @@ impl Shared {
             log,
             config,
             cache: Box::new(NoCache),
+            schema: RwLock::new(Arc::default()),
         }
     }
 
@@ -177,6 +181,8 @@ pub(crate) struct Shared {
     /// Held by compaction, snapshot, verify and footer writing: at most one
     /// of them reads or replaces sealed segments at a time.
     pub(crate) maintenance: Mutex<()>,
+    /// Typed events and upcasters (see `typed`); replaced whole on change.
+    pub(crate) schema: RwLock<Arc<crate::event::Schema>>,
 }
 
 /// An embedded event store. Every method blocks; the handle is `Send + Sync`
@@ -401,6 +407,7 @@ impl Store<Open> {
             condition: Condition::from_options(&opts),
             idempotent: opts.idempotency_key.is_some(),
             continuation: None,
+            payload_version: 1,
         })
     }
 

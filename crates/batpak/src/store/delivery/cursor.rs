@@ -195,3 +195,14 @@ mod tests {
         assert!(cursor.work < 500, "work {}", cursor.work);
     }
 }
+
+/// The events available now: `next` is [`Cursor::poll`], so iteration ends
+/// when the cursor has caught up, and continues with newer events if
+/// iterated again. Blocking: [`Cursor::wait_next`].
+impl Iterator for Cursor {
+    type Item = IndexEntry;
+
+    fn next(&mut self) -> Option<IndexEntry> {
+        self.poll()
+    }
+}

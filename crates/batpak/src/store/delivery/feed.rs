@@ -13,7 +13,7 @@
 //! file store's inherent cursor methods stay infallible.
 
 use crate::coordinate::Region;
-use crate::event::{EventSourced, Reactive};
+use crate::event::{EventSourced, Reactive, StoredEvent, TypedEvent};
 use crate::store::projection::{relevant, ProjectionWatcher};
 use crate::store::{
     AppendOptions, Cursor, EventStore, Freshness, IndexEntry, Store, StoreError, Subscription,
@@ -174,6 +174,24 @@ pub trait EventFeed: EventStore + Sized + 'static {
         self.project(entity, freshness)
     }
 
+    /// A guaranteed cursor over the events of kind `T::KIND` in `region`
+    /// (its fact filter is replaced by `T::KIND`) after `after`, yielding
+    /// each decoded as `T` (upcast like [`EventStore::get_as`]).
+    fn cursor_as<T: TypedEvent>(
+        &self,
+        region: &Region,
+        after: Option<u64>,
+    ) -> TypedCursor<'_, Self, T> {
+        let region = region
+            .clone()
+            .with_fact(crate::coordinate::KindFilter::Exact(T::KIND));
+        TypedCursor {
+            cursor: self.cursor_from(&region, after),
+            store: self,
+            _type: std::marker::PhantomData,
+        }
+    }
+
     /// Watch the projection `T` of `entity`: see [`ProjectionWatcher`].
     ///
     /// # Errors
@@ -299,5 +317,46 @@ impl EventFeed for Store {
         T: EventSourced<Value> + Serialize + DeserializeOwned + Send + 'static,
     {
         Ok(Store::watch_projection(self, entity, freshness))
+    }
+}
+
+/// A guaranteed cursor that decodes each event as `T` (see
+/// [`EventFeed::cursor_as`]). As an [`Iterator`] it yields the events
+/// available now and ends (`None`) when none is left; iterate again later
+/// for newer ones, or wait with [`TypedCursor::wait_next`]. A read failure
+/// is an `Err` item, after which the cursor's place is unchanged.
+pub struct TypedCursor<'s, S: EventFeed, T> {
+    cursor: S::Cursor,
+    store: &'s S,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<S: EventFeed, T: TypedEvent> TypedCursor<'_, S, T> {
+    /// The next event, waiting up to `timeout` for one (as [`EventCursor::wait_next`]).
+    ///
+    /// # Errors
+    /// The cursor's and `get_as`'s errors.
+    pub fn wait_next(&mut self, timeout: Duration) -> Result<Option<StoredEvent<T>>, StoreError> {
+        match self.cursor.wait_next(timeout)? {
+            Some(e) => self.store.get_as::<T>(e.event_id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Global sequence of the last event delivered (see [`EventCursor::position`]).
+    pub fn position(&self) -> Option<u64> {
+        self.cursor.position()
+    }
+}
+
+impl<S: EventFeed, T: TypedEvent> Iterator for TypedCursor<'_, S, T> {
+    type Item = Result<StoredEvent<T>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.cursor.poll() {
+            Ok(Some(e)) => Some(self.store.get_as::<T>(e.event_id)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 }

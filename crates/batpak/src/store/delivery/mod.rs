@@ -13,7 +13,7 @@ mod reactor;
 mod subscription;
 
 pub use cursor::Cursor;
-pub use feed::{answer_trigger, EventCursor, EventFeed};
+pub use feed::{answer_trigger, EventCursor, EventFeed, TypedCursor};
 pub(crate) use reactor::reaction_key;
 pub use subscription::{Notification, Subscription, SubscriptionFeed, SubscriptionOps};
 

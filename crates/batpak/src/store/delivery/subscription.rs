@@ -214,3 +214,13 @@ impl SubscriptionOps {
         self.sub.dropped()
     }
 }
+
+/// Blocking: `next` is [`Subscription::recv`], so iteration ends when the
+/// store closes (or the feed is dropped).
+impl Iterator for Subscription {
+    type Item = Notification;
+
+    fn next(&mut self) -> Option<Notification> {
+        self.recv()
+    }
+}

@@ -4,7 +4,8 @@
 //! ‖ event_id ‖ correlation_id ‖ has_causation u8 ‖ causation_id ‖ kind ‖ clock
 //! ‖ timestamp_us ‖ flags ‖ payload_len ‖ content_hash)`, integers little-endian.
 //! The payload enters only through `content_hash`, so a redacted event (payload
-//! removed, content hash kept) still verifies.
+//! removed, content hash kept) still verifies. A versioned payload (stored
+//! version ≥ 2) appends `‖ u16 payload_version` (ADR 0027).
 
 use super::record::EventRecord;
 
@@ -39,6 +40,12 @@ pub(crate) fn event_hash(prev_hash: &[u8; 32], rec: &EventRecord<'_>) -> [u8; 32
         put(&rec.payload_len.to_le_bytes());
         put(&rec.content_hash);
         h.update(&fixed);
+        // Versioned payloads (ADR 0027): the version is hashed, so it cannot
+        // be changed without breaking the chain; unversioned events (every
+        // event written before versions existed) hash exactly as before.
+        if rec.payload_version != 0 {
+            h.update(&rec.payload_version.to_le_bytes());
+        }
         *h.finalize().as_bytes()
     }
     #[cfg(not(feature = "blake3"))]
@@ -100,5 +107,13 @@ mod tests {
         let mut other = base.clone();
         other.content_hash[0] ^= 1;
         assert_ne!(h, event_hash(&[0; 32], &other), "content hash");
+        // Version 0 (unversioned) hashes as before versions existed; any
+        // other version is covered.
+        let mut v2 = base.clone();
+        v2.payload_version = 2;
+        let mut v3 = base.clone();
+        v3.payload_version = 3;
+        assert_ne!(h, event_hash(&[0; 32], &v2), "version");
+        assert_ne!(event_hash(&[0; 32], &v2), event_hash(&[0; 32], &v3));
     }
 }

@@ -73,6 +73,7 @@ pub(crate) mod frame;
 mod fuzz;
 pub(crate) mod intent;
 pub(crate) mod payload;
+pub(crate) mod payload_de;
 pub(crate) mod payload_ser;
 pub(crate) mod record;
 pub(crate) mod removed;

@@ -26,6 +26,7 @@ pub(crate) mod off {
     pub(crate) const LINK_FLAGS: usize = 34;
     pub(crate) const BATCH_SIZE: usize = 36;
     pub(crate) const BATCH_INDEX: usize = 40;
+    pub(crate) const PAYLOAD_VERSION: usize = 44;
     pub(crate) const EVENT_ID: usize = 48;
     pub(crate) const CORRELATION_ID: usize = 64;
     pub(crate) const CAUSATION_ID: usize = 80;
@@ -59,6 +60,10 @@ pub(crate) struct EventRecord<'a> {
     /// The payload was removed (`payload` is empty); readers see a tombstone.
     pub(crate) redacted: bool,
     pub(crate) payload: &'a [u8],
+    /// The payload's schema version as stored: 0 for an unversioned event
+    /// (read as version 1; every record written before versions existed),
+    /// else the version (at least 2). Hashed only when not 0 (ADR 0027).
+    pub(crate) payload_version: u16,
 }
 
 /// Total frame length for an event with these variable parts.
@@ -106,7 +111,9 @@ impl EventRecord<'_> {
         b[35] = 0;
         b[off::BATCH_SIZE..off::BATCH_SIZE + 4].copy_from_slice(&self.batch_size.to_le_bytes());
         b[off::BATCH_INDEX..off::BATCH_INDEX + 4].copy_from_slice(&self.batch_index.to_le_bytes());
-        b[44..48].fill(0);
+        b[off::PAYLOAD_VERSION..off::PAYLOAD_VERSION + 2]
+            .copy_from_slice(&self.payload_version.to_le_bytes());
+        b[46..48].fill(0);
         b[off::EVENT_ID..off::EVENT_ID + 16].copy_from_slice(&self.event_id.to_le_bytes());
         b[off::CORRELATION_ID..off::CORRELATION_ID + 16]
             .copy_from_slice(&self.correlation_id.to_le_bytes());
@@ -162,7 +169,8 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
     let link = body[off::LINK_FLAGS];
     if link & !(LINK_HAS_CAUSATION | LINK_REDACTED) != 0
         || body[35] != 0
-        || le::u32_at(body, 44) != 0
+        || le::u16_at(body, 46) != 0
+        || le::u16_at(body, off::PAYLOAD_VERSION) == 1
     {
         return Err(FormatError::invalid("reserved bits", "not zero"));
     }
@@ -224,6 +232,7 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
         payload_len,
         redacted,
         payload: &body[s_end..],
+        payload_version: le::u16_at(body, off::PAYLOAD_VERSION),
     })
 }
 
@@ -254,7 +263,26 @@ pub(crate) mod tests {
             payload_len: payload.len() as u32,
             redacted: false,
             payload,
+            payload_version: 0,
         }
+    }
+
+    #[test]
+    fn payload_version_round_trips_and_has_one_encoding() {
+        let mut rec = sample(b"\xc0");
+        rec.payload_version = 3;
+        let frame = rec.to_frame();
+        let body = decode_frame(&frame).unwrap().0;
+        assert_eq!(body[off::PAYLOAD_VERSION..off::PAYLOAD_VERSION + 2], [3, 0]);
+        assert_eq!(decode_event(body).unwrap(), rec);
+        // Version 1 is written as 0 ("unversioned"); a stored 1 is refused,
+        // so every event has exactly one encoding (and one hash).
+        let mut one = body.to_vec();
+        one[off::PAYLOAD_VERSION] = 1;
+        assert!(decode_event(&one).is_err());
+        let mut high = body.to_vec();
+        high[46] = 1;
+        assert!(decode_event(&high).is_err());
     }
 
     #[test]

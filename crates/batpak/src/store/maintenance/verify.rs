@@ -1323,6 +1323,7 @@ mod tests {
             payload_len: PAYLOAD.len() as u32,
             redacted: false,
             payload: PAYLOAD,
+            payload_version: 0,
         };
         r.event_hash = chain::event_hash(&prev, &r);
         r

@@ -80,9 +80,17 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?
         };
         self.shared.reading_frames();
+        // Projections fold today's shapes: old payloads are upcast.
+        let schema = self.shared.schema();
         located
             .into_iter()
-            .map(|l| self.shared.read_event(l).map(|e| e.event))
+            .map(|l| {
+                self.shared
+                    .read_located(l, |rec, coord| {
+                        crate::store::typed::decode_upcast(&schema, rec, coord)
+                    })
+                    .map(|e| e.event)
+            })
             .collect()
     }
 

@@ -39,9 +39,9 @@ const STEPPED_ATTEMPTS: usize = 2;
 
 /// An event's frame, resolved under the index lock (see [`Shared::locate`]).
 pub(crate) struct Located {
-    frame: FrameBytes,
-    pos: DiskPos,
-    coord: Coordinate,
+    pub(crate) frame: FrameBytes,
+    pub(crate) pos: DiskPos,
+    pub(crate) coord: Coordinate,
 }
 
 /// Entries built under the index lock whose hash chains are still to be
@@ -233,6 +233,57 @@ impl Shared {
         })
     }
 
+    /// Check a located frame and hand its record to `decode`, mapping a
+    /// payload that does not decode to `CorruptSegment` (typed errors pass).
+    pub(crate) fn read_located<P>(
+        &self,
+        located: Located,
+        decode: impl FnOnce(&EventRecord<'_>, Coordinate) -> Result<P, StoreError>,
+    ) -> Result<P, StoreError> {
+        let Located { frame, pos, coord } = located;
+        let rec = decode_at(frame.bytes(), pos)?;
+        decode(&rec, coord).map_err(|e| match e {
+            StoreError::Serialization(inner) => StoreError::corrupt(
+                pos.segment_id,
+                format!("payload at offset {}: {inner}", pos.offset),
+            ),
+            other => other,
+        })
+    }
+
+    /// The located frame of the visible event `event_id`.
+    pub(crate) fn locate_id(&self, event_id: u128) -> Result<Located, StoreError> {
+        let located = {
+            let index = self.index.read();
+            let slot = index
+                .slot_of(event_id)
+                .filter(|&s| s < self.durability.visible())
+                .ok_or(StoreError::NotFound(event_id))?;
+            self.locate(&index, slot)?
+        };
+        self.reading_frames();
+        Ok(located)
+    }
+
+    /// The event `event_id`, decoded by `decode`, checked to be that event.
+    pub(crate) fn get_with<P>(
+        &self,
+        event_id: u128,
+        decode: impl FnOnce(&EventRecord<'_>, Coordinate) -> Result<P, StoreError>,
+    ) -> Result<P, StoreError> {
+        let located = self.locate_id(event_id)?;
+        let pos = located.pos;
+        self.read_located(located, |rec, coord| {
+            if rec.event_id != event_id {
+                return Err(StoreError::corrupt(
+                    pos.segment_id,
+                    format!("frame at offset {} holds another event", pos.offset),
+                ));
+            }
+            decode(rec, coord)
+        })
+    }
+
     pub(crate) fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
         let located = {
             let index = self.index.read();
@@ -385,6 +436,20 @@ pub(crate) fn stored_event(
     } else {
         decode_value(rec.payload)?
     };
+    Ok(stored_event_with(rec, coord, payload))
+}
+
+/// The payload version of a decoded record (0 on disk means 1).
+pub(crate) fn payload_version(rec: &EventRecord<'_>) -> u16 {
+    rec.payload_version.max(1)
+}
+
+/// The public event of a decoded record, with a payload decoded by the caller.
+pub(crate) fn stored_event_with<P>(
+    rec: &EventRecord<'_>,
+    coord: Coordinate,
+    payload: P,
+) -> StoredEvent<P> {
     let wall_ms = u64::try_from(rec.timestamp_us).unwrap_or(0) / 1000;
     let header = EventHeader {
         event_id: rec.event_id,
@@ -397,11 +462,11 @@ pub(crate) fn stored_event(
         flags: rec.flags,
         content_hash: rec.content_hash,
     };
-    Ok(StoredEvent {
+    StoredEvent {
         coordinate: coord,
         event: Event::new(header, payload).with_hash_chain(HashChain {
             prev_hash: rec.prev_hash,
             event_hash: rec.event_hash,
         }),
-    })
+    }
 }

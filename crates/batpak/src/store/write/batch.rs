@@ -49,6 +49,9 @@ pub struct PreparedEvent {
     pub idempotent: bool,
     /// For an imported event: the clock, time and links it must keep.
     pub continuation: Option<Continuation>,
+    /// The payload's schema version (1 for an unversioned payload; see
+    /// `event::typed`). Hashed when it is not 1.
+    pub payload_version: u16,
 }
 
 /// Where an imported event must sit in its entity's chain, as it was
@@ -193,6 +196,9 @@ pub fn prepare_imports(
                 event_hash: chain.event_hash,
             }),
             coord: ev.coordinate,
+            // An export carries no version: imported events are version 1
+            // (a versioned one fails its hash check, never misreads).
+            payload_version: 1,
         });
     }
     Ok(prepared)
@@ -254,6 +260,7 @@ pub fn prepare_event(
         condition: Condition::from_options(&opts),
         idempotent: opts.idempotency_key.is_some(),
         continuation: None,
+        payload_version: 1,
     })
 }
 
@@ -346,6 +353,7 @@ pub fn prepare_batch(
             condition: Condition::from_options(&item.options),
             idempotent: item.options.idempotency_key.is_some(),
             continuation: None,
+            payload_version: 1,
         });
     }
     Ok(prepared)
@@ -393,6 +401,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 condition,
                 idempotent,
                 continuation,
+                payload_version,
             } = p;
             Draft {
                 coord,
@@ -406,6 +415,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 condition: *condition,
                 idempotent: *idempotent,
                 continuation: *continuation,
+                payload_version: *payload_version,
             }
         })
         .collect()

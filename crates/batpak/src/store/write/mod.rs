@@ -156,6 +156,18 @@ pub(crate) struct Draft<'a> {
     pub(crate) idempotent: bool,
     /// An imported event's clock, time and hashes, kept as they are.
     pub(crate) continuation: Option<Continuation>,
+    /// The payload's schema version (1: unversioned).
+    pub(crate) payload_version: u16,
+}
+
+/// A payload version as a record stores it: 0 for version 1 (so events
+/// without a version, old and new, share one encoding and one hash).
+pub(crate) fn stored_version(version: u16) -> u16 {
+    if version <= 1 {
+        0
+    } else {
+        version
+    }
 }
 
 /// Why an append (or one item of a batch) failed, and at which step.
@@ -604,6 +616,7 @@ impl Shared {
                 payload_len: d.payload.len() as u32,
                 redacted: false,
                 payload: &d.payload,
+                payload_version: stored_version(d.payload_version),
             };
             rec.event_hash = chain::event_hash(&prev_hash, &rec);
             if use_map {
@@ -744,6 +757,7 @@ fn imported_record<'d>(
         payload_len: d.payload.len() as u32,
         redacted: false,
         payload: &d.payload,
+        payload_version: stored_version(d.payload_version),
     };
     rec.event_hash = chain::event_hash(&c.prev_hash, &rec);
     let tail = tail.map(|t| {
