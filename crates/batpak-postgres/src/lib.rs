@@ -55,6 +55,7 @@ mod read;
 mod schema;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod typed;
 mod verify;
 mod write;
 
@@ -68,14 +69,16 @@ pub use schema::SCHEMA_VERSION;
 pub use verify::{PgProblem, PgProblemKind, PgVerifyReport};
 
 use batpak::coordinate::{Coordinate, Region};
-use batpak::event::{EventKind, EventSourced, Reactive, StoredEvent};
+use batpak::event::{
+    EventKind, EventSourced, Reactive, Schema, StoredEvent, TypedError, VersionedEvent,
+};
 use batpak::store::codec;
 use batpak::store::{
     AppendOptions, AppendReceipt, BatchAppendItem, EventFeed, EventStore, Freshness, IndexEntry,
     ProjectionCache, StoreError, StoreStats, Subscription,
 };
 use feed::Feed;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use pool::{Conn, Pool};
 use schema::Sql;
 use serde::de::DeserializeOwned;
@@ -100,6 +103,8 @@ pub struct PgStore {
     feed: Arc<Feed>,
     /// Where projections are cached, if anywhere (project.rs).
     cache: Option<Box<dyn ProjectionCache>>,
+    /// Typed events and upcasters (`EventStore::register`); replaced whole.
+    types: RwLock<Arc<Schema>>,
 }
 
 impl Drop for PgStore {
@@ -177,6 +182,7 @@ impl PgStore {
             config,
             tails: Mutex::new(HashMap::new()),
             schema_was,
+            types: RwLock::new(Arc::default()),
             feed,
             cache: None,
         })
@@ -432,6 +438,58 @@ impl EventStore for PgStore {
 
     /// The entity's relevant events up to its newest one, through the
     /// projection cache when the store has one (see project.rs).
+    fn schema(&self) -> Arc<Schema> {
+        self.types.read().clone()
+    }
+
+    fn update_schema(
+        &self,
+        change: &mut dyn FnMut(&mut Schema) -> Result<(), TypedError>,
+    ) -> Result<(), StoreError> {
+        let mut current = self.types.write();
+        let mut next = (**current).clone();
+        change(&mut next)?;
+        *current = Arc::new(next);
+        Ok(())
+    }
+
+    fn append_versioned(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        payload_version: u16,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let mut event = codec::prepare_event(coord, kind, payload, opts, &self.config.limits())?;
+        event.payload_version = payload_version.max(1);
+        let receipts = self
+            .write(std::slice::from_ref(&event))
+            .map_err(|e| e.error)?;
+        receipts
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Backend("append returned no receipt".into()))
+    }
+
+    fn get_versioned(&self, event_id: u128) -> Result<VersionedEvent, StoreError> {
+        self.get_versioned_event(event_id)
+    }
+
+    fn events_versioned<'a>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        Box::new(typed::PgEvents::region(self, region))
+    }
+
+    fn stream_events_versioned<'a>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+        Box::new(typed::PgEvents::entity(self, entity))
+    }
+
     fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
     where
         T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,

@@ -11,7 +11,7 @@
 //! A cache failure is only a miss. This module reads events and the cache;
 //! it never writes events.
 
-use crate::read::{event, position};
+use crate::read::position;
 use crate::PgStore;
 use batpak::event::{Event, EventSourced};
 use batpak::store::projection::cache_key;
@@ -81,7 +81,7 @@ impl PgStore {
              WHERE entity = $1 AND position > $2 AND position <= $3
                AND (cardinality($4::integer[]) = 0 OR kind = ANY ($4))
              ORDER BY clock",
-            cols = crate::schema::EVENT_COLUMNS,
+            cols = crate::schema::VERSIONED_COLUMNS,
             s = self.sql.schema
         );
         let rows = self.db(|c| {
@@ -89,7 +89,24 @@ impl PgStore {
             let params: [&(dyn ToSql + Sync); 4] = [&entity, &after, &through, &kinds];
             c.client.query(&st, &params)
         })?;
-        rows.iter().map(|r| event(r).map(|e| e.event)).collect()
+        // Projections fold today's shapes: old payloads are upcast.
+        let schema = batpak::store::EventStore::schema(self);
+        rows.iter()
+            .map(|r| {
+                let v = crate::read::versioned(r)?;
+                let mut ev = v.event.event;
+                let payload = std::mem::take(&mut ev.payload);
+                ev.payload = schema
+                    .upcast(
+                        ev.header.event_id,
+                        ev.header.event_kind,
+                        v.payload_version,
+                        payload,
+                    )?
+                    .0;
+                Ok(ev)
+            })
+            .collect()
     }
 
     /// `T` for `entity` up to the relevant event at `through`, using and

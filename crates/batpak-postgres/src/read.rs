@@ -8,7 +8,7 @@
 use crate::schema::ENTRY_COLUMNS;
 use crate::PgStore;
 use batpak::coordinate::{Coordinate, DagPosition, KindFilter, Region};
-use batpak::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
+use batpak::event::{Event, EventHeader, EventKind, HashChain, StoredEvent, VersionedEvent};
 use batpak::store::{codec, DiskPos, IndexEntry, StoreError, StoreStats};
 use postgres::types::ToSql;
 use postgres::Row;
@@ -89,6 +89,19 @@ pub(crate) fn event(row: &Row) -> Result<StoredEvent<serde_json::Value>, StoreEr
     Ok(StoredEvent {
         coordinate: e.coord,
         event: Event::new(header, value).with_hash_chain(e.hash_chain),
+    })
+}
+
+/// A payload version from its `smallint` column (the bits `write` stored).
+pub(crate) fn version_of(raw: i16) -> u16 {
+    (raw as u16).max(1)
+}
+
+/// A stored event and its payload version from a row of [`VERSIONED_COLUMNS`].
+pub(crate) fn versioned(row: &Row) -> Result<VersionedEvent, StoreError> {
+    Ok(VersionedEvent {
+        event: event(row)?,
+        payload_version: version_of(col(row, 15)?),
     })
 }
 
@@ -250,11 +263,23 @@ pub struct StableRead {
 }
 
 impl PgStore {
-    fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    pub(crate) fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
         self.db(|c| {
             let st = c.statement(sql)?;
             c.client.query(&st, params)
         })
+    }
+
+    pub(crate) fn get_versioned_event(&self, event_id: u128) -> Result<VersionedEvent, StoreError> {
+        let rows = self.rows(&self.sql.get_versioned, &[&Uuid::from_u128(event_id)])?;
+        match rows.first() {
+            Some(row) => versioned(row),
+            None => Err(StoreError::NotFound(event_id)),
+        }
     }
 
     pub(crate) fn get_event(

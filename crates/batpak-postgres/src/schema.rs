@@ -12,7 +12,7 @@ use batpak::store::StoreError;
 use postgres::Client;
 
 /// The newest schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Advisory-lock class of batpak's migrations (the second key is the
 /// schema name's hash), chosen to stay clear of an application's own keys.
@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "delivery: the kind-category index, reactor checkpoints",
         sql: MIGRATION_2,
+    },
+    Migration {
+        version: 3,
+        description: "payload versions (ADR 0027)",
+        sql: MIGRATION_3,
     },
 ];
 
@@ -127,6 +132,13 @@ CREATE TABLE {s}.reactors (
 );
 "#;
 
+/// Version 3: each event's payload version (ADR 0027). Every event written
+/// before is version 1, which the default says without rewriting a row
+/// (a constant default is only recorded in the catalog).
+const MIGRATION_3: &str = r#"
+ALTER TABLE {s}.events ADD COLUMN payload_version smallint NOT NULL DEFAULT 1;
+"#;
+
 /// One append or batch, atomically, in one statement: one round trip,
 /// committed by itself (or inside the caller's transaction). The caller
 /// planned clocks, times and hashes from the entity states it expects
@@ -148,7 +160,7 @@ CREATE TABLE {s}.reactors (
 /// Parameters: $1 keys uuid[]; $2..$8 per entity: names, expected clock,
 /// new clock, hash, timestamp, HLC counter; $9..$22 per event: id, entity,
 /// scope, clock, kind, flags, timestamp, HLC counter, correlation,
-/// causation, prev hash, hash, content hash, payload.
+/// causation, prev hash, hash, content hash, payload; $23 payload versions.
 pub(crate) const APPEND: &str = r#"
 WITH keys AS (
     SELECT e.event_id, e.entity::text AS entity, e.scope::text AS scope, e.kind, e.position
@@ -200,16 +212,16 @@ gate AS (
 written AS (
     INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
                             timestamp_us, hlc_counter, correlation_id, causation_id,
-                            prev_hash, event_hash, content_hash, payload)
+                            prev_hash, event_hash, content_hash, payload, payload_version)
     SELECT (pg_current_xact_id()::text::bigint << 20) + (e.ord - 1), e.id, e.entity, e.scope,
            e.clock, e.kind, e.flags, e.ts, e.hlc, e.corr, e.cause, e.prev, e.hash, e.content,
-           e.payload
+           e.payload, e.version
     FROM unnest($9::uuid[], $10::text[], $11::text[], $12::bigint[], $13::integer[],
                 $14::smallint[], $15::bigint[], $16::integer[], $17::uuid[], $18::uuid[],
-                $19::bytea[], $20::bytea[], $21::bytea[], $22::bytea[])
+                $19::bytea[], $20::bytea[], $21::bytea[], $22::bytea[], $23::smallint[])
          WITH ORDINALITY
          AS e(id, entity, scope, clock, kind, flags, ts, hlc, corr, cause, prev, hash, content,
-              payload, ord)
+              payload, version, ord)
     WHERE (SELECT go FROM gate)
     RETURNING position
 )
@@ -230,7 +242,7 @@ SELECT 1, k.event_id, k.entity, k.scope, k.kind, k.position FROM keys k
 /// Parameters: $1 entity, $2 expected clock, $3 clock, $4 event hash,
 /// $5 timestamp, $6 HLC counter, $7 event id, $8 scope, $9 kind, $10 flags,
 /// $11 correlation, $12 causation, $13 prev hash, $14 content hash,
-/// $15 payload.
+/// $15 payload, $16 payload version.
 pub(crate) const APPEND_ONE: &str = r#"
 WITH updated AS (
     UPDATE {s}.streams s
@@ -249,9 +261,9 @@ created AS (
 )
 INSERT INTO {s}.events (position, event_id, entity, scope, clock, kind, flags,
                         timestamp_us, hlc_counter, correlation_id, causation_id,
-                        prev_hash, event_hash, content_hash, payload)
+                        prev_hash, event_hash, content_hash, payload, payload_version)
 SELECT pg_current_xact_id()::text::bigint << 20, $7, $1, $8, $3, $9, $10, $5, $6, $11, $12,
-       $13, $4, $14, $15
+       $13, $4, $14, $15, $16
 WHERE EXISTS (SELECT 1 FROM updated) OR EXISTS (SELECT 1 FROM created)
 RETURNING position
 "#;
@@ -372,6 +384,7 @@ pub(crate) struct Sql {
     pub(crate) stats: String,
     pub(crate) tails: String,
     pub(crate) keys: String,
+    pub(crate) get_versioned: String,
 }
 
 /// Columns of an index entry, in the order `read::entry` expects.
@@ -381,6 +394,10 @@ pub(crate) const ENTRY_COLUMNS: &str = "position, event_id, entity, scope, clock
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, entity, scope, clock, kind, \
      timestamp_us, correlation_id, causation_id, prev_hash, event_hash, \
      flags, hlc_counter, content_hash, payload";
+/// An event's columns followed by its payload version (column 15).
+pub(crate) const VERSIONED_COLUMNS: &str = "position, event_id, entity, scope, clock, kind, \
+     timestamp_us, correlation_id, causation_id, prev_hash, event_hash, \
+     flags, hlc_counter, content_hash, payload, payload_version";
 
 impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
@@ -392,12 +409,15 @@ impl Sql {
             lock_tails: LOCK_TAILS.replace("{s}", s),
             append_at: APPEND
                 .replace("{s}", s)
-                .replace(TRANSACTION_ID, "$23::bigint"),
+                .replace(TRANSACTION_ID, "$24::bigint"),
             append_one_at: APPEND_ONE
                 .replace("{s}", s)
-                .replace(TRANSACTION_ID, "$16::bigint"),
+                .replace(TRANSACTION_ID, "$17::bigint"),
             claim_late_id: CLAIM_LATE_ID.replace("{s}", s),
             get: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
+            get_versioned: format!(
+                "SELECT {VERSIONED_COLUMNS} FROM {s}.events WHERE event_id = $1"
+            ),
             stream: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {s}.events WHERE entity = $1 ORDER BY clock"
             ),

@@ -152,7 +152,7 @@ pub(crate) fn verify(store: &PgStore) -> Result<PgVerifyReport, StoreError> {
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT {columns}, st.clock, st.event_hash
+        "SELECT {columns}, st.clock, st.event_hash, e.payload_version
          FROM {s}.events e LEFT JOIN {s}.streams st ON st.entity = e.entity
          ORDER BY e.entity, e.clock"
     );
@@ -271,7 +271,10 @@ fn check_row(row: &Row, walk: &mut Option<Walk>, report: &mut PgVerifyReport) {
             .problems
             .push(problem(PgProblemKind::BrokenLink, id, clock));
     }
-    if codec::event_hash(&chain.prev_hash, &ChainInput::of(&ev)) != chain.event_hash {
+    let version = crate::read::version_of(row.try_get(17).unwrap_or(1));
+    if codec::event_hash_versioned(&chain.prev_hash, &ChainInput::of(&ev), version)
+        != chain.event_hash
+    {
         report
             .problems
             .push(problem(PgProblemKind::EventHashMismatch, id, clock));

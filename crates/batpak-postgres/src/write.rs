@@ -238,7 +238,7 @@ fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Re
                 )
             }
         };
-        let event_hash = codec::event_hash(
+        let event_hash = codec::event_hash_versioned(
             &prev_hash,
             &ChainInput {
                 entity,
@@ -253,6 +253,7 @@ fn plan(events: &[PreparedEvent], base: &States, now_us: i64) -> Result<Plan, Re
                 payload_len: ev.payload.len() as u32,
                 content_hash: ev.content_hash,
             },
+            ev.payload_version,
         );
         if let Some(c) = &ev.continuation {
             c.check(entity, tail.map(|t| (t.clock, t.hash, t.time)), event_hash)
@@ -634,10 +635,11 @@ struct Params<'a> {
     hash: Vec<&'a [u8]>,
     content: Vec<&'a [u8]>,
     payload: Vec<&'a [u8]>,
+    version: Vec<i16>,
 }
 
 impl Params<'_> {
-    fn refs(&self) -> [&(dyn ToSql + Sync); 22] {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.keys,
             &self.entities,
@@ -661,8 +663,15 @@ impl Params<'_> {
             &self.hash,
             &self.content,
             &self.payload,
+            &self.version,
         ]
     }
+}
+
+/// A payload version as its `smallint` column holds it: the same 16 bits
+/// (`read::version_of` casts back), so every `u16` round-trips.
+fn version_column(version: u16) -> i16 {
+    version.max(1) as i16
 }
 
 fn params<'a>(events: &'a [PreparedEvent], plan: &'a Plan) -> Params<'a> {
@@ -712,10 +721,14 @@ fn params<'a>(events: &'a [PreparedEvent], plan: &'a Plan) -> Params<'a> {
             .collect(),
         content: events.iter().map(|e| e.content_hash.as_slice()).collect(),
         payload: events.iter().map(|e| e.payload.as_slice()).collect(),
+        version: events
+            .iter()
+            .map(|e| version_column(e.payload_version))
+            .collect(),
     }
 }
 
-/// The 15 parameters of the one-event statement.
+/// The 16 parameters of the one-event statement.
 struct OneParams<'a> {
     entity: &'a str,
     expected: i64,
@@ -732,10 +745,11 @@ struct OneParams<'a> {
     prev: &'a [u8],
     content: &'a [u8],
     payload: &'a [u8],
+    version: i16,
 }
 
 impl OneParams<'_> {
-    fn refs(&self) -> [&(dyn ToSql + Sync); 15] {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.entity,
             &self.expected,
@@ -752,6 +766,7 @@ impl OneParams<'_> {
             &self.prev,
             &self.content,
             &self.payload,
+            &self.version,
         ]
     }
 }
@@ -780,6 +795,7 @@ fn one_params<'a>(e: &'a PreparedEvent, plan: &'a Plan) -> OneParams<'a> {
         prev: &p.prev_hash,
         content: &e.content_hash,
         payload: &e.payload,
+        version: version_column(e.payload_version),
     }
 }
 
