@@ -126,6 +126,17 @@ impl Cursor {
     }
 }
 
+/// The events available now: `next` is [`Cursor::poll`], so iteration ends
+/// when the cursor has caught up, and continues with newer events if
+/// iterated again. Blocking: [`Cursor::wait_next`].
+impl Iterator for Cursor {
+    type Item = IndexEntry;
+
+    fn next(&mut self) -> Option<IndexEntry> {
+        self.poll()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::prelude::*;
@@ -193,16 +204,5 @@ mod tests {
         // About 20 windows of 1,024 slots, each a few list lookups, plus
         // the 20 events; a scan would examine all 20,020 slots.
         assert!(cursor.work < 500, "work {}", cursor.work);
-    }
-}
-
-/// The events available now: `next` is [`Cursor::poll`], so iteration ends
-/// when the cursor has caught up, and continues with newer events if
-/// iterated again. Blocking: [`Cursor::wait_next`].
-impl Iterator for Cursor {
-    type Item = IndexEntry;
-
-    fn next(&mut self) -> Option<IndexEntry> {
-        self.poll()
     }
 }
