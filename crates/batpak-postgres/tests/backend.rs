@@ -500,3 +500,62 @@ fn a_batch_over_busy_entities_gets_through() {
     assert!(store.verify().unwrap().is_clean());
     assert_eq!(store.stats().unwrap().event_count as u64, others + 90);
 }
+
+#[test]
+fn a_version_2_schema_migrates_to_payload_versions_without_changing_an_event() {
+    let Some(cfg) = testing::fresh_config() else {
+        return;
+    };
+    let store = PgStore::open(cfg.clone()).unwrap();
+    let ids: Vec<u128> = (0..3)
+        .map(|i| {
+            store
+                .append(&coord("old"), KIND, &json!({ "i": i }))
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    let before: Vec<_> = ids.iter().map(|id| store.get(*id).unwrap()).collect();
+    drop(store);
+    // Back to what version 2 of the schema was: no payload_version column.
+    let s = &cfg.schema;
+    let mut db = admin(&cfg);
+    db.batch_execute(&format!(
+        "ALTER TABLE {s}.events DROP COLUMN payload_version;
+         DELETE FROM {s}.schema_version WHERE version = 3;"
+    ))
+    .unwrap();
+    let store = PgStore::open(cfg.clone()).unwrap();
+    assert_eq!(store.schema_version_at_open(), 2, "migrated from version 2");
+    for (id, old) in ids.iter().zip(&before) {
+        let v = store.get_versioned(*id).unwrap();
+        assert_eq!(v.payload_version, 1);
+        assert_eq!(&v.event, old, "every field, payload and hash as before");
+    }
+    // New versioned events extend the old chain; verify checks both.
+    store
+        .append_versioned(
+            &coord("old"),
+            KIND,
+            &json!({"i": 3}),
+            2,
+            AppendOptions::new(),
+        )
+        .unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{report}");
+    // A changed version breaks the chain: the version is hashed.
+    db.execute(
+        &format!("UPDATE {s}.events SET payload_version = 5 WHERE entity = 'old' AND clock = 3"),
+        &[],
+    )
+    .unwrap();
+    let report = store.verify().unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == PgProblemKind::EventHashMismatch),
+        "{report}"
+    );
+}
