@@ -322,8 +322,10 @@ impl EventFeed for Store {
 
 /// A guaranteed cursor that decodes each event as `T` (see
 /// [`EventFeed::cursor_as`]). As an [`Iterator`] it yields the events
-/// available now and ends (`None`) when none is left; iterate again later
-/// for newer ones, or wait with [`TypedCursor::wait_next`]. A read failure
+/// deliverable now (what [`EventCursor::poll`] gives: on PostgreSQL, only
+/// events below the stable bound, which a transaction still running may
+/// hold back) and ends (`None`) when none is; iterate again later for
+/// newer ones, or wait with [`TypedCursor::wait_next`]. A read failure
 /// is an `Err` item, after which the cursor's place is unchanged.
 pub struct TypedCursor<'s, S: EventFeed, T> {
     cursor: S::Cursor,
