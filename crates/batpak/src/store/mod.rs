@@ -32,6 +32,7 @@ pub mod fault;
 #[allow(dead_code, unreachable_pub)]
 mod fault;
 mod format;
+mod huge_pages;
 pub mod index;
 mod log;
 mod maintenance;

@@ -129,7 +129,19 @@ impl RecordArena {
         match self.chunks.last_mut() {
             // The first chunk grows normally, so a small store stays small;
             // later chunks are allocated whole and never move.
-            Some(c) if c.len() < CHUNK => c.push(rec),
+            Some(c) if c.len() < CHUNK => {
+                if c.len() == c.capacity() {
+                    // The first chunk grows by doubling; once large, into
+                    // memory advised for huge pages before it is touched
+                    // (reads of random records would otherwise miss the
+                    // TLB on nearly every one).
+                    let want = (c.capacity() * 2).clamp(64, CHUNK);
+                    let mut grown = crate::store::huge_pages::vec_with_capacity(want);
+                    grown.extend_from_slice(c);
+                    *c = grown;
+                }
+                c.push(rec);
+            }
             _ => {
                 let mut c = if self.chunks.is_empty() {
                     Vec::with_capacity(64)
@@ -171,26 +183,5 @@ impl RecordArena {
 /// 11 MiB in 4 KiB pages costs thousands of page faults (each an expensive
 /// trap on a virtual machine); in 2 MiB pages, a handful.
 fn big_chunk() -> Vec<Record> {
-    let v: Vec<Record> = Vec::with_capacity(CHUNK);
-    #[cfg(target_os = "linux")]
-    {
-        let bytes = v.capacity() * std::mem::size_of::<Record>();
-        let start = v.as_ptr() as usize;
-        let huge = 2 * 1024 * 1024;
-        let aligned = (start + huge - 1) & !(huge - 1);
-        let end = (start + bytes) & !(huge - 1);
-        if end > aligned {
-            // SAFETY: MADV_HUGEPAGE on whole pages inside this allocation only
-            // changes how the kernel backs them; contents and validity are
-            // unaffected, and the range holds no data yet.
-            unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    v
+    crate::store::huge_pages::vec_with_capacity(CHUNK)
 }

@@ -110,6 +110,9 @@ impl Segment {
         } else {
             opts.map_raw_read_only(&file)?
         };
+        // Where the filesystem caches the file in large folios, let them be
+        // mapped whole: random reads then miss the TLB far less often.
+        crate::store::huge_pages::advise(map.as_ptr(), map.len());
         Ok(Self {
             id,
             path: path.to_path_buf(),
@@ -233,6 +236,35 @@ impl Segment {
                 self.map.as_ptr().add(start as usize),
                 (end - start) as usize,
             )
+        }
+    }
+
+    /// Ask the CPU to start loading the hash chain of the frame at
+    /// `offset` (`length` bytes long), which a read is about to take: a
+    /// hint, which does nothing for a range the file does not back.
+    #[inline]
+    pub(crate) fn prefetch_chain(&self, offset: u64, length: u32) {
+        use crate::store::format::frame::FRAME_HEADER_LEN;
+        use crate::store::format::record::{CHAIN_END, CHAIN_START};
+        if self.check_range(offset, u64::from(length)).is_err() || (length as usize) < CHAIN_END {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let base = self.map.as_ptr().wrapping_add(offset as usize);
+            // The record type (checked before the chain is read) and the
+            // chain: the three cache lines they can span.
+            for at in [FRAME_HEADER_LEN, CHAIN_START, CHAIN_END - 1] {
+                let p = base.wrapping_add(at).cast::<i8>();
+                // SAFETY: a prefetch is only a hint to the cache: it reads
+                // nothing architecturally and never faults, whatever the
+                // address (here one inside the mapping, checked above).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
         }
     }
 
