@@ -329,9 +329,9 @@ impl Store<Open> {
         log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));
         let recovered = recovery::recover(&log, &config, true)?;
         let written = recovered.index.len();
-        let active = recovered
-            .active
-            .ok_or_else(|| StoreError::corrupt(0, "recovery produced no active segment"))?;
+        let active = recovered.active.ok_or_else(|| {
+            StoreError::internal("a writable recovery produced no active segment")
+        })?;
         let flusher = (!config.durable_receipts()).then(Flusher::default);
         let max_inflight = u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX);
         let mut shared = Shared::new(

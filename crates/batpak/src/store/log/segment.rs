@@ -185,9 +185,7 @@ impl Segment {
     /// Needs the descriptor a followed segment keeps; the new map keeps none.
     pub(crate) fn remap_read_only(&self) -> Result<Self, StoreError> {
         let file = self.descriptor().ok_or_else(|| {
-            StoreError::Io(std::io::Error::other(
-                "a replaced segment was not followed with a descriptor",
-            ))
+            StoreError::internal("a replaced segment was not followed with a descriptor")
         })?;
         Self::map(
             self.id,
@@ -301,10 +299,10 @@ impl Segment {
             return Ok(false);
         }
         let Some(file) = self.descriptor() else {
-            return Err(StoreError::Io(std::io::Error::other(format!(
+            return Err(StoreError::internal(format!(
                 "segment {} is sealed and does not grow",
                 self.id
-            ))));
+            )));
         };
         let max_step = match self.prealloc {
             Prealloc::Reserve => MAX_GROW,
@@ -448,11 +446,9 @@ impl ActiveSegment {
         writes: FrameWrites,
         growth: Arc<GrowthCounters>,
     ) -> Result<Self, StoreError> {
-        let file = seg.descriptor().ok_or_else(|| {
-            StoreError::Io(std::io::Error::other(
-                "a writable segment without a descriptor",
-            ))
-        })?;
+        let file = seg
+            .descriptor()
+            .ok_or_else(|| StoreError::internal("a writable segment without a descriptor"))?;
         Ok(Self {
             seg: Arc::new(seg),
             writes,

@@ -31,10 +31,10 @@ use crate::event::StoredEvent;
 use crate::store::config::StoreConfig;
 use crate::store::fault::InjectionPoint;
 use crate::store::format::footer;
-use crate::store::format::frame::{after_damage, probe, AfterDamage, Probe};
 use crate::store::format::intent::{Intent, REMOVED_NEXT_FILE};
-use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::record::EventRecord;
 use crate::store::format::removed::{self, RemovedEntry};
+use crate::store::format::scan::{End, FrameScan, Scanned};
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{DiskPos, Fate};
 use crate::store::log::rewrite::{self, SegmentWriter};
@@ -394,41 +394,40 @@ impl<'a> Run<'_, 'a> {
             .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
         let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
         let bytes: &'a [u8] = seg.bytes();
-        let mut pos = SEGMENT_HEADER_LEN;
-        loop {
-            match probe(bytes, pos) {
-                Probe::End => break,
-                Probe::Frame { body, .. } if footer::is_footer(body) => break,
-                Probe::Frame { body, len } => {
-                    match decode_event(body) {
-                        Ok(rec) => chunk.push((pos as u64, &bytes[pos..pos + len], rec)),
-                        Err(e) => tracing::warn!(
-                            segment_id = seg.id(),
-                            offset = pos,
-                            error = %e,
-                            "batpak: compaction drops an undecodable frame"
-                        ),
-                    }
-                    pos += len;
+        // Only indexed events are rewritten (`decide`); what recovery never
+        // served (damage, undecodable frames) is dropped. The footer is
+        // rewritten anyway.
+        for item in FrameScan::new(bytes, SEGMENT_HEADER_LEN) {
+            match item {
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Ok(rec),
+                } => {
+                    chunk.push((at as u64, &bytes[at..at + len], rec));
                     if chunk.len() == LOOKUP_CHUNK {
                         self.decide(seg.id(), &mut chunk)?;
                     }
                 }
-                Probe::Damaged(e) => {
-                    let next = match after_damage(bytes, pos) {
-                        // The footer is rewritten anyway.
-                        AfterDamage::TornFooter => break,
-                        AfterDamage::Resume(next) => next,
-                        AfterDamage::TornTail => bytes.len(),
-                    };
-                    tracing::warn!(
-                        segment_id = seg.id(),
-                        offset = pos,
-                        error = %e,
-                        "batpak: compaction drops a damaged region (recovery never served it)"
-                    );
-                    pos = next;
-                }
+                Scanned::Event {
+                    at, record: Err(e), ..
+                } => tracing::warn!(
+                    segment_id = seg.id(),
+                    offset = at,
+                    error = %e,
+                    "batpak: compaction drops an undecodable frame"
+                ),
+                Scanned::Damaged { at, error, .. }
+                | Scanned::End {
+                    at,
+                    how: End::TornTail(error) | End::Unsettled(error),
+                } => tracing::warn!(
+                    segment_id = seg.id(),
+                    offset = at,
+                    error = %error,
+                    "batpak: compaction drops a damaged region (recovery never served it)"
+                ),
+                Scanned::Footer { .. } | Scanned::End { .. } => break,
             }
         }
         self.decide(seg.id(), &mut chunk)?;
@@ -582,7 +581,7 @@ impl<'a> Run<'_, 'a> {
         let out = self
             .current
             .as_mut()
-            .ok_or_else(|| StoreError::Configuration("compaction output missing".into()))?;
+            .ok_or_else(|| StoreError::internal("compaction has no output to write to"))?;
         let offset = out
             .writer
             .write(if encoded { &self.scratch } else { frame })?;

@@ -8,9 +8,9 @@
 //! next open. It never grows the active segment (that is `write::grower`'s
 //! job, which must not wait behind the maintenance lock a footer needs).
 
-use crate::store::format::footer::{self, Footer, FooterEntry};
-use crate::store::format::frame::{probe, Probe};
-use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::footer::{Footer, FooterEntry};
+use crate::store::format::record::EventRecord;
+use crate::store::format::scan::{End, FrameScan, Scanned};
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::log::Log;
 use crate::store::{Shared, StoreError};
@@ -46,27 +46,31 @@ pub(crate) fn seal_segment(log: &Log, id: u64, abandon: &AtomicBool) -> Result<S
     };
     let bytes = seg.bytes();
     let mut footer = FooterBuilder::default();
+    // A footer describes intact frames only: any damage refuses it.
+    let refuse = |at: usize, e: &dyn std::fmt::Display| {
+        StoreError::corrupt(id, format!("sealing: frame at {at}: {e}"))
+    };
     let mut pos = SEGMENT_HEADER_LEN;
-    loop {
+    for item in FrameScan::new(bytes, SEGMENT_HEADER_LEN) {
         if abandon.load(Ordering::Relaxed) {
             return Ok(Sealed::Stopped);
         }
-        match probe(bytes, pos) {
-            Probe::End => break,
-            Probe::Frame { body, .. } if footer::is_footer(body) => return Ok(Sealed::Already),
-            Probe::Frame { body, len } => {
-                let r = decode_event(body).map_err(|e| {
-                    StoreError::corrupt(id, format!("sealing: frame at {pos}: {e}"))
-                })?;
-                footer.push(pos as u64, len, &r);
-                pos += len;
-            }
-            Probe::Damaged(e) => {
-                return Err(StoreError::corrupt(
-                    id,
-                    format!("sealing: frame at {pos}: {e}"),
-                ))
-            }
+        match item {
+            Scanned::Event {
+                at,
+                len,
+                record: Ok(r),
+            } => footer.push(at as u64, len, &r),
+            Scanned::Event {
+                at, record: Err(e), ..
+            } => return Err(refuse(at, &e)),
+            Scanned::Footer { .. } => return Ok(Sealed::Already),
+            Scanned::Damaged { at, error, .. } => return Err(refuse(at, &error)),
+            Scanned::End {
+                at,
+                how: End::Clean,
+            } => pos = at,
+            Scanned::End { at, how } => return Err(refuse(at, &how)),
         }
     }
     let bytes_out = footer.encode(id, pos as u64);
@@ -255,6 +259,7 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
 mod tests {
     use super::*;
     use crate::store::config::SyncMode;
+    use crate::store::format::footer;
     use crate::store::log::Prealloc;
 
     /// An abandoned footer is not written; the same segment is sealed once

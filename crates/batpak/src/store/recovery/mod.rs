@@ -27,13 +27,13 @@ mod removed;
 pub(crate) use removed::{load_removed, load_removed_from, RemovedPredecessors};
 
 use crate::event::EventKind;
-use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
+use crate::store::format::checkpoint::{self, Checkpoint, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer};
-use crate::store::format::frame::{
-    after_damage, all_zero, decode_frame, probe, AfterDamage, Probe, FRAME_HEADER_LEN, MAX_BODY_LEN,
-};
+use crate::store::format::frame::{all_zero, decode_frame, FRAME_HEADER_LEN, MAX_BODY_LEN};
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::REMOVED_FILE;
+use crate::store::format::scan::{batch_step, End, FrameScan, Marks, Scanned, Take};
+use crate::store::format::segment;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
 use crate::store::log::{
@@ -155,6 +155,16 @@ struct Meta {
     batch_index: u32,
 }
 
+impl Meta {
+    fn marks(&self) -> Marks {
+        Marks {
+            size: self.batch_size,
+            index: self.batch_index,
+            global_seq: self.global_seq,
+        }
+    }
+}
+
 /// One event as found, borrowing its strings from the frame or footer.
 #[derive(Clone, Copy)]
 struct Found<'a> {
@@ -258,39 +268,32 @@ impl Assembly {
         self.batch.first().map(|b| (b.m.segment_id, b.m.offset))
     }
 
-    /// Take one event, in log order.
+    /// Take one event, in log order: batches are assembled by the one
+    /// batch rule (`format::scan::batch_step`), which `verify` follows too.
     fn take(&mut self, f: Found<'_>) {
         let m = f.m;
-        if m.batch_size == 0 {
-            self.discard_batch("interrupted by a single event");
-            self.index_one(f);
-            return;
+        let held = self.batch.last().map(|b| (self.batch.len(), b.m.marks()));
+        let (discard, take) = batch_step(held, m.marks());
+        if discard {
+            self.discard_batch(if m.batch_size == 0 {
+                "interrupted by a single event"
+            } else {
+                "interrupted by another batch"
+            });
         }
-        let expected = self.batch.len() as u32;
-        // Sequences within a batch increase; they are consecutive unless a
-        // compaction removed members (and renumbered the survivors' marks).
-        let continues = self
-            .batch
-            .last()
-            .is_some_and(|b| b.m.batch_size == m.batch_size && b.m.global_seq < m.global_seq);
-        if m.batch_index != expected || (expected > 0 && !continues) {
-            self.discard_batch("interrupted by another batch");
-            if m.batch_index != 0 {
+        match take {
+            Take::Now => self.index_one(f),
+            Take::Hold => self.batch.push(f.to_owned()),
+            Take::Complete => {
+                for b in std::mem::take(&mut self.batch) {
+                    self.index_one(b.get());
+                }
+                self.index_one(f);
+            }
+            Take::Orphan => {
                 self.report.discarded_batch_events += 1;
                 let (seg, off, len) = (m.segment_id, m.offset, u64::from(m.length));
                 self.damage(seg, off, len, "batch member without the start of its batch");
-                return;
-            }
-        }
-        let complete = m.batch_index + 1 == m.batch_size;
-        if complete && self.batch.is_empty() {
-            self.index_one(f);
-            return;
-        }
-        self.batch.push(f.to_owned());
-        if complete {
-            for b in std::mem::take(&mut self.batch) {
-                self.index_one(b.get());
             }
         }
     }
@@ -377,82 +380,63 @@ impl Assembly {
         self.report.segments_scanned += 1;
         let bytes = seg.bytes();
         let id = seg.id();
-        let mut pos = from as usize;
-        if pos == SEGMENT_HEADER_LEN {
-            match SegmentHeader::decode(bytes) {
-                Ok(h) if h.segment_id == id => {}
-                Ok(h) => self.damage(
-                    id,
-                    0,
-                    SEGMENT_HEADER_LEN as u64,
-                    format!("header names segment {}", h.segment_id),
-                ),
-                Err(e) => self.damage(
-                    id,
-                    0,
-                    SEGMENT_HEADER_LEN.min(bytes.len()) as u64,
-                    format!("segment header: {e}"),
-                ),
+        if from == SEGMENT_HEADER_LEN as u64 {
+            if let Err(detail) = segment::check_header(bytes, id) {
+                let len = SEGMENT_HEADER_LEN.min(bytes.len()) as u64;
+                self.damage(id, 0, len, detail);
             }
         }
-        loop {
-            match probe(bytes, pos) {
-                Probe::End => {
+        let mut scan = FrameScan::new(bytes, from as usize);
+        if live {
+            scan = scan.stopping_at_damage();
+        }
+        for item in scan {
+            match item {
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Ok(rec),
+                } => self.take(Found::from_record(id, at as u64, len as u32, &rec)),
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Err(e),
+                } => self.damage(
+                    id,
+                    at as u64,
+                    len as u64,
+                    format!("undecodable record: {e}"),
+                ),
+                Scanned::Footer { at, .. } => {
                     return ScanEnd {
-                        end: pos as u64,
+                        end: at as u64,
                         torn: None,
                         torn_footer: false,
-                        sealed: false,
+                        sealed: true,
                     }
                 }
-                Probe::Frame { body, len } => {
-                    if footer::is_footer(body) {
-                        return ScanEnd {
-                            end: pos as u64,
-                            torn: None,
-                            torn_footer: false,
-                            sealed: true,
-                        };
-                    }
-                    match decode_event(body) {
-                        Ok(rec) => self.take(Found::from_record(id, pos as u64, len as u32, &rec)),
-                        Err(e) => self.damage(
-                            id,
-                            pos as u64,
-                            len as u64,
-                            format!("undecodable record: {e}"),
-                        ),
-                    }
-                    pos += len;
-                }
-                Probe::Damaged(_) if live => {
+                Scanned::Damaged { at, resume, error } => self.damage(
+                    id,
+                    at as u64,
+                    (resume - at) as u64,
+                    format!("damaged frame: {error}"),
+                ),
+                Scanned::End { at, how } => {
                     return ScanEnd {
-                        end: pos as u64,
-                        torn: Some((bytes.len() - pos) as u64),
-                        torn_footer: false,
+                        end: at as u64,
+                        torn: how.is_torn().then(|| bytes.len().saturating_sub(at) as u64),
+                        torn_footer: how == End::TornFooter,
                         sealed: false,
                     }
                 }
-                Probe::Damaged(e) => match after_damage(bytes, pos) {
-                    AfterDamage::Resume(next) => {
-                        self.damage(
-                            id,
-                            pos as u64,
-                            (next - pos) as u64,
-                            format!("damaged frame: {e}"),
-                        );
-                        pos = next;
-                    }
-                    torn => {
-                        return ScanEnd {
-                            end: pos as u64,
-                            torn: Some((bytes.len() - pos) as u64),
-                            torn_footer: torn == AfterDamage::TornFooter,
-                            sealed: false,
-                        }
-                    }
-                },
             }
+        }
+        // A scan always ends with `End`.
+        ScanEnd {
+            end: bytes.len() as u64,
+            torn: None,
+            torn_footer: false,
+            sealed: false,
         }
     }
 
@@ -479,8 +463,7 @@ impl Assembly {
                 return Err("last entry lies beyond the frames".into());
             }
             let frame = &bytes[last.offset as usize..end as usize];
-            let (body, _) = decode_frame(frame).map_err(|e| format!("last frame: {e}"))?;
-            let rec = decode_event(body).map_err(|e| format!("last frame: {e}"))?;
+            let rec = event_in_frame(frame).map_err(|e| format!("last frame: {e}"))?;
             if rec.event_id != last.event_id || rec.global_seq != last.global_seq {
                 return Err("last frame is not the footer's last event".into());
             }
@@ -683,17 +666,22 @@ fn finish_if_replaced(
 /// it replaced, and this handle may have indexed some of them already
 /// (their sequences are at most `max_seq`). Frames are in sequence order.
 fn first_unseen(bytes: &[u8], max_seq: Option<u64>) -> u64 {
-    let mut pos = SEGMENT_HEADER_LEN;
+    let start = SEGMENT_HEADER_LEN;
     let Some(max_seq) = max_seq else {
-        return pos as u64;
+        return start as u64;
     };
-    while let Probe::Frame { body, len } = probe(bytes, pos) {
-        match decode_event(body) {
-            Ok(rec) if !footer::is_footer(body) && rec.global_seq <= max_seq => pos += len,
-            _ => break,
+    for item in FrameScan::new(bytes, start) {
+        match item {
+            Scanned::Event {
+                record: Ok(rec), ..
+            } if rec.global_seq <= max_seq => {}
+            Scanned::Event { at, .. }
+            | Scanned::Footer { at, .. }
+            | Scanned::Damaged { at, .. }
+            | Scanned::End { at, .. } => return at as u64,
         }
     }
-    pos as u64
+    start as u64
 }
 
 struct ScanEnd {
@@ -770,47 +758,68 @@ fn load_checkpoint(
     // The covered ids equal the listing's first ids (checked above).
     for (s, (_, path)) in cp.segments.iter().zip(&listing.segments) {
         let check = || -> Result<(), String> {
+            use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
             let len = file.metadata().map_err(|e| e.to_string())?.len();
             if len < s.frames_end {
                 return Err(format!(
-                    "segment {} is {len} bytes, the checkpoint covers {}",
-                    s.segment_id, s.frames_end
+                    "is {len} bytes, the checkpoint covers {}",
+                    s.frames_end
                 ));
             }
-            if s.last_length > 0 {
-                use std::os::unix::fs::FileExt;
-                // Lengths from disk are checked before anything is allocated.
-                let last_end = s.last_offset.checked_add(u64::from(s.last_length));
-                if s.last_length as usize > FRAME_HEADER_LEN + MAX_BODY_LEN
-                    || last_end.is_none_or(|end| end > s.frames_end || end > len)
-                {
-                    return Err(format!(
-                        "segment {} last frame {}+{} lies outside its {} bytes of frames ({len} in the file)",
-                        s.segment_id, s.last_offset, s.last_length, s.frames_end
-                    ));
-                }
-                let mut frame = vec![0u8; s.last_length as usize];
-                file.read_exact_at(&mut frame, s.last_offset)
+            check_last_frame(s, len, |offset, length| {
+                let mut frame = vec![0u8; length];
+                file.read_exact_at(&mut frame, offset)
                     .map_err(|e| e.to_string())?;
-                let (body, _) = decode_frame(&frame)
-                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
-                let rec = decode_event(body)
-                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
-                if rec.event_id != s.last_event_id {
-                    return Err(format!(
-                        "segment {} last frame holds another event",
-                        s.segment_id
-                    ));
-                }
-            }
-            Ok(())
+                Ok(std::borrow::Cow::Owned(frame))
+            })
         };
         if let Err(why) = check() {
-            return reject(report, why);
+            return reject(report, format!("segment {}: {why}", s.segment_id));
         }
     }
     Some(cp)
+}
+
+/// The event in `frame`, which must be exactly one whole event frame.
+pub(crate) fn event_in_frame(frame: &[u8]) -> Result<EventRecord<'_>, String> {
+    let (body, len) = decode_frame(frame).map_err(|e| format!("no valid frame there: {e}"))?;
+    if len != frame.len() {
+        return Err(format!("the frame there is {len} bytes"));
+    }
+    decode_event(body).map_err(|e| format!("the frame there does not decode: {e}"))
+}
+
+/// Check what a checkpoint says about the last frame of a segment it
+/// covers against that frame: it lies inside the frames the checkpoint
+/// covers and inside `limit` (the bytes the segment has), and it is one
+/// whole frame holding the event named. `read(offset, length)` gives the
+/// frame's bytes (called only once the range is checked, so nothing is
+/// allocated from an untrusted length). Open and `verify` both check a
+/// checkpoint with this, so they accept and refuse the same ones.
+pub(crate) fn check_last_frame<'b>(
+    s: &CoveredSegment,
+    limit: u64,
+    read: impl FnOnce(u64, usize) -> Result<std::borrow::Cow<'b, [u8]>, String>,
+) -> Result<(), String> {
+    if s.last_length == 0 {
+        return Ok(());
+    }
+    let last_end = s.last_offset.checked_add(u64::from(s.last_length));
+    if s.last_length as usize > FRAME_HEADER_LEN + MAX_BODY_LEN
+        || last_end.is_none_or(|end| end > s.frames_end || end > limit)
+    {
+        return Err(format!(
+            "last frame {}+{} lies outside the {} bytes of frames covered ({limit} there)",
+            s.last_offset, s.last_length, s.frames_end
+        ));
+    }
+    let frame = read(s.last_offset, s.last_length as usize)?;
+    let rec = event_in_frame(&frame).map_err(|e| format!("last frame: {e}"))?;
+    if rec.event_id != s.last_event_id {
+        return Err(format!("last frame holds event {:032x}", rec.event_id));
+    }
+    Ok(())
 }
 
 /// Rebuild the index from the files in `log`'s directory and register the segments.
