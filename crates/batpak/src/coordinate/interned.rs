@@ -5,7 +5,7 @@
 //! it hands out (in every `IndexEntry`, `Notification` and `StoredEvent`)
 //! point at names that live as long as the process: copying one is copying
 //! a pointer, with no reference count to touch and nothing to free (ADR
-//! 0020). Names are never removed; the table grows with the distinct names
+//! 0021). Names are never removed; the table grows with the distinct names
 //! the process has indexed, not with how often they are read or how many
 //! times a store is opened. It knows nothing about stores or events.
 

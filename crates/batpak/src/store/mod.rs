@@ -13,7 +13,7 @@
 //! | `delivery`    | guaranteed cursors, lossy subscriptions, reactors           |
 //! | `projection`  | projections, their caches and watchers                      |
 //! | `maintenance` | footers, checkpoint, compaction, snapshot, verify           |
-//! | `fault`       | fault injection (feature `dangerous-test-hooks`)            |
+//! | `fault`       | fault injection types; the test I/O seam (feature `dangerous-test-hooks`) |
 //! | `stats`       | statistics and diagnostics                                  |
 //! | `contract`    | [`EventStore`], the operations every backend shares         |
 //! | `codec`       | the canonical payload and hash encodings, for other backends |
@@ -28,6 +28,8 @@ mod delivery;
 mod errors;
 #[cfg(feature = "dangerous-test-hooks")]
 pub mod fault;
+// Without the feature: only the types `StoreConfig` names, unnameable
+// outside the crate (so nothing can implement `FaultInjector`).
 #[cfg(not(feature = "dangerous-test-hooks"))]
 #[allow(dead_code, unreachable_pub)]
 mod fault;
@@ -51,8 +53,8 @@ pub use delivery::{Cursor, Notification, Subscription, SubscriptionOps};
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
-    CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint, PowerLoss,
-    ProbabilisticInjector,
+    CopyOnWriteDisk, CountdownAction, CountdownInjector, FaultAction, FaultInjector,
+    InjectionPoint, IoOp, NoFaults, PowerLoss, ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
 pub use maintenance::{
@@ -81,7 +83,7 @@ pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, Cau
 use crate::coordinate::{Coordinate, KindFilter, Region};
 use crate::event::{EventKind, StoredEvent};
 use index::Index;
-use log::{DirLock, Log};
+use log::{DirLock, Log, SegmentIo};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -235,6 +237,7 @@ impl Store<Open> {
             config.segment_max_bytes,
             log::Prealloc::Reserve,
             log::FrameWrites::Pwrite,
+            log::Io::for_store(&config, false),
         );
         let recovered = recovery::recover(&log, &config, false)?;
         let mut shared = Shared::new(
@@ -311,9 +314,10 @@ impl Store<Open> {
         } else {
             log::Prealloc::Reserve
         };
+        let io = log::Io::for_store(&config, true);
         // Relaxed mode copies frames into the map, except where a write to
         // a preallocated block may need new space (a full disk would fault).
-        let writes = if config.durable_receipts() || config.copy_on_write() {
+        let writes = if config.durable_receipts() || io.copy_on_write(&config.data_dir) {
             log::FrameWrites::Pwrite
         } else {
             log::FrameWrites::Mapped
@@ -324,9 +328,8 @@ impl Store<Open> {
             config.segment_max_bytes,
             prealloc,
             writes,
+            io,
         );
-        #[cfg(feature = "dangerous-test-hooks")]
-        log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));
         let recovered = recovery::recover(&log, &config, true)?;
         let written = recovered.index.len();
         let active = recovered.active.ok_or_else(|| {
@@ -356,18 +359,19 @@ impl Store<Open> {
         };
         // From here on a failure drops `store`, and its `Drop` stops and
         // joins the threads started so far before the lock is released.
-        let started = fault::InjectionPoint::StoreThreadStarted;
+        let io = store.shared.log.io().clone();
+        let started = || io.at(log::InjectionPoint::StoreThreadStarted);
         if store.shared.flusher.is_some() {
             store.flusher_thread = Some(Flusher::spawn(store.shared.clone())?);
-            store.shared.fault(started)?;
+            started()?;
         }
         store.grower_thread = Some(Grower::spawn(store.shared.clone())?);
-        store.shared.fault(started)?;
+        started()?;
         store.sealer_thread = Some(maintenance::Sealer::spawn(
             store.shared.clone(),
             recovered.unsealed,
         )?);
-        store.shared.fault(started)?;
+        started()?;
         Ok(store)
     }
 
@@ -606,11 +610,7 @@ impl Store<Open> {
         // An fsync already running is cut short by the cut: it re-checks the
         // store before acknowledging anything, and finds it stopped.
         let _writer = writer.lock();
-        let (bytes_discarded, files_removed) = self.shared.log.simulate_power_loss()?;
-        Ok(PowerLoss {
-            bytes_discarded,
-            files_removed,
-        })
+        self.shared.log.io().power_loss()
     }
 
     /// Test hook (feature `dangerous-test-hooks`): do to this store what
@@ -638,9 +638,7 @@ impl Store<Open> {
         // acknowledges anything: each re-checks the store first. The writer
         // lock is not taken: a test may hold a writer parked mid-rotation.
         self.shared.durability.poison("simulated crash".into());
-        let ledger = self.shared.log.unsynced_at_crash()?;
-        fault::record_crash_ledger(&self.shared.config.data_dir, ledger);
-        Ok(())
+        self.shared.log.io().record_crash(self.shared.log.dir())
     }
 
     /// Write a consistent copy of the store to `dest` while appends

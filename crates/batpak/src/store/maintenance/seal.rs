@@ -8,13 +8,13 @@
 //! next open. It never grows the active segment (that is `write::grower`'s
 //! job, which must not wait behind the maintenance lock a footer needs).
 
+use crate::store::config::SyncMode;
 use crate::store::format::footer::{Footer, FooterEntry};
 use crate::store::format::record::EventRecord;
 use crate::store::format::scan::{End, FrameScan, Scanned};
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
-use crate::store::log::Log;
+use crate::store::log::{InjectionPoint, Log, SegmentIo};
 use crate::store::{Shared, StoreError};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -76,12 +76,13 @@ pub(crate) fn seal_segment(log: &Log, id: u64, abandon: &AtomicBool) -> Result<S
     let bytes_out = footer.encode(id, pos as u64);
     seg.release_pages();
     // A separate handle: the segment may be mapped from a read-only descriptor.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log.dir().join(segment_file_name(id)))?;
-    file.write_all_at(&bytes_out, pos as u64)?;
-    file.sync_data()?;
+    let path = log.dir().join(segment_file_name(id));
+    let io = log.io();
+    let file = io.open(&path, true)?;
+    io.write_at(&file, &path, &bytes_out, pos as u64, None)?;
+    io.sync(&file, &path, SyncMode::SyncData, None, None)?;
     seg.note_synced(pos as u64 + bytes_out.len() as u64);
+    io.at(InjectionPoint::FooterWritten)?;
     Ok(Sealed::Written)
 }
 
@@ -238,12 +239,7 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
                 return;
             }
         };
-        let result = seal_segment(&shared.log, id, &sealer.abandon).and_then(|sealed| {
-            if sealed == Sealed::Written {
-                shared.fault(crate::store::fault::InjectionPoint::FooterWritten)?;
-            }
-            Ok(sealed)
-        });
+        let result = seal_segment(&shared.log, id, &sealer.abandon);
         sealer.pending.fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(Sealed::Stopped) => return,
@@ -258,7 +254,6 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::config::SyncMode;
     use crate::store::format::footer;
     use crate::store::log::Prealloc;
 
@@ -273,6 +268,7 @@ mod tests {
             4096,
             Prealloc::Reserve,
             crate::store::log::FrameWrites::Mapped,
+            crate::store::log::Io::for_store(&crate::store::StoreConfig::new(d.path()), true),
         );
         let active = log.create_segment(1, 0, 0).unwrap();
         drop(active);

@@ -321,7 +321,7 @@ fn collect_targets(
         // frames, possibly past the capacity the segment was mapped with).
         let seg = match (active_end, shared.log.segment(id)) {
             (Some(_), Some(seg)) => seg,
-            (_, registered) => match Segment::open_read_only(&path, id) {
+            (_, registered) => match Segment::open_read_only(&path, id, shared.log.io()) {
                 Ok(seg) => Arc::new(seg),
                 Err(e) => registered.ok_or(e)?,
             },

@@ -17,13 +17,12 @@
 
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
-use crate::store::fault::InjectionPoint;
 use crate::store::format::frame::decode_frame;
 use crate::store::format::payload::decode_value;
 use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
-use crate::store::log::{FrameBytes, Segment};
+use crate::store::log::{FrameBytes, InjectionPoint, Segment, SegmentIo};
 use crate::store::{Shared, StoreError};
 use std::sync::Arc;
 
@@ -148,7 +147,7 @@ impl Shared {
     /// tests hold readers; see [`InjectionPoint::ReadingFrames`]).
     pub(crate) fn reading_frames(&self) {
         // A read has no error to return: only a panic or a crash acts.
-        let _ = self.fault(InjectionPoint::ReadingFrames);
+        let _ = self.log.io().at(InjectionPoint::ReadingFrames);
     }
 
     /// Under the index lock: push the entries of `slots` to `entries` and

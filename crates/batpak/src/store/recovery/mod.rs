@@ -37,7 +37,7 @@ use crate::store::format::segment;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
 use crate::store::log::{
-    map_whole_file, rewrite, sync_dir, ActiveSegment, Log, Segment, SegmentListing,
+    map_whole_file, rewrite, ActiveSegment, Io, Log, Segment, SegmentIo, SegmentListing,
 };
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
@@ -590,7 +590,7 @@ pub(crate) fn follow_up(
             } else {
                 Segment::open_read_only
             };
-            let seg = match open(path, *id) {
+            let seg = match open(path, *id, log.io()) {
                 Ok(seg) if seg.file_len() >= SEGMENT_HEADER_LEN as u64 => seg,
                 Ok(_) => break,
                 Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -840,11 +840,11 @@ pub(crate) fn recover(
     let mut listing = SegmentListing::read(dir)?;
     match (&pending, writable) {
         (Some(intent), true) => {
-            rewrite::install(dir, intent, || Ok(()))?;
+            rewrite::install(log.io(), dir, intent, None)?;
             report.compaction_finished = true;
             listing = SegmentListing::read(dir)?;
         }
-        (None, true) => rewrite::discard_temporaries(dir)?,
+        (None, true) => rewrite::discard_temporaries(log.io(), dir)?,
         (Some(intent), false) => {
             listing.segments = listing
                 .segments
@@ -855,7 +855,13 @@ pub(crate) fn recover(
         }
         (None, false) => {}
     }
-    let removed = load_removed_from(dir, &removed_path, !listing.segments.is_empty(), writable)?;
+    let removed = load_removed_from(
+        log.io(),
+        dir,
+        &removed_path,
+        !listing.segments.is_empty(),
+        writable,
+    )?;
     let checkpoint = if pending.is_some() && !writable {
         None
     } else {
@@ -894,18 +900,17 @@ pub(crate) fn recover(
         // A read-only handle keeps the descriptor of the newest segment,
         // which it follows (see `finish_if_replaced`).
         let seg = if newest && !writable {
-            Segment::open_followed(path, *id)?
+            Segment::open_followed(path, *id, log.io())?
         } else {
-            Segment::open_read_only(path, *id)?
+            Segment::open_read_only(path, *id, log.io())?
         };
-        log.inherit_crash(&seg);
         if newest && never_written(seg.bytes()) {
             // Crashed (or ran out of space) while creating the segment: it
             // never held a frame. A writable open starts it afresh; a
             // read-only one waits for its owner to write it.
             drop(seg);
             if writable {
-                std::fs::remove_file(path)?;
+                log.io().remove(path, None)?;
                 active = Some(log.create_segment(*id, 0, config.now_us())?);
             } else {
                 follow = Some(Follow {
@@ -962,7 +967,7 @@ pub(crate) fn recover(
                     // only speed up opens). Zero it so the segment ends
                     // cleanly; the sealer writes it again.
                     if writable {
-                        zero_from(path, end.end)?;
+                        zero_from(log.io(), path, end.end)?;
                     }
                 } else {
                     asm.damage(*id, end.end, len, "damaged end of a sealed segment");
@@ -1026,7 +1031,7 @@ pub(crate) fn recover(
             // segment was mapped read-only without a descriptor, and its
             // bookkeeping assumes what it found is on disk, so sync the file
             // itself.
-            sync_file(path, log.sync_mode())?;
+            sync_file(log.io(), path, log.sync_mode())?;
             log.register(Arc::new(seg));
             active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
             continue;
@@ -1035,7 +1040,7 @@ pub(crate) fn recover(
         if cut.is_some() {
             // Zeroed, not truncated: another process may map this file, and
             // a file shrinking under a map faults its reader (SIGBUS).
-            zero_from(path, frames_end)?;
+            zero_from(log.io(), path, frames_end)?;
         }
         let reopened = log.reopen_active(path, *id, frames_end, file_len)?;
         // The frames recovered here may never have been synced (a process
@@ -1075,8 +1080,7 @@ pub(crate) fn recover(
         // Files a crashed process created may have directory entries that
         // were never synced; this open is about to serve (and append to)
         // them.
-        sync_dir(dir)?;
-        log.note_entries_synced();
+        log.io().sync_dir(dir, None)?;
     }
     if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
         asm.report.open_path = OpenPath::Footers;
@@ -1100,13 +1104,9 @@ pub(crate) fn recover(
 const ZERO_CHUNK: usize = 64 * 1024;
 
 /// Make a file's contents durable, whatever this process knows of them.
-fn sync_file(path: &Path, mode: crate::store::config::SyncMode) -> Result<(), StoreError> {
-    let f = std::fs::File::open(path)?;
-    match mode {
-        crate::store::config::SyncMode::SyncAll => f.sync_all()?,
-        crate::store::config::SyncMode::SyncData => f.sync_data()?,
-    }
-    Ok(())
+fn sync_file(io: &Io, path: &Path, mode: crate::store::config::SyncMode) -> Result<(), StoreError> {
+    let f = io.open(path, false)?;
+    io.sync(&f, path, mode, None, None)
 }
 
 /// Overwrite a file with zeros from `from` to its end, durably, without
@@ -1115,13 +1115,10 @@ fn sync_file(path: &Path, mode: crate::store::config::SyncMode) -> Result<(), St
 /// the last frame that no reader reads. Works in bounded chunks and writes
 /// only chunks that hold something other than zeros (the rest of a
 /// preallocated file usually does not). Returns the bytes overwritten.
-fn zero_from(path: &Path, from: u64) -> Result<u64, StoreError> {
+fn zero_from(io: &Io, path: &Path, from: u64) -> Result<u64, StoreError> {
     use std::os::unix::fs::FileExt;
     static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
+    let f = io.open(path, true)?;
     let len = f.metadata()?.len();
     let mut chunk = vec![0u8; ZERO_CHUNK];
     let mut at = from;
@@ -1130,13 +1127,19 @@ fn zero_from(path: &Path, from: u64) -> Result<u64, StoreError> {
         let n = (len - at).min(ZERO_CHUNK as u64) as usize;
         f.read_exact_at(&mut chunk[..n], at)?;
         if !all_zero(&chunk[..n]) {
-            f.write_all_at(&ZEROS[..n], at)?;
+            io.write_at(&f, path, &ZEROS[..n], at, None)?;
             zeroed += n as u64;
         }
         at += n as u64;
     }
     if zeroed > 0 {
-        f.sync_data()?;
+        io.sync(
+            &f,
+            path,
+            crate::store::config::SyncMode::SyncData,
+            None,
+            None,
+        )?;
     }
     Ok(zeroed)
 }
@@ -1155,7 +1158,8 @@ mod tests {
         bytes[10..20].fill(9);
         bytes[200_000] = 1;
         std::fs::write(&path, &bytes).unwrap();
-        let zeroed = zero_from(&path, 5).unwrap();
+        let io = Io::for_store(&StoreConfig::new(d.path()), true);
+        let zeroed = zero_from(&io, &path, 5).unwrap();
         // The first chunk (holding bytes 10..20) and the last (200 000);
         // the two all-zero chunks between them are left alone.
         let chunk = ZERO_CHUNK as u64;
@@ -1164,8 +1168,8 @@ mod tests {
         assert_eq!(after.len(), bytes.len(), "the file keeps its length");
         assert_eq!(&after[..5], &[7; 5]);
         assert!(after[5..].iter().all(|&b| b == 0));
-        assert_eq!(zero_from(&path, 5).unwrap(), 0, "nothing left to zero");
-        assert_eq!(zero_from(&path, 1 << 30).unwrap(), 0, "past the end");
+        assert_eq!(zero_from(&io, &path, 5).unwrap(), 0, "nothing left to zero");
+        assert_eq!(zero_from(&io, &path, 1 << 30).unwrap(), 0, "past the end");
     }
 
     #[test]

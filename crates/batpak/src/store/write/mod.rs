@@ -34,16 +34,13 @@ pub(crate) use restart::Restarts;
 
 use crate::coordinate::Coordinate;
 use crate::event::EventKind;
-#[cfg(feature = "dangerous-test-hooks")]
-use crate::store::fault::FaultAction;
-use crate::store::fault::InjectionPoint;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
 use crate::store::format::payload_ser;
 use crate::store::format::record::EventRecord;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
-use crate::store::log::ActiveSegment;
+use crate::store::log::{ActiveSegment, InjectionPoint, SegmentIo};
 use crate::store::{BatchStage, Shared, StoreError};
 use durability::InflightGuard;
 use parking_lot::RwLockUpgradableReadGuard;
@@ -216,20 +213,11 @@ impl Shared {
         batch::check_event(kind, payload_len, self.config.single_append_max_bytes)
     }
 
-    /// Run an injected fault, if the test configured one for `point`.
+    /// A named step of the write path (see [`SegmentIo::at`]): nothing in
+    /// a real store, where a test may act in a test build.
     #[inline]
-    pub(crate) fn fault(&self, point: InjectionPoint) -> Result<(), StoreError> {
-        #[cfg(feature = "dangerous-test-hooks")]
-        if let Some(injector) = &self.config.fault_injector {
-            match injector.on(point) {
-                FaultAction::Continue => {}
-                FaultAction::Fail => return Err(StoreError::FaultInjected(format!("{point:?}"))),
-                FaultAction::Panic => panic!("fault injected: {point:?}"),
-                FaultAction::Crash => std::process::abort(),
-            }
-        }
-        let _ = point;
-        Ok(())
+    fn step(&self, point: InjectionPoint) -> Result<(), StoreError> {
+        self.log.io().at(point)
     }
 
     /// Check `draft`'s idempotency key (if any) against the stored events.
@@ -376,7 +364,7 @@ impl Shared {
             ));
         }
         let records = self.plan(&index, w.next_seq, drafts, now_us, batch_size)?;
-        self.fault(InjectionPoint::BatchValidated)
+        self.step(InjectionPoint::BatchValidated)
             .map_err(|e| validation(0, e))?;
 
         // Copy the frames into the log. If that fails part-way, the frames
@@ -428,7 +416,7 @@ impl Shared {
         w.next_seq += records.len() as u64;
         w.written = base + records.len() as u32;
         self.durability.note_written(w.written);
-        if let Err(e) = self.fault(InjectionPoint::Indexed) {
+        if let Err(e) = self.step(InjectionPoint::Indexed) {
             // Nothing real fails here; an injected failure stands for "the
             // writer died with indexed, unpublished events": stop writing.
             self.durability.poison(e.to_string());
@@ -482,10 +470,10 @@ impl Shared {
                     length: frame_len as u32,
                 },
             });
-            self.fault(InjectionPoint::ItemWritten(i))
+            self.step(InjectionPoint::ItemWritten(i))
                 .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
         }
-        self.fault(InjectionPoint::FramesWritten)
+        self.step(InjectionPoint::FramesWritten)
             .map_err(|e| Failure::at(records.len().saturating_sub(1), BatchStage::Writing, e))?;
         Ok(receipts)
     }
@@ -631,12 +619,10 @@ impl Shared {
                 "segment id {next_id}"
             )));
         }
-        self.fault(InjectionPoint::BeforeRotate)?;
+        self.step(InjectionPoint::BeforeRotate)?;
         let new = self
             .log
-            .rotate(&mut w.active, frame_len, now_us, || {
-                self.fault(InjectionPoint::SegmentCreated)
-            })
+            .rotate(&mut w.active, frame_len, now_us)
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "segment rotation failed");
             })?;
@@ -672,16 +658,16 @@ impl Shared {
                 let mut w = writer.lock();
                 // Stopped meanwhile: nothing more reaches the file.
                 self.durability.check()?;
-                self.fault(InjectionPoint::BeforeFlush)?;
+                self.step(InjectionPoint::BeforeFlush)?;
                 w.active.flush_pending()?;
                 (w.active.segment().clone(), w.written)
             };
-            self.fault(InjectionPoint::BeforeSync)?;
+            self.step(InjectionPoint::BeforeSync)?;
             segment.sync(self.log.sync_mode())?;
             // Stopped while syncing (the power-loss hook cut the files
             // under this fsync): what it covered cannot be acknowledged.
             self.durability.check()?;
-            self.fault(InjectionPoint::Sync)?;
+            self.step(InjectionPoint::Sync)?;
             Ok(if max_batch == 0 {
                 written
             } else {
