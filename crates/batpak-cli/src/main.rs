@@ -43,7 +43,7 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR", conflicts_with = "url")]
     dir: Option<PathBuf>,
     /// A PostgreSQL store instead of a directory: postgres://user@host/db
-    /// (stats, ls, get, verify, export, graph, import).
+    /// (stats, ls, get, tail, verify, export, graph, import).
     #[arg(long, global = true, value_name = "URL")]
     url: Option<String>,
     /// The PostgreSQL schema holding the store (with --url).
@@ -135,6 +135,7 @@ impl Command {
             Command::Stats(_)
                 | Command::Ls(_)
                 | Command::Get(_)
+                | Command::Tail(_)
                 | Command::Verify(_)
                 | Command::Export(_)
                 | Command::Graph(_)
@@ -150,7 +151,7 @@ fn main() -> ExitCode {
     );
     let result = if cli.global.url.is_some() && !cli.command.takes_url() {
         Err(store_access::UsageError(
-            "--url works with stats, ls, get, verify, export, graph and import; \
+            "--url works with stats, ls, get, tail, verify, export, graph and import; \
              this command needs a store directory (--dir)"
                 .into(),
         )

@@ -1105,7 +1105,7 @@ fn inspection_commands_take_a_postgres_url() {
         4,
     );
     assert!(err.contains("no batpak store"), "{err}");
-    for cmd in [vec!["tail"], vec!["compact"], vec!["snapshot", "x"]] {
+    for cmd in [vec!["compact"], vec!["snapshot", "x"]] {
         let err = fails(&pg(&cmd), 2);
         assert!(err.contains("--url works with"), "{cmd:?}: {err}");
     }
@@ -1124,4 +1124,94 @@ fn inspection_commands_take_a_postgres_url() {
     assert_eq!(v["clean"], false);
     assert_eq!(v["problems"][0]["event_id"], hex(f.b1));
     assert_eq!(v["problems"][0]["kind"], "EventHashMismatch");
+}
+
+/// `tail --url` lists what is stable, then follows commits of any writer
+/// (here another connection pool, as another process would be), woken by
+/// their notifications.
+#[test]
+fn tail_follows_a_postgres_store_written_by_another_process() {
+    let Some((url, schema)) = postgres_store() else {
+        return;
+    };
+    let writer = batpak_postgres::PgStore::open(
+        batpak_postgres::PgConfig::new(url.clone()).with_schema(schema.clone()),
+    )
+    .expect("writer");
+    let append = |entity: &str, scope: &str, i: u32| {
+        let coord = Coordinate::new(entity, scope).expect("coordinate");
+        hex(
+            EventStore::append(&writer, &coord, EventKind::custom(3, 1), &json!({ "i": i }))
+                .expect("append")
+                .event_id,
+        )
+    };
+    let existing = [append("a:1", "tenant:a", 0), append("a:2", "tenant:a", 1)];
+    append("z:1", "tenant:z", 2);
+    let pg = |args: &[&str]| -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_batpak"));
+        c.args(["--url", url.as_str(), "--schema", schema.as_str()])
+            .args(args);
+        c
+    };
+    let listed = ndjson(&ok(&pg(&[
+        "tail", "--json", "--scope", "tenant:a", "--max", "2",
+    ])
+    .output()
+    .expect("tail")));
+    assert_eq!(ids_of(&listed), existing.to_vec());
+    let last = ndjson(&ok(&pg(&[
+        "tail",
+        "--json",
+        "--scope",
+        "tenant:a",
+        "-n",
+        "1",
+        "--timeout",
+        "0.3",
+    ])
+    .output()
+    .expect("tail")));
+    assert_eq!(ids_of(&last), vec![existing[1].clone()]);
+
+    let mut child = pg(&[
+        "tail",
+        "--json",
+        "--new-only",
+        "--scope",
+        "tenant:a",
+        "--max",
+        "3",
+        "--timeout",
+        "60",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn tail");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("following") {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "tail ended before following");
+    }
+    let started = Instant::now();
+    let mut appended = Vec::new();
+    for i in 0..4 {
+        // The second event is in another scope and must be skipped.
+        let scope = if i == 1 { "tenant:z" } else { "tenant:a" };
+        let id = append(&format!("late:{i}"), scope, i);
+        if i != 1 {
+            appended.push(id);
+        }
+    }
+    let out = child.wait_with_output().expect("wait tail");
+    assert!(out.status.success(), "tail failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "tail waited for its timeout instead of stopping at --max"
+    );
+    let lines = ndjson(&String::from_utf8(out.stdout).expect("utf-8"));
+    assert_eq!(ids_of(&lines), appended);
 }

@@ -21,6 +21,12 @@
 //! trait and their helpers.
 
 pub mod checks;
+pub mod delivery;
+
+#[doc(hidden)]
+pub use checks::*;
+#[doc(hidden)]
+pub use delivery::*;
 
 use batpak::prelude::*;
 use batpak::store::ClockFn;
@@ -36,12 +42,14 @@ pub struct Settings {
     pub batch_max_bytes: Option<u32>,
     /// The store's clock (µs since the Unix epoch).
     pub clock: Option<ClockFn>,
+    /// Buffer of each lossy subscription (`broadcast_capacity`).
+    pub broadcast_capacity: Option<usize>,
 }
 
 /// A backend under test: where one store lives, and how to open it.
 pub trait Harness: Sized {
     /// The backend's store.
-    type Store: EventStore + 'static;
+    type Store: EventFeed + 'static;
     /// The backend's name, for messages.
     const NAME: &'static str;
     /// Global sequences are numbered densely from 0 (the file store); a
@@ -57,6 +65,7 @@ pub trait Harness: Sized {
 }
 
 /// Run `check` against a fresh place of `H` (or skip, see [`Harness::new`]).
+/// The delivery checks are in [`delivery`]; the macro runs them as well.
 pub fn run<H: Harness>(name: &str, check: fn(&H)) {
     match H::new() {
         Some(h) => check(&h),
@@ -79,7 +88,7 @@ macro_rules! __conformance_test {
         $(
             #[test]
             fn $check() {
-                $crate::run::<$harness>(stringify!($check), $crate::checks::$check::<$harness>);
+                $crate::run::<$harness>(stringify!($check), $crate::$check::<$harness>);
             }
         )*
     };
@@ -121,6 +130,14 @@ macro_rules! __for_each_check {
             projections_fold_relevant_events,
             hashes_are_the_codecs,
             imports_keep_ids_clocks_times_and_hashes,
+            cursor_delivers_every_event_once_in_order_under_concurrent_writers,
+            cursors_follow_region_rules,
+            a_saved_position_resumes_in_a_new_handle,
+            wait_next_wakes_on_an_append_and_times_out,
+            lossy_subscribers_drop_alone_and_hear_batches_whole,
+            reactors_answer_every_trigger_once_and_resume_after_a_restart,
+            a_reactor_never_skips_a_trigger_it_cannot_answer,
+            watchers_emit_each_change_and_end_with_the_store,
         );
     };
 }

@@ -53,8 +53,25 @@ pub struct PgConfig {
     pub max_attempts: u32,
     /// Source of event timestamps (µs since the Unix epoch); `None` = system time.
     pub clock: Option<ClockFn>,
+    /// Announce commits with a `NOTIFY` on the store's channel, sent by a
+    /// background thread after each commit (default true). Waiting cursors
+    /// and subscriptions in every process wake on it; without it they find
+    /// new events at their next [`PgConfig::poll_interval`].
+    pub notify: bool,
+    /// Longest a waiting cursor or lossy subscription goes without reading,
+    /// whatever notifications say (default 500 ms): the bound on delivery
+    /// latency when a notification is lost or the listening connection is
+    /// down. Correctness never depends on it.
+    pub poll_interval: Duration,
+    /// Rows a cursor reads per round trip (1..=65,536, default 2048).
+    pub cursor_page_size: u32,
+    /// Buffer of each lossy subscription, in notifications (default 8192).
+    pub broadcast_capacity: usize,
     #[cfg(feature = "test-support")]
     pub(crate) before_commit: Option<BeforeCommitHook>,
+    /// Transactions per window of a filtered cursor scan (tests only).
+    #[cfg(feature = "test-support")]
+    pub(crate) cursor_window_xids: Option<i64>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -70,6 +87,10 @@ impl std::fmt::Debug for PgConfig {
             .field("batch_max_bytes", &self.batch_max_bytes)
             .field("max_attempts", &self.max_attempts)
             .field("clock", &self.clock.as_ref().map(|_| "custom"))
+            .field("notify", &self.notify)
+            .field("poll_interval", &self.poll_interval)
+            .field("cursor_page_size", &self.cursor_page_size)
+            .field("broadcast_capacity", &self.broadcast_capacity)
             .finish()
     }
 }
@@ -120,8 +141,14 @@ impl PgConfig {
             batch_max_bytes: 1024 * 1024,
             max_attempts: 100,
             clock: None,
+            notify: true,
+            poll_interval: Duration::from_millis(500),
+            cursor_page_size: 2048,
+            broadcast_capacity: 8192,
             #[cfg(feature = "test-support")]
             before_commit: None,
+            #[cfg(feature = "test-support")]
+            cursor_window_xids: None,
         }
     }
     /// Set `url`.
@@ -184,6 +211,30 @@ impl PgConfig {
         self.clock = clock;
         self
     }
+    /// Set `notify`.
+    #[must_use]
+    pub fn with_notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+    /// Set `poll_interval`.
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+    /// Set `cursor_page_size`.
+    #[must_use]
+    pub fn with_cursor_page_size(mut self, n: u32) -> Self {
+        self.cursor_page_size = n;
+        self
+    }
+    /// Set `broadcast_capacity`.
+    #[must_use]
+    pub fn with_broadcast_capacity(mut self, n: usize) -> Self {
+        self.broadcast_capacity = n;
+        self
+    }
     /// Test hook (feature `test-support`): run `hook` inside every append's
     /// transaction after its rows are written, before `COMMIT`. Appends then
     /// take an explicit transaction (three round trips instead of one).
@@ -191,6 +242,16 @@ impl PgConfig {
     #[must_use]
     pub fn with_before_commit(mut self, hook: Option<BeforeCommitHook>) -> Self {
         self.before_commit = hook;
+        self
+    }
+
+    /// Test hook (feature `test-support`): windows of `xids` transactions
+    /// for filtered cursor scans instead of 16,384, so that tests cross
+    /// windows with few events.
+    #[cfg(feature = "test-support")]
+    #[must_use]
+    pub fn with_cursor_window_xids(mut self, xids: i64) -> Self {
+        self.cursor_window_xids = Some(xids.max(1));
         self
     }
 
@@ -240,6 +301,21 @@ impl PgConfig {
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1".into());
         }
+        if self.poll_interval.is_zero() || self.poll_interval > Duration::from_secs(3600) {
+            return bad(format!(
+                "poll_interval must be more than zero and at most an hour, got {:?}",
+                self.poll_interval
+            ));
+        }
+        if !(1..=65_536).contains(&self.cursor_page_size) {
+            return bad(format!(
+                "cursor_page_size must be 1..=65536, got {}",
+                self.cursor_page_size
+            ));
+        }
+        if self.broadcast_capacity == 0 {
+            return bad("broadcast_capacity must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -255,6 +331,15 @@ impl PgConfig {
             batch_max_size: self.batch_max_size,
             batch_max_bytes: self.batch_max_bytes,
         }
+    }
+
+    /// Transactions per window of a filtered cursor scan.
+    pub(crate) fn cursor_window(&self) -> i64 {
+        #[cfg(feature = "test-support")]
+        if let Some(x) = self.cursor_window_xids {
+            return x;
+        }
+        crate::cursor::WINDOW_XIDS
     }
 
     pub(crate) fn now_us(&self) -> i64 {
@@ -326,6 +411,9 @@ mod tests {
             base.clone().with_single_append_max_bytes(0),
             base.clone().with_max_attempts(0),
             base.clone().with_connect_timeout(Duration::ZERO),
+            base.clone().with_poll_interval(Duration::ZERO),
+            base.clone().with_cursor_page_size(0),
+            base.clone().with_broadcast_capacity(0),
             PgConfig::new(" "),
         ] {
             assert!(matches!(cfg.validate(), Err(StoreError::Configuration(_))));

@@ -34,6 +34,10 @@
 //! | `schema`  | tables, indexes, the append function, migrations            |
 //! | `write`   | the append path: planning, the append loop, retries         |
 //! | `read`    | reads, region queries, the stable read                      |
+//! | `cursor`  | guaranteed cursors: pages below the stable bound            |
+//! | `feed`    | wake-ups (NOTIFY, LISTEN, fallback polling), subscriptions  |
+//! | `reactor` | reactors: election, checkpoints, trigger answering          |
+//! | `project` | projections through an optional projection cache            |
 //! | `verify`  | checking every chain                                        |
 //! | `error`   | mapping database failures to `StoreError`                   |
 //! | `testing` | a throwaway cluster for tests (feature `test-support`)      |
@@ -41,8 +45,12 @@
 #![warn(missing_docs)]
 
 mod config;
+mod cursor;
 mod error;
+mod feed;
 mod pool;
+mod project;
+mod reactor;
 mod read;
 mod schema;
 #[cfg(feature = "test-support")]
@@ -53,17 +61,20 @@ mod write;
 #[cfg(feature = "test-support")]
 pub use config::BeforeCommitHook;
 pub use config::{PgConfig, DEFAULT_SCHEMA};
+pub use cursor::PgCursor;
+pub use reactor::{default_reactor_name, ELECTION_POLL};
 pub use read::StableRead;
 pub use schema::SCHEMA_VERSION;
 pub use verify::{PgProblem, PgProblemKind, PgVerifyReport};
 
 use batpak::coordinate::{Coordinate, Region};
-use batpak::event::{EventKind, EventSourced, StoredEvent};
+use batpak::event::{EventKind, EventSourced, Reactive, StoredEvent};
 use batpak::store::codec;
 use batpak::store::{
-    AppendOptions, AppendReceipt, BatchAppendItem, EventStore, Freshness, IndexEntry, StoreError,
-    StoreStats,
+    AppendOptions, AppendReceipt, BatchAppendItem, EventFeed, EventStore, Freshness, IndexEntry,
+    ProjectionCache, StoreError, StoreStats, Subscription,
 };
+use feed::Feed;
 use parking_lot::Mutex;
 use pool::{Conn, Pool};
 use schema::Sql;
@@ -71,6 +82,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use write::Tail;
 
 /// An event store in a PostgreSQL schema. Every method blocks; the handle is
@@ -80,10 +92,21 @@ use write::Tail;
 pub struct PgStore {
     pool: Pool,
     config: PgConfig,
-    sql: Sql,
+    sql: Arc<Sql>,
     /// Newest known state of entities this handle appended to (write.rs).
     tails: Mutex<HashMap<String, Tail>>,
     schema_was: u32,
+    /// Delivery: wake-ups, subscriptions, the delivery threads (feed.rs).
+    feed: Arc<Feed>,
+    /// Where projections are cached, if anywhere (project.rs).
+    cache: Option<Box<dyn ProjectionCache>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Waiting cursors return, subscriptions end, threads exit.
+        self.feed.close();
+    }
 }
 
 /// What [`PgStore::describe`] reports.
@@ -127,12 +150,35 @@ impl PgStore {
             let mut conn = pool.get().map_err(error::pool_error)?;
             schema::migrate(&mut conn.client, &config.schema)?
         };
+        Self::assemble(config, pool, schema_was)
+    }
+
+    /// [`PgStore::open`] with a projection cache: `project` and projection
+    /// watchers keep folded values in `cache` and honour [`Freshness`] as
+    /// the file store does (watermarks are positions).
+    ///
+    /// # Errors
+    /// As [`PgStore::open`].
+    pub fn open_with_cache(
+        config: PgConfig,
+        cache: impl ProjectionCache,
+    ) -> Result<Self, StoreError> {
+        let mut store = Self::open(config)?;
+        store.cache = Some(Box::new(cache));
+        Ok(store)
+    }
+
+    fn assemble(config: PgConfig, pool: Pool, schema_was: u32) -> Result<Self, StoreError> {
+        let sql = Arc::new(Sql::new(&config.schema));
+        let feed = Feed::new(&config, pool.clone(), sql.clone())?;
         Ok(Self {
-            sql: Sql::new(&config.schema),
+            sql,
             pool,
             config,
             tails: Mutex::new(HashMap::new()),
             schema_was,
+            feed,
+            cache: None,
         })
     }
 
@@ -167,13 +213,7 @@ impl PgStore {
                 config.schema
             )));
         }
-        Ok(Some(Self {
-            sql: Sql::new(&config.schema),
-            pool,
-            config,
-            tails: Mutex::new(HashMap::new()),
-            schema_was: found,
-        }))
+        Self::assemble(config, pool, found).map(Some)
     }
 
     /// Counters for tools: events, entities, the next position and the
@@ -227,35 +267,16 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<T, WithConn> {
-        let mut conn = self
-            .pool
-            .get()
-            .map_err(|e| WithConn::Pool(error::pool_error(e)))?;
-        let result = f(&mut conn);
-        match &result {
-            Ok(_) => conn.touch(),
-            Err(e) if error::ends_session(e) => conn.broken = true,
-            Err(_) => {}
-        }
-        result.map_err(WithConn::Db)
+        with_conn(&self.pool, f)
     }
 
     /// Run a read `f`; a connection found dead when used is replaced once
     /// (reads change nothing, so repeating one is safe).
     pub(crate) fn db<T>(
         &self,
-        mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+        f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        match self.with_conn(&mut f) {
-            Ok(v) => Ok(v),
-            Err(WithConn::Db(e)) if error::ends_session(&e) => match self.with_conn(&mut f) {
-                Ok(v) => Ok(v),
-                Err(WithConn::Pool(e)) => Err(e),
-                Err(WithConn::Db(e)) => Err(error::store_error(e)),
-            },
-            Err(WithConn::Pool(e)) => Err(e),
-            Err(WithConn::Db(e)) => Err(error::store_error(e)),
-        }
+        read_with(&self.pool, f)
     }
 
     /// Check every entity's chain: clocks dense from 0, every `prev_hash`
@@ -269,6 +290,46 @@ impl PgStore {
     /// is a [`PgProblem`] in the report, not an error).
     pub fn verify(&self) -> Result<PgVerifyReport, StoreError> {
         verify::verify(self)
+    }
+}
+
+/// Run `f` on a connection of `pool`; a connection the error shows dead is
+/// marked broken, so the pool never hands it out again.
+pub(crate) fn with_conn<T>(
+    pool: &Pool,
+    f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+) -> Result<T, WithConn> {
+    let mut conn = pool
+        .get()
+        .map_err(|e| WithConn::Pool(error::pool_error(e)))?;
+    let result = f(&mut conn);
+    match &result {
+        Ok(_) => conn.touch(),
+        Err(e) if error::ends_session(e) => conn.broken = true,
+        Err(_) => {}
+    }
+    result.map_err(WithConn::Db)
+}
+
+/// Run a read `f` on a connection of `pool`. A connection found dead when
+/// used is dropped from the pool and the read repeated on another (reads
+/// change nothing, so repeating one is safe), as many times as the pool has
+/// connections, so a server that ended every session (a restart, a
+/// failover, an administrator) costs reconnecting, not an error.
+pub(crate) fn read_with<T>(
+    pool: &Pool,
+    mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+) -> Result<T, StoreError> {
+    let attempts = pool.max_size().saturating_add(1);
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match with_conn(pool, &mut f) {
+            Ok(v) => return Ok(v),
+            Err(WithConn::Db(e)) if error::ends_session(&e) && tried < attempts => continue,
+            Err(WithConn::Pool(e)) => return Err(e),
+            Err(WithConn::Db(e)) => return Err(error::store_error(e)),
+        }
     }
 }
 
@@ -362,25 +423,105 @@ impl EventStore for PgStore {
     }
 
     fn close(self) -> Result<(), StoreError> {
-        // Dropping the pool closes its connections; nothing is pending.
+        // The delivery threads stop; dropping the pool closes its
+        // connections; nothing is pending.
+        self.feed.close_and_join();
         drop(self);
         Ok(())
     }
 
-    /// One query for the entity's events of the kinds `T` reads (there is
-    /// no projection cache; `freshness` is always met).
+    /// The entity's relevant events up to its newest one, through the
+    /// projection cache when the store has one (see project.rs).
     fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
     where
         T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
     {
-        let _ = freshness;
-        let events = self.entity_events(entity)?;
-        let kinds = T::relevant_event_kinds();
-        let events: Vec<_> = events
-            .into_iter()
-            .filter(|e| kinds.is_empty() || kinds.contains(&e.event.header.event_kind))
-            .map(|e| e.event)
-            .collect();
-        Ok(T::from_events(&events))
+        match self.newest_relevant_position::<T>(entity)? {
+            Some(latest) => self.project_through_position(entity, freshness, latest),
+            None => Ok(T::from_events(&[])),
+        }
+    }
+}
+
+impl PgStore {
+    /// A guaranteed cursor over `region` from the beginning of history
+    /// (see [`PgCursor`]).
+    pub fn cursor_guaranteed(&self, region: &Region) -> PgCursor {
+        self.cursor_from(region, None)
+    }
+
+    /// A guaranteed cursor over `region` that starts after position `after`
+    /// (`None`: from the beginning), to resume from a saved
+    /// [`PgCursor::position`], in this process or any other.
+    pub fn cursor_from(&self, region: &Region, after: Option<u64>) -> PgCursor {
+        PgCursor::new(self.feed.clone(), region, after)
+    }
+
+    /// A lossy subscription to events of `region` that commit from now on,
+    /// in any process (see [`Subscription`]): the listener thread reads new
+    /// stable events once for all subscribers of this handle and offers
+    /// each to every subscriber whose region it matches, never waiting; a
+    /// full buffer (`broadcast_capacity`) drops and counts. It ends when the
+    /// store closes.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Backend` (reading the stable bound that "now" is).
+    pub fn subscribe_lossy(&self, region: &Region) -> Result<Subscription, StoreError> {
+        self.feed.subscribe(region)
+    }
+
+    /// Lossy subscribers registered on this handle.
+    pub fn subscriber_count(&self) -> usize {
+        self.feed.subscribers()
+    }
+
+    /// Whether this handle's listening connection is up, so that commits of
+    /// other processes wake its cursors at once (otherwise they are found
+    /// within `poll_interval`). Started by the first cursor that waits or
+    /// the first subscription.
+    pub fn is_listening(&self) -> bool {
+        self.feed.is_listening()
+    }
+}
+
+impl EventFeed for PgStore {
+    type Cursor = PgCursor;
+
+    fn cursor_from(&self, region: &Region, after: Option<u64>) -> PgCursor {
+        PgStore::cursor_from(self, region, after)
+    }
+
+    fn subscribe_lossy(&self, region: &Region) -> Result<Subscription, StoreError> {
+        PgStore::subscribe_lossy(self, region)
+    }
+
+    fn react_loop<R>(
+        self: &Arc<Self>,
+        region: &Region,
+        reactor: R,
+    ) -> Result<std::thread::JoinHandle<()>, StoreError>
+    where
+        R: Reactive<Value> + Send + 'static,
+    {
+        PgStore::react_loop(self, region, reactor)
+    }
+
+    fn newest_relevant<T>(&self, entity: &str) -> Result<Option<u64>, StoreError>
+    where
+        T: EventSourced<Value> + 'static,
+    {
+        self.newest_relevant_position::<T>(entity)
+    }
+
+    fn project_through<T>(
+        &self,
+        entity: &str,
+        freshness: &Freshness,
+        through: u64,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
+    {
+        self.project_through_position(entity, freshness, through)
     }
 }

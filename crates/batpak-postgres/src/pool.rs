@@ -57,6 +57,43 @@ impl Manager {
         }
         Ok(Self { config })
     }
+
+    /// A connection outside the pool for one of the store's own threads,
+    /// named `<application name> <role>` in `pg_stat_activity` (the
+    /// listener, the notifier, a reactor's lock), with the pool's session
+    /// settings.
+    pub(crate) fn connect_as(&self, role: &str) -> Result<Conn, postgres::Error> {
+        let mut config = self.config.clone();
+        let base = config.get_application_name().unwrap_or("batpak").to_owned();
+        config.application_name(&format!("{base} {role}"));
+        open(&config)
+    }
+}
+
+/// Connect with `config` and fix the session settings the guarantees rest on.
+fn open(config: &postgres::Config) -> Result<Conn, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    // The append protocol takes a fresh snapshot per statement after
+    // locking (READ COMMITTED; see docs/postgres.md), and a receipt
+    // must mean the commit record is flushed: never accept `off`.
+    // Statements are prepared once per connection; planning the append
+    // statement anew on every call (a "custom" plan) would cost more
+    // than running it, and its generic plan is the same index lookups.
+    client.batch_execute(
+        "SET default_transaction_isolation TO 'read committed';
+         SET plan_cache_mode TO force_generic_plan;
+         DO $$ BEGIN
+           IF current_setting('synchronous_commit') = 'off' THEN
+             PERFORM set_config('synchronous_commit', 'on', false);
+           END IF;
+         END $$;",
+    )?;
+    Ok(Conn {
+        client,
+        statements: HashMap::new(),
+        last_used: Instant::now(),
+        broken: false,
+    })
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -64,28 +101,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Conn, postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
-        // The append protocol takes a fresh snapshot per statement after
-        // locking (READ COMMITTED; see docs/postgres.md), and a receipt
-        // must mean the commit record is flushed: never accept `off`.
-        // Statements are prepared once per connection; planning the append
-        // statement anew on every call (a "custom" plan) would cost more
-        // than running it, and its generic plan is the same index lookups.
-        client.batch_execute(
-            "SET default_transaction_isolation TO 'read committed';
-             SET plan_cache_mode TO force_generic_plan;
-             DO $$ BEGIN
-               IF current_setting('synchronous_commit') = 'off' THEN
-                 PERFORM set_config('synchronous_commit', 'on', false);
-               END IF;
-             END $$;",
-        )?;
-        Ok(Conn {
-            client,
-            statements: HashMap::new(),
-            last_used: Instant::now(),
-            broken: false,
-        })
+        open(&self.config)
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {

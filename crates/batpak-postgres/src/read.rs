@@ -39,7 +39,7 @@ pub(crate) fn entry(row: &Row) -> Result<IndexEntry, StoreError> {
 }
 
 /// An index entry from a row whose [`ENTRY_COLUMNS`] start at column `at`.
-fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
+pub(crate) fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
     let clock: i64 = col(row, at + 4)?;
     let kind: i32 = col(row, at + 5)?;
     let timestamp_us: i64 = col(row, at + 6)?;
@@ -174,6 +174,69 @@ pub(crate) fn region_filter(
     (sql, params)
 }
 
+/// The current stable bound: every transaction that can still write below
+/// it has ended (ADR 0018).
+pub(crate) fn stable_bound(pool: &crate::pool::Pool) -> Result<u64, StoreError> {
+    let rows = crate::read_with(pool, |c| {
+        let st =
+            c.statement("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20")?;
+        c.client.query(&st, &[])
+    })?;
+    let row = rows.first().ok_or_else(|| damaged("bound", "no row"))?;
+    position(col(row, 0)?)
+}
+
+/// Where a lossy subscription starts: after `after`, skipping `committed`.
+pub(crate) struct SubscriptionStart {
+    pub(crate) after: Option<u64>,
+    pub(crate) committed: Vec<u64>,
+}
+
+/// At most this many positions committed above the stable bound are
+/// remembered for a new subscriber; past it (the bound held back for long)
+/// the subscriber starts after the newest committed event instead, and may
+/// miss a late commit below it, as a lossy subscriber may.
+const MAX_REMEMBERED: i64 = 100_000;
+
+/// Where a subscription that hears events "committed from now on" starts:
+/// from the stable bound (nothing can commit below it later), skipping the
+/// events at or above it that have already committed, read in the same
+/// snapshot as the bound.
+pub(crate) fn subscription_start(
+    pool: &crate::pool::Pool,
+    schema: &str,
+) -> Result<SubscriptionStart, StoreError> {
+    let sql = format!(
+        "SELECT b.bound, ARRAY(SELECT position FROM {schema}.events \
+                               WHERE position >= b.bound ORDER BY position LIMIT $1), \
+                (SELECT max(position) FROM {schema}.events) \
+         FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS bound) b"
+    );
+    let rows = crate::read_with(pool, |c| {
+        let st = c.statement(&sql)?;
+        c.client.query(&st, &[&MAX_REMEMBERED])
+    })?;
+    let row = rows
+        .first()
+        .ok_or_else(|| damaged("subscription start", "no row"))?;
+    let bound = position(col(row, 0)?)?;
+    let committed: Vec<i64> = col(row, 1)?;
+    let newest: Option<i64> = col(row, 2)?;
+    if committed.len() as i64 >= MAX_REMEMBERED {
+        return Ok(SubscriptionStart {
+            after: newest.map(position).transpose()?,
+            committed: Vec::new(),
+        });
+    }
+    Ok(SubscriptionStart {
+        after: bound.checked_sub(1),
+        committed: committed
+            .into_iter()
+            .map(position)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 /// What [`PgStore::read_stable`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StableRead {
@@ -223,17 +286,6 @@ impl PgStore {
 
     pub(crate) fn stream_entries(&self, entity: &str) -> Result<Vec<IndexEntry>, StoreError> {
         entries(&self.rows(&self.sql.stream, &[&entity])?)
-    }
-
-    /// Every event of `entity` with its payload, in clock order.
-    pub(crate) fn entity_events(
-        &self,
-        entity: &str,
-    ) -> Result<Vec<StoredEvent<serde_json::Value>>, StoreError> {
-        self.rows(&self.sql.stream_events, &[&entity])?
-            .iter()
-            .map(event)
-            .collect()
     }
 
     pub(crate) fn correlated(&self, correlation_id: u128) -> Result<Vec<IndexEntry>, StoreError> {
@@ -355,12 +407,7 @@ impl PgStore {
     /// # Errors
     /// `Unavailable`, `Backend`.
     pub fn stable_position(&self) -> Result<u64, StoreError> {
-        let rows = self.rows(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20",
-            &[],
-        )?;
-        let row = rows.first().ok_or_else(|| damaged("bound", "no row"))?;
-        position(col(row, 0)?)
+        stable_bound(&self.pool)
     }
 }
 

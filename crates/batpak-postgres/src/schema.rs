@@ -12,7 +12,7 @@ use batpak::store::StoreError;
 use postgres::Client;
 
 /// The newest schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Advisory-lock class of batpak's migrations (the second key is the
 /// schema name's hash), chosen to stay clear of an application's own keys.
@@ -26,11 +26,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "events, streams, indexes, all_or_nothing()",
-    sql: MIGRATION_1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "events, streams, indexes, all_or_nothing()",
+        sql: MIGRATION_1,
+    },
+    Migration {
+        version: 2,
+        description: "delivery: the kind-category index, reactor checkpoints",
+        sql: MIGRATION_2,
+    },
+];
 
 /// Version 1. `events` holds every event once; `streams` holds one row per
 /// entity with its newest clock, hash, time and position, which appends
@@ -98,6 +105,26 @@ BEGIN
     RETURN true;
 END
 $fn$;
+"#;
+
+/// Version 2, for delivery (ADR 0020). Cursors over a kind category read
+/// one index range in position order, as those over a scope or a kind do.
+/// `reactors` holds the checkpoint of each named reactor: the position of
+/// a trigger up to which every trigger of its region has been answered,
+/// written only by the reactor that holds the name's advisory lock.
+///
+/// On an existing store the index is built while the migration's
+/// transaction blocks appends; for a large store, build it first with
+/// `CREATE INDEX CONCURRENTLY events_category_idx ON <schema>.events
+/// ((kind >> 12), position)` and the migration finds it.
+const MIGRATION_2: &str = r#"
+CREATE INDEX IF NOT EXISTS events_category_idx ON {s}.events ((kind >> 12), position);
+CREATE TABLE {s}.reactors (
+    name        text        COLLATE "C" NOT NULL,
+    position    bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT reactors_pkey PRIMARY KEY (name)
+);
 "#;
 
 /// One append or batch, atomically, in one statement: one round trip,
@@ -339,7 +366,6 @@ pub(crate) struct Sql {
     pub(crate) claim_late_id: String,
     pub(crate) get: String,
     pub(crate) stream: String,
-    pub(crate) stream_events: String,
     pub(crate) by_correlation: String,
     pub(crate) children: String,
     pub(crate) walk: String,
@@ -374,9 +400,6 @@ impl Sql {
             get: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = $1"),
             stream: format!(
                 "SELECT {ENTRY_COLUMNS} FROM {s}.events WHERE entity = $1 ORDER BY clock"
-            ),
-            stream_events: format!(
-                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE entity = $1 ORDER BY clock"
             ),
             // The root through its id, the rest through the partial index.
             by_correlation: format!(

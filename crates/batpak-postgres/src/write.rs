@@ -321,6 +321,7 @@ impl PgStore {
             };
             match self.attempt(events, &names, &base, lost >= 2) {
                 Ok(Sent::Written { base, plan }) => {
+                    self.feed.committed(base + last as u64);
                     self.remember(
                         plan.entities
                             .iter()

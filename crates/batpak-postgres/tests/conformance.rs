@@ -31,6 +31,9 @@ impl Harness for Postgres {
         if let Some(n) = settings.batch_max_bytes {
             cfg = cfg.with_batch_max_bytes(n);
         }
+        if let Some(n) = settings.broadcast_capacity {
+            cfg = cfg.with_broadcast_capacity(n);
+        }
         PgStore::open(cfg).expect("open store")
     }
 }

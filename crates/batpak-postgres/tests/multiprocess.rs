@@ -17,6 +17,8 @@
 //! happened; and the reader saw every event exactly once, in position order,
 //! although it read while transactions committed out of order.
 
+mod support;
+
 use batpak::prelude::*;
 use batpak::store::codec;
 use batpak_postgres::{testing, PgConfig, PgStore};
@@ -24,7 +26,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,20 +36,7 @@ const ENTITIES: u64 = 6;
 const KIND: EventKind = EventKind::custom(1, 1);
 const SHARED_KIND: EventKind = EventKind::custom(1, 2);
 
-/// A small deterministic generator (seeded per writer generation).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use support::Rng;
 
 fn entity(i: u64) -> Coordinate {
     Coordinate::new(format!("acct:{i}"), "bank").unwrap()
@@ -246,25 +235,23 @@ struct Writer {
 
 fn spawn_writer(dir: &Path, cfg: &PgConfig, slot: u64, generation: u64) -> Writer {
     let pausing = slot.is_multiple_of(2);
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "writer_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(ROLE, "writer")
-        .env("BATPAK_MP_SLOT", slot.to_string())
-        .env("BATPAK_MP_GEN", generation.to_string())
-        .env("BATPAK_MP_DIR", dir)
-        .env("BATPAK_MP_URL", &cfg.url)
-        .env("BATPAK_MP_SCHEMA", &cfg.schema)
-        .env("BATPAK_MP_PAUSING", if pausing { "1" } else { "0" })
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("w{slot}-{generation}.stderr"))).unwrap())
-        .spawn()
-        .unwrap();
+    let child = support::spawn_child(
+        "writer_child",
+        ROLE,
+        "writer",
+        &[
+            ("BATPAK_MP_SLOT", slot.to_string()),
+            ("BATPAK_MP_GEN", generation.to_string()),
+            ("BATPAK_MP_DIR", dir.display().to_string()),
+            ("BATPAK_MP_URL", cfg.url.clone()),
+            ("BATPAK_MP_SCHEMA", cfg.schema.clone()),
+            (
+                "BATPAK_MP_PAUSING",
+                if pausing { "1" } else { "0" }.to_owned(),
+            ),
+        ],
+        &dir.join(format!("w{slot}-{generation}.stderr")),
+    );
     Writer {
         slot,
         generation,

@@ -447,8 +447,11 @@ fn verify_while_appending(relaxed: bool) {
     };
     let mut last_checked = 0;
     for run in 0..8u64 {
-        // Each run starts after the writer got further: it checks more.
-        while acked.load(Ordering::Acquire) < (run + 1) * 60 {
+        // Each run starts after the writer got further than everything the
+        // previous run checked: it checks more.
+        while acked.load(Ordering::Acquire) < (run + 1) * 60
+            || acked.load(Ordering::Acquire) <= last_checked
+        {
             std::thread::yield_now();
         }
         let before = acked.load(Ordering::Acquire);

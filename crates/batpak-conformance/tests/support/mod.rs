@@ -17,5 +17,8 @@ pub fn config(dir: &Path, settings: &Settings) -> StoreConfig {
     if let Some(n) = settings.batch_max_bytes {
         cfg = cfg.with_batch_max_bytes(n);
     }
+    if let Some(n) = settings.broadcast_capacity {
+        cfg = cfg.with_broadcast_capacity(n);
+    }
     cfg
 }

@@ -27,6 +27,16 @@ use crate::store::format::{chain, payload, record::EventRecord};
 use crate::store::StoreError;
 use serde::Serialize;
 
+/// The idempotency key of output `index` of the reaction to the event
+/// `trigger`: every backend's reactors append reactions under these keys
+/// (see [`crate::store::answer_trigger`]), so re-answering a trigger, in
+/// any process, never writes its reactions twice. Pinned: changing it would
+/// re-run every reaction ever written.
+#[must_use]
+pub fn reaction_key(trigger: u128, index: usize) -> u128 {
+    crate::store::delivery::reaction_key(trigger, index)
+}
+
 /// Deepest nesting of arrays and maps a payload may have; deeper payloads
 /// are refused with `Serialization` (the limit `serde_json` parses to).
 pub const MAX_PAYLOAD_DEPTH: usize = payload::MAX_DEPTH;

@@ -10,7 +10,7 @@
 //! | `read`        | `get`, `walk_ancestors`, queries                            |
 //! | `index`       | the in-memory index                                         |
 //! | `recovery`    | rebuilding the index at open                                |
-//! | `delivery`    | guaranteed cursors, lossy subscriptions, reactors           |
+//! | `delivery`    | guaranteed cursors, lossy subscriptions, reactors, `EventFeed` |
 //! | `projection`  | projections, their caches and watchers                      |
 //! | `maintenance` | footers, checkpoint, compaction, snapshot, verify           |
 //! | `fault`       | fault injection types; the test I/O seam (feature `dangerous-test-hooks`) |
@@ -49,7 +49,10 @@ pub use config::{
     SyncMode, WriterConfig, MAX_SEGMENT_BYTES, MAX_SINGLE_APPEND_BYTES,
 };
 pub use contract::EventStore;
-pub use delivery::{Cursor, Notification, Subscription, SubscriptionOps};
+pub use delivery::{
+    answer_trigger, Cursor, EventCursor, EventFeed, Notification, Subscription, SubscriptionFeed,
+    SubscriptionOps,
+};
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{

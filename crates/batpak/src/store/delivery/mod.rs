@@ -8,29 +8,24 @@
 //! writes to the log; reactors append through the public `Store` API.
 
 mod cursor;
+mod feed;
 mod reactor;
 mod subscription;
 
 pub use cursor::Cursor;
-pub use subscription::{Notification, Subscription, SubscriptionOps};
+pub use feed::{answer_trigger, EventCursor, EventFeed};
+pub(crate) use reactor::reaction_key;
+pub use subscription::{Notification, Subscription, SubscriptionFeed, SubscriptionOps};
 
 use crate::coordinate::Region;
 use crate::store::Shared;
 use parking_lot::{Mutex, RwLock};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// One lossy subscriber.
-struct Subscriber {
-    region: Region,
-    tx: flume::Sender<Notification>,
-    dropped: Arc<AtomicU64>,
-}
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// The lossy subscribers of a store and how far they have been served.
 #[derive(Default)]
 pub(crate) struct Subscribers {
-    list: RwLock<Vec<Subscriber>>,
+    list: RwLock<Vec<SubscriptionFeed>>,
     count: AtomicU32,
     /// Slots below this were offered to every subscriber present at the time.
     dispatched: AtomicU32,
@@ -93,32 +88,25 @@ impl Shared {
                 let mut note: Option<Notification> = None;
                 let (entity, scope, kind) = index.coordinate_parts(slot);
                 for s in list.iter() {
-                    if !s.region.matches_event(entity, scope, kind) {
+                    if !s.region().matches_event(entity, scope, kind) {
                         continue;
                     }
                     let n = note.get_or_insert_with(|| Notification::from_index(&index, slot));
-                    match s.tx.try_send(n.clone()) {
-                        Ok(()) => {}
-                        Err(flume::TrySendError::Full(_)) => {
-                            s.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(flume::TrySendError::Disconnected(_)) => gone = true,
-                    }
+                    gone |= !s.offer(n.clone());
                 }
             }
         }
         subs.dispatched.store(to, Ordering::Release);
         if gone {
             let mut list = subs.list.write();
-            list.retain(|s| !s.tx.is_disconnected());
+            list.retain(|s| !s.is_gone());
             subs.count.store(list.len() as u32, Ordering::Release);
         }
     }
 
     /// Register a lossy subscriber for events made visible from now on.
     pub(crate) fn subscribe(&self, region: &Region) -> Subscription {
-        let (tx, rx) = flume::bounded(self.config.broadcast_capacity);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (feed, subscription) = Subscription::channel(region, self.config.broadcast_capacity);
         let subs = &self.subscribers;
         let _serving = subs.dispatching.lock();
         // Serve the subscribers already present up to now, so the new one
@@ -130,12 +118,8 @@ impl Shared {
                 .store(self.durability.visible(), Ordering::Release);
         }
         let mut list = subs.list.write();
-        list.push(Subscriber {
-            region: region.clone(),
-            tx,
-            dropped: dropped.clone(),
-        });
+        list.push(feed);
         subs.count.store(list.len() as u32, Ordering::Release);
-        Subscription::new(rx, region.clone(), dropped)
+        subscription
     }
 }

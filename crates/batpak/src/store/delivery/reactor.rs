@@ -3,7 +3,7 @@
 
 use crate::coordinate::Region;
 use crate::event::Reactive;
-use crate::store::{AppendOptions, Store, StoreError};
+use crate::store::{Store, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ const IDLE_CHECK: Duration = Duration::from_millis(50);
 /// The idempotency key of output `index` of the reaction to `trigger`: the
 /// same on every run, so reprocessing a trigger never duplicates its outputs.
 /// (FNV-1a, not blake3: the key must not change with the `blake3` feature.)
-pub(crate) fn reaction_key(trigger: u128, index: usize) -> u128 {
+pub fn reaction_key(trigger: u128, index: usize) -> u128 {
     let mut bytes = [0u8; 18 + 16 + 8];
     bytes[..18].copy_from_slice(b"batpak.reaction.v1");
     bytes[18..34].copy_from_slice(&trigger.to_le_bytes());
@@ -113,22 +113,14 @@ impl Store {
     }
 }
 
-/// Run the reactor on one trigger and append its outputs.
+/// Run the reactor on one trigger and append its outputs (the code every
+/// backend shares, so the reactions are the same events whoever answers).
 fn answer<R: Reactive<serde_json::Value>>(
     store: &Store,
     reactor: &R,
     trigger: u128,
 ) -> Result<(), StoreError> {
-    let event = store.get(trigger)?;
-    let correlation = event.event.header.correlation_id;
-    for (i, (coord, kind, payload)) in reactor.react(&event.event).into_iter().enumerate() {
-        let opts = AppendOptions::new()
-            .with_idempotency(reaction_key(trigger, i))
-            .with_correlation(correlation)
-            .with_causation(trigger);
-        store.append_with_options(&coord, kind, &payload, opts)?;
-    }
-    Ok(())
+    super::feed::answer_trigger(store, reactor, trigger)
 }
 
 #[cfg(test)]

@@ -38,6 +38,43 @@ impl Notification {
     }
 }
 
+/// The sending half of one lossy subscription, kept by the backend that
+/// feeds it: offering never blocks; a notification that finds the buffer
+/// full is dropped and counted in the subscriber's [`Subscription::dropped`].
+/// Made with [`Subscription::channel`] (a backend other than the file store
+/// uses it; the file store feeds its subscribers the same way).
+#[derive(Debug)]
+pub struct SubscriptionFeed {
+    tx: flume::Sender<Notification>,
+    region: Region,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SubscriptionFeed {
+    /// The region the subscriber asked for.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Offer `n` without waiting: false once the subscriber is gone (its
+    /// [`Subscription`] was dropped); a full buffer counts a drop.
+    pub fn offer(&self, n: Notification) -> bool {
+        match self.tx.try_send(n) {
+            Ok(()) => true,
+            Err(flume::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(flume::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The subscriber dropped its [`Subscription`].
+    pub fn is_gone(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+}
+
 /// A lossy, push-based stream of notifications for a region. When its buffer
 /// (`broadcast_capacity`) is full, new notifications for it are dropped and
 /// counted; the writer never waits for it. It ends (`recv` gives `None`)
@@ -59,6 +96,20 @@ impl Subscription {
             region,
             dropped,
         }
+    }
+
+    /// A subscription to `region` with a buffer of `capacity`
+    /// notifications (at least 1), and the half that feeds it. Dropping the
+    /// feed ends the subscription (`recv` gives `None`).
+    pub fn channel(region: &Region, capacity: usize) -> (SubscriptionFeed, Subscription) {
+        let (tx, rx) = flume::bounded(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let feed = SubscriptionFeed {
+            tx,
+            region: region.clone(),
+            dropped: dropped.clone(),
+        };
+        (feed, Subscription::new(rx, region.clone(), dropped))
     }
 
     /// The next notification, blocking; `None` once the store has closed.

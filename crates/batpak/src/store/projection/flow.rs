@@ -6,11 +6,12 @@ use crate::event::{Event, EventSourced};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
 
-/// The cache key of `T` for `entity`: entity, a type name that does not
+/// The cache key of `T` for `entity`, for every backend's projection cache:
+/// entity, a type name that does not
 /// change between builds of the same code, the schema version and the
 /// history epoch (bumped when compaction rewrites history), so a value is
 /// never read back by another type, schema or history.
-pub(crate) fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch: u64) -> Vec<u8> {
+pub fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch: u64) -> Vec<u8> {
     let name = std::any::type_name::<T>();
     let mut k = Vec::with_capacity(entity.len() + name.len() + 24);
     k.extend_from_slice(entity.as_bytes());
@@ -22,7 +23,8 @@ pub(crate) fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch:
     k
 }
 
-pub(super) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
+/// Whether `T` reads events of `kind` (no kinds listed: every kind).
+pub(crate) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
     let kinds = T::relevant_event_kinds();
     kinds.is_empty() || kinds.contains(&kind)
 }
@@ -150,7 +152,7 @@ impl Store {
 
     /// [`Store::project`] for an entity whose newest relevant event has
     /// global sequence `latest` (the caller looked it up).
-    pub(super) fn project_at<T>(
+    pub(crate) fn project_at<T>(
         &self,
         entity: &str,
         freshness: &Freshness,

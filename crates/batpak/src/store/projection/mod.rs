@@ -10,6 +10,8 @@ mod memo;
 mod native;
 mod watch;
 
+pub use flow::cache_key;
+pub(crate) use flow::relevant;
 pub(crate) use memo::Memo;
 pub(crate) use native::key_hash;
 pub use native::NativeCache;

@@ -1,9 +1,10 @@
-//! Projection watchers: re-project an entity whenever it changes.
+//! Projection watchers: re-project an entity whenever it changes, on any
+//! backend that delivers events ([`EventFeed`]).
 
 use super::Freshness;
 use crate::coordinate::Region;
 use crate::event::EventSourced;
-use crate::store::{Store, StoreError, Subscription};
+use crate::store::{EventFeed, Store, StoreError, Subscription};
 use std::marker::PhantomData;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,8 +18,10 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// projects the latest state, so notifications dropped by a full buffer only
 /// merge updates, never lose one. It holds no strong reference to the store
 /// and ends (`Ok(None)`) when the store is closed or dropped.
-pub struct ProjectionWatcher<T> {
-    store: Weak<Store>,
+///
+/// `S` is the backend (the file store by default; any [`EventFeed`]).
+pub struct ProjectionWatcher<T, S = Store> {
+    store: Weak<S>,
     entity: String,
     freshness: Freshness,
     subscription: Subscription,
@@ -29,10 +32,30 @@ pub struct ProjectionWatcher<T> {
     _value: PhantomData<fn() -> T>,
 }
 
-impl<T> ProjectionWatcher<T>
+impl<T, S> ProjectionWatcher<T, S>
 where
     T: EventSourced<serde_json::Value> + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    S: EventFeed,
 {
+    /// A watcher of `entity` fed by `subscription` (a lossy subscription to
+    /// at least the entity's events).
+    pub(crate) fn new(
+        store: &Arc<S>,
+        entity: &str,
+        freshness: Freshness,
+        subscription: Subscription,
+    ) -> Self {
+        Self {
+            store: Arc::downgrade(store),
+            entity: entity.to_owned(),
+            freshness,
+            subscription,
+            last: None,
+            seen_dropped: 0,
+            _value: PhantomData,
+        }
+    }
+
     /// Block until a relevant event for the entity is committed, then return
     /// the entity's projection. `Ok(None)` once the store is gone (or if the
     /// projection itself is `None`).
@@ -43,7 +66,7 @@ where
         loop {
             // While idle, look again now and then: if notifications were
             // dropped (a full buffer), the change they announced is found
-            // from the index instead, so the watcher converges anyway.
+            // from the store instead, so the watcher converges anyway.
             let mut relevant = match self.subscription.receiver().recv_timeout(RECHECK) {
                 Ok(first) => self.concerns(&first),
                 Err(flume::RecvTimeoutError::Disconnected) => return Ok(None),
@@ -67,14 +90,19 @@ where
             let Some(store) = self.store.upgrade() else {
                 return Ok(None);
             };
-            let latest = store.latest_relevant::<T>(&self.entity);
+            let latest = store.newest_relevant::<T>(&self.entity)?;
             let Some(seq) = latest.filter(|_| latest != self.last) else {
                 continue;
             };
-            let value = store.project_at::<T>(&self.entity, &self.freshness, seq)?;
+            let value = store.project_through::<T>(&self.entity, &self.freshness, seq)?;
             self.last = latest;
             return Ok(value);
         }
+    }
+
+    /// The underlying lossy subscription.
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
     }
 
     fn concerns(&self, n: &crate::store::Notification) -> bool {
@@ -97,14 +125,6 @@ impl Store {
             + 'static,
     {
         let subscription = self.subscribe_lossy(&Region::entity(entity));
-        ProjectionWatcher {
-            store: Arc::downgrade(self),
-            entity: entity.to_owned(),
-            freshness,
-            subscription,
-            last: None,
-            seen_dropped: 0,
-            _value: PhantomData,
-        }
+        ProjectionWatcher::new(self, entity, freshness, subscription)
     }
 }
