@@ -96,6 +96,11 @@ use write::durability::Durability;
 use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
+    /// The read layer's handle: frames, index and visible watermark only.
+    pub(crate) fn reader(&self) -> read::Reader<'_> {
+        read::Reader::new(&self.log, &self.index, self.durability.watermark())
+    }
+
     /// The shared state of a read-only store over a recovered index; a
     /// writable open then adds its writer, flusher, cache and back-pressure.
     fn new(
@@ -518,13 +523,13 @@ impl Store<Open> {
     /// `NotFound` for an unknown or not yet visible id; `CrcMismatch` or
     /// `CorruptSegment` when its frame is damaged.
     pub fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        self.shared.get(event_id)
+        self.shared.reader().get(event_id)
     }
 
     /// Index entries matching `region`, in global-sequence order.
     #[must_use]
     pub fn query(&self, region: &Region) -> Vec<IndexEntry> {
-        self.shared.query(region)
+        self.shared.reader().query(region)
     }
 
     /// The event and then its predecessors in its entity's hash chain, newest
@@ -534,13 +539,13 @@ impl Store<Open> {
         event_id: u128,
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
-        self.shared.walk_ancestors(event_id, limit)
+        self.shared.reader().walk_ancestors(event_id, limit)
     }
 
     /// Every event of exactly this entity (any scope), in clock order.
     #[must_use]
     pub fn stream(&self, entity: &str) -> Vec<IndexEntry> {
-        self.shared.stream(entity)
+        self.shared.reader().stream(entity)
     }
 
     /// Every event in exactly this scope, in global-sequence order.
@@ -559,13 +564,13 @@ impl Store<Open> {
     /// root itself), in global-sequence order.
     #[must_use]
     pub fn by_correlation(&self, correlation_id: u128) -> Vec<IndexEntry> {
-        self.shared.by_correlation(correlation_id)
+        self.shared.reader().by_correlation(correlation_id)
     }
 
     /// Every event whose causation id is `event_id`, in global-sequence order.
     #[must_use]
     pub fn children(&self, event_id: u128) -> Vec<IndexEntry> {
-        self.shared.children(event_id)
+        self.shared.reader().children(event_id)
     }
 
     /// A guaranteed cursor over `region` from the beginning of history:

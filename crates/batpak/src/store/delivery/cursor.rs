@@ -67,9 +67,9 @@ impl Cursor {
                 let index = self.shared.index.read();
                 self.work += SlotQuery::range(&index, &self.region, self.next_slot, to)
                     .collect_into(&mut self.slots);
-                self.shared.pin_entries(&index, &self.slots, out)
+                self.shared.reader().pin_entries(&index, &self.slots, out)
             };
-            self.shared.reading_frames();
+            self.shared.reader().reading_frames();
             unchained.read_chains(&mut out[start..]);
             self.next_slot = to;
         }

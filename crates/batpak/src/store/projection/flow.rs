@@ -76,13 +76,13 @@ impl Store {
             let index = self.shared.index.read();
             slots
                 .iter()
-                .map(|&s| self.shared.locate(&index, s))
+                .map(|&s| self.shared.reader().locate(&index, s))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        self.shared.reading_frames();
+        self.shared.reader().reading_frames();
         located
             .into_iter()
-            .map(|l| self.shared.read_event(l).map(|e| e.event))
+            .map(|l| self.shared.reader().read_event(l).map(|e| e.event))
             .collect()
     }
 

@@ -14,6 +14,12 @@
 //! for each; if a compaction changed the index between two steps, the read
 //! starts again, so a result is always one consistent view. This module
 //! never writes.
+//!
+//! Everything here is a method of [`Reader`], the read layer's handle: the
+//! log (to resolve positions to mapped frames), the index lock and the
+//! visible watermark, and nothing else of the store. A reader cannot take
+//! the writer lock, move the watermark, or reach maintenance: the type
+//! does not hold them.
 
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
@@ -22,8 +28,10 @@ use crate::store::format::payload::decode_value;
 use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
-use crate::store::log::{FrameBytes, InjectionPoint, Segment, SegmentIo};
-use crate::store::{Shared, StoreError};
+use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
+use crate::store::write::durability::Watermark;
+use crate::store::StoreError;
+use parking_lot::RwLock;
 use std::sync::Arc;
 
 /// Most slots one step of a read examines, and so most entries it builds,
@@ -36,7 +44,7 @@ pub(crate) const STEP: u32 = 1024;
 /// after this many, the read takes the lock once for the whole selection.
 const STEPPED_ATTEMPTS: usize = 2;
 
-/// An event's frame, resolved under the index lock (see [`Shared::locate`]).
+/// An event's frame, resolved under the index lock (see [`Reader::locate`]).
 pub(crate) struct Located {
     frame: FrameBytes,
     pos: DiskPos,
@@ -59,7 +67,7 @@ const PREFETCH_AHEAD: usize = 12;
 
 impl Unchained {
     /// Read the hash chains, without any lock. `entries` are the entries
-    /// [`Shared::pin_entries`] pushed, exactly.
+    /// [`Reader::pin_entries`] pushed, exactly.
     pub(crate) fn read_chains(self, entries: &mut [IndexEntry]) {
         let end = entries.len();
         for (i, (start, segment_id, seg)) in self.runs.iter().enumerate() {
@@ -142,7 +150,24 @@ impl Selection<'_> {
     }
 }
 
-impl Shared {
+/// The read layer's handle (see the module docs): borrowed from the
+/// store's shared state for one read.
+#[derive(Clone, Copy)]
+pub(crate) struct Reader<'s> {
+    log: &'s Log,
+    index: &'s RwLock<Index>,
+    visible: &'s Watermark,
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn new(log: &'s Log, index: &'s RwLock<Index>, visible: &'s Watermark) -> Self {
+        Self {
+            log,
+            index,
+            visible,
+        }
+    }
+
     /// A reader released the index lock and is about to read frames (where
     /// tests hold readers; see [`InjectionPoint::ReadingFrames`]).
     pub(crate) fn reading_frames(&self) {
@@ -196,7 +221,7 @@ impl Shared {
                         break None;
                     }
                     let selection =
-                        selection.get_or_insert_with(|| select(&index, self.durability.visible()));
+                        selection.get_or_insert_with(|| select(&index, self.visible.get()));
                     if !selection.step(&index, &mut slots) {
                         break Some(seen);
                     }
@@ -215,7 +240,7 @@ impl Shared {
         let mut entries = Vec::new();
         let unchained = {
             let index = self.index.read();
-            let mut selection = select(&index, self.durability.visible());
+            let mut selection = select(&index, self.visible.get());
             while selection.step(&index, &mut slots) {}
             self.pin_entries(&index, &slots, &mut entries)
         };
@@ -278,7 +303,7 @@ impl Shared {
             let index = self.index.read();
             let slot = index
                 .slot_of(event_id)
-                .filter(|&s| s < self.durability.visible())
+                .filter(|&s| s < self.visible.get())
                 .ok_or(StoreError::NotFound(event_id))?;
             self.locate(&index, slot)?
         };
@@ -349,7 +374,7 @@ impl Shared {
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
         let mut out: Vec<StoredEvent<serde_json::Value>> = Vec::new();
-        let visible = self.durability.visible();
+        let visible = self.visible.get();
         let locate = |index: &Index, s: u32| self.locate(index, s).map(|l| (s, l));
         let mut next = {
             let index = self.index.read();

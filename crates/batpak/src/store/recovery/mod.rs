@@ -31,7 +31,7 @@ use crate::store::format::checkpoint::{self, Checkpoint, CoveredSegment, CHECKPO
 use crate::store::format::footer::{self, Footer};
 use crate::store::format::frame::{all_zero, decode_frame, FRAME_HEADER_LEN, MAX_BODY_LEN};
 use crate::store::format::record::{decode_event, EventRecord};
-use crate::store::format::removed::REMOVED_FILE;
+use crate::store::format::removed::{RemovedRecord, REMOVED_FILE};
 use crate::store::format::scan::{batch_step, End, FrameScan, Marks, Scanned, Take};
 use crate::store::format::segment;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
@@ -822,7 +822,12 @@ pub(crate) fn check_last_frame<'b>(
     Ok(())
 }
 
-/// Rebuild the index from the files in `log`'s directory and register the segments.
+/// Rebuild the index from the files in `log`'s directory and register the
+/// segments. The steps, in order (see docs/architecture.md, "Open and
+/// recovery"): settle an interrupted compaction ([`settle_compaction`]),
+/// load the removed-event record and the checkpoint, read each segment
+/// ([`Recovery::segment`]), then join the removed events and make what
+/// will be served durable ([`Recovery::finish`]).
 pub(crate) fn recover(
     log: &Log,
     config: &StoreConfig,
@@ -831,10 +836,51 @@ pub(crate) fn recover(
     let started = Instant::now();
     let dir = log.dir();
     let mut report = RecoveryReport::default();
-    // A compaction interrupted after its commit point is finished first; one
-    // interrupted before it leaves only temporary files, deleted here. A
-    // read-only open changes nothing: it reads the directory as the
-    // finished compaction will leave it.
+    let settled = settle_compaction(log, writable, &mut report)?;
+    let removed = load_removed_from(
+        log.io(),
+        dir,
+        &settled.removed_path,
+        !settled.listing.segments.is_empty(),
+        writable,
+    )?;
+    let checkpoint = if settled.pending && !writable {
+        None
+    } else {
+        load_checkpoint(dir, &settled.listing, &mut report)
+    };
+    let has_segments = !settled.listing.segments.is_empty();
+    let mut recovery = Recovery::start(log, config, writable, report, &removed, checkpoint);
+    if recovery.asm.report.open_path != OpenPath::Checkpoint && has_segments {
+        recovery.asm.report.open_path = OpenPath::FullScan;
+    }
+    let count = settled.listing.segments.len();
+    for (i, (id, path)) in settled.listing.segments.iter().enumerate() {
+        recovery.segment(i, *id, path, i + 1 == count)?;
+    }
+    recovery.finish(&removed, started)
+}
+
+/// The directory as recovery reads it, once an interrupted compaction is
+/// settled.
+struct Settled {
+    /// A compaction intent was found.
+    pending: bool,
+    listing: SegmentListing,
+    /// Where the removed-event record to load is.
+    removed_path: std::path::PathBuf,
+}
+
+/// A compaction interrupted after its commit point is finished first; one
+/// interrupted before it leaves only temporary files, deleted here. A
+/// read-only open changes nothing: it reads the directory as the finished
+/// compaction will leave it.
+fn settle_compaction(
+    log: &Log,
+    writable: bool,
+    report: &mut RecoveryReport,
+) -> Result<Settled, StoreError> {
+    let dir = log.dir();
     let pending = rewrite::pending_intent(dir)?;
     let mut removed_path = dir.join(REMOVED_FILE);
     let mut listing = SegmentListing::read(dir)?;
@@ -855,151 +901,219 @@ pub(crate) fn recover(
         }
         (None, false) => {}
     }
-    let removed = load_removed_from(
-        log.io(),
-        dir,
-        &removed_path,
-        !listing.segments.is_empty(),
-        writable,
-    )?;
-    let checkpoint = if pending.is_some() && !writable {
-        None
-    } else {
-        load_checkpoint(dir, &listing, &mut report)
-    };
-    let mut asm = Assembly {
-        index: Index::new(),
-        report,
-        max_seq: None,
-        batch: Vec::new(),
-        removed: RemovedPredecessors::new(&removed),
-    };
-    // (segment id, offset) where the frames after the checkpoint begin.
-    let mut resume: Option<(u64, u64)> = None;
-    // Where the frames of each segment the checkpoint covers end, in the
-    // listing's order (the checkpoint was checked to cover its first ids).
-    let mut covered_ends = Vec::new();
-    if let Some(cp) = checkpoint {
-        covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
-        asm.report.open_path = OpenPath::Checkpoint;
-        asm.report.events_from_checkpoint = u64::from(cp.index.len());
-        asm.max_seq = cp.next_seq.checked_sub(1);
-        resume = cp.segments.last().map(|s| (s.segment_id, s.frames_end));
-        asm.index = cp.index;
-    } else if !listing.segments.is_empty() {
-        asm.report.open_path = OpenPath::FullScan;
-    }
-    asm.report.removed_events = removed.entries.len() as u64;
+    Ok(Settled {
+        pending: pending.is_some(),
+        listing,
+        removed_path,
+    })
+}
 
-    let mut active = None;
-    let mut follow = None;
-    let mut unsealed = Vec::new();
-    let count = listing.segments.len();
-    for (i, (id, path)) in listing.segments.iter().enumerate() {
-        let newest = i + 1 == count;
+/// The state of an open while it reads the segments, oldest first.
+struct Recovery<'l> {
+    log: &'l Log,
+    config: &'l StoreConfig,
+    writable: bool,
+    asm: Assembly,
+    /// (segment id, offset) where the frames after the checkpoint begin.
+    resume: Option<(u64, u64)>,
+    /// Where the frames of each segment the checkpoint covers end, in the
+    /// listing's order (the checkpoint was checked to cover its first ids).
+    covered_ends: Vec<u64>,
+    /// The segment the writer continues.
+    active: Option<ActiveSegment>,
+    /// Read-only opens: where `refresh` continues.
+    follow: Option<Follow>,
+    /// Sealed segments without a footer.
+    unsealed: Vec<u64>,
+}
+
+impl<'l> Recovery<'l> {
+    /// Start from the checkpoint's index, if there is one.
+    fn start(
+        log: &'l Log,
+        config: &'l StoreConfig,
+        writable: bool,
+        report: RecoveryReport,
+        removed: &RemovedRecord,
+        checkpoint: Option<Checkpoint>,
+    ) -> Self {
+        let mut asm = Assembly {
+            index: Index::new(),
+            report,
+            max_seq: None,
+            batch: Vec::new(),
+            removed: RemovedPredecessors::new(removed),
+        };
+        let mut resume = None;
+        let mut covered_ends = Vec::new();
+        if let Some(cp) = checkpoint {
+            covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
+            asm.report.open_path = OpenPath::Checkpoint;
+            asm.report.events_from_checkpoint = u64::from(cp.index.len());
+            asm.max_seq = cp.next_seq.checked_sub(1);
+            resume = cp.segments.last().map(|s| (s.segment_id, s.frames_end));
+            asm.index = cp.index;
+        }
+        asm.report.removed_events = removed.entries.len() as u64;
+        Self {
+            log,
+            config,
+            writable,
+            asm,
+            resume,
+            covered_ends,
+            active: None,
+            follow: None,
+            unsealed: Vec::new(),
+        }
+    }
+
+    /// Read segment `id` (the `i`-th listed; `newest` if the last): from
+    /// the checkpoint, its footer, or its frames.
+    fn segment(&mut self, i: usize, id: u64, path: &Path, newest: bool) -> Result<(), StoreError> {
+        let log = self.log;
         // A read-only handle keeps the descriptor of the newest segment,
         // which it follows (see `finish_if_replaced`).
-        let seg = if newest && !writable {
-            Segment::open_followed(path, *id, log.io())?
+        let seg = if newest && !self.writable {
+            Segment::open_followed(path, id, log.io())?
         } else {
-            Segment::open_read_only(path, *id, log.io())?
+            Segment::open_read_only(path, id, log.io())?
         };
         if newest && never_written(seg.bytes()) {
-            // Crashed (or ran out of space) while creating the segment: it
-            // never held a frame. A writable open starts it afresh; a
-            // read-only one waits for its owner to write it.
             drop(seg);
-            if writable {
-                log.io().remove(path, None)?;
-                active = Some(log.create_segment(*id, 0, config.now_us())?);
-            } else {
-                follow = Some(Follow {
-                    segment_id: *id,
-                    offset: SEGMENT_HEADER_LEN as u64,
-                    sealed: false,
-                    batch: std::mem::take(&mut asm.batch),
-                    max_seq: None,
-                    read_from: Vec::new(),
-                });
-            }
-            continue;
+            return self.never_written(id, path);
         }
-        let covered = resume.is_some_and(|(last, _)| *id < last);
-        let start = match resume {
-            Some((last, end)) if *id == last => end,
+        if self.resume.is_some_and(|(last, _)| id < last) {
+            self.covered(i, id, seg);
+            return Ok(());
+        }
+        let start = match self.resume {
+            Some((last, end)) if id == last => end,
             _ => SEGMENT_HEADER_LEN as u64,
         };
-        if covered {
-            // A close may have left its footer to a later open (footers
-            // only speed up opens without a checkpoint): queue it again.
-            let footer_at = covered_ends.get(i).and_then(|&e| usize::try_from(e).ok());
-            let has_footer = footer_at
-                .and_then(|at| seg.bytes().get(at..))
-                .is_some_and(footer::starts_footer);
-            if writable && !has_footer {
-                unsealed.push(*id);
-            }
-            log.register(Arc::new(seg));
-            continue;
-        }
-        let from_footer = !newest && start == SEGMENT_HEADER_LEN as u64 && {
-            match asm.take_footer(&seg) {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::debug!(segment_id = *id, %why, "batpak: footer not used; scanning");
-                    asm.report.footers_rejected += 1;
-                    false
-                }
-            }
-        };
-        if from_footer {
-            asm.report.segments_from_footers += 1;
+        if !newest && start == SEGMENT_HEADER_LEN as u64 && self.from_footer(&seg) {
+            self.asm.report.segments_from_footers += 1;
             seg.release_pages();
             log.register(Arc::new(seg));
-            continue;
+            return Ok(());
         }
-        let end = asm.scan(&seg, start, newest && !writable);
+        let end = self.asm.scan(&seg, start, newest && !self.writable);
         seg.release_pages();
         if !newest {
-            if let Some(len) = end.torn {
-                if end.torn_footer {
-                    // A footer cut short by a crash: not damage (footers
-                    // only speed up opens). Zero it so the segment ends
-                    // cleanly; the sealer writes it again.
-                    if writable {
-                        zero_from(log.io(), path, end.end)?;
-                    }
-                } else {
-                    asm.damage(*id, end.end, len, "damaged end of a sealed segment");
-                }
-            }
-            if !end.sealed {
-                unsealed.push(*id);
-            }
-            log.register(Arc::new(seg));
-            continue;
+            return self.sealed(id, path, seg, &end);
         }
-        if !writable {
+        if !self.writable {
             // Read-only: nothing is cut or written. A batch still open may
             // yet be completed by the store's owner; `refresh` continues
             // from here.
-            follow = Some(Follow {
-                segment_id: *id,
+            self.follow = Some(Follow {
+                segment_id: id,
                 offset: end.end,
                 sealed: end.sealed,
-                batch: std::mem::take(&mut asm.batch),
+                batch: std::mem::take(&mut self.asm.batch),
                 max_seq: None,
                 read_from: Vec::new(),
             });
             log.register(Arc::new(seg));
-            continue;
+            return Ok(());
         }
-        // The newest segment. A batch still open at its end never committed:
-        // cut it off too, so that later appends never follow half a batch.
+        self.continue_newest(id, path, seg, &end)
+    }
+
+    /// The newest segment never held a frame: a crash (or a full disk)
+    /// while creating it. A writable open starts it afresh; a read-only
+    /// one waits for its owner to write it.
+    fn never_written(&mut self, id: u64, path: &Path) -> Result<(), StoreError> {
+        if self.writable {
+            self.log.io().remove(path, None)?;
+            self.active = Some(self.log.create_segment(id, 0, self.config.now_us())?);
+        } else {
+            self.follow = Some(Follow {
+                segment_id: id,
+                offset: SEGMENT_HEADER_LEN as u64,
+                sealed: false,
+                batch: std::mem::take(&mut self.asm.batch),
+                max_seq: None,
+                read_from: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A segment the checkpoint covers whole: its events are in the index
+    /// already. A close may have left its footer to a later open (footers
+    /// only speed up opens without a checkpoint): queue it again.
+    fn covered(&mut self, i: usize, id: u64, seg: Segment) {
+        let footer_at = self
+            .covered_ends
+            .get(i)
+            .and_then(|&e| usize::try_from(e).ok());
+        let has_footer = footer_at
+            .and_then(|at| seg.bytes().get(at..))
+            .is_some_and(footer::starts_footer);
+        if self.writable && !has_footer {
+            self.unsealed.push(id);
+        }
+        self.log.register(Arc::new(seg));
+    }
+
+    /// Take a sealed segment's events from its footer, if the footer passes
+    /// its checks (else it is scanned).
+    fn from_footer(&mut self, seg: &Segment) -> bool {
+        match self.asm.take_footer(seg) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::debug!(segment_id = seg.id(), %why, "batpak: footer not used; scanning");
+                self.asm.report.footers_rejected += 1;
+                false
+            }
+        }
+    }
+
+    /// A sealed segment whose frames were scanned.
+    fn sealed(
+        &mut self,
+        id: u64,
+        path: &Path,
+        seg: Segment,
+        end: &ScanEnd,
+    ) -> Result<(), StoreError> {
+        if let Some(len) = end.torn {
+            if end.torn_footer {
+                // A footer cut short by a crash: not damage (footers only
+                // speed up opens). Zero it so the segment ends cleanly; the
+                // sealer writes it again.
+                if self.writable {
+                    zero_from(self.log.io(), path, end.end)?;
+                }
+            } else {
+                self.asm
+                    .damage(id, end.end, len, "damaged end of a sealed segment");
+            }
+        }
+        if !end.sealed {
+            self.unsealed.push(id);
+        }
+        self.log.register(Arc::new(seg));
+        Ok(())
+    }
+
+    /// The newest segment of a writable open: cut off a torn tail and a
+    /// batch still open at its end (it never committed, and later appends
+    /// must never follow half a batch), then continue writing it, or a new
+    /// segment after it if it was sealed.
+    fn continue_newest(
+        &mut self,
+        id: u64,
+        path: &Path,
+        seg: Segment,
+        end: &ScanEnd,
+    ) -> Result<(), StoreError> {
+        let log = self.log;
         let mut frames_end = end.end;
         let mut cut = end.torn;
-        if let Some((seg_id, off)) = asm.pending_batch_start() {
-            let from = if seg_id == *id {
+        if let Some((seg_id, off)) = self.asm.pending_batch_start() {
+            let from = if seg_id == id {
                 off
             } else {
                 SEGMENT_HEADER_LEN as u64
@@ -1009,16 +1123,17 @@ pub(crate) fn recover(
                 frames_end = from;
             }
         }
-        asm.discard_batch("not committed before the end of the log");
+        self.asm
+            .discard_batch("not committed before the end of the log");
         if let Some(len) = cut {
             tracing::warn!(
-                segment_id = *id,
+                segment_id = id,
                 offset = frames_end,
                 bytes = len,
                 "batpak: torn tail"
             );
-            asm.report.truncated_tail = Some(TruncatedTail {
-                segment_id: *id,
+            self.asm.report.truncated_tail = Some(TruncatedTail {
+                segment_id: id,
                 offset: frames_end,
                 length: len,
             });
@@ -1033,8 +1148,8 @@ pub(crate) fn recover(
             // itself.
             sync_file(log.io(), path, log.sync_mode())?;
             log.register(Arc::new(seg));
-            active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
-            continue;
+            self.active = Some(log.create_segment(id + 1, 0, self.config.now_us())?);
+            return Ok(());
         }
         drop(seg);
         if cut.is_some() {
@@ -1042,62 +1157,76 @@ pub(crate) fn recover(
             // a file shrinking under a map faults its reader (SIGBUS).
             zero_from(log.io(), path, frames_end)?;
         }
-        let reopened = log.reopen_active(path, *id, frames_end, file_len)?;
+        let reopened = log.reopen_active(path, id, frames_end, file_len)?;
         // The frames recovered here may never have been synced (a process
         // killed between its write and its fsync): make them durable before
         // anyone reads them, or a power cut could take back what was served
         // and give its sequences to other events.
         reopened.segment().sync(log.sync_mode())?;
-        active = Some(reopened);
+        self.active = Some(reopened);
+        Ok(())
     }
-    asm.discard_batch("not committed before the end of the log");
-    if cfg!(feature = "blake3") {
-        fill_tail_hashes(&mut asm.index, log);
+
+    /// After the segments: discard a batch left open, fill entity tails'
+    /// hashes, join the removed events, and (writable) make sure there is
+    /// an active segment and every directory entry served is durable.
+    fn finish(
+        mut self,
+        removed: &RemovedRecord,
+        started: Instant,
+    ) -> Result<Recovered, StoreError> {
+        let log = self.log;
+        let asm = &mut self.asm;
+        asm.discard_batch("not committed before the end of the log");
+        if cfg!(feature = "blake3") {
+            fill_tail_hashes(&mut asm.index, log);
+        }
+        // Removed events join after the scan: their clocks may be newer than
+        // the survivors' (an entity's next append continues after them).
+        for r in &removed.entries {
+            let tail = EntityTail {
+                clock: r.clock,
+                event_hash: r.event_hash,
+                timestamp_us: r.timestamp_us,
+                hlc_counter: 0,
+            };
+            asm.index.insert_removed(
+                r.event_id,
+                &r.entity,
+                &r.scope,
+                EventKind::from_raw(r.kind),
+                r.global_seq,
+                tail,
+            );
+            asm.max_seq = asm.max_seq.max(Some(r.global_seq));
+        }
+        if self.writable {
+            if self.active.is_none() {
+                self.active = Some(log.create_segment(1, 0, self.config.now_us())?);
+            }
+            // Files a crashed process created may have directory entries
+            // that were never synced; this open is about to serve (and
+            // append to) them.
+            log.io().sync_dir(log.dir(), None)?;
+        }
+        let mut asm = self.asm;
+        if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
+            asm.report.open_path = OpenPath::Footers;
+        }
+        asm.report.elapsed_us = started.elapsed().as_micros() as u64;
+        Ok(Recovered {
+            epoch: removed.epoch,
+            follow: self.follow.map(|f| Follow {
+                max_seq: asm.max_seq,
+                ..f
+            }),
+            next_seq: asm.max_seq.map_or(0, |m| m + 1),
+            index: asm.index,
+            active: self.active,
+            unsealed: self.unsealed,
+            report: asm.report,
+        })
     }
-    // Removed events join after the scan: their clocks may be newer than
-    // the survivors' (an entity's next append continues after them).
-    for r in &removed.entries {
-        let tail = EntityTail {
-            clock: r.clock,
-            event_hash: r.event_hash,
-            timestamp_us: r.timestamp_us,
-            hlc_counter: 0,
-        };
-        asm.index.insert_removed(
-            r.event_id,
-            &r.entity,
-            &r.scope,
-            EventKind::from_raw(r.kind),
-            r.global_seq,
-            tail,
-        );
-        asm.max_seq = asm.max_seq.max(Some(r.global_seq));
-    }
-    if writable && active.is_none() {
-        active = Some(log.create_segment(1, 0, config.now_us())?);
-    }
-    if writable {
-        // Files a crashed process created may have directory entries that
-        // were never synced; this open is about to serve (and append to)
-        // them.
-        log.io().sync_dir(dir, None)?;
-    }
-    if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
-        asm.report.open_path = OpenPath::Footers;
-    }
-    asm.report.elapsed_us = started.elapsed().as_micros() as u64;
-    Ok(Recovered {
-        epoch: removed.epoch,
-        follow: follow.map(|f| Follow {
-            max_seq: asm.max_seq,
-            ..f
-        }),
-        next_seq: asm.max_seq.map_or(0, |m| m + 1),
-        index: asm.index,
-        active,
-        unsealed,
-        report: asm.report,
-    })
 }
 
 /// How much of a file [`zero_from`] reads or writes at a time.
