@@ -179,6 +179,7 @@ impl Index {
     }
 
     /// Number of records (visible or not).
+    #[inline]
     pub(crate) fn len(&self) -> u32 {
         self.records.len()
     }
@@ -245,6 +246,7 @@ impl Index {
         );
     }
 
+    #[inline]
     pub(crate) fn global_seq(&self, slot: u32) -> u64 {
         let i = self.seq_runs.partition_point(|&(first, _)| first <= slot) - 1;
         let (first, seq) = self.seq_runs[i];
@@ -275,10 +277,12 @@ impl Index {
         )
     }
 
+    #[inline]
     pub(crate) fn event_id(&self, slot: u32) -> u128 {
         self.records.get(slot).event_id()
     }
 
+    #[inline]
     pub(crate) fn coordinate(&self, slot: u32) -> Coordinate {
         Coordinate::from_interned(self.coord_names[self.records.get(slot).coord() as usize])
     }
@@ -375,6 +379,7 @@ impl Index {
         }
     }
 
+    #[inline]
     fn resolve(&self, slot: u32, reference: u32) -> u128 {
         if reference == NO_REF {
             self.event_id(slot)
@@ -469,6 +474,7 @@ impl Index {
     }
 
     /// The causal links of `slot`, if it has any.
+    #[inline]
     fn link(&self, slot: u32) -> Option<&Link> {
         if !self.records.get(slot).has_links() {
             return None;
@@ -479,8 +485,18 @@ impl Index {
             .map(|i| &self.links[i])
     }
 
+    /// Ask the CPU to start loading the record of `slot` (a read is about
+    /// to build its entry). A hint only: a slot past the end is ignored.
+    #[inline]
+    pub(crate) fn prefetch_record(&self, slot: u32) {
+        if slot < self.len() {
+            self.records.prefetch(slot);
+        }
+    }
+
     /// The public view of one record. Its `hash_chain` is left zero: hashes
     /// live in the frames, and the read path fills them in.
+    #[inline]
     pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
         let rec = self.records.get(slot);
         let link = self.link(slot);

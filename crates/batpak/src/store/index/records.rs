@@ -115,6 +115,25 @@ impl RecordArena {
         self.len
     }
 
+    /// Ask the CPU to start loading the record of `slot` (which exists).
+    #[inline]
+    pub(super) fn prefetch(&self, slot: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = std::ptr::from_ref(self.get(slot)).cast::<i8>();
+            // SAFETY: a prefetch is only a hint to the cache: it reads
+            // nothing architecturally and never faults (here the address is
+            // of a live record).
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
     #[inline]
     pub(super) fn get(&self, slot: u32) -> &Record {
         &self.chunks[(slot >> CHUNK_SHIFT) as usize][slot as usize & (CHUNK - 1)]

@@ -991,7 +991,7 @@ impl<'l> Recovery<'l> {
             Some((last, end)) if id == last => end,
             _ => SEGMENT_HEADER_LEN as u64,
         };
-        if !newest && start == SEGMENT_HEADER_LEN as u64 && self.from_footer(&seg) {
+        if !newest && start == SEGMENT_HEADER_LEN as u64 && self.took_footer(&seg) {
             self.asm.report.segments_from_footers += 1;
             seg.release_pages();
             log.register(Arc::new(seg));
@@ -1059,7 +1059,7 @@ impl<'l> Recovery<'l> {
 
     /// Take a sealed segment's events from its footer, if the footer passes
     /// its checks (else it is scanned).
-    fn from_footer(&mut self, seg: &Segment) -> bool {
+    fn took_footer(&mut self, seg: &Segment) -> bool {
         match self.asm.take_footer(seg) {
             Ok(()) => true,
             Err(why) => {
