@@ -235,6 +235,12 @@ pub(crate) struct FrameBytes {
 }
 
 impl FrameBytes {
+    /// Start loading the frame's bytes (see [`Segment::prefetch_frame`]).
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        self.seg.prefetch_frame(self.offset, self.length);
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         self.seg.slice(self.offset, u64::from(self.length))
     }

@@ -286,8 +286,12 @@ impl<'s> Reader<'s> {
     /// returned bytes stay valid (they keep their segment mapped).
     pub(crate) fn locate(&self, index: &Index, slot: u32) -> Result<Located, StoreError> {
         let pos = index.disk_pos(slot);
+        let frame = self.log.read(pos.segment_id, pos.offset, pos.length)?;
+        // The frame is read right after the lock is released: its lines
+        // load meanwhile.
+        frame.prefetch();
         Ok(Located {
-            frame: self.log.read(pos.segment_id, pos.offset, pos.length)?,
+            frame,
             pos,
             coord: index.coordinate(slot),
         })
