@@ -80,7 +80,7 @@ pub(crate) fn write_atomically(
     let tmp = dir.join(&tmp_name);
     if let Err(e) = write_synced(io, dir, &tmp_name, bytes) {
         // A full disk: leave no partial temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = io.remove(&tmp, None);
         return Err(e);
     }
     io.rename(&tmp, &dir.join(name), points[0])?;
