@@ -177,7 +177,14 @@ impl Sealer {
         if let Some(size) = shared.config.writer.stack_size {
             builder = builder.stack_size(size);
         }
-        builder.spawn(move || run(&shared, &rx))
+        builder.spawn(move || {
+            let footers = Footers {
+                log: &shared.log,
+                maintenance: &shared.maintenance,
+                sealer: &shared.sealer,
+            };
+            run(&footers, &rx);
+        })
     }
 
     /// Queue a sealed segment for its footer.
@@ -222,8 +229,17 @@ impl Sealer {
     }
 }
 
-fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
-    let sealer = &shared.sealer;
+/// What the sealer thread may touch: the log (to read a sealed segment and
+/// write its footer), the maintenance lock, and its own queue. Not the
+/// index, the writer or the readers' watermark.
+struct Footers<'s> {
+    log: &'s Log,
+    maintenance: &'s parking_lot::Mutex<()>,
+    sealer: &'s Sealer,
+}
+
+fn run(footers: &Footers<'_>, rx: &flume::Receiver<u64>) {
+    let sealer = footers.sealer;
     for id in rx.iter() {
         if !sealer.may_start() {
             return;
@@ -232,14 +248,14 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
         // hold the lock once the store is closing (compaction, snapshot and
         // verify need the `Store`), but never wait for it past that point.
         let _maintenance = loop {
-            if let Some(guard) = shared.maintenance.try_lock_for(LOCK_PATIENCE) {
+            if let Some(guard) = footers.maintenance.try_lock_for(LOCK_PATIENCE) {
                 break guard;
             }
             if sealer.stopping() {
                 return;
             }
         };
-        let result = seal_segment(&shared.log, id, &sealer.abandon);
+        let result = seal_segment(footers.log, id, &sealer.abandon);
         sealer.pending.fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(Sealed::Stopped) => return,
