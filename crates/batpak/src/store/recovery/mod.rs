@@ -649,6 +649,13 @@ fn finish_if_replaced(
             return Ok(());
         }
     }
+    if follow.offset == SEGMENT_HEADER_LEN as u64 && never_written(mine.bytes()) {
+        // Not a compaction (which takes only sealed segments, with frames):
+        // the owner died creating this segment, and its next open deleted
+        // the file and created the segment again. Nothing was read from the
+        // old file; the caller reads the new one from its start.
+        return Ok(());
+    }
     let seg = mine.remap_read_only()?;
     // Sealed (compaction takes only sealed segments): damage is damage.
     let end = asm.scan(&seg, follow.offset, false);
