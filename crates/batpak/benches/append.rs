@@ -22,7 +22,9 @@ fn relaxed(c: &mut Criterion) {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(dir.path()).with_sync_every_n_events(1000);
-        cfg.assume_copy_on_write = copy_on_write;
+        if copy_on_write {
+            cfg.fault_injector = Some(Arc::new(batpak::store::CopyOnWriteDisk::new()));
+        }
         let store = Store::open(cfg).unwrap();
         let cs = coords(100);
         let p = payload(1);

@@ -2,15 +2,16 @@
 //! write to a block allocated ahead may still need new space there, so a
 //! full disk could fault a write through a memory map with `SIGBUS`. On
 //! those filesystems relaxed mode writes frames with `pwrite` and maps
-//! segments read-only, as durable mode always does. The test hook
-//! `assume_copy_on_write` takes that path on any filesystem; a segment
+//! segments read-only, as durable mode always does. A test disk that
+//! says it is copy-on-write (`CopyOnWriteDisk`) takes that path on any
+//! filesystem; a segment
 //! mapped read-only turns any write through the map into a crash of the
 //! test, so every test here also proves no such write is left.
 
 mod common;
 
 use batpak::prelude::*;
-use batpak::store::{CountdownInjector, FaultAction, InjectionPoint};
+use batpak::store::{CopyOnWriteDisk, CountdownInjector, FaultAction, InjectionPoint};
 use common::*;
 use serde_json::json;
 use std::path::Path;
@@ -20,7 +21,9 @@ fn relaxed(dir: &Path, cow: bool) -> StoreConfig {
     let mut cfg = StoreConfig::new(dir)
         .with_segment_max_bytes(8 * 1024)
         .with_sync_every_n_events(1_000_000);
-    cfg.assume_copy_on_write = cow;
+    if cow {
+        cfg.fault_injector = Some(Arc::new(CopyOnWriteDisk::new()));
+    }
     cfg
 }
 
@@ -107,7 +110,7 @@ fn on_copy_on_write_a_failed_batch_is_taken_back_with_pwrite() {
         drop(store);
         let injector = Arc::new(CountdownInjector::new(point, 1, FaultAction::Fail));
         let mut cfg = relaxed(dir.path(), true);
-        cfg.fault_injector = Some(injector.clone());
+        cfg.fault_injector = Some(Arc::new(CopyOnWriteDisk::with(injector.clone())));
         let store = Store::open(cfg).unwrap();
         let items = (0..6)
             .map(|i| {

@@ -360,3 +360,83 @@ fn seq_child_process() {
         out.flush().unwrap();
     }
 }
+
+/// A torn write through the I/O seam (issue 14, item 2): in each mode the
+/// k-th write to a segment file (durable mode's group `pwrite`, relaxed
+/// mode's copy into the map) reaches the file only in part and the disk
+/// halts. Every later operation fails without touching the files; the
+/// reopened store cuts the torn frame off and keeps every event whose
+/// append returned `Ok` (relaxed mode: after `sync()` returned `Ok`).
+#[test]
+fn a_torn_segment_write_halts_the_disk_and_reopen_cuts_only_the_torn_tail() {
+    use batpak::store::IoOp;
+    for (relaxed, op) in [(false, IoOp::Write), (true, IoOp::WriteMapped)] {
+        for nth in [3u64, 7, 12] {
+            let dir = tempfile::tempdir().unwrap();
+            let injector = Arc::new(CountdownInjector::new(
+                InjectionPoint::Io(op),
+                nth,
+                FaultAction::Tear,
+            ));
+            let mut cfg = StoreConfig::new(dir.path()).with_segment_max_bytes(64 * 1024);
+            if relaxed {
+                cfg = cfg.with_sync_every_n_events(1_000_000);
+            }
+            cfg.fault_injector = Some(injector.clone());
+            let store = Store::open(cfg).unwrap();
+            let mut kept = Vec::new();
+            let mut failed = false;
+            for i in 0..40u32 {
+                let r = store.append(
+                    &coord("torn", "s"),
+                    KIND_A,
+                    &json!({ "i": i, "pad": "t".repeat(200) }),
+                );
+                match r {
+                    Ok(r) if relaxed => {
+                        if store.sync().is_ok() {
+                            kept.push(r.event_id);
+                        } else {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    Ok(r) => kept.push(r.event_id),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(
+                injector.fired(),
+                "relaxed {relaxed}, nth {nth}: the tear fired"
+            );
+            assert!(
+                failed,
+                "relaxed {relaxed}, nth {nth}: the torn write was reported"
+            );
+            // The disk is gone: nothing more reaches the files.
+            assert!(store
+                .append(&coord("torn", "s"), KIND_A, &json!({ "late": true }))
+                .is_err());
+            drop(store);
+
+            let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+            let ids: Vec<u128> = store.stream("torn").iter().map(|e| e.event_id).collect();
+            for id in &kept {
+                assert!(
+                    ids.contains(id),
+                    "relaxed {relaxed}, nth {nth}: kept event lost"
+                );
+            }
+            // Only the torn append (and, relaxed, the unsynced ones) is gone.
+            assert!(ids.len() <= kept.len() + 1, "relaxed {relaxed}, nth {nth}");
+            assert!(
+                store.verify().unwrap().is_clean(),
+                "relaxed {relaxed}, nth {nth}"
+            );
+            store.close().unwrap();
+        }
+    }
+}

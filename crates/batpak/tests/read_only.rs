@@ -4,6 +4,7 @@
 mod common;
 
 use batpak::prelude::*;
+use batpak::store::OpenPath;
 use common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -203,4 +204,53 @@ fn a_frame_still_being_written_is_waited_for_not_skipped() {
     assert_eq!(reader.diagnostics().recovery.damaged.len(), 1);
     drop(reader);
     owner.close().unwrap();
+}
+
+/// The owner was killed while creating a segment (the file exists, all
+/// zeros, no header yet); a follower mapped that empty file. The owner's
+/// next open deletes it and creates the segment afresh under the same
+/// name. The follower must read the new file from its start, not take the
+/// replacement for a compaction of a segment it had finished (which would
+/// skip every event the owner then writes there).
+#[test]
+fn a_follower_reads_a_segment_its_owner_created_again_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = open(dir.path());
+    for i in 0..5 {
+        owner
+            .append(&coord("e", "s"), KIND_A, &json!({ "i": i }))
+            .unwrap();
+    }
+    owner.close().unwrap();
+    // A creation cut short: preallocated zeros, no header.
+    let next = dir.path().join(format!("{:020}.seg", 2));
+    std::fs::write(&next, vec![0u8; 256 * 1024]).unwrap();
+
+    let follower = Store::open_read_only(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(
+        follower.refresh().unwrap(),
+        0,
+        "an empty segment holds nothing"
+    );
+    assert_eq!(follower.query(&Region::all()).len(), 5);
+
+    // The owner's next open starts segment 2 afresh and writes to it.
+    let owner = open(dir.path());
+    assert!(owner.diagnostics().recovery.open_path != OpenPath::NewStore);
+    let mut cursor = follower.cursor_guaranteed(&Region::all());
+    assert_eq!(cursor.poll_batch(100).len(), 5);
+    for i in 5..12 {
+        let r = owner
+            .append(&coord("e", "s"), KIND_A, &json!({ "i": i }))
+            .unwrap();
+        assert_eq!(r.disk_pos.segment_id, 2, "written to the new segment 2");
+    }
+    owner.close().unwrap();
+    assert_eq!(
+        follower.refresh().unwrap(),
+        7,
+        "the follower reads the new file"
+    );
+    assert_eq!(follower.query(&Region::all()).len(), 12);
+    assert_eq!(cursor.poll_batch(100).len(), 7);
 }

@@ -6,6 +6,7 @@
 //! (or the unchecked internal constructor for strings it has already validated).
 
 mod dag;
+pub(crate) mod interned;
 mod region;
 
 pub use dag::DagPosition;
@@ -68,10 +69,20 @@ pub enum CoordinateError {
 /// assert!(Coordinate::new("", "s").is_err());
 /// # Ok::<(), CoordinateError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone)]
 pub struct Coordinate {
-    entity: Arc<str>,
-    scope: Arc<str>,
+    names: Names,
+}
+
+/// Where a coordinate's strings live.
+#[derive(Clone)]
+enum Names {
+    /// Interned by a store's index for the life of the process (see
+    /// `interned`): what every coordinate a store hands out holds, so
+    /// copying one touches no reference count.
+    Interned(&'static interned::Names),
+    /// Built by [`Coordinate::new`] (or deserialized): owned, shared by clones.
+    Owned(Arc<(Box<str>, Box<str>)>),
 }
 
 fn first_control_char(s: &str) -> Option<usize> {
@@ -90,27 +101,62 @@ impl Coordinate {
         let (entity, scope) = (entity.as_ref(), scope.as_ref());
         validate(entity, scope)?;
         Ok(Self {
-            entity: Arc::from(entity),
-            scope: Arc::from(scope),
+            names: Names::Owned(Arc::new((Box::from(entity), Box::from(scope)))),
         })
     }
 
-    /// Build from already-interned strings that passed [`validate`]; lets the
-    /// store hand out coordinates without copying the strings.
-    pub(crate) fn from_interned(entity: Arc<str>, scope: Arc<str>) -> Self {
-        Self { entity, scope }
+    /// A coordinate of names interned by an index (which validated them).
+    pub(crate) fn from_interned(names: &'static interned::Names) -> Self {
+        Self {
+            names: Names::Interned(names),
+        }
     }
 
     /// The entity (stream key).
     #[must_use]
     pub fn entity(&self) -> &str {
-        &self.entity
+        match &self.names {
+            Names::Interned(n) => n.entity,
+            Names::Owned(n) => &n.0,
+        }
     }
 
     /// The scope (isolation boundary).
     #[must_use]
     pub fn scope(&self) -> &str {
-        &self.scope
+        match &self.names {
+            Names::Interned(n) => n.scope,
+            Names::Owned(n) => &n.1,
+        }
+    }
+}
+
+impl PartialEq for Coordinate {
+    fn eq(&self, other: &Self) -> bool {
+        if let (Names::Interned(a), Names::Interned(b)) = (&self.names, &other.names) {
+            if std::ptr::eq(*a, *b) {
+                return true;
+            }
+        }
+        self.entity() == other.entity() && self.scope() == other.scope()
+    }
+}
+
+impl Eq for Coordinate {}
+
+impl std::hash::Hash for Coordinate {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.entity().hash(state);
+        self.scope().hash(state);
+    }
+}
+
+impl fmt::Debug for Coordinate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinate")
+            .field("entity", &self.entity())
+            .field("scope", &self.scope())
+            .finish()
     }
 }
 
@@ -147,7 +193,7 @@ pub(crate) fn validate(entity: &str, scope: &str) -> Result<(), CoordinateError>
 
 impl fmt::Display for Coordinate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.entity, self.scope)
+        write!(f, "{}@{}", self.entity(), self.scope())
     }
 }
 
@@ -162,8 +208,8 @@ struct CoordinateRepr<'a> {
 impl Serialize for Coordinate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         CoordinateRepr {
-            entity: std::borrow::Cow::Borrowed(&self.entity),
-            scope: std::borrow::Cow::Borrowed(&self.scope),
+            entity: std::borrow::Cow::Borrowed(self.entity()),
+            scope: std::borrow::Cow::Borrowed(self.scope()),
         }
         .serialize(s)
     }
@@ -218,6 +264,34 @@ mod tests {
         assert_eq!(json, r#"{"entity":"order:1","scope":"tenant"}"#);
         assert_eq!(serde_json::from_str::<Coordinate>(&json).unwrap(), c);
         assert!(serde_json::from_str::<Coordinate>(r#"{"entity":"","scope":"t"}"#).is_err());
+    }
+
+    /// A coordinate a store hands out (interned) and one built with `new`
+    /// are the same value: equal, with equal hashes, and printed alike.
+    #[test]
+    fn interned_and_owned_coordinates_are_the_same_value() {
+        use std::hash::{BuildHasher, RandomState};
+        let owned = Coordinate::new("order:7", "tenant:a").unwrap();
+        let pair = interned::intern_pair(interned::intern("order:7"), interned::intern("tenant:a"));
+        let shared = Coordinate::from_interned(pair);
+        assert_eq!(owned, shared);
+        assert_eq!(shared, owned.clone());
+        let h = RandomState::new();
+        assert_eq!(h.hash_one(&owned), h.hash_one(&shared));
+        assert_eq!(format!("{owned:?}"), format!("{shared:?}"));
+        assert_eq!(shared.to_string(), "order:7@tenant:a");
+        assert_eq!(
+            serde_json::to_string(&shared).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
+        let other = Coordinate::from_interned(interned::intern_pair(
+            interned::intern("order:7"),
+            interned::intern("tenant:b"),
+        ));
+        assert_ne!(shared, other);
+        assert_ne!(owned, other);
+        // A clone of a store's coordinate copies a pointer: no count to touch.
+        assert!(std::mem::size_of::<Coordinate>() <= 16);
     }
 
     #[test]

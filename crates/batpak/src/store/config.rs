@@ -207,14 +207,16 @@ pub struct StoreConfig {
     /// `segment_max_bytes`. A segment is never split, so one that is already
     /// larger stays whole. Allowed: 1 ..= 4 GiB − 1.
     pub compaction_target_bytes: Option<u64>,
-    /// Fault injection for tests (feature `dangerous-test-hooks`); no builder.
-    #[cfg(feature = "dangerous-test-hooks")]
+    /// Fault injection for tests; no builder. Present in every build, so
+    /// the struct has one shape; only a build with feature
+    /// `dangerous-test-hooks` has injectors to put here (without it the
+    /// trait cannot be named or implemented, so this is always `None`).
+    /// The injector decides what the test implementation of the store's
+    /// I/O seam does at each point, and what kind of filesystem it is
+    /// (ADR 0022).
+    // Without the feature the trait is deliberately unnameable.
+    #[allow(private_interfaces)]
     pub fault_injector: Option<Arc<dyn crate::store::fault::FaultInjector>>,
-    /// Test hook (feature `dangerous-test-hooks`): behave as on a
-    /// copy-on-write filesystem, where relaxed mode writes frames with
-    /// `pwrite` instead of through the memory map. Default false (detected).
-    #[cfg(feature = "dangerous-test-hooks")]
-    pub assume_copy_on_write: bool,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -255,10 +257,7 @@ impl StoreConfig {
             index: IndexConfig::default(),
             clock: None,
             compaction_target_bytes: None,
-            #[cfg(feature = "dangerous-test-hooks")]
             fault_injector: None,
-            #[cfg(feature = "dangerous-test-hooks")]
-            assume_copy_on_write: false,
         }
     }
 
@@ -439,16 +438,6 @@ impl StoreConfig {
     /// True when every receipt means "on stable storage".
     pub(crate) fn durable_receipts(&self) -> bool {
         self.sync.every_n_events == 1
-    }
-
-    /// Whether the data directory is on a copy-on-write filesystem (or a
-    /// test says to behave as if).
-    pub(crate) fn copy_on_write(&self) -> bool {
-        #[cfg(feature = "dangerous-test-hooks")]
-        if self.assume_copy_on_write {
-            return true;
-        }
-        crate::store::log::is_copy_on_write(&self.data_dir)
     }
 
     pub(crate) fn now_us(&self) -> i64 {

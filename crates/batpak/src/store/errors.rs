@@ -163,6 +163,11 @@ pub enum StoreError {
         /// The configured limit.
         max: u64,
     },
+    /// An internal invariant of the store failed: a defect in batpak, not
+    /// bad input or damaged files. The operation had no effect where that
+    /// can be known; the message says what did not hold.
+    #[error("internal error (a defect in batpak): {0}")]
+    Internal(String),
     /// The index is full (2^31 events in one open store).
     #[error("index capacity exhausted: {0}")]
     CapacityExhausted(String),
@@ -229,6 +234,11 @@ impl StoreError {
 
     pub(crate) fn serialization(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Serialization(Box::new(e))
+    }
+
+    /// An internal invariant failed (see [`StoreError::Internal`]).
+    pub(crate) fn internal(detail: impl ToString) -> Self {
+        StoreError::Internal(detail.to_string())
     }
 
     pub(crate) fn corrupt(segment_id: u64, detail: impl ToString) -> Self {

@@ -1,18 +1,17 @@
-//! Fault injection for crash and failure tests (feature `dangerous-test-hooks`).
+//! Faults for tests: the points where a test can act ([`InjectionPoint`]),
+//! what it can do there ([`FaultAction`]), who decides ([`FaultInjector`]),
+//! and, with feature `dangerous-test-hooks`, the test implementation of the
+//! I/O seam (`log::io`) that acts on those decisions and models what a
+//! disk keeps through a crash or a power cut.
 //!
-//! The store calls its configured [`FaultInjector`] at named points of the
-//! write path, rotation, sync, footer and checkpoint writing, compaction,
-//! snapshot and the read path; the injector
-//! answers whether to go on, fail with [`StoreError::FaultInjected`], panic,
-//! or abort the whole process (a crash, as far as the files are concerned).
-//! Never enable this feature in production builds.
-//!
-//! [`StoreError::FaultInjected`]: crate::store::StoreError::FaultInjected
+//! Production code never calls an injector: it calls the seam
+//! ([`Io`](crate::store::log::Io)), which in a build without the feature is
+//! the operating system alone. Without the feature this module defines only
+//! the types `StoreConfig` names, and no type implements [`FaultInjector`],
+//! so `StoreConfig::fault_injector` can only be `None` and a release build
+//! carries no injection code (ADR 0022).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
-/// A place in the store's code where a fault can be injected.
+/// A place in the store's work where a test can act.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum InjectionPoint {
@@ -60,6 +59,33 @@ pub enum InjectionPoint {
     /// `Panic` and `Crash` act here (a read has no error to return); an
     /// injector may also block, to hold a reader at this point.
     ReadingFrames,
+    /// An operation on a segment file or the data directory, whatever it
+    /// is for, just before it happens: every one passes here (besides the
+    /// named point, if it has one).
+    Io(IoOp),
+}
+
+/// The operations of the I/O seam.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoOp {
+    /// A segment file is created.
+    Create,
+    /// Bytes are written to a file (`Tear` writes half of them).
+    Write,
+    /// The writer copied frames into a segment's memory map (`Tear` zeroes
+    /// the second half of them).
+    WriteMapped,
+    /// A segment file grows (blocks reserved, or zeros written).
+    Allocate,
+    /// A file is synced.
+    Sync,
+    /// The data directory is synced.
+    SyncDir,
+    /// A file is renamed.
+    Rename,
+    /// A file is deleted.
+    Remove,
 }
 
 /// What to do at an injection point.
@@ -74,163 +100,41 @@ pub enum FaultAction {
     Panic,
     /// Abort the process immediately (no destructors, no flushing): a crash.
     Crash,
+    /// The store's process dies here, as far as its files are concerned:
+    /// this operation does not happen, and it and every later operation of
+    /// the store fail without touching the files (whatever the store then
+    /// does, its files keep what they held at this moment, as a killed
+    /// process leaves them to the page cache). What was not synced yet is
+    /// what `Store::simulate_power_loss` then discards.
+    Halt,
+    /// Like `Halt`, but a write at this point happens in part first: its
+    /// first half reaches the file (a torn write). Elsewhere, as `Halt`.
+    Tear,
 }
 
 /// Name kept from the original crate's API.
 pub type CountdownAction = FaultAction;
 
-/// Decides what happens at each injection point.
+/// Decides what happens at each injection point, and what the test disk is.
+///
+/// Without feature `dangerous-test-hooks` no type implements this trait
+/// (nor can one: the module is private), so a store built that way never
+/// consults an injector.
 pub trait FaultInjector: Send + Sync {
     /// Called every time the store passes `point`.
     fn on(&self, point: InjectionPoint) -> FaultAction;
-}
 
-/// Fires `action` on the `n`-th time (counting from 1) the store passes
-/// `point`, and lets every other pass continue.
-#[derive(Debug)]
-pub struct CountdownInjector {
-    point: InjectionPoint,
-    remaining: AtomicU64,
-    action: FaultAction,
-}
-
-impl CountdownInjector {
-    /// Fire `action` on the `nth` pass of `point` (1 = the first pass).
-    #[must_use]
-    pub fn new(point: InjectionPoint, nth: u64, action: FaultAction) -> Self {
-        Self {
-            point,
-            remaining: AtomicU64::new(nth.max(1)),
-            action,
-        }
-    }
-
-    /// Whether the fault has fired.
-    #[must_use]
-    pub fn fired(&self) -> bool {
-        self.remaining.load(Ordering::Acquire) == 0
+    /// Whether the test disk behaves as a copy-on-write filesystem, where
+    /// relaxed mode writes frames with `pwrite` instead of through the
+    /// memory map (`None`: as the real filesystem is).
+    fn copy_on_write(&self) -> Option<bool> {
+        None
     }
 }
 
-impl FaultInjector for CountdownInjector {
-    fn on(&self, point: InjectionPoint) -> FaultAction {
-        if point != self.point {
-            return FaultAction::Continue;
-        }
-        let prev = self
-            .remaining
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
-        match prev {
-            Ok(1) => self.action,
-            _ => FaultAction::Continue,
-        }
-    }
-}
-
-/// Fires `action` at every point with probability `p`, from a seeded
-/// generator, so a failing random run can be replayed.
-#[derive(Debug)]
-pub struct ProbabilisticInjector {
-    threshold: u64,
-    action: FaultAction,
-    state: Mutex<u64>,
-}
-
-impl ProbabilisticInjector {
-    /// `p` in `0.0..=1.0`; `seed` makes the sequence of decisions reproducible.
-    #[must_use]
-    pub fn new(p: f64, seed: u64, action: FaultAction) -> Self {
-        Self {
-            threshold: (p.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
-            action,
-            state: Mutex::new(seed | 1),
-        }
-    }
-}
-
-impl FaultInjector for ProbabilisticInjector {
-    fn on(&self, _point: InjectionPoint) -> FaultAction {
-        let mut s = match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // xorshift64*: small, seedable, good enough to pick crash points.
-        *s ^= *s >> 12;
-        *s ^= *s << 25;
-        *s ^= *s >> 27;
-        let r = s.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        if r < self.threshold {
-            self.action
-        } else {
-            FaultAction::Continue
-        }
-    }
-}
-
-/// What [`Store::simulate_power_loss`](crate::store::Store::simulate_power_loss) discarded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PowerLoss {
-    /// Bytes of segment files that were written but not yet synced (now zeros).
-    pub bytes_discarded: u64,
-    /// New segment files whose directory entry was not yet synced (now gone).
-    pub files_removed: usize,
-}
-
-/// What simulated crashes left unsynced, by data directory, until the next
-/// writable open of that directory takes it (see
-/// [`Store::simulate_crash`](crate::store::Store::simulate_crash)): per
-/// segment id, its synced length, or `None` when its directory entry may not
-/// be durable.
-type CrashLedger = std::collections::BTreeMap<u64, Option<u64>>;
-
-static CRASH_LEDGERS: Mutex<Vec<(std::path::PathBuf, CrashLedger)>> = Mutex::new(Vec::new());
-
-fn ledger_key(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
-}
-
-pub(crate) fn record_crash_ledger(dir: &std::path::Path, ledger: CrashLedger) {
-    let key = ledger_key(dir);
-    let mut all = CRASH_LEDGERS.lock().unwrap_or_else(|p| p.into_inner());
-    all.retain(|(d, _)| *d != key);
-    all.push((key, ledger));
-}
-
-pub(crate) fn take_crash_ledger(dir: &std::path::Path) -> CrashLedger {
-    let key = ledger_key(dir);
-    let mut all = CRASH_LEDGERS.lock().unwrap_or_else(|p| p.into_inner());
-    match all.iter().position(|(d, _)| *d == key) {
-        Some(i) => all.swap_remove(i).1,
-        None => CrashLedger::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn countdown_fires_once_on_the_nth_pass() {
-        let f = CountdownInjector::new(InjectionPoint::ItemWritten(2), 2, FaultAction::Fail);
-        assert_eq!(f.on(InjectionPoint::ItemWritten(1)), FaultAction::Continue);
-        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Continue);
-        assert!(!f.fired());
-        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Fail);
-        assert!(f.fired());
-        assert_eq!(f.on(InjectionPoint::ItemWritten(2)), FaultAction::Continue);
-    }
-
-    #[test]
-    fn probabilistic_is_reproducible() {
-        let run = || {
-            let f = ProbabilisticInjector::new(0.3, 42, FaultAction::Fail);
-            (0..100)
-                .map(|_| f.on(InjectionPoint::Sync))
-                .collect::<Vec<_>>()
-        };
-        let a = run();
-        assert_eq!(a, run());
-        let fails = a.iter().filter(|x| **x == FaultAction::Fail).count();
-        assert!((10..60).contains(&fails), "{fails}");
-    }
-}
+#[cfg(feature = "dangerous-test-hooks")]
+mod testing;
+#[cfg(feature = "dangerous-test-hooks")]
+pub(crate) use testing::TestIo;
+#[cfg(feature = "dangerous-test-hooks")]
+pub use testing::{CopyOnWriteDisk, CountdownInjector, NoFaults, PowerLoss, ProbabilisticInjector};

@@ -13,7 +13,7 @@
 //! | `delivery`    | guaranteed cursors, lossy subscriptions, reactors, `EventFeed` |
 //! | `projection`  | projections, their caches and watchers                      |
 //! | `maintenance` | footers, checkpoint, compaction, snapshot, verify           |
-//! | `fault`       | fault injection (feature `dangerous-test-hooks`)            |
+//! | `fault`       | fault injection types; the test I/O seam (feature `dangerous-test-hooks`) |
 //! | `stats`       | statistics and diagnostics                                  |
 //! | `contract`    | [`EventStore`], the operations every backend shares         |
 //! | `codec`       | the canonical payload and hash encodings, for other backends |
@@ -29,10 +29,13 @@ mod delivery;
 mod errors;
 #[cfg(feature = "dangerous-test-hooks")]
 pub mod fault;
+// Without the feature: only the types `StoreConfig` names, unnameable
+// outside the crate (so nothing can implement `FaultInjector`).
 #[cfg(not(feature = "dangerous-test-hooks"))]
 #[allow(dead_code, unreachable_pub)]
 mod fault;
 mod format;
+mod huge_pages;
 pub mod index;
 mod log;
 mod maintenance;
@@ -55,8 +58,8 @@ pub use delivery::{
 pub use errors::{BatchStage, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
-    CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint, PowerLoss,
-    ProbabilisticInjector,
+    CopyOnWriteDisk, CountdownAction, CountdownInjector, FaultAction, FaultInjector,
+    InjectionPoint, IoOp, NoFaults, PowerLoss, ProbabilisticInjector,
 };
 pub use index::{ClockKey, DiskPos, IndexEntry};
 pub use maintenance::{
@@ -86,7 +89,7 @@ pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, Cau
 use crate::coordinate::{Coordinate, KindFilter, Region};
 use crate::event::{EventKind, StoredEvent};
 use index::Index;
-use log::{DirLock, Log};
+use log::{DirLock, Log, SegmentIo};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -96,6 +99,11 @@ use write::durability::Durability;
 use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
+    /// The read layer's handle: frames, index and visible watermark only.
+    pub(crate) fn reader(&self) -> read::Reader<'_> {
+        read::Reader::new(&self.log, &self.index, self.durability.watermark())
+    }
+
     /// The shared state of a read-only store over a recovered index; a
     /// writable open then adds its writer, flusher, cache and back-pressure.
     fn new(
@@ -243,6 +251,7 @@ impl Store<Open> {
             config.segment_max_bytes,
             log::Prealloc::Reserve,
             log::FrameWrites::Pwrite,
+            log::Io::for_store(&config, false),
         );
         let recovered = recovery::recover(&log, &config, false)?;
         let mut shared = Shared::new(
@@ -319,9 +328,10 @@ impl Store<Open> {
         } else {
             log::Prealloc::Reserve
         };
+        let io = log::Io::for_store(&config, true);
         // Relaxed mode copies frames into the map, except where a write to
         // a preallocated block may need new space (a full disk would fault).
-        let writes = if config.durable_receipts() || config.copy_on_write() {
+        let writes = if config.durable_receipts() || io.copy_on_write(&config.data_dir) {
             log::FrameWrites::Pwrite
         } else {
             log::FrameWrites::Mapped
@@ -332,14 +342,13 @@ impl Store<Open> {
             config.segment_max_bytes,
             prealloc,
             writes,
+            io,
         );
-        #[cfg(feature = "dangerous-test-hooks")]
-        log.inherit_unsynced(fault::take_crash_ledger(&config.data_dir));
         let recovered = recovery::recover(&log, &config, true)?;
         let written = recovered.index.len();
-        let active = recovered
-            .active
-            .ok_or_else(|| StoreError::corrupt(0, "recovery produced no active segment"))?;
+        let active = recovered.active.ok_or_else(|| {
+            StoreError::internal("a writable recovery produced no active segment")
+        })?;
         let flusher = (!config.durable_receipts()).then(Flusher::default);
         let max_inflight = u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX);
         let mut shared = Shared::new(
@@ -364,18 +373,19 @@ impl Store<Open> {
         };
         // From here on a failure drops `store`, and its `Drop` stops and
         // joins the threads started so far before the lock is released.
-        let started = fault::InjectionPoint::StoreThreadStarted;
+        let io = store.shared.log.io().clone();
+        let started = || io.at(log::InjectionPoint::StoreThreadStarted);
         if store.shared.flusher.is_some() {
             store.flusher_thread = Some(Flusher::spawn(store.shared.clone())?);
-            store.shared.fault(started)?;
+            started()?;
         }
         store.grower_thread = Some(Grower::spawn(store.shared.clone())?);
-        store.shared.fault(started)?;
+        started()?;
         store.sealer_thread = Some(maintenance::Sealer::spawn(
             store.shared.clone(),
             recovered.unsealed,
         )?);
-        store.shared.fault(started)?;
+        started()?;
         Ok(store)
     }
 
@@ -520,13 +530,13 @@ impl Store<Open> {
     /// `NotFound` for an unknown or not yet visible id; `CrcMismatch` or
     /// `CorruptSegment` when its frame is damaged.
     pub fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        self.shared.get(event_id)
+        self.shared.reader().get(event_id)
     }
 
     /// Index entries matching `region`, in global-sequence order.
     #[must_use]
     pub fn query(&self, region: &Region) -> Vec<IndexEntry> {
-        self.shared.query(region)
+        self.shared.reader().query(region)
     }
 
     /// The event and then its predecessors in its entity's hash chain, newest
@@ -536,13 +546,13 @@ impl Store<Open> {
         event_id: u128,
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
-        self.shared.walk_ancestors(event_id, limit)
+        self.shared.reader().walk_ancestors(event_id, limit)
     }
 
     /// Every event of exactly this entity (any scope), in clock order.
     #[must_use]
     pub fn stream(&self, entity: &str) -> Vec<IndexEntry> {
-        self.shared.stream(entity)
+        self.shared.reader().stream(entity)
     }
 
     /// Every event in exactly this scope, in global-sequence order.
@@ -561,13 +571,13 @@ impl Store<Open> {
     /// root itself), in global-sequence order.
     #[must_use]
     pub fn by_correlation(&self, correlation_id: u128) -> Vec<IndexEntry> {
-        self.shared.by_correlation(correlation_id)
+        self.shared.reader().by_correlation(correlation_id)
     }
 
     /// Every event whose causation id is `event_id`, in global-sequence order.
     #[must_use]
     pub fn children(&self, event_id: u128) -> Vec<IndexEntry> {
-        self.shared.children(event_id)
+        self.shared.reader().children(event_id)
     }
 
     /// A guaranteed cursor over `region` from the beginning of history:
@@ -615,11 +625,7 @@ impl Store<Open> {
         // An fsync already running is cut short by the cut: it re-checks the
         // store before acknowledging anything, and finds it stopped.
         let _writer = writer.lock();
-        let (bytes_discarded, files_removed) = self.shared.log.simulate_power_loss()?;
-        Ok(PowerLoss {
-            bytes_discarded,
-            files_removed,
-        })
+        self.shared.log.io().power_loss()
     }
 
     /// Test hook (feature `dangerous-test-hooks`): do to this store what
@@ -647,9 +653,7 @@ impl Store<Open> {
         // acknowledges anything: each re-checks the store first. The writer
         // lock is not taken: a test may hold a writer parked mid-rotation.
         self.shared.durability.poison("simulated crash".into());
-        let ledger = self.shared.log.unsynced_at_crash()?;
-        fault::record_crash_ledger(&self.shared.config.data_dir, ledger);
-        Ok(())
+        self.shared.log.io().record_crash(self.shared.log.dir())
     }
 
     /// Write a consistent copy of the store to `dest` while appends

@@ -197,10 +197,11 @@ impl<'s, I> EventIter<'s, I> {
             }
         }
         for &slot in &self.slots {
-            self.pending.push_back(self.shared.locate(&index, slot));
+            self.pending
+                .push_back(self.shared.reader().locate(&index, slot));
         }
         drop(index);
-        self.shared.reading_frames();
+        self.shared.reader().reading_frames();
     }
 }
 
@@ -214,6 +215,7 @@ impl<I> Iterator for EventIter<'_, I> {
                 let decode = self.decode;
                 return Some(located.and_then(|l| {
                     self.shared
+                        .reader()
                         .read_located(l, |rec, coord| decode(schema, rec, coord))
                 }));
             }
@@ -314,7 +316,7 @@ impl Store {
     /// # Errors
     /// As [`Store::get`].
     pub fn get_versioned(&self, event_id: u128) -> Result<VersionedEvent, StoreError> {
-        self.shared.get_with(event_id, |rec, coord| {
+        self.shared.reader().get_with(event_id, |rec, coord| {
             decode_versioned(&Schema::new(), rec, coord)
         })
     }
@@ -327,7 +329,7 @@ impl Store {
     /// VersionTooNew | NoUpcaster | UpcastFailed | KindClaimedTwice)`.
     pub fn get_as<T: TypedEvent>(&self, event_id: u128) -> Result<StoredEvent<T>, StoreError> {
         let schema = self.shared.schema();
-        self.shared.get_with(event_id, |rec, coord| {
+        self.shared.reader().get_with(event_id, |rec, coord| {
             decode_typed::<T>(&schema, rec, coord)
         })
     }

@@ -25,6 +25,8 @@ pub struct Cursor {
     /// A refill's entries before they join the buffer, kept so a refill
     /// allocates nothing under the index lock.
     scratch: Vec<IndexEntry>,
+    /// A refill's matching slots (reused likewise).
+    slots: Vec<u32>,
     /// Lists looked at plus slots examined by all refills so far: what
     /// the tests hold to O(1) per delivered event.
     work: u64,
@@ -43,38 +45,47 @@ impl Cursor {
             position: after,
             buffer: VecDeque::new(),
             scratch: Vec::new(),
+            slots: Vec::new(),
             work: 0,
         }
     }
 
-    /// Fill the buffer with the matches of the next windows of [`STEP`]
-    /// slots, until one has any; false if nothing new is visible. Each
-    /// window is picked and pinned under one short hold of the index read
-    /// lock, and its frames are read after it (see `store::read`).
-    fn refill(&mut self) -> bool {
+    /// Append to `out` the matches of the next windows of [`STEP`] slots,
+    /// until one has any; false if nothing new is visible. Each window is
+    /// picked and pinned under one short hold of the index read lock, and
+    /// its frames are read after it (see `store::read`).
+    fn refill_into(&mut self, out: &mut Vec<IndexEntry>) -> bool {
         let visible = self.shared.durability.visible();
-        let mut slots = Vec::new();
-        while self.buffer.is_empty() && self.next_slot < visible {
+        let start = out.len();
+        while out.len() == start && self.next_slot < visible {
             let to = visible.min(self.next_slot.saturating_add(STEP));
-            slots.clear();
+            self.slots.clear();
+            // Room for the window, made (and faulted in) before the lock.
+            out.reserve((to - self.next_slot) as usize);
+            crate::store::read::prefault(out, (to - self.next_slot) as usize);
             let unchained = {
                 let index = self.shared.index.read();
                 self.work += SlotQuery::range(&index, &self.region, self.next_slot, to)
-                    .collect_into(&mut slots);
-                self.shared.pin_entries(&index, &slots, &mut self.scratch)
+                    .collect_into(&mut self.slots);
+                self.shared.reader().pin_entries(&index, &self.slots, out)
             };
-            self.shared.reading_frames();
-            unchained.read_chains(&mut self.scratch);
-            self.buffer.extend(self.scratch.drain(..));
+            self.shared.reader().reading_frames();
+            unchained.read_chains(&mut out[start..]);
             self.next_slot = to;
         }
-        !self.buffer.is_empty()
+        out.len() > start
     }
 
     /// The next matching event, or `None` if there is none yet.
     pub fn poll(&mut self) -> Option<IndexEntry> {
-        if self.buffer.is_empty() && !self.refill() {
-            return None;
+        if self.buffer.is_empty() {
+            let mut window = std::mem::take(&mut self.scratch);
+            let found = self.refill_into(&mut window);
+            self.buffer.extend(window.drain(..));
+            self.scratch = window;
+            if !found {
+                return None;
+            }
         }
         let e = self.buffer.pop_front()?;
         self.position = Some(e.global_sequence);
@@ -83,12 +94,24 @@ impl Cursor {
 
     /// Up to `max` next matching events (possibly none).
     pub fn poll_batch(&mut self, max: usize) -> Vec<IndexEntry> {
-        let mut out = Vec::with_capacity(max.min(1024));
+        let mut out = Vec::with_capacity(max.min(4 * STEP as usize));
         while out.len() < max {
-            match self.poll() {
-                Some(e) => out.push(e),
-                None => break,
+            if self.buffer.is_empty() {
+                // Straight into the result; what the window holds beyond
+                // `max` waits in the buffer.
+                if !self.refill_into(&mut out) {
+                    break;
+                }
+                if out.len() > max {
+                    self.buffer.extend(out.drain(max..));
+                }
+                continue;
             }
+            let take = (max - out.len()).min(self.buffer.len());
+            out.extend(self.buffer.drain(..take));
+        }
+        if let Some(last) = out.last() {
+            self.position = Some(last.global_sequence);
         }
         out
     }

@@ -77,6 +77,7 @@ pub(crate) mod payload_de;
 pub(crate) mod payload_ser;
 pub(crate) mod record;
 pub(crate) mod removed;
+pub(crate) mod scan;
 pub(crate) mod segment;
 
 /// Record type of an event frame (first byte of its body).

@@ -139,17 +139,19 @@ impl EventRecord<'_> {
     }
 }
 
+/// Where a frame's hash chain (previous and own event hash) lies in it.
+pub(crate) const CHAIN_START: usize = FRAME_HEADER_LEN + off::PREV_HASH;
+pub(crate) const CHAIN_END: usize = FRAME_HEADER_LEN + off::EVENT_HASH + 32;
+
 /// The `(prev_hash, event_hash)` of the event frame `frame` (a whole frame,
 /// header included), read in place without checking the frame: for building
 /// index entries from frames whose checksum was verified when they were indexed.
 pub(crate) fn chain_in_frame(frame: &[u8]) -> Option<([u8; 32], [u8; 32])> {
-    let at = FRAME_HEADER_LEN + off::PREV_HASH;
-    let end = FRAME_HEADER_LEN + off::EVENT_HASH + 32;
-    if frame.len() < end || frame[FRAME_HEADER_LEN] != RECORD_EVENT {
+    if frame.len() < CHAIN_END || frame[FRAME_HEADER_LEN] != RECORD_EVENT {
         return None;
     }
     Some((
-        le::arr32_at(frame, at),
+        le::arr32_at(frame, CHAIN_START),
         le::arr32_at(frame, FRAME_HEADER_LEN + off::EVENT_HASH),
     ))
 }

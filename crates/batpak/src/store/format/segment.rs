@@ -58,6 +58,16 @@ impl SegmentHeader {
 }
 
 /// `00000000000000000042.seg`
+/// Check that `bytes` (a segment file) start with a header naming segment
+/// `id`; else say what is wrong (what recovery and `verify` both report).
+pub(crate) fn check_header(bytes: &[u8], id: u64) -> Result<SegmentHeader, String> {
+    match SegmentHeader::decode(bytes) {
+        Ok(h) if h.segment_id == id => Ok(h),
+        Ok(h) => Err(format!("header names segment {}", h.segment_id)),
+        Err(e) => Err(format!("segment header: {e}")),
+    }
+}
+
 pub(crate) fn segment_file_name(segment_id: u64) -> String {
     format!("{segment_id:020}{SEGMENT_SUFFIX}")
 }

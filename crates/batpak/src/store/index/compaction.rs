@@ -88,7 +88,7 @@ impl Index {
             let mut named: Vec<u32> = fates.iter().map(|&(slot, _)| slot).collect();
             named.sort_unstable();
             if let Some(w) = named.windows(2).find(|w| w[0] == w[1]) {
-                return Err(StoreError::Configuration(format!(
+                return Err(StoreError::internal(format!(
                     "compaction names slot {} twice",
                     w[0]
                 )));
@@ -96,7 +96,7 @@ impl Index {
         }
         for &(slot, fate) in fates {
             if slot >= self.len() || self.is_dead(slot) {
-                return Err(StoreError::Configuration(format!(
+                return Err(StoreError::internal(format!(
                     "compaction names slot {slot}, which is not a live event"
                 )));
             }
@@ -148,13 +148,7 @@ impl Index {
             }
         }
         let id = rec.event_id();
-        let records = &self.records;
-        if let Ok(entry) = self
-            .by_id
-            .find_entry(super::id_hash(id), |&x| records.get(x).event_id() == id)
-        {
-            entry.remove();
-        }
+        self.by_id.remove(super::id_hash(id), slot);
         self.removed.insert(
             id,
             RemovedEvent {
@@ -180,8 +174,8 @@ impl Index {
                 event_id: e.event_id,
                 correlation_id: e.correlation_id,
                 causation_id: e.causation_id,
-                entity: &self.entities[ent as usize].name,
-                scope: &self.scopes[sc as usize].name,
+                entity: self.entities[ent as usize].name,
+                scope: self.scopes[sc as usize].name,
                 kind: e.kind,
                 timestamp_us: i64::try_from(e.wall_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
                 hlc_counter: 0,
@@ -196,13 +190,13 @@ impl Index {
         // Tails (what each entity's next append continues from) and the
         // removed events carry over unchanged.
         for info in &self.entities {
-            let e = out.intern_entity(&info.name);
+            let e = out.intern_entity(info.name);
             out.entities[e as usize].tail = info.tail;
         }
         for (&id, r) in &self.removed {
             let (e, s) = self.coords[r.coord as usize];
-            let e = out.intern_entity(&self.entities[e as usize].name);
-            let s = out.intern_scope(&self.scopes[s as usize].name);
+            let e = out.intern_entity(self.entities[e as usize].name);
+            let s = out.intern_scope(self.scopes[s as usize].name);
             let coord = out.intern_coord(e, s);
             out.removed.insert(
                 id,
@@ -538,7 +532,18 @@ mod tests {
                 },
             )],
         ] {
-            assert!(idx.apply_compaction(&bad).is_err());
+            let refused = idx.apply_compaction(&bad);
+            // A slot named twice or not live is a defect of the caller (an
+            // internal error); a position beyond the index's range is not.
+            match &bad[..] {
+                [.., (_, Fate::Moved { pos, .. })] if pos.segment_id == u64::MAX => {
+                    assert!(matches!(refused, Err(StoreError::CapacityExhausted(_))));
+                }
+                _ => assert!(
+                    matches!(refused, Err(StoreError::Internal(_))),
+                    "{refused:?}"
+                ),
+            }
             let after: Vec<_> = (0..10).map(|s| idx.entry(s)).collect();
             assert_eq!(before, after);
             assert_eq!(idx.compactions(), 0);

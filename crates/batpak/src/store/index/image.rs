@@ -4,9 +4,9 @@
 
 use super::records::{Record, RecordArena};
 use super::{EntityInfo, EntityTail, Index, Link, ScopeInfo, EXTERNAL_REF, NO_REF};
+use crate::coordinate::interned;
 use crate::event::EventKind;
 use hashbrown::HashMap;
-use std::sync::Arc;
 
 /// An entity: its name and what the next append chains onto.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,23 +106,18 @@ pub(crate) struct IndexLoader {
 }
 
 /// The id table of `records`, refusing a repeated id.
-fn build_id_table(records: &RecordArena) -> Result<hashbrown::HashTable<u32>, String> {
-    let mut table = hashbrown::HashTable::with_capacity(records.len() as usize);
-    let hash = |slot: &u32| super::id_hash(records.get(*slot).event_id());
+fn build_id_table(records: &RecordArena) -> Result<super::ids::IdTable, String> {
+    let mut table = super::ids::IdTable::with_capacity(records.len() as usize);
     for slot in 0..records.len() {
         let id = records.get(slot).event_id();
-        match table.entry(
-            super::id_hash(id),
-            |&x| records.get(x).event_id() == id,
-            hash,
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => {
-                return Err(format!("record {slot}: duplicate event id"))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(slot);
-            }
+        let hash = super::id_hash(id);
+        if table
+            .find(hash, |x| records.get(x).event_id() == id)
+            .is_some()
+        {
+            return Err(format!("record {slot}: duplicate event id"));
         }
+        table.insert_unique(hash, slot);
     }
     Ok(table)
 }
@@ -131,12 +126,12 @@ impl IndexLoader {
     pub(crate) fn new(tables: IndexTables) -> Result<Self, String> {
         let mut index = Index::new();
         for e in &tables.entities {
-            let name: Arc<str> = Arc::from(e.name.as_str());
+            let name = interned::intern(&e.name);
             let id = index.entities.len() as u32;
-            if index.entity_ids.insert(name.clone(), id).is_some() {
+            if index.entity_ids.insert(name, id).is_some() {
                 return Err(format!("entity {:?} listed twice", e.name));
             }
-            index.entity_order.insert(name.clone(), id);
+            index.entity_order.insert(name, id);
             index.entities.push(EntityInfo {
                 name,
                 slots: Vec::new(),
@@ -144,9 +139,9 @@ impl IndexLoader {
             });
         }
         for s in &tables.scopes {
-            let name: Arc<str> = Arc::from(s.as_str());
+            let name = interned::intern(s);
             let id = index.scopes.len() as u32;
-            if index.scope_ids.insert(name.clone(), id).is_some() {
+            if index.scope_ids.insert(name, id).is_some() {
                 return Err(format!("scope {s:?} listed twice"));
             }
             index.scopes.push(ScopeInfo {
@@ -163,6 +158,16 @@ impl IndexLoader {
             }
         }
         index.coords = tables.coords.clone();
+        index.coord_names = tables
+            .coords
+            .iter()
+            .map(|&(e, s)| {
+                interned::intern_pair(
+                    index.entities[e as usize].name,
+                    index.scopes[s as usize].name,
+                )
+            })
+            .collect();
         index.external_ids = tables.external_ids.clone();
         Ok(Self {
             index,

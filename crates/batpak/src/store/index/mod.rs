@@ -13,6 +13,7 @@
 
 mod compaction;
 mod entry;
+mod ids;
 mod image;
 mod query;
 mod records;
@@ -23,13 +24,13 @@ pub use entry::{ClockKey, DiskPos, IndexEntry};
 pub(crate) use image::{EntityImage, IndexLoader, IndexTables, LinkImage, RecordImage};
 pub(crate) use query::SlotQuery;
 
+use crate::coordinate::interned::{self, Names};
 use crate::coordinate::{Coordinate, Region};
 use crate::event::{EventKind, HashChain};
 use crate::store::StoreError;
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 use records::{Record, RecordArena, MAX_COORDS};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Most events one open store can index: slot numbers use 31 bits (the top
 /// bit marks references to ids outside the store).
@@ -86,7 +87,8 @@ pub(crate) struct EntityTail {
 }
 
 struct EntityInfo {
-    name: Arc<str>,
+    /// Interned for the life of the process (`coordinate::interned`).
+    name: &'static str,
     /// Slots in clock order (which is also slot order).
     slots: Vec<u32>,
     /// The newest event's clock, hash, timestamp and HLC counter: what the
@@ -106,7 +108,7 @@ struct Link {
 }
 
 struct ScopeInfo {
-    name: Arc<str>,
+    name: &'static str,
     slots: Vec<u32>,
 }
 
@@ -117,15 +119,18 @@ pub(crate) struct Index {
     /// Global sequence of each slot, as runs of consecutive numbers:
     /// `(first slot, its sequence)`. Usually a single run.
     seq_runs: Vec<(u32, u64)>,
-    by_id: HashTable<u32>,
+    by_id: ids::IdTable,
     entities: Vec<EntityInfo>,
-    entity_ids: HashMap<Arc<str>, u32>,
+    entity_ids: HashMap<&'static str, u32>,
     /// Entity names in order, for prefix queries.
-    entity_order: BTreeMap<Arc<str>, u32>,
+    entity_order: BTreeMap<&'static str, u32>,
     scopes: Vec<ScopeInfo>,
-    scope_ids: HashMap<Arc<str>, u32>,
+    scope_ids: HashMap<&'static str, u32>,
     /// Coordinate id -> (entity id, scope id).
     coords: Vec<(u32, u32)>,
+    /// Coordinate id -> its interned names: what a coordinate handed out
+    /// points at (copying it touches no reference count).
+    coord_names: Vec<&'static Names>,
     coord_ids: HashMap<(u32, u32), u32>,
     by_kind: HashMap<u16, Vec<u32>>,
     /// Links of events that have a causation or a foreign correlation, by slot (sorted).
@@ -174,6 +179,7 @@ impl Index {
     }
 
     /// Number of records (visible or not).
+    #[inline]
     pub(crate) fn len(&self) -> u32 {
         self.records.len()
     }
@@ -181,8 +187,7 @@ impl Index {
     pub(crate) fn slot_of(&self, id: u128) -> Option<u32> {
         let records = &self.records;
         self.by_id
-            .find(id_hash(id), |&slot| records.get(slot).event_id() == id)
-            .copied()
+            .find(id_hash(id), |slot| records.get(slot).event_id() == id)
     }
 
     /// Find a live or removed event by id.
@@ -205,8 +210,8 @@ impl Index {
         };
         let (e, s) = self.coords[coord as usize];
         Some(KeyHit {
-            entity: &self.entities[e as usize].name,
-            scope: &self.scopes[s as usize].name,
+            entity: self.entities[e as usize].name,
+            scope: self.scopes[s as usize].name,
             kind,
             global_seq,
             disk_pos,
@@ -241,6 +246,7 @@ impl Index {
         );
     }
 
+    #[inline]
     pub(crate) fn global_seq(&self, slot: u32) -> u64 {
         let i = self.seq_runs.partition_point(|&(first, _)| first <= slot) - 1;
         let (first, seq) = self.seq_runs[i];
@@ -265,22 +271,20 @@ impl Index {
         let rec = self.records.get(slot);
         let (e, s) = self.coords[rec.coord() as usize];
         (
-            &self.entities[e as usize].name,
-            &self.scopes[s as usize].name,
+            self.entities[e as usize].name,
+            self.scopes[s as usize].name,
             rec.kind(),
         )
     }
 
+    #[inline]
     pub(crate) fn event_id(&self, slot: u32) -> u128 {
         self.records.get(slot).event_id()
     }
 
+    #[inline]
     pub(crate) fn coordinate(&self, slot: u32) -> Coordinate {
-        let (e, s) = self.coords[self.records.get(slot).coord() as usize];
-        Coordinate::from_interned(
-            self.entities[e as usize].name.clone(),
-            self.scopes[s as usize].name.clone(),
-        )
+        Coordinate::from_interned(self.coord_names[self.records.get(slot).coord() as usize])
     }
 
     pub(crate) fn disk_pos(&self, slot: u32) -> DiskPos {
@@ -328,13 +332,13 @@ impl Index {
             return id;
         }
         let id = self.entities.len() as u32;
-        let name: Arc<str> = Arc::from(name);
+        let name = interned::intern(name);
         self.entities.push(EntityInfo {
-            name: name.clone(),
+            name,
             slots: Vec::new(),
             tail: None,
         });
-        self.entity_ids.insert(name.clone(), id);
+        self.entity_ids.insert(name, id);
         self.entity_order.insert(name, id);
         id
     }
@@ -344,9 +348,9 @@ impl Index {
             return id;
         }
         let id = self.scopes.len() as u32;
-        let name: Arc<str> = Arc::from(name);
+        let name = interned::intern(name);
         self.scopes.push(ScopeInfo {
-            name: name.clone(),
+            name,
             slots: Vec::new(),
         });
         self.scope_ids.insert(name, id);
@@ -357,6 +361,10 @@ impl Index {
         let next = self.coords.len() as u32;
         *self.coord_ids.entry((entity, scope)).or_insert_with(|| {
             self.coords.push((entity, scope));
+            self.coord_names.push(interned::intern_pair(
+                self.entities[entity as usize].name,
+                self.scopes[scope as usize].name,
+            ));
             next
         })
     }
@@ -371,6 +379,7 @@ impl Index {
         }
     }
 
+    #[inline]
     fn resolve(&self, slot: u32, reference: u32) -> u128 {
         if reference == NO_REF {
             self.event_id(slot)
@@ -426,10 +435,7 @@ impl Index {
             Some(&(first, seq)) if seq + u64::from(slot - first) == new.global_seq => {}
             _ => self.seq_runs.push((slot, new.global_seq)),
         }
-        let records = &self.records;
-        self.by_id.insert_unique(id_hash(new.event_id), slot, |&s| {
-            id_hash(records.get(s).event_id())
-        });
+        self.by_id.insert_unique(id_hash(new.event_id), slot);
         let old_tail = self.entities[entity as usize].tail;
         self.note_tail_change(entity, old_tail);
         let info = &mut self.entities[entity as usize];
@@ -468,6 +474,7 @@ impl Index {
     }
 
     /// The causal links of `slot`, if it has any.
+    #[inline]
     fn link(&self, slot: u32) -> Option<&Link> {
         if !self.records.get(slot).has_links() {
             return None;
@@ -478,8 +485,18 @@ impl Index {
             .map(|i| &self.links[i])
     }
 
+    /// Ask the CPU to start loading the record of `slot` (a read is about
+    /// to build its entry). A hint only: a slot past the end is ignored.
+    #[inline]
+    pub(crate) fn prefetch_record(&self, slot: u32) {
+        if slot < self.len() {
+            self.records.prefetch(slot);
+        }
+    }
+
     /// The public view of one record. Its `hash_chain` is left zero: hashes
     /// live in the frames, and the read path fills them in.
+    #[inline]
     pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
         let rec = self.records.get(slot);
         let link = self.link(slot);
@@ -513,14 +530,14 @@ impl Index {
         }
         self.records.heap_bytes()
             + vec_bytes(&self.seq_runs)
-            + self.by_id.capacity() * (size_of::<u32>() + 1)
+            + self.by_id.buckets() * size_of::<u64>()
             + self
                 .entities
                 .iter()
                 .map(|e| size_of::<EntityInfo>() + vec_bytes(&e.slots) + e.name.len() + 16)
                 .sum::<usize>()
             + map_bytes(&self.entity_ids)
-            + self.entity_order.len() * (size_of::<(Arc<str>, u32)>() + 8)
+            + self.entity_order.len() * (size_of::<(&str, u32)>() + 8)
             + self
                 .scopes
                 .iter()
@@ -528,6 +545,8 @@ impl Index {
                 .sum::<usize>()
             + map_bytes(&self.scope_ids)
             + vec_bytes(&self.coords)
+            + vec_bytes(&self.coord_names)
+            + self.coord_names.len() * size_of::<Names>()
             + map_bytes(&self.coord_ids)
             + map_bytes(&self.by_kind)
             + lists(&self.by_kind)
@@ -611,14 +630,14 @@ mod tests {
     }
 
     /// Key comparisons made while looking every key up once.
-    fn comparisons(table: &HashTable<u32>, keys: &[u128], hash: impl Fn(u128) -> u64) -> u64 {
+    fn comparisons(table: &ids::IdTable, keys: &[u128], hash: impl Fn(u128) -> u64) -> u64 {
         let mut compared = 0;
         for (slot, &key) in keys.iter().enumerate() {
-            let found = table.find(hash(key), |&s| {
+            let found = table.find(hash(key), |s| {
                 compared += 1;
                 keys[s as usize] == key
             });
-            assert_eq!(found, Some(&(slot as u32)));
+            assert_eq!(found, Some(slot as u32));
         }
         compared
     }
@@ -641,11 +660,9 @@ mod tests {
 
         // The same keys in a table hashed by the fixed mixer: every lookup
         // compares against the keys inserted before it.
-        let mut fixed = HashTable::new();
+        let mut fixed = ids::IdTable::default();
         for slot in 0..keys.len() as u32 {
-            fixed.insert_unique(unseeded_mixer(keys[slot as usize]), slot, |&s| {
-                unseeded_mixer(keys[s as usize])
-            });
+            fixed.insert_unique(unseeded_mixer(keys[slot as usize]), slot);
         }
         let flooded = comparisons(&fixed, &keys, unseeded_mixer);
 
@@ -653,8 +670,8 @@ mod tests {
             flooded >= n * n / 2,
             "the fixed mixer is flooded: {flooded}"
         );
-        // One comparison per lookup, plus the rare false match of the 7-bit
-        // control byte within a probed group.
+        // One comparison per lookup, plus the rare false match of a 32-bit
+        // tag within a probe run.
         assert!(seeded <= n + n / 4, "{seeded} comparisons for {n} lookups");
     }
 }

@@ -115,6 +115,25 @@ impl RecordArena {
         self.len
     }
 
+    /// Ask the CPU to start loading the record of `slot` (which exists).
+    #[inline]
+    pub(super) fn prefetch(&self, slot: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = std::ptr::from_ref(self.get(slot)).cast::<i8>();
+            // SAFETY: a prefetch is only a hint to the cache: it reads
+            // nothing architecturally and never faults (here the address is
+            // of a live record).
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
     #[inline]
     pub(super) fn get(&self, slot: u32) -> &Record {
         &self.chunks[(slot >> CHUNK_SHIFT) as usize][slot as usize & (CHUNK - 1)]
@@ -129,7 +148,19 @@ impl RecordArena {
         match self.chunks.last_mut() {
             // The first chunk grows normally, so a small store stays small;
             // later chunks are allocated whole and never move.
-            Some(c) if c.len() < CHUNK => c.push(rec),
+            Some(c) if c.len() < CHUNK => {
+                if c.len() == c.capacity() {
+                    // The first chunk grows by doubling; once large, into
+                    // memory advised for huge pages before it is touched
+                    // (reads of random records would otherwise miss the
+                    // TLB on nearly every one).
+                    let want = (c.capacity() * 2).clamp(64, CHUNK);
+                    let mut grown = crate::store::huge_pages::vec_with_capacity(want);
+                    grown.extend_from_slice(c);
+                    *c = grown;
+                }
+                c.push(rec);
+            }
             _ => {
                 let mut c = if self.chunks.is_empty() {
                     Vec::with_capacity(64)
@@ -171,26 +202,5 @@ impl RecordArena {
 /// 11 MiB in 4 KiB pages costs thousands of page faults (each an expensive
 /// trap on a virtual machine); in 2 MiB pages, a handful.
 fn big_chunk() -> Vec<Record> {
-    let v: Vec<Record> = Vec::with_capacity(CHUNK);
-    #[cfg(target_os = "linux")]
-    {
-        let bytes = v.capacity() * std::mem::size_of::<Record>();
-        let start = v.as_ptr() as usize;
-        let huge = 2 * 1024 * 1024;
-        let aligned = (start + huge - 1) & !(huge - 1);
-        let end = (start + bytes) & !(huge - 1);
-        if end > aligned {
-            // SAFETY: MADV_HUGEPAGE on whole pages inside this allocation only
-            // changes how the kernel backs them; contents and validity are
-            // unaffected, and the range holds no data yet.
-            unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    v
+    crate::store::huge_pages::vec_with_capacity(CHUNK)
 }

@@ -43,9 +43,7 @@ impl Index {
         for slot in (len..end).rev() {
             let rec = *self.records.get(slot);
             let id = rec.event_id();
-            if let Ok(entry) = self.by_id.find_entry(super::id_hash(id), |&s| s == slot) {
-                entry.remove();
-            }
+            self.by_id.remove(super::id_hash(id), slot);
             let (e, s) = self.coords[rec.coord() as usize];
             pop_from(&mut self.entities[e as usize].slots, len);
             pop_from(&mut self.scopes[s as usize].slots, len);

@@ -1,5 +1,6 @@
 //! The data directory: its lock, its listing, and directory fsync.
 
+use super::io::{InjectionPoint, Io, SegmentIo};
 use crate::store::format::segment::parse_segment_file_name;
 use crate::store::StoreError;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -66,40 +67,45 @@ impl SegmentListing {
 
 /// Replace `dir/name` with `bytes` atomically: write a temporary file, sync
 /// it, rename it over the target and sync the directory. A crash leaves the
-/// old file or the new one.
-pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    write_atomically_with(dir, name, bytes, |_| Ok(()))
-}
-
-/// [`write_atomically`], calling `step` after the temporary file is synced
-/// (`false`) and after the rename (`true`): where tests inject crashes.
-pub(crate) fn write_atomically_with(
+/// old file or the new one. `points`: the named points a test knows the
+/// rename and the directory sync as.
+pub(crate) fn write_atomically(
+    io: &Io,
     dir: &Path,
     name: &str,
     bytes: &[u8],
-    step: impl Fn(bool) -> Result<(), StoreError>,
+    points: [Option<InjectionPoint>; 2],
 ) -> Result<(), StoreError> {
     let tmp_name = format!("{name}.tmp");
     let tmp = dir.join(&tmp_name);
-    if let Err(e) = write_synced(dir, &tmp_name, bytes) {
+    if let Err(e) = write_synced(io, dir, &tmp_name, bytes) {
         // A full disk: leave no partial temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = io.remove(&tmp, None);
         return Err(e);
     }
-    step(false)?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    step(true)?;
-    sync_dir(dir)
+    io.rename(&tmp, &dir.join(name), points[0])?;
+    io.sync_dir(dir, points[1])
 }
 
 /// Create (or replace) `dir/name` with `bytes` and sync the file (not the
 /// directory: callers that need the name durable sync it, or rename first).
-pub(crate) fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    let mut f = File::create(dir.join(name))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+pub(crate) fn write_synced(
+    io: &Io,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    super::io::ignore_missing(io.remove(&path, None))?;
+    let file = io.create_new(&path)?;
+    io.write_at(&file, &path, bytes, 0, None)?;
+    io.sync(
+        &file,
+        &path,
+        crate::store::config::SyncMode::SyncAll,
+        None,
+        None,
+    )
 }
 
 /// Map a whole file read-only. Only for files batpak replaces by rename and
@@ -113,8 +119,10 @@ pub(crate) fn map_whole_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }
 }
 
-/// fsync a directory so that entries created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// fsync a directory so that entries created, renamed or removed in it are
+/// durable (before a store's I/O seam exists; afterwards it goes through
+/// the seam).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -161,7 +169,7 @@ fn create_dir_all_with(
 /// fails a write through a memory map with `SIGBUS` (see [`FrameWrites`]).
 ///
 /// [`FrameWrites`]: super::FrameWrites
-pub(crate) fn is_copy_on_write(dir: &Path) -> bool {
+pub(super) fn is_copy_on_write(dir: &Path) -> bool {
     #[cfg(target_os = "linux")]
     {
         const BTRFS: u32 = 0x9123_683e;

@@ -22,14 +22,15 @@
 //! descriptors does not grow with the number of segments.
 
 mod dir;
+pub(crate) mod io;
 pub(crate) mod rewrite;
 mod segment;
 
 pub(crate) use dir::{
-    create_dir_all_synced, is_copy_on_write, map_whole_file, sync_dir, write_atomically,
-    write_atomically_with, DirLock, SegmentListing,
+    create_dir_all_synced, map_whole_file, write_atomically, DirLock, SegmentListing,
 };
-pub(crate) use segment::{ActiveSegment, FrameWrites, GrowthCounters, Prealloc, Segment};
+pub(crate) use io::{InjectionPoint, Io, Prealloc, SegmentIo};
+pub(crate) use segment::{ActiveSegment, FrameWrites, GrowthCounters, Segment, Writing};
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -45,120 +46,37 @@ pub(crate) struct Log {
     segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
     sync_mode: SyncMode,
     segment_max_bytes: u64,
-    prealloc: Prealloc,
-    /// How the writer puts frames into the active segment.
-    writes: FrameWrites,
-    /// Test hook: what the crashed store that used this directory before
-    /// had not synced (see `Store::simulate_crash`), by segment id.
-    #[cfg(feature = "dangerous-test-hooks")]
-    crashed: parking_lot::Mutex<std::collections::BTreeMap<u64, Option<u64>>>,
-    /// Growth of active segments: ahead of the writer, or on its path.
-    growth: Arc<GrowthCounters>,
+    /// How the writer's segments get their bytes (through the I/O seam,
+    /// where every byte goes).
+    writing: Writing,
 }
 
 impl Log {
-    /// Test hook: do to the segment files what a power cut now would. Bytes
-    /// not yet synced become zeros, files whose directory entry was never
-    /// synced disappear. The caller has stopped every writer. Returns
-    /// (bytes discarded, files removed).
-    #[cfg(feature = "dangerous-test-hooks")]
-    pub(crate) fn simulate_power_loss(&self) -> Result<(u64, usize), StoreError> {
-        use std::os::unix::fs::FileExt;
-        let mut discarded = 0;
-        let mut removed = 0;
-        for seg in self.segments.read().values() {
-            let path = self.dir.join(segment_file_name(seg.id()));
-            match seg.survives_power_loss() {
-                None => {
-                    std::fs::remove_file(&path)?;
-                    removed += 1;
-                }
-                Some(synced) => {
-                    let len = std::fs::metadata(&path)?.len();
-                    if synced < len {
-                        let f = std::fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .open(&path)?;
-                        let mut lost = vec![0u8; (len - synced) as usize];
-                        f.read_exact_at(&mut lost, synced)?;
-                        // Count written bytes, not preallocated zeros.
-                        discarded += lost
-                            .iter()
-                            .rposition(|&b| b != 0)
-                            .map_or(0, |p| p as u64 + 1);
-                        lost.fill(0);
-                        f.write_all_at(&lost, synced)?;
-                        f.sync_all()?;
-                    }
-                }
-            }
-        }
-        dir::sync_dir(&self.dir)?;
-        Ok((discarded, removed))
-    }
-
-    /// Test hook: what a power cut after a crash now would leave of each
-    /// segment file in the directory, as a crashed process leaves it for
-    /// the next one: synced lengths, and `None` for a file whose directory
-    /// entry may not be durable (a segment file this log never registered
-    /// is one being created). The caller has stopped every writer.
-    #[cfg(feature = "dangerous-test-hooks")]
-    pub(crate) fn unsynced_at_crash(&self) -> Result<BTreeMap<u64, Option<u64>>, StoreError> {
-        let segments = self.segments.read();
-        let mut ledger: BTreeMap<u64, Option<u64>> = segments
-            .iter()
-            .map(|(id, seg)| (*id, seg.survives_power_loss()))
-            .collect();
-        for (id, _) in SegmentListing::read(&self.dir)?.segments {
-            ledger.entry(id).or_insert(None);
-        }
-        Ok(ledger)
-    }
-
-    /// Test hook: start from what a crashed process left unsynced (the
-    /// files it left are on disk, but not necessarily durable).
-    #[cfg(feature = "dangerous-test-hooks")]
-    pub(crate) fn inherit_unsynced(&self, ledger: BTreeMap<u64, Option<u64>>) {
-        *self.crashed.lock() = ledger;
-    }
-
-    /// A segment file found at open: under the test hook, it is only as
-    /// durable as the crashed process that wrote it left it.
-    pub(crate) fn inherit_crash(&self, seg: &Segment) {
-        #[cfg(feature = "dangerous-test-hooks")]
-        if let Some(left) = self.crashed.lock().get(&seg.id()) {
-            seg.inherit_unsynced(*left);
-        }
-        #[cfg(not(feature = "dangerous-test-hooks"))]
-        let _ = seg;
-    }
-
-    /// The directory was synced: every segment's entry is durable.
-    pub(crate) fn note_entries_synced(&self) {
-        for seg in self.segments.read().values() {
-            seg.set_entry_synced(true);
-        }
-    }
-
     pub(crate) fn new(
         dir: &Path,
         sync_mode: SyncMode,
         segment_max_bytes: u64,
         prealloc: Prealloc,
         writes: FrameWrites,
+        io: Io,
     ) -> Self {
         Self {
             dir: dir.to_path_buf(),
             segments: RwLock::new(BTreeMap::new()),
             sync_mode,
             segment_max_bytes,
-            prealloc,
-            writes,
-            #[cfg(feature = "dangerous-test-hooks")]
-            crashed: parking_lot::Mutex::new(BTreeMap::new()),
-            growth: Arc::default(),
+            writing: Writing {
+                prealloc,
+                writes,
+                growth: Arc::default(),
+                io,
+            },
         }
+    }
+
+    /// The I/O seam every file operation of this store goes through.
+    pub(crate) fn io(&self) -> &Io {
+        &self.writing.io
     }
 
     /// Continue writing an existing segment whose frames end at `write_pos`.
@@ -170,16 +88,7 @@ impl Log {
         file_len: u64,
     ) -> Result<ActiveSegment, StoreError> {
         let capacity = self.segment_max_bytes.max(file_len);
-        let active = ActiveSegment::reopen(
-            path,
-            id,
-            write_pos,
-            capacity,
-            self.prealloc,
-            self.writes,
-            self.growth.clone(),
-        )?;
-        self.inherit_crash(active.segment());
+        let active = ActiveSegment::reopen(path, id, write_pos, capacity, &self.writing)?;
         self.register(active.segment().clone());
         Ok(active)
     }
@@ -193,7 +102,7 @@ impl Log {
     }
 
     pub(crate) fn growth(&self) -> &GrowthCounters {
-        &self.growth
+        &self.writing.growth
     }
 
     /// Make a recovered segment readable.
@@ -243,24 +152,13 @@ impl Log {
         end <= active.capacity() && (active.is_empty() || end <= self.segment_max_bytes)
     }
 
-    /// Create segment `id`, durable (file and directory synced) before it is used.
+    /// Create segment `id`, durable (file and directory synced) before it
+    /// is used. Between the two syncs is [`InjectionPoint::SegmentCreated`].
     pub(crate) fn create_segment(
         &self,
         id: u64,
         min_frame_len: u64,
         now_us: i64,
-    ) -> Result<ActiveSegment, StoreError> {
-        self.create_segment_with(id, min_frame_len, now_us, || Ok(()))
-    }
-
-    /// [`Log::create_segment`], calling `created` after the file is created
-    /// and synced, before the directory is (where tests inject crashes).
-    fn create_segment_with(
-        &self,
-        id: u64,
-        min_frame_len: u64,
-        now_us: i64,
-        created: impl FnOnce() -> Result<(), StoreError>,
     ) -> Result<ActiveSegment, StoreError> {
         let path = self.dir.join(segment_file_name(id));
         let header = SegmentHeader {
@@ -268,31 +166,20 @@ impl Log {
             created_us: now_us,
         };
         let capacity = self.capacity_for(min_frame_len);
-        let create = || {
-            ActiveSegment::create(
-                &path,
-                id,
-                &header.encode(),
-                capacity,
-                self.prealloc,
-                self.writes,
-                self.growth.clone(),
-            )
-        };
+        let create = || ActiveSegment::create(&path, id, &header.encode(), capacity, &self.writing);
         let active = match create() {
             Err(StoreError::Io(e))
                 if e.kind() == std::io::ErrorKind::AlreadyExists && Self::holds_no_frame(&path) =>
             {
                 // Left by an earlier attempt that failed before using it.
                 // Removed, never truncated: a reader may map it (ADR 0013).
-                std::fs::remove_file(&path)?;
+                self.io().remove(&path, None)?;
                 create()?
             }
             other => other?,
         };
-        created()?;
-        dir::sync_dir(&self.dir)?;
-        active.segment().set_entry_synced(true);
+        self.io()
+            .sync_dir(&self.dir, Some(InjectionPoint::SegmentCreated))?;
         self.register(active.segment().clone());
         Ok(active)
     }
@@ -331,11 +218,10 @@ impl Log {
         old: &mut ActiveSegment,
         frame_len: u64,
         now_us: i64,
-        created: impl FnOnce() -> Result<(), StoreError>,
     ) -> Result<ActiveSegment, StoreError> {
         old.flush_pending()?;
         old.segment().sync(self.sync_mode)?;
-        let new = self.create_segment_with(old.segment().id() + 1, frame_len, now_us, created)?;
+        let new = self.create_segment(old.segment().id() + 1, frame_len, now_us)?;
         old.segment().close_descriptor();
         Ok(new)
     }
@@ -349,6 +235,12 @@ pub(crate) struct FrameBytes {
 }
 
 impl FrameBytes {
+    /// Start loading the frame's bytes (see [`Segment::prefetch_frame`]).
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        self.seg.prefetch_frame(self.offset, self.length);
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         self.seg.slice(self.offset, u64::from(self.length))
     }

@@ -5,9 +5,11 @@
 //! Only file mechanics live here; which frames go where is the caller's
 //! business.
 
+use super::dir::write_atomically;
 pub(crate) use super::dir::write_synced;
-use super::dir::{sync_dir, write_atomically};
+use super::io::{ignore_missing, InjectionPoint, Io, SegmentIo};
 use super::{Log, Segment};
+use crate::store::config::SyncMode;
 use crate::store::format::checkpoint::CHECKPOINT_FILE;
 use crate::store::format::intent::{
     is_temporary, output_file_name, Intent, INTENT_FILE, REMOVED_NEXT_FILE,
@@ -16,33 +18,48 @@ use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{segment_file_name, SegmentHeader};
 use crate::store::StoreError;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Bytes a [`SegmentWriter`] gathers before it writes them.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// A segment being written whole under a temporary name. Its id is settled
 /// only when it is finished (compaction names an output after the last
 /// input it packs, which it knows only then): until then the file is named
 /// after, and its header names, the id it was created with.
 pub(crate) struct SegmentWriter {
+    io: Io,
     dir: PathBuf,
     created_as: u64,
     created_us: i64,
-    out: BufWriter<File>,
+    file: File,
+    path: PathBuf,
+    /// Bytes not written to the file yet; they start at `len - buf.len()`.
+    buf: Vec<u8>,
     len: u64,
 }
 
 impl SegmentWriter {
     /// Start a segment file named (for now) after segment `id`.
-    pub(crate) fn create(dir: &Path, id: u64, created_us: i64) -> Result<Self, StoreError> {
+    pub(crate) fn create(
+        io: &Io,
+        dir: &Path,
+        id: u64,
+        created_us: i64,
+    ) -> Result<Self, StoreError> {
         let path = dir.join(output_file_name(id));
-        let file = File::create(&path)?;
+        // Left by an earlier attempt that was not cleaned up: not installed.
+        ignore_missing(io.remove(&path, None))?;
+        let file = io.create_new(&path)?;
         let mut w = Self {
+            io: io.clone(),
             dir: dir.to_path_buf(),
             created_as: id,
             created_us,
-            out: BufWriter::with_capacity(1 << 20, file),
+            file,
+            path,
+            buf: Vec::with_capacity(WRITE_BUFFER),
             len: 0,
         };
         w.write(
@@ -62,47 +79,64 @@ impl SegmentWriter {
 
     /// Append `bytes`; returns the offset they start at.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
-        self.out.write_all(bytes)?;
+        if self.buf.len() + bytes.len() > WRITE_BUFFER {
+            self.flush()?;
+        }
         let at = self.len;
+        if bytes.len() > WRITE_BUFFER {
+            self.io.write_at(&self.file, &self.path, bytes, at, None)?;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
         self.len += bytes.len() as u64;
         Ok(at)
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if !self.buf.is_empty() {
+            let at = self.len - self.buf.len() as u64;
+            self.io
+                .write_at(&self.file, &self.path, &self.buf, at, None)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
     /// Settle the segment's id (its header and temporary name), flush and
     /// sync the file; returns its length.
-    pub(crate) fn finish_as(self, id: u64) -> Result<u64, StoreError> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+    pub(crate) fn finish_as(mut self, id: u64) -> Result<u64, StoreError> {
+        self.flush()?;
         if id != self.created_as {
             let header = SegmentHeader {
                 segment_id: id,
                 created_us: self.created_us,
             };
-            file.write_all_at(&header.encode(), 0)?;
+            self.io
+                .write_at(&self.file, &self.path, &header.encode(), 0, None)?;
         }
-        file.sync_all()?;
+        self.io
+            .sync(&self.file, &self.path, SyncMode::SyncAll, None, None)?;
         if id != self.created_as {
             // Made durable with the directory when the intent is written.
-            std::fs::rename(
-                self.dir.join(output_file_name(self.created_as)),
-                self.dir.join(output_file_name(id)),
-            )?;
+            self.io
+                .rename(&self.path, &self.dir.join(output_file_name(id)), None)?;
         }
         Ok(self.len)
     }
 }
 
 /// Delete what an uncommitted compaction left behind.
-pub(crate) fn discard_temporaries(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn discard_temporaries(io: &Io, dir: &Path) -> Result<(), StoreError> {
     let mut removed = false;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_name().to_str().is_some_and(is_temporary) {
-            std::fs::remove_file(entry.path())?;
+            io.remove(&entry.path(), None)?;
             removed = true;
         }
     }
     if removed {
-        sync_dir(dir)?;
+        io.sync_dir(dir, None)?;
     }
     Ok(())
 }
@@ -148,50 +182,39 @@ pub(crate) fn pending_removed_path(dir: &Path, intent: &Intent) -> PathBuf {
 
 /// Commit: make `intent` durable. From here on the compaction happens even
 /// if the process dies (open finishes it).
-pub(crate) fn commit(dir: &Path, intent: &Intent) -> Result<(), StoreError> {
-    write_atomically(dir, INTENT_FILE, &intent.encode())
+pub(crate) fn commit(io: &Io, dir: &Path, intent: &Intent) -> Result<(), StoreError> {
+    write_atomically(io, dir, INTENT_FILE, &intent.encode(), [None, None])
 }
 
 /// Install a committed compaction. Every step can be repeated, so a crash
-/// part-way is finished by running this again. `step` runs before each
-/// file operation (where tests inject crashes).
+/// part-way is finished by running this again. `point`: the named point a
+/// test knows each step as (compaction's own install; an open finishing
+/// one names none).
 pub(crate) fn install(
+    io: &Io,
     dir: &Path,
     intent: &Intent,
-    mut step: impl FnMut() -> Result<(), StoreError>,
+    point: Option<InjectionPoint>,
 ) -> Result<(), StoreError> {
-    let rename_if_present = |from: &Path, to: &Path| match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io(e)),
-    };
-    let remove_if_present = |path: &Path| match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io(e)),
-    };
+    let rename_if_present = |from: &Path, to: &Path| ignore_missing(io.rename(from, to, point));
+    let remove_if_present = |path: &Path| ignore_missing(io.remove(path, point));
     // The checkpoint names the old positions: it goes first.
-    step()?;
     remove_if_present(&dir.join(CHECKPOINT_FILE))?;
     if intent.removed_record {
-        step()?;
         rename_if_present(&dir.join(REMOVED_NEXT_FILE), &dir.join(REMOVED_FILE))?;
     }
     for &id in &intent.outputs {
-        step()?;
         rename_if_present(
             &dir.join(output_file_name(id)),
             &dir.join(segment_file_name(id)),
         )?;
     }
     for &id in &intent.deleted {
-        step()?;
         remove_if_present(&dir.join(segment_file_name(id)))?;
     }
-    sync_dir(dir)?;
-    step()?;
+    io.sync_dir(dir, None)?;
     remove_if_present(&dir.join(INTENT_FILE))?;
-    sync_dir(dir)
+    io.sync_dir(dir, None)
 }
 
 impl Log {
@@ -214,6 +237,7 @@ impl Log {
         Ok(Arc::new(Segment::open_read_only(
             &self.dir.join(segment_file_name(id)),
             id,
+            self.io(),
         )?))
     }
 }

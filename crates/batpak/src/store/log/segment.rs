@@ -8,12 +8,12 @@
 //! long as it needs it. So a store holds a constant few descriptors however
 //! many segments it has (ADR 0014).
 
+use super::io::{Io, Prealloc, SegmentIo, ZEROS};
 use crate::store::config::SyncMode;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::StoreError;
 use memmap2::{MmapOptions, MmapRaw};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,10 @@ use std::sync::Arc;
 /// First allocation of a new segment, and the largest single growth step
 /// (smaller when growth writes zeros, which the growing append waits for).
 const MIN_GROW: u64 = 1024 * 1024;
+
+/// Most bytes of a frame [`Segment::prefetch_frame`] asks for ahead (past
+/// them the hardware prefetcher has caught up with the checksum).
+pub(crate) const FRAME_PREFETCH_MAX: usize = 1024;
 const MAX_GROW: u64 = 16 * 1024 * 1024;
 const MAX_ZERO_GROW: u64 = 4 * 1024 * 1024;
 /// Allocated bytes the background keeps ahead of the writer.
@@ -74,11 +78,10 @@ pub(crate) struct Segment {
     growth: parking_lot::Mutex<()>,
     /// Bytes handed to the file so far (what a sync starting now covers).
     handed_over: AtomicU64,
-    /// Bytes known to be on stable storage, and whether the file's
-    /// directory entry is: what survives a power cut (see
-    /// `Log::simulate_power_loss`, a test hook).
+    /// Bytes known to be on stable storage.
     synced: AtomicU64,
-    entry_synced: std::sync::atomic::AtomicBool,
+    /// Where the file's bytes go (the I/O seam).
+    io: Io,
 }
 
 impl Segment {
@@ -91,6 +94,7 @@ impl Segment {
         capacity: u64,
         access: MapAccess,
         prealloc: Prealloc,
+        io: &Io,
     ) -> Result<Self, StoreError> {
         use std::os::unix::fs::MetadataExt;
         let (map_writable, keep_descriptor) = match access {
@@ -110,6 +114,9 @@ impl Segment {
         } else {
             opts.map_raw_read_only(&file)?
         };
+        // Where the filesystem caches the file in large folios, let them be
+        // mapped whole: random reads then miss the TLB far less often.
+        crate::store::huge_pages::advise(map.as_ptr(), map.len());
         Ok(Self {
             id,
             path: path.to_path_buf(),
@@ -119,19 +126,19 @@ impl Segment {
             file_len: AtomicU64::new(file_len),
             prealloc,
             growth: parking_lot::Mutex::new(()),
-            // A file found on disk is there; a new one is until its
-            // creator says otherwise.
+            // A file found on disk is there (its creator, or recovery, made
+            // it durable before it was used).
             handed_over: AtomicU64::new(file_len),
             synced: AtomicU64::new(file_len),
-            entry_synced: std::sync::atomic::AtomicBool::new(true),
+            io: io.clone(),
         })
     }
 
     /// Map an existing segment read-only, exactly its current length. No
     /// descriptor stays open.
-    pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
-        let file = File::open(path)?;
-        Self::map(id, path, file, 0, MapAccess::Read, Prealloc::Reserve)
+    pub(crate) fn open_read_only(path: &Path, id: u64, io: &Io) -> Result<Self, StoreError> {
+        let file = io.open(path, false)?;
+        Self::map(id, path, file, 0, MapAccess::Read, Prealloc::Reserve, io)
     }
 
     /// Map the segment a read-only handle follows (its owner may still be
@@ -140,9 +147,9 @@ impl Segment {
     /// the rest of this file can still be read ([`Segment::remap_read_only`]).
     /// A handle follows one segment at a time and closes the descriptor when
     /// it moves on.
-    pub(crate) fn open_followed(path: &Path, id: u64) -> Result<Self, StoreError> {
-        let file = File::open(path)?;
-        Self::map(id, path, file, 0, MapAccess::Follow, Prealloc::Reserve)
+    pub(crate) fn open_followed(path: &Path, id: u64, io: &Io) -> Result<Self, StoreError> {
+        let file = io.open(path, false)?;
+        Self::map(id, path, file, 0, MapAccess::Follow, Prealloc::Reserve, io)
     }
 
     /// The descriptor, if the segment still has one.
@@ -182,9 +189,7 @@ impl Segment {
     /// Needs the descriptor a followed segment keeps; the new map keeps none.
     pub(crate) fn remap_read_only(&self) -> Result<Self, StoreError> {
         let file = self.descriptor().ok_or_else(|| {
-            StoreError::Io(std::io::Error::other(
-                "a replaced segment was not followed with a descriptor",
-            ))
+            StoreError::internal("a replaced segment was not followed with a descriptor")
         })?;
         Self::map(
             self.id,
@@ -193,6 +198,7 @@ impl Segment {
             0,
             MapAccess::Read,
             Prealloc::Reserve,
+            &self.io,
         )
     }
 
@@ -236,6 +242,61 @@ impl Segment {
         }
     }
 
+    /// Ask the CPU to start loading the hash chain of the frame at
+    /// `offset` (`length` bytes long), which a read is about to take: a
+    /// hint, which does nothing for a range the file does not back.
+    #[inline]
+    pub(crate) fn prefetch_chain(&self, offset: u64, length: u32) {
+        use crate::store::format::frame::FRAME_HEADER_LEN;
+        use crate::store::format::record::{CHAIN_END, CHAIN_START};
+        if self.check_range(offset, u64::from(length)).is_err() || (length as usize) < CHAIN_END {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let base = self.map.as_ptr().wrapping_add(offset as usize);
+            // The record type (checked before the chain is read) and the
+            // chain: the three cache lines they can span.
+            for at in [FRAME_HEADER_LEN, CHAIN_START, CHAIN_END - 1] {
+                let p = base.wrapping_add(at).cast::<i8>();
+                // SAFETY: a prefetch is only a hint to the cache: it reads
+                // nothing architecturally and never faults, whatever the
+                // address (here one inside the mapping, checked above).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
+        }
+    }
+
+    /// Ask the CPU to start loading the first `length` bytes (at most
+    /// [`FRAME_PREFETCH_MAX`]) at `offset`, which a read is about to check
+    /// and decode: all their cache lines are requested at once instead of
+    /// one miss after another as the checksum walks the frame.
+    #[inline]
+    pub(crate) fn prefetch_frame(&self, offset: u64, length: u32) {
+        if self.check_range(offset, u64::from(length)).is_err() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let base = self.map.as_ptr().wrapping_add(offset as usize);
+            let len = (length as usize).min(FRAME_PREFETCH_MAX);
+            for at in (0..len).step_by(64) {
+                // SAFETY: a prefetch is only a hint to the cache: it reads
+                // nothing architecturally and never faults (here the
+                // address is inside the mapping, checked above).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at).cast::<i8>());
+                }
+            }
+        }
+    }
+
     /// The whole file as bytes (used by scans).
     pub(crate) fn bytes(&self) -> &[u8] {
         self.slice(0, self.file_len().min(self.map.len() as u64))
@@ -269,10 +330,10 @@ impl Segment {
             return Ok(false);
         }
         let Some(file) = self.descriptor() else {
-            return Err(StoreError::Io(std::io::Error::other(format!(
+            return Err(StoreError::internal(format!(
                 "segment {} is sealed and does not grow",
                 self.id
-            ))));
+            )));
         };
         let max_step = match self.prealloc {
             Prealloc::Reserve => MAX_GROW,
@@ -287,7 +348,8 @@ impl Segment {
                 "frame does not fit in the segment mapping",
             ));
         }
-        allocate(&file, cur, new_len - cur, self.prealloc)?;
+        self.io
+            .allocate(&file, &self.path, cur, new_len - cur, self.prealloc)?;
         self.file_len.store(new_len, Ordering::Release);
         Ok(true)
     }
@@ -309,32 +371,6 @@ impl Segment {
         self.synced.fetch_max(end, Ordering::Release);
     }
 
-    /// Whether the directory entry of a new file is durable yet.
-    pub(crate) fn set_entry_synced(&self, synced: bool) {
-        self.entry_synced.store(synced, Ordering::Release);
-    }
-
-    #[cfg(feature = "dangerous-test-hooks")]
-    /// What a power cut now would leave of this file: its synced length, or
-    /// nothing when its directory entry was never synced.
-    pub(crate) fn survives_power_loss(&self) -> Option<u64> {
-        self.entry_synced
-            .load(Ordering::Acquire)
-            .then(|| self.synced.load(Ordering::Acquire))
-    }
-
-    #[cfg(feature = "dangerous-test-hooks")]
-    /// This file was found on disk after a (simulated) crash that left it
-    /// only this durable: [`Segment::survives_power_loss`] as it was then.
-    pub(crate) fn inherit_unsynced(&self, left: Option<u64>) {
-        match left {
-            Some(synced) => {
-                self.synced.fetch_min(synced, Ordering::AcqRel);
-            }
-            None => self.entry_synced.store(false, Ordering::Release),
-        }
-    }
-
     /// Make everything written to this segment durable.
     pub(crate) fn sync(&self, mode: SyncMode) -> Result<(), StoreError> {
         let covered = self.handed_over.load(Ordering::Acquire);
@@ -349,12 +385,9 @@ impl Segment {
             None if covered <= self.synced.load(Ordering::Acquire) => return Ok(()),
             // Not expected, but a sync must never pass over unsynced bytes:
             // a descriptor of the same file syncs its pages.
-            None => Arc::new(File::open(&self.path)?),
+            None => Arc::new(self.io.open(&self.path, false)?),
         };
-        match mode {
-            SyncMode::SyncAll => file.sync_all()?,
-            SyncMode::SyncData => file.sync_data()?,
-        }
+        self.io.sync(&file, &self.path, mode, None, None)?;
         self.note_synced(covered);
         Ok(())
     }
@@ -384,6 +417,17 @@ pub(crate) struct ActiveSegment {
     growth_asked: u64,
 }
 
+/// How a log's writable segments get their bytes: the same for every
+/// segment the writer creates or continues.
+#[derive(Clone)]
+pub(crate) struct Writing {
+    pub(crate) prealloc: Prealloc,
+    pub(crate) writes: FrameWrites,
+    /// Where growth on the append path is counted.
+    pub(crate) growth: Arc<GrowthCounters>,
+    pub(crate) io: Io,
+}
+
 impl ActiveSegment {
     /// Create a new segment file with `header`, allocated and synced.
     pub(crate) fn create(
@@ -391,41 +435,36 @@ impl ActiveSegment {
         id: u64,
         header: &[u8],
         capacity: u64,
-        prealloc: Prealloc,
-        writes: FrameWrites,
-        growth: Arc<GrowthCounters>,
+        how: &Writing,
     ) -> Result<Self, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let io = &how.io;
+        let file = io.create_new(path)?;
         let initial = capacity.min(MIN_GROW.max(header.len() as u64));
-        allocate(&file, 0, initial, prealloc)?;
-        file.write_all_at(header, 0)?;
-        file.sync_all()?;
-        let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
-        seg.set_entry_synced(false);
+        io.allocate(&file, path, 0, initial, how.prealloc)?;
+        io.write_at(&file, path, header, 0, None)?;
+        io.sync(&file, path, SyncMode::SyncAll, None, None)?;
+        let seg = Segment::map(
+            id,
+            path,
+            file,
+            capacity,
+            MapAccess::Write(how.writes),
+            how.prealloc,
+            io,
+        )?;
         seg.reset_written_to(header.len() as u64);
-        Self::new(seg, header.len() as u64, writes, growth)
+        Self::new(seg, header.len() as u64, how)
     }
 
-    fn new(
-        seg: Segment,
-        write_pos: u64,
-        writes: FrameWrites,
-        growth: Arc<GrowthCounters>,
-    ) -> Result<Self, StoreError> {
-        let file = seg.descriptor().ok_or_else(|| {
-            StoreError::Io(std::io::Error::other(
-                "a writable segment without a descriptor",
-            ))
-        })?;
+    fn new(seg: Segment, write_pos: u64, how: &Writing) -> Result<Self, StoreError> {
+        let file = seg
+            .descriptor()
+            .ok_or_else(|| StoreError::internal("a writable segment without a descriptor"))?;
         Ok(Self {
             seg: Arc::new(seg),
-            writes,
+            writes: how.writes,
             file,
-            growth,
+            growth: how.growth.clone(),
             write_pos,
             pending: Vec::new(),
             growth_asked: 0,
@@ -438,17 +477,23 @@ impl ActiveSegment {
         id: u64,
         write_pos: u64,
         capacity: u64,
-        prealloc: Prealloc,
-        writes: FrameWrites,
-        growth: Arc<GrowthCounters>,
+        how: &Writing,
     ) -> Result<Self, StoreError> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
+        let file = how.io.open(path, true)?;
+        let seg = Segment::map(
+            id,
+            path,
+            file,
+            capacity,
+            MapAccess::Write(how.writes),
+            how.prealloc,
+            &how.io,
+        )?;
         // Past the frames the file holds only zeros (preallocation, or a
         // torn tail zeroed): the bytes that matter are the frames. They are
         // in the file; recovery syncs them before anyone reads them.
         seg.reset_written_to(write_pos);
-        Self::new(seg, write_pos, writes, growth)
+        Self::new(seg, write_pos, how)
     }
 
     pub(crate) fn segment(&self) -> &Arc<Segment> {
@@ -533,6 +578,8 @@ impl ActiveSegment {
             std::slice::from_raw_parts_mut(self.seg.map.as_mut_ptr().add(offset as usize), len)
         };
         fill(buf);
+        // (A test may fail or tear the copy; then the frame was not written.)
+        self.seg.io.wrote_mapped(&self.seg.path, offset, buf)?;
         self.write_pos = end;
         self.seg.note_handed_over(end);
         Ok(offset)
@@ -581,7 +628,9 @@ impl ActiveSegment {
             let mut at = pos;
             while at < buffered_from {
                 let n = (buffered_from - at).min(ZEROS.len() as u64) as usize;
-                self.file.write_all_at(&ZEROS[..n], at)?;
+                self.seg
+                    .io
+                    .write_at(&self.file, &self.seg.path, &ZEROS[..n], at, None)?;
                 at += n as u64;
             }
             self.write_pos = pos;
@@ -606,7 +655,9 @@ impl ActiveSegment {
             return Ok(());
         }
         let at = self.write_pos - self.pending.len() as u64;
-        self.file.write_all_at(&self.pending, at)?;
+        self.seg
+            .io
+            .write_at(&self.file, &self.seg.path, &self.pending, at, None)?;
         self.pending.clear();
         self.seg.note_handed_over(self.write_pos);
         Ok(())
@@ -638,131 +689,114 @@ pub(crate) enum FrameWrites {
     Pwrite,
 }
 
-/// How a segment gets disk blocks ahead of the writer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Prealloc {
-    /// `fallocate`: instant, but the blocks start "unwritten", and the first
-    /// write to each one costs a metadata commit in the next sync.
-    Reserve,
-    /// Write zeros and sync them once: the blocks are plain written blocks,
-    /// so a later data sync has no metadata to commit (durable mode, where
-    /// every append waits for a sync).
-    Zeros,
-}
-
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-
-/// Give `file` real blocks for `off..off + len` (extending it), so later
-/// writes cannot fail for lack of space (a full disk is reported here, as an
-/// error from the call that needed the space).
-fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreError> {
-    if len == 0 {
-        return Ok(());
-    }
-    #[cfg(target_os = "linux")]
-    if how == Prealloc::Reserve {
-        use std::os::fd::AsRawFd;
-        let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
-        let (o, l) = (
-            libc::off_t::try_from(off).map_err(|_| invalid())?,
-            libc::off_t::try_from(len).map_err(|_| invalid())?,
-        );
-        // SAFETY: fallocate on a valid, open descriptor with in-range offsets;
-        // it touches no memory of this process.
-        if unsafe { libc::fallocate(file.as_raw_fd(), 0, o, l) } == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if !matches!(
-            err.raw_os_error(),
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
-        ) {
-            return Err(err.into());
-        }
-    }
-    // Zero fill (asked for, or no fallocate on this filesystem).
-    let mut at = off;
-    while at < off + len {
-        let n = (off + len - at).min(ZEROS.len() as u64) as usize;
-        file.write_all_at(&ZEROS[..n], at)?;
-        at += n as u64;
-    }
-    if how == Prealloc::Zeros {
-        file.sync_data()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreConfig;
 
-    /// The bookkeeping the power-loss hook relies on: a new file's entry is
-    /// not durable until its creator says so, and only synced bytes count.
+    /// The seam of a store in `dir` with no faults (the test disk model
+    /// follows what reaches it).
+    fn io(dir: &Path) -> Io {
+        #[allow(unused_mut)]
+        let mut cfg = StoreConfig::new(dir);
+        #[cfg(feature = "dangerous-test-hooks")]
+        {
+            cfg.fault_injector = Some(Arc::new(crate::store::fault::NoFaults));
+        }
+        Io::for_store(&cfg, true)
+    }
+
+    fn writing(io: &Io, growth: Arc<GrowthCounters>) -> Writing {
+        Writing {
+            prealloc: Prealloc::Reserve,
+            writes: FrameWrites::Mapped,
+            growth,
+            io: io.clone(),
+        }
+    }
+
+    fn create(dir: &Path, id: u64, capacity: u64, growth: Arc<GrowthCounters>) -> ActiveSegment {
+        ActiveSegment::create(
+            &dir.join(format!("{id:020}.seg")),
+            id,
+            &[7u8; SEGMENT_HEADER_LEN],
+            capacity,
+            &writing(&io(dir), growth),
+        )
+        .unwrap()
+    }
+
+    /// A prefetch is a hint: in range, at the end, past the end or with
+    /// an absurd length it neither faults nor changes what is read.
+    #[test]
+    fn prefetching_a_frame_is_harmless_anywhere() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = create(d.path(), 1, 4 * MIN_GROW, Arc::default());
+        a.append(300, |b| b.fill(9)).unwrap();
+        let seg = a.segment();
+        let h = SEGMENT_HEADER_LEN as u64;
+        for (offset, len) in [
+            (h, 300),
+            (h, 5000),
+            (seg.file_len(), 64),
+            (u64::MAX - 8, 64),
+            (0, u32::MAX),
+        ] {
+            seg.prefetch_frame(offset, len);
+        }
+        assert!(seg.slice(h, 300).iter().all(|&b| b == 9));
+    }
+
+    /// Every way a frame reaches a segment file goes through the seam: the
+    /// test disk knows what was written (through the map or buffered and
+    /// written) and synced, and a power cut keeps exactly the synced bytes.
     #[cfg(feature = "dangerous-test-hooks")]
     #[test]
-    fn synced_length_follows_syncs_not_writes() {
+    fn writes_go_through_the_seam_and_only_synced_bytes_survive_a_cut() {
         let d = tempfile::tempdir().unwrap();
+        let io = io(d.path());
         let header = [7u8; SEGMENT_HEADER_LEN];
-        let mut a = ActiveSegment::create(
-            &d.path().join("s"),
-            1,
-            &header,
-            4 * MIN_GROW,
-            Prealloc::Reserve,
-            FrameWrites::Mapped,
-            Arc::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            a.segment().survives_power_loss(),
-            None,
-            "entry not synced yet"
-        );
-        a.segment().set_entry_synced(true);
         let h = SEGMENT_HEADER_LEN as u64;
-        assert_eq!(a.segment().survives_power_loss(), Some(h));
+        let path = |id: u64| d.path().join(format!("{id:020}.seg"));
+        let new = |id: u64| {
+            ActiveSegment::create(
+                &path(id),
+                id,
+                &header,
+                4 * MIN_GROW,
+                &writing(&io, Arc::default()),
+            )
+            .unwrap()
+        };
+        let mut a = new(1);
         a.append(100, |b| b.fill(1)).unwrap();
-        assert_eq!(
-            a.segment().survives_power_loss(),
-            Some(h),
-            "written, not synced"
-        );
         a.segment().sync(SyncMode::SyncData).unwrap();
-        assert_eq!(a.segment().survives_power_loss(), Some(h + 100));
-        let mut b = ActiveSegment::create(
-            &d.path().join("t"),
-            2,
-            &header,
-            4 * MIN_GROW,
-            Prealloc::Reserve,
-            FrameWrites::Mapped,
-            Arc::default(),
-        )
-        .unwrap();
-        b.segment().set_entry_synced(true);
-        b.append_buffered(50, |x| x.fill(2)).unwrap();
+        a.append(100, |b| b.fill(2)).unwrap();
+        let mut b = new(2);
+        b.append_buffered(50, |x| x.fill(3)).unwrap();
         b.segment().sync(SyncMode::SyncData).unwrap();
-        assert_eq!(b.segment().survives_power_loss(), Some(h), "still buffered");
         b.flush_pending().unwrap();
-        b.segment().sync(SyncMode::SyncData).unwrap();
-        assert_eq!(b.segment().survives_power_loss(), Some(h + 50));
+        io.sync_dir(d.path(), None).unwrap();
+        let mut c = new(3);
+        c.append(10, |x| x.fill(4)).unwrap();
+        c.segment().sync(SyncMode::SyncData).unwrap();
+        let cut = io.power_loss().unwrap();
+        assert_eq!(cut.files_removed, 1, "3's entry was never synced");
+        assert!(!path(3).exists());
+        // 100 bytes of `a` written through the map after its sync, 50 of
+        // `b` written after its sync (they were buffered when it ran).
+        assert_eq!(cut.bytes_discarded, 150);
+        let a_bytes = std::fs::read(path(1)).unwrap();
+        assert!(a_bytes[h as usize..][..100].iter().all(|&x| x == 1));
+        assert!(a_bytes[h as usize + 100..].iter().all(|&x| x == 0));
+        let b_bytes = std::fs::read(path(2)).unwrap();
+        assert!(b_bytes[h as usize..].iter().all(|&x| x == 0));
     }
 
     #[test]
     fn append_grow_and_read_back() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("s");
-        let mut a = ActiveSegment::create(
-            &path,
-            1,
-            &[7u8; SEGMENT_HEADER_LEN],
-            8 * MIN_GROW,
-            Prealloc::Reserve,
-            FrameWrites::Mapped,
-            Arc::default(),
-        )
-        .unwrap();
+        let mut a = create(d.path(), 1, 8 * MIN_GROW, Arc::default());
         assert!(a.is_empty());
         assert_eq!(a.segment().file_len(), MIN_GROW);
         let mut offsets = Vec::new();
@@ -780,7 +814,7 @@ mod tests {
         assert!(a.segment().check_range(u64::MAX, 1).is_err());
         a.segment().sync(SyncMode::SyncData).unwrap();
         // Data written through the mapping is in the file.
-        let on_disk = std::fs::read(&path).unwrap();
+        let on_disk = std::fs::read(d.path().join(format!("{:020}.seg", 1))).unwrap();
         assert_eq!(on_disk[offsets[3] as usize], 3);
         // A frame past the capacity is refused, not written.
         assert!(a
@@ -793,7 +827,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("s");
         std::fs::write(&path, b"hello world").unwrap();
-        let s = Segment::open_read_only(&path, 9).unwrap();
+        let s = Segment::open_read_only(&path, 9, &io(d.path())).unwrap();
         assert!(!s.holds_descriptor(), "a read-only map keeps no descriptor");
         assert_eq!(s.bytes(), b"hello world");
         assert_eq!(s.id(), 9);
@@ -808,31 +842,32 @@ mod tests {
     #[test]
     fn closed_descriptor_reads_through_map_and_syncs_by_path() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("s");
+        let io = io(d.path());
+        let path = d.path().join(format!("{:020}.seg", 1));
         let mut a = ActiveSegment::create(
             &path,
             1,
             &[7u8; SEGMENT_HEADER_LEN],
             4 * MIN_GROW,
-            Prealloc::Reserve,
-            FrameWrites::Mapped,
-            Arc::default(),
+            &writing(&io, Arc::default()),
         )
         .unwrap();
-        a.segment().set_entry_synced(true);
+        io.sync_dir(d.path(), None).unwrap();
         let off = a.append(100, |b| b.fill(5)).unwrap();
         let seg = a.segment().clone();
         drop(a);
         seg.close_descriptor();
         assert!(!seg.holds_descriptor());
         assert!(seg.slice(off, 100).iter().all(|&b| b == 5));
-        assert_eq!(
-            seg.survives_power_loss(),
-            Some(SEGMENT_HEADER_LEN as u64),
-            "written through the map, not synced"
-        );
         seg.sync(SyncMode::SyncData).unwrap();
-        assert_eq!(seg.survives_power_loss(), Some(off + 100));
+        assert_eq!(
+            io.power_loss().unwrap().bytes_discarded,
+            0,
+            "synced by path"
+        );
+        assert!(std::fs::read(&path).unwrap()[off as usize..][..100]
+            .iter()
+            .all(|&b| b == 5));
         assert!(
             seg.grow(seg.file_len() + 1).is_err(),
             "a sealed segment does not grow"
@@ -845,16 +880,7 @@ mod tests {
     fn growth_on_the_append_path_is_counted() {
         let d = tempfile::tempdir().unwrap();
         let growth = Arc::new(GrowthCounters::default());
-        let mut a = ActiveSegment::create(
-            &d.path().join("s"),
-            1,
-            &[7u8; SEGMENT_HEADER_LEN],
-            32 * MIN_GROW,
-            Prealloc::Reserve,
-            FrameWrites::Mapped,
-            growth.clone(),
-        )
-        .unwrap();
+        let mut a = create(d.path(), 1, 32 * MIN_GROW, growth.clone());
         a.append(1000, |b| b.fill(1)).unwrap();
         assert_eq!(growth.get(), (0, 0), "inside the first allocation");
         let target = a.growth_wanted().unwrap();

@@ -1,9 +1,8 @@
 //! Writing the checkpoint on `close()`.
 
-use crate::store::fault::InjectionPoint;
 use crate::store::format::checkpoint::{encode, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
-use crate::store::log::write_atomically_with;
+use crate::store::log::{write_atomically, InjectionPoint};
 use crate::store::{Shared, StoreError};
 
 /// Write a checkpoint of everything written so far. The caller has synced
@@ -56,13 +55,16 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
         .collect();
     let bytes = encode(w.next_seq, &segments, index);
     drop(live);
-    write_atomically_with(shared.log.dir(), CHECKPOINT_FILE, &bytes, |renamed| {
-        shared.fault(if renamed {
-            InjectionPoint::CheckpointRenamed
-        } else {
-            InjectionPoint::CheckpointWritten
-        })
-    })?;
+    write_atomically(
+        shared.log.io(),
+        shared.log.dir(),
+        CHECKPOINT_FILE,
+        &bytes,
+        [
+            Some(InjectionPoint::CheckpointWritten),
+            Some(InjectionPoint::CheckpointRenamed),
+        ],
+    )?;
     drop(w);
     Ok(())
 }

@@ -29,16 +29,15 @@
 use super::seal::FooterBuilder;
 use crate::event::StoredEvent;
 use crate::store::config::StoreConfig;
-use crate::store::fault::InjectionPoint;
 use crate::store::format::footer;
-use crate::store::format::frame::{after_damage, probe, AfterDamage, Probe};
 use crate::store::format::intent::{Intent, REMOVED_NEXT_FILE};
-use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::format::record::EventRecord;
 use crate::store::format::removed::{self, RemovedEntry};
+use crate::store::format::scan::{End, FrameScan, Scanned};
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{DiskPos, Fate};
 use crate::store::log::rewrite::{self, SegmentWriter};
-use crate::store::log::Segment;
+use crate::store::log::{InjectionPoint, Segment, SegmentIo};
 use crate::store::read::stored_event;
 use crate::store::recovery::load_removed;
 use crate::store::{Shared, StoreError, MAX_SEGMENT_BYTES};
@@ -149,6 +148,32 @@ pub(crate) fn compact(
     // Under the writer lock no append is half-done: every frame of a sealed
     // segment is now either indexed or the remains of a failed append.
     let active_id = writer.lock().active.segment().id();
+    let runs = choose(shared, active_id, config, target);
+    if runs.is_empty() {
+        return Ok(CompactionResult::default());
+    }
+    let rewritten = rewrite_runs(shared, config, target, &runs)?;
+    let before = bytes_on_disk(shared, &rewritten.inputs);
+    let prepared = prepare(shared, rewritten)?;
+    commit(shared, &prepared.intent)?;
+    let new_segments = install(shared, &prepared.intent)?;
+    swap_in(shared, &prepared, new_segments)?;
+    Ok(CompactionResult {
+        segments_removed: prepared.intent.deleted.len(),
+        bytes_reclaimed: before.saturating_sub(prepared.output_bytes),
+        events_removed: prepared.events_removed,
+        events_tombstoned: prepared.tombstoned,
+    })
+}
+
+/// The runs of sealed segments (below `active_id`) to rewrite, or none
+/// when fewer than `config.min_segments` are sealed.
+fn choose(
+    shared: &Shared,
+    active_id: u64,
+    config: &CompactionConfig,
+    target: u64,
+) -> Vec<Vec<Arc<Segment>>> {
     let sealed: Vec<Arc<Segment>> = shared
         .log
         .segment_ids()
@@ -157,12 +182,30 @@ pub(crate) fn compact(
         .filter_map(|id| shared.log.segment(id))
         .collect();
     if sealed.is_empty() || sealed.len() < config.min_segments {
-        return Ok(CompactionResult::default());
+        return Vec::new();
     }
-    let runs = plan(&sealed, &config.strategy, target);
-    if runs.is_empty() {
-        return Ok(CompactionResult::default());
-    }
+    plan(&sealed, &config.strategy, target)
+}
+
+/// What writing the outputs produced.
+struct Rewritten {
+    /// Every input rewritten, in order.
+    inputs: Vec<Arc<Segment>>,
+    /// Finished outputs: (id, file length), ids ascending.
+    outputs: Vec<(u64, u64)>,
+    fates: Vec<(u32, Fate)>,
+    removed: Vec<RemovedEntry>,
+    tombstoned: u64,
+}
+
+/// Write the outputs of every run under temporary names (deleted again if
+/// anything fails).
+fn rewrite_runs(
+    shared: &Shared,
+    config: &CompactionConfig,
+    target: u64,
+    runs: &[Vec<Arc<Segment>>],
+) -> Result<Rewritten, StoreError> {
     let mut run = Run {
         shared,
         config,
@@ -183,37 +226,64 @@ pub(crate) fn compact(
         run.abandon();
         return Err(e);
     }
-    let Run {
+    Ok(Rewritten {
+        inputs: run.inputs,
+        outputs: run.outputs,
+        fates: run.fates,
+        removed: run.removed,
+        tombstoned: run.tombstoned,
+    })
+}
+
+/// The inputs' lengths on disk (a footer the sealer appended after the
+/// segment was mapped is not in its mapping's length).
+fn bytes_on_disk(shared: &Shared, inputs: &[Arc<Segment>]) -> u64 {
+    let dir = shared.log.dir();
+    inputs
+        .iter()
+        .map(|s| {
+            std::fs::metadata(dir.join(segment_file_name(s.id()))).map_or(s.file_len(), |m| m.len())
+        })
+        .sum()
+}
+
+/// A compaction ready to commit.
+struct Prepared {
+    intent: Intent,
+    fates: Vec<(u32, Fate)>,
+    /// The history epoch once it is installed.
+    epoch: u64,
+    output_bytes: u64,
+    events_removed: u64,
+    tombstoned: u64,
+}
+
+/// Write the next removed-event record (if events are removed or
+/// redacted) and decide the intent. A failure deletes the temporaries.
+fn prepare(shared: &Shared, rewritten: Rewritten) -> Result<Prepared, StoreError> {
+    let io = shared.log.io();
+    let dir = shared.log.dir();
+    let Rewritten {
         inputs,
         outputs,
         fates,
         removed,
         tombstoned,
-        ..
-    } = run;
-    let dir = shared.log.dir();
-    // The inputs' lengths on disk (a footer the sealer appended after the
-    // segment was mapped is not in its mapping's length).
-    let before: u64 = inputs
-        .iter()
-        .map(|s| {
-            std::fs::metadata(dir.join(segment_file_name(s.id()))).map_or(s.file_len(), |m| m.len())
-        })
-        .sum();
+    } = rewritten;
     let events_removed = removed.len() as u64;
     let rewrites_history = events_removed > 0 || tombstoned > 0;
     let epoch = shared.history_epoch() + u64::from(rewrites_history);
-    let prepared = (|| {
+    let written = (|| {
         if rewrites_history {
-            let mut record = load_removed(dir, true, false)?;
+            let mut record = load_removed(io, dir, true, false)?;
             record.epoch = epoch;
             record.entries.extend(removed);
-            rewrite::write_synced(dir, REMOVED_NEXT_FILE, &removed::encode(&record))?;
+            rewrite::write_synced(io, dir, REMOVED_NEXT_FILE, &removed::encode(&record))?;
         }
-        shared.fault(InjectionPoint::CompactionPrepared)
+        io.at(InjectionPoint::CompactionPrepared)
     })();
-    if let Err(e) = prepared {
-        let _ = rewrite::discard_temporaries(dir);
+    if let Err(e) = written {
+        let _ = rewrite::discard_temporaries(io, dir);
         return Err(e);
     }
     // Each output took the id of one of its inputs; the other inputs go.
@@ -227,22 +297,43 @@ pub(crate) fn compact(
             .collect(),
         outputs: output_ids,
     };
-    if let Err(e) = rewrite::commit(dir, &intent) {
-        // Whether the intent reached the disk is unknown: open decides
-        // (it finishes the compaction if the file is there, else discards it).
+    Ok(Prepared {
+        intent,
+        fates,
+        epoch,
+        output_bytes: outputs.iter().map(|o| o.1).sum(),
+        events_removed,
+        tombstoned,
+    })
+}
+
+/// The commit point: the intent made durable.
+fn commit(shared: &Shared, intent: &Intent) -> Result<(), StoreError> {
+    let committed = rewrite::commit(shared.log.io(), shared.log.dir(), intent);
+    if let Err(e) = &committed {
+        // Whether the intent reached the disk is unknown: open decides (it
+        // finishes the compaction if the file is there, else discards it).
         shared
             .durability
             .poison(format!("compaction commit failed: {e}"));
-        return Err(e);
     }
-    // Committed. From here a failure leaves the directory to be finished by
-    // the next open, while this process still serves the old segments.
-    let installed = shared
-        .fault(InjectionPoint::CompactionCommitted)
+    committed
+}
+
+/// Rename the new files into place and delete the old, then map the
+/// outputs. Committed: a failure leaves the directory to be finished by
+/// the next open, while this process still serves the old segments.
+fn install(shared: &Shared, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreError> {
+    let io = shared.log.io();
+    let installed = io
+        .at(InjectionPoint::CompactionCommitted)
         .and_then(|()| {
-            rewrite::install(dir, &intent, || {
-                shared.fault(InjectionPoint::CompactionInstalling)
-            })
+            rewrite::install(
+                io,
+                shared.log.dir(),
+                intent,
+                Some(InjectionPoint::CompactionInstalling),
+            )
         })
         .and_then(|()| {
             intent
@@ -251,35 +342,35 @@ pub(crate) fn compact(
                 .map(|&id| shared.log.open_installed(id))
                 .collect::<Result<Vec<_>, _>>()
         });
-    let new_segments = match installed {
-        Ok(s) => s,
-        Err(e) => {
-            shared.durability.poison(format!(
-                "compaction committed but not installed ({e}); reopen the store to finish it"
-            ));
-            return Err(e);
-        }
-    };
-    {
-        let mut index = shared.index.write();
-        if let Err(e) = index.apply_compaction(&fates) {
-            shared
-                .durability
-                .poison(format!("compaction could not update the index: {e}"));
-            return Err(e);
-        }
-        shared.log.replace_segments(new_segments, &intent.deleted);
-        shared
-            .epoch
-            .store(epoch, std::sync::atomic::Ordering::Release);
-    }
-    let after: u64 = outputs.iter().map(|o| o.1).sum();
-    Ok(CompactionResult {
-        segments_removed: intent.deleted.len(),
-        bytes_reclaimed: before.saturating_sub(after),
-        events_removed,
-        events_tombstoned: tombstoned,
+    installed.inspect_err(|e| {
+        shared.durability.poison(format!(
+            "compaction committed but not installed ({e}); reopen the store to finish it"
+        ));
     })
+}
+
+/// Under the index write lock (the only moment readers and appends wait):
+/// the moved events' new positions, the removed events' dead slots, the
+/// new segments, the new history epoch.
+fn swap_in(
+    shared: &Shared,
+    prepared: &Prepared,
+    new_segments: Vec<Arc<Segment>>,
+) -> Result<(), StoreError> {
+    let mut index = shared.index.write();
+    if let Err(e) = index.apply_compaction(&prepared.fates) {
+        shared
+            .durability
+            .poison(format!("compaction could not update the index: {e}"));
+        return Err(e);
+    }
+    shared
+        .log
+        .replace_segments(new_segments, &prepared.intent.deleted);
+    shared
+        .epoch
+        .store(prepared.epoch, std::sync::atomic::Ordering::Release);
+    Ok(())
 }
 
 /// Bytes of event frames in `seg` (where its footer starts), or an upper
@@ -394,41 +485,40 @@ impl<'a> Run<'_, 'a> {
             .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
         let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
         let bytes: &'a [u8] = seg.bytes();
-        let mut pos = SEGMENT_HEADER_LEN;
-        loop {
-            match probe(bytes, pos) {
-                Probe::End => break,
-                Probe::Frame { body, .. } if footer::is_footer(body) => break,
-                Probe::Frame { body, len } => {
-                    match decode_event(body) {
-                        Ok(rec) => chunk.push((pos as u64, &bytes[pos..pos + len], rec)),
-                        Err(e) => tracing::warn!(
-                            segment_id = seg.id(),
-                            offset = pos,
-                            error = %e,
-                            "batpak: compaction drops an undecodable frame"
-                        ),
-                    }
-                    pos += len;
+        // Only indexed events are rewritten (`decide`); what recovery never
+        // served (damage, undecodable frames) is dropped. The footer is
+        // rewritten anyway.
+        for item in FrameScan::new(bytes, SEGMENT_HEADER_LEN) {
+            match item {
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Ok(rec),
+                } => {
+                    chunk.push((at as u64, &bytes[at..at + len], rec));
                     if chunk.len() == LOOKUP_CHUNK {
                         self.decide(seg.id(), &mut chunk)?;
                     }
                 }
-                Probe::Damaged(e) => {
-                    let next = match after_damage(bytes, pos) {
-                        // The footer is rewritten anyway.
-                        AfterDamage::TornFooter => break,
-                        AfterDamage::Resume(next) => next,
-                        AfterDamage::TornTail => bytes.len(),
-                    };
-                    tracing::warn!(
-                        segment_id = seg.id(),
-                        offset = pos,
-                        error = %e,
-                        "batpak: compaction drops a damaged region (recovery never served it)"
-                    );
-                    pos = next;
-                }
+                Scanned::Event {
+                    at, record: Err(e), ..
+                } => tracing::warn!(
+                    segment_id = seg.id(),
+                    offset = at,
+                    error = %e,
+                    "batpak: compaction drops an undecodable frame"
+                ),
+                Scanned::Damaged { at, error, .. }
+                | Scanned::End {
+                    at,
+                    how: End::TornTail(error) | End::Unsettled(error),
+                } => tracing::warn!(
+                    segment_id = seg.id(),
+                    offset = at,
+                    error = %error,
+                    "batpak: compaction drops a damaged region (recovery never served it)"
+                ),
+                Scanned::Footer { .. } | Scanned::End { .. } => break,
             }
         }
         self.decide(seg.id(), &mut chunk)?;
@@ -582,7 +672,7 @@ impl<'a> Run<'_, 'a> {
         let out = self
             .current
             .as_mut()
-            .ok_or_else(|| StoreError::Configuration("compaction output missing".into()))?;
+            .ok_or_else(|| StoreError::internal("compaction has no output to write to"))?;
         let offset = out
             .writer
             .write(if encoded { &self.scratch } else { frame })?;
@@ -614,7 +704,12 @@ impl<'a> Run<'_, 'a> {
             return Ok(());
         }
         self.current = Some(Output {
-            writer: SegmentWriter::create(self.shared.log.dir(), self.last_input, self.created_us)?,
+            writer: SegmentWriter::create(
+                self.shared.log.io(),
+                self.shared.log.dir(),
+                self.last_input,
+                self.created_us,
+            )?,
             first_fate: self.fates.len(),
         });
         Ok(())
@@ -636,14 +731,17 @@ impl<'a> Run<'_, 'a> {
             }
         }
         self.outputs.push((id, len));
-        self.shared.fault(InjectionPoint::CompactionSegmentWritten)
+        self.shared
+            .log
+            .io()
+            .at(InjectionPoint::CompactionSegmentWritten)
     }
 
     /// Delete everything written (the compaction failed before its commit).
     fn abandon(&mut self) {
         // Closed first (its buffer flushes on drop), then deleted with the rest.
         drop(self.current.take());
-        if let Err(e) = rewrite::discard_temporaries(self.shared.log.dir()) {
+        if let Err(e) = rewrite::discard_temporaries(self.shared.log.io(), self.shared.log.dir()) {
             tracing::warn!(error = %e, "batpak: could not delete an abandoned compaction's files; the next open will");
         }
     }

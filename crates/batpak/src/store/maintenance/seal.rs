@@ -8,13 +8,13 @@
 //! next open. It never grows the active segment (that is `write::grower`'s
 //! job, which must not wait behind the maintenance lock a footer needs).
 
-use crate::store::format::footer::{self, Footer, FooterEntry};
-use crate::store::format::frame::{probe, Probe};
-use crate::store::format::record::{decode_event, EventRecord};
+use crate::store::config::SyncMode;
+use crate::store::format::footer::{Footer, FooterEntry};
+use crate::store::format::record::EventRecord;
+use crate::store::format::scan::{End, FrameScan, Scanned};
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
-use crate::store::log::Log;
+use crate::store::log::{InjectionPoint, Log, SegmentIo};
 use crate::store::{Shared, StoreError};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -46,38 +46,43 @@ pub(crate) fn seal_segment(log: &Log, id: u64, abandon: &AtomicBool) -> Result<S
     };
     let bytes = seg.bytes();
     let mut footer = FooterBuilder::default();
+    // A footer describes intact frames only: any damage refuses it.
+    let refuse = |at: usize, e: &dyn std::fmt::Display| {
+        StoreError::corrupt(id, format!("sealing: frame at {at}: {e}"))
+    };
     let mut pos = SEGMENT_HEADER_LEN;
-    loop {
+    for item in FrameScan::new(bytes, SEGMENT_HEADER_LEN) {
         if abandon.load(Ordering::Relaxed) {
             return Ok(Sealed::Stopped);
         }
-        match probe(bytes, pos) {
-            Probe::End => break,
-            Probe::Frame { body, .. } if footer::is_footer(body) => return Ok(Sealed::Already),
-            Probe::Frame { body, len } => {
-                let r = decode_event(body).map_err(|e| {
-                    StoreError::corrupt(id, format!("sealing: frame at {pos}: {e}"))
-                })?;
-                footer.push(pos as u64, len, &r);
-                pos += len;
-            }
-            Probe::Damaged(e) => {
-                return Err(StoreError::corrupt(
-                    id,
-                    format!("sealing: frame at {pos}: {e}"),
-                ))
-            }
+        match item {
+            Scanned::Event {
+                at,
+                len,
+                record: Ok(r),
+            } => footer.push(at as u64, len, &r),
+            Scanned::Event {
+                at, record: Err(e), ..
+            } => return Err(refuse(at, &e)),
+            Scanned::Footer { .. } => return Ok(Sealed::Already),
+            Scanned::Damaged { at, error, .. } => return Err(refuse(at, &error)),
+            Scanned::End {
+                at,
+                how: End::Clean,
+            } => pos = at,
+            Scanned::End { at, how } => return Err(refuse(at, &how)),
         }
     }
     let bytes_out = footer.encode(id, pos as u64);
     seg.release_pages();
     // A separate handle: the segment may be mapped from a read-only descriptor.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log.dir().join(segment_file_name(id)))?;
-    file.write_all_at(&bytes_out, pos as u64)?;
-    file.sync_data()?;
+    let path = log.dir().join(segment_file_name(id));
+    let io = log.io();
+    let file = io.open(&path, true)?;
+    io.write_at(&file, &path, &bytes_out, pos as u64, None)?;
+    io.sync(&file, &path, SyncMode::SyncData, None, None)?;
     seg.note_synced(pos as u64 + bytes_out.len() as u64);
+    io.at(InjectionPoint::FooterWritten)?;
     Ok(Sealed::Written)
 }
 
@@ -172,7 +177,14 @@ impl Sealer {
         if let Some(size) = shared.config.writer.stack_size {
             builder = builder.stack_size(size);
         }
-        builder.spawn(move || run(&shared, &rx))
+        builder.spawn(move || {
+            let footers = Footers {
+                log: &shared.log,
+                maintenance: &shared.maintenance,
+                sealer: &shared.sealer,
+            };
+            run(&footers, &rx);
+        })
     }
 
     /// Queue a sealed segment for its footer.
@@ -217,8 +229,17 @@ impl Sealer {
     }
 }
 
-fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
-    let sealer = &shared.sealer;
+/// What the sealer thread may touch: the log (to read a sealed segment and
+/// write its footer), the maintenance lock, and its own queue. Not the
+/// index, the writer or the readers' watermark.
+struct Footers<'s> {
+    log: &'s Log,
+    maintenance: &'s parking_lot::Mutex<()>,
+    sealer: &'s Sealer,
+}
+
+fn run(footers: &Footers<'_>, rx: &flume::Receiver<u64>) {
+    let sealer = footers.sealer;
     for id in rx.iter() {
         if !sealer.may_start() {
             return;
@@ -227,19 +248,14 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
         // hold the lock once the store is closing (compaction, snapshot and
         // verify need the `Store`), but never wait for it past that point.
         let _maintenance = loop {
-            if let Some(guard) = shared.maintenance.try_lock_for(LOCK_PATIENCE) {
+            if let Some(guard) = footers.maintenance.try_lock_for(LOCK_PATIENCE) {
                 break guard;
             }
             if sealer.stopping() {
                 return;
             }
         };
-        let result = seal_segment(&shared.log, id, &sealer.abandon).and_then(|sealed| {
-            if sealed == Sealed::Written {
-                shared.fault(crate::store::fault::InjectionPoint::FooterWritten)?;
-            }
-            Ok(sealed)
-        });
+        let result = seal_segment(footers.log, id, &sealer.abandon);
         sealer.pending.fetch_sub(1, Ordering::AcqRel);
         match result {
             Ok(Sealed::Stopped) => return,
@@ -254,7 +270,7 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::config::SyncMode;
+    use crate::store::format::footer;
     use crate::store::log::Prealloc;
 
     /// An abandoned footer is not written; the same segment is sealed once
@@ -268,6 +284,7 @@ mod tests {
             4096,
             Prealloc::Reserve,
             crate::store::log::FrameWrites::Mapped,
+            crate::store::log::Io::for_store(&crate::store::StoreConfig::new(d.path()), true),
         );
         let active = log.create_segment(1, 0, 0).unwrap();
         drop(active);

@@ -11,12 +11,12 @@
 //! Reads the store's files; writes only the destination and its staging
 //! directory beside it.
 
-use crate::store::fault::InjectionPoint;
+use crate::store::config::SyncMode;
 use crate::store::format::footer;
 use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::log::rewrite::write_synced;
-use crate::store::log::{sync_dir, Segment};
+use crate::store::log::{InjectionPoint, Segment, SegmentIo};
 use crate::store::{Shared, StoreError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,7 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
     let _maintenance = shared.maintenance.lock();
     let parts = commit_point(shared)?;
     let staging = staging_dir(dest)?;
+    let io = shared.log.io();
     let copied = (|| {
         std::fs::create_dir(&staging)?;
         let writable = shared.writer.is_some();
@@ -50,7 +51,7 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                 // while we hold the maintenance lock, so the kernel copies it.
                 None if writable => {
                     std::fs::copy(shared.log.dir().join(&name), &to)?;
-                    File::open(&to)?.sync_all()?;
+                    io.sync(&File::open(&to)?, &to, SyncMode::SyncAll, None, None)?;
                 }
                 // Otherwise the bytes this handle maps are the ones it serves.
                 // Of the newest segment only the committed range is touched:
@@ -70,14 +71,14 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                             footer::locate(bytes).map_or(end, |at| (at as usize).clamp(from, end));
                         let mut copy = bytes[..SEGMENT_HEADER_LEN].to_vec();
                         copy.extend_from_slice(&bytes[from..frames_end]);
-                        write_synced(&staging, &name, &copy)?;
+                        write_synced(io, &staging, &name, &copy)?;
                     } else {
-                        write_synced(&staging, &name, bytes)?;
+                        write_synced(io, &staging, &name, bytes)?;
                     }
                 }
             }
         }
-        shared.fault(InjectionPoint::SnapshotCopied)?;
+        shared.log.io().at(InjectionPoint::SnapshotCopied)?;
         // The removed-event record: ids and sequences compaction removed.
         let removed = std::fs::read(shared.log.dir().join(REMOVED_FILE))?;
         if !writable {
@@ -93,11 +94,11 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                 )));
             }
         }
-        write_synced(&staging, REMOVED_FILE, &removed)?;
-        sync_dir(&staging)?;
+        write_synced(io, &staging, REMOVED_FILE, &removed)?;
+        io.sync_dir(&staging, None)?;
         // An empty `dest` is replaced by the rename; a missing one created.
         std::fs::rename(&staging, dest)?;
-        sync_dir(&parent_of(dest))
+        io.sync_dir(&parent_of(dest), None)
     })();
     if copied.is_err() {
         let _ = std::fs::remove_dir_all(&staging);

@@ -38,16 +38,15 @@
 
 use crate::store::format::checkpoint::{self, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer, FooterEntry, TRAILER_LEN};
-use crate::store::format::frame::{
-    after_damage, all_zero, decode_frame, probe, AfterDamage, Probe,
-};
+use crate::store::format::frame::all_zero;
 use crate::store::format::intent::Intent;
 use crate::store::format::record::{decode_event, EventRecord};
 use crate::store::format::removed::{self, REMOVED_FILE};
-use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::store::format::scan::{batch_step, End, FrameScan, Marks, Scanned, Take};
+use crate::store::format::segment::{self, segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::format::{chain, FormatError};
 use crate::store::log::{map_whole_file, rewrite, Segment, SegmentListing};
-use crate::store::recovery::RemovedPredecessors;
+use crate::store::recovery::{check_last_frame, event_in_frame, RemovedPredecessors};
 use crate::store::{Shared, StoreError};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -322,7 +321,7 @@ fn collect_targets(
         // frames, possibly past the capacity the segment was mapped with).
         let seg = match (active_end, shared.log.segment(id)) {
             (Some(_), Some(seg)) => seg,
-            (_, registered) => match Segment::open_read_only(&path, id) {
+            (_, registered) => match Segment::open_read_only(&path, id, shared.log.io()) {
                 Ok(seg) => Arc::new(seg),
                 Err(e) => registered.ok_or(e)?,
             },
@@ -538,20 +537,8 @@ impl<'t> Walk<'t> {
         if newest && t.active_end.is_none() && crate::store::format::frame::all_zero(bytes) {
             return;
         }
-        match SegmentHeader::decode(bytes) {
-            Ok(h) if h.segment_id == t.id => {}
-            Ok(h) => self.problem(
-                &t.path,
-                0,
-                VerifyProblemKind::SegmentHeader,
-                format!("header names segment {}", h.segment_id),
-            ),
-            Err(e) => self.problem(
-                &t.path,
-                0,
-                VerifyProblemKind::SegmentHeader,
-                format!("segment header: {e}"),
-            ),
+        if let Err(detail) = segment::check_header(bytes, t.id) {
+            self.problem(&t.path, 0, VerifyProblemKind::SegmentHeader, detail);
         }
         // Where the frames end: at the footer of a sealed segment.
         let (limit, footer) = if t.active_end.is_some() {
@@ -641,11 +628,12 @@ impl<'t> Walk<'t> {
         mut check: Option<&mut FooterCheck<'_>>,
     ) -> usize {
         let t = &self.targets[ti];
-        let mut pos = SEGMENT_HEADER_LEN;
-        loop {
-            match probe(buf, pos) {
-                Probe::End => break,
-                Probe::Frame { body, len } if footer::is_footer(body) => {
+        let first = SEGMENT_HEADER_LEN.min(buf.len());
+        let clamp = |at: usize| at.clamp(first, buf.len());
+        let mut end = first;
+        for item in FrameScan::new(buf, SEGMENT_HEADER_LEN) {
+            match item {
+                Scanned::Footer { at, len } => {
                     let detail = if check.is_some() {
                         format!("a second footer frame ({len} bytes) among the frames")
                     } else if t.active_end.is_some() {
@@ -653,80 +641,99 @@ impl<'t> Walk<'t> {
                     } else {
                         format!("a footer frame ({len} bytes) without its trailer")
                     };
-                    self.problem(&t.path, pos as u64, VerifyProblemKind::Footer, detail);
-                    if check.is_some() {
-                        pos += len;
-                        continue;
+                    self.problem(&t.path, at as u64, VerifyProblemKind::Footer, detail);
+                    if check.is_none() {
+                        return clamp(at);
                     }
-                    break;
+                    end = at + len;
                 }
-                Probe::Frame { body, len } => {
+                Scanned::Event { at, len, record } => {
                     self.bytes_checked += len as u64;
                     self.events_checked += 1;
-                    match decode_event(body) {
+                    match record {
                         Ok(rec) => {
                             if let Some(c) = check.as_deref_mut() {
-                                c.frame(self, ti, pos, len, Some(&rec));
+                                c.frame(self, ti, at, len, Some(&rec));
                             }
-                            self.queue_hash(ti, pos, &rec);
-                            self.take(ti, pos, &rec);
+                            self.queue_hash(ti, at, &rec);
+                            self.take(ti, at, &rec);
                         }
                         Err(e) => {
                             self.problem(
                                 &t.path,
-                                pos as u64,
+                                at as u64,
                                 VerifyProblemKind::RecordUndecodable,
                                 format!("frame of {len} bytes: {e}"),
                             );
-                            self.damaged[ti].push((pos as u64, (pos + len) as u64));
+                            self.damaged[ti].push((at as u64, (at + len) as u64));
                             if let Some(c) = check.as_deref_mut() {
-                                c.frame(self, ti, pos, len, None);
+                                c.frame(self, ti, at, len, None);
                             }
                         }
                     }
-                    pos += len;
+                    end = at + len;
                 }
-                Probe::Damaged(e) => {
-                    let kind = match e {
-                        FormatError::Checksum(_) => VerifyProblemKind::FrameChecksum,
-                        _ => VerifyProblemKind::FrameDamaged,
-                    };
-                    let next = match after_damage(buf, pos) {
-                        AfterDamage::Resume(next) => Some(next),
-                        // A footer cut short by a crash or a full disk: no
-                        // frame is lost, open ignores it and the next
-                        // writable open writes it again.
-                        AfterDamage::TornFooter => break,
-                        // A frame being written (or cut by a crash).
-                        AfterDamage::TornTail if t.tail_in_flux => break,
-                        AfterDamage::TornTail => None,
-                    };
-                    let skipped = next.unwrap_or(buf.len()) - pos;
-                    self.bytes_checked += skipped as u64;
-                    let detail = match next {
-                        Some(_) => format!("{e}; {skipped} bytes skipped to the next valid frame"),
-                        None => format!("{e}; no valid frame in the {skipped} bytes to the end"),
-                    };
-                    self.problem(&t.path, pos as u64, kind, detail);
-                    self.damaged[ti].push((pos as u64, (pos + skipped) as u64));
-                    // The chain of the damaged event's entity cannot be
-                    // followed through it; if its record still reads, say
-                    // which entity that is rather than report its next link.
-                    if let Some(r) = damaged_record(buf, pos, pos + skipped) {
-                        self.discard_batch();
-                        self.unknown_tail(r.entity, r.clock);
-                    }
-                    match next {
-                        Some(n) => pos = n,
-                        None => {
-                            pos = buf.len();
-                            break;
-                        }
-                    }
+                Scanned::Damaged { at, resume, error } => {
+                    self.damaged_region(ti, buf, at, resume, &error, true);
+                    end = resume;
+                }
+                // A footer cut short by a crash or a full disk: no frame is
+                // lost, open ignores it and the next writable open writes
+                // it again.
+                Scanned::End {
+                    at,
+                    how: End::Clean | End::TornFooter,
+                } => return clamp(at),
+                // A frame being written (or cut by a crash) at the end of a
+                // segment its owner may be writing.
+                Scanned::End {
+                    at,
+                    how: End::TornTail(_) | End::Unsettled(_),
+                } if t.tail_in_flux => return clamp(at),
+                Scanned::End {
+                    at,
+                    how: End::TornTail(error) | End::Unsettled(error),
+                } => {
+                    self.damaged_region(ti, buf, at, buf.len(), &error, false);
+                    return buf.len();
                 }
             }
         }
-        pos.min(buf.len()).max(SEGMENT_HEADER_LEN.min(buf.len()))
+        clamp(end)
+    }
+
+    /// Report the damaged region `at..to` of target `ti` (`resumes`: a
+    /// valid frame follows it).
+    fn damaged_region(
+        &mut self,
+        ti: usize,
+        buf: &'t [u8],
+        at: usize,
+        to: usize,
+        error: &FormatError,
+        resumes: bool,
+    ) {
+        let t = &self.targets[ti];
+        let kind = match error {
+            FormatError::Checksum(_) => VerifyProblemKind::FrameChecksum,
+            _ => VerifyProblemKind::FrameDamaged,
+        };
+        let skipped = to - at;
+        self.bytes_checked += skipped as u64;
+        let detail = if resumes {
+            format!("{error}; {skipped} bytes skipped to the next valid frame")
+        } else {
+            format!("{error}; no valid frame in the {skipped} bytes to the end")
+        };
+        self.problem(&t.path, at as u64, kind, detail);
+        self.damaged[ti].push((at as u64, to as u64));
+        // The chain of the damaged event's entity cannot be followed
+        // through it; if its record still reads, say which entity that is
+        // rather than report its next link. (Damage does not decide whether
+        // a batch completes: the frames after it do, as at open.)
+        if let Some(r) = damaged_record(buf, at, to) {
+            self.unknown_tail(r.entity, r.clock);
+        }
     }
 
     /// Entries of the footer not matched by a frame, and where the frames end.
@@ -751,43 +758,36 @@ impl<'t> Walk<'t> {
         }
     }
 
-    /// Take one decodable event, in log order: batches are assembled first
-    /// (members of a batch that never completed are not part of any chain,
-    /// as recovery never indexes them).
+    /// Take one decodable event, in log order: batches are assembled first,
+    /// by the batch rule recovery follows (`format::scan::batch_step`), so
+    /// members of a batch that never completed are not part of any chain,
+    /// as recovery never indexes them.
     fn take(&mut self, ti: usize, pos: usize, rec: &EventRecord<'t>) {
-        if rec.batch_size == 0 {
+        let held = self
+            .batch
+            .last()
+            .map(|(_, _, last)| (self.batch.len(), Marks::of(last)));
+        let (discard, take) = batch_step(held, Marks::of(rec));
+        if discard {
             self.discard_batch();
-            self.apply(ti, pos, rec);
-            return;
         }
-        let expected = self.batch.len() as u32;
-        // Members follow each other; their sequences increase (with gaps
-        // where compaction removed members and renumbered the survivors).
-        let continues = self.batch.last().is_some_and(|(_, _, last)| {
-            last.batch_size == rec.batch_size && rec.global_seq > last.global_seq
-        });
-        if rec.batch_index != expected || (expected > 0 && !continues) {
-            self.discard_batch();
-            if rec.batch_index != 0 {
+        match take {
+            Take::Now => self.apply(ti, pos, rec),
+            Take::Hold => self.batch.push((ti, pos, rec.clone())),
+            Take::Complete => {
+                let mut members = std::mem::take(&mut self.batch);
+                for (mti, mpos, r) in &members {
+                    self.apply(*mti, *mpos, r);
+                }
+                members.clear();
+                self.batch = members;
+                self.apply(ti, pos, rec);
+            }
+            Take::Orphan => {
                 // A member without the start of its batch.
                 self.incomplete_batch_events += 1;
                 self.unknown_tail(rec.entity, rec.clock);
-                return;
             }
-        }
-        let complete = rec.batch_index + 1 == rec.batch_size;
-        if complete && self.batch.is_empty() {
-            self.apply(ti, pos, rec);
-            return;
-        }
-        self.batch.push((ti, pos, rec.clone()));
-        if complete {
-            let mut members = std::mem::take(&mut self.batch);
-            for (mti, mpos, r) in &members {
-                self.apply(*mti, *mpos, r);
-            }
-            members.clear();
-            self.batch = members;
         }
     }
 
@@ -937,21 +937,18 @@ impl<'t> Walk<'t> {
             }
             let last_end = s.last_offset.saturating_add(u64::from(s.last_length));
             if s.last_length > 0 && !self.in_damage(ti, s.last_offset, last_end) {
-                let holds = if last_end > s.frames_end || last_end > end {
-                    Err("lies beyond the covered frames".to_owned())
-                } else {
-                    event_at(targets[ti].bytes(), s.last_offset, s.last_length).and_then(
-                        |(id, _, _, _)| {
-                            (id == s.last_event_id)
-                                .then_some(())
-                                .ok_or_else(|| format!("holds event {id:032x}"))
-                        },
-                    )
-                };
+                let bytes = targets[ti].bytes();
+                let holds = check_last_frame(s, end, |offset, length| {
+                    usize::try_from(offset)
+                        .ok()
+                        .and_then(|o| bytes.get(o..o.checked_add(length)?))
+                        .map(std::borrow::Cow::Borrowed)
+                        .ok_or_else(|| "beyond the end of the segment".to_owned())
+                });
                 if let Err(why) = holds {
                     let detail = format!(
-                        "last frame of segment {} at {} ({} bytes, event {:032x}): {why}",
-                        s.segment_id, s.last_offset, s.last_length, s.last_event_id
+                        "segment {} ({} bytes of frames, last frame event {:032x}): {why}",
+                        s.segment_id, s.frames_end, s.last_event_id
                     );
                     disagree(self, at, detail);
                 }
@@ -1128,11 +1125,7 @@ fn event_at(bytes: &[u8], offset: u64, length: u32) -> Result<(u128, u16, &str, 
         .ok()
         .and_then(|o| bytes.get(o..o.checked_add(length as usize)?))
         .ok_or("beyond the end of the segment")?;
-    let (body, len) = decode_frame(frame).map_err(|e| format!("no valid frame there: {e}"))?;
-    if len != frame.len() {
-        return Err(format!("the frame there is {len} bytes"));
-    }
-    let r = decode_event(body).map_err(|e| format!("the frame there does not decode: {e}"))?;
+    let r = event_in_frame(frame)?;
     Ok((r.event_id, r.visible_kind(), r.entity, r.scope))
 }
 
@@ -1336,7 +1329,7 @@ mod tests {
         records: &[EventRecord<'_>],
         removed_entries: Vec<RemovedEntry>,
     ) -> Vec<u64> {
-        let mut file = SegmentHeader {
+        let mut file = segment::SegmentHeader {
             segment_id: 1,
             created_us: 0,
         }
@@ -1479,6 +1472,46 @@ mod tests {
         assert!(report.is_clean(), "{report}");
         assert_eq!(report.incomplete_batch_events, 1);
         assert_eq!(report.events_checked, 6);
+    }
+
+    /// Damage between two members of a batch does not decide whether the
+    /// batch completes (the frames after it do): open serves this batch,
+    /// and `verify` counts none of its members as incomplete, even though
+    /// the damaged frame's record still reads.
+    #[test]
+    fn damage_between_batch_members_is_judged_as_open_judges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b0 = event("a", 0, 0, [0; 32]);
+        b0.batch_size = 2;
+        b0.event_hash = chain::event_hash(&b0.prev_hash, &b0);
+        let stray = event("z", 0, 1, [0; 32]);
+        let mut b1 = event("b", 0, 2, [0; 32]);
+        b1.batch_size = 2;
+        b1.batch_index = 1;
+        b1.event_hash = chain::event_hash(&b1.prev_hash, &b1);
+        let at = store_of(dir.path(), &[b0, stray, b1], vec![]);
+        // Break the stray frame's checksum only (its record still decodes).
+        let path = dir.path().join(segment_file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at[1] as usize + 8] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        // (Writable: a read-only open stops at damage in the newest
+        // segment, which its owner may be writing.)
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let served: Vec<u64> = store
+            .query(&crate::coordinate::Region::all())
+            .iter()
+            .map(|e| e.global_sequence)
+            .collect();
+        assert_eq!(served, vec![0, 2], "open serves the batch");
+        assert_eq!(store.diagnostics().recovery.discarded_batch_events, 0);
+        let report = store.verify().unwrap();
+        assert_eq!(report.incomplete_batch_events, 0, "{report}");
+        assert_eq!(
+            kinds(&report),
+            vec![(VerifyProblemKind::FrameChecksum, at[1])],
+            "{report}"
+        );
     }
 
     #[test]

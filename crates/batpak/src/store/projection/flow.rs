@@ -76,16 +76,17 @@ impl Store {
             let index = self.shared.index.read();
             slots
                 .iter()
-                .map(|&s| self.shared.locate(&index, s))
+                .map(|&s| self.shared.reader().locate(&index, s))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        self.shared.reading_frames();
+        self.shared.reader().reading_frames();
         // Projections fold today's shapes: old payloads are upcast.
         let schema = self.shared.schema();
         located
             .into_iter()
             .map(|l| {
                 self.shared
+                    .reader()
                     .read_located(l, |rec, coord| {
                         crate::store::typed::decode_upcast(&schema, rec, coord)
                     })

@@ -14,17 +14,24 @@
 //! for each; if a compaction changed the index between two steps, the read
 //! starts again, so a result is always one consistent view. This module
 //! never writes.
+//!
+//! Everything here is a method of [`Reader`], the read layer's handle: the
+//! log (to resolve positions to mapped frames), the index lock and the
+//! visible watermark, and nothing else of the store. A reader cannot take
+//! the writer lock, move the watermark, or reach maintenance: the type
+//! does not hold them.
 
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
-use crate::store::fault::InjectionPoint;
 use crate::store::format::frame::decode_frame;
 use crate::store::format::payload::decode_value;
 use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
-use crate::store::log::{FrameBytes, Segment};
-use crate::store::{Shared, StoreError};
+use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
+use crate::store::write::durability::Watermark;
+use crate::store::StoreError;
+use parking_lot::RwLock;
 use std::sync::Arc;
 
 /// Most slots one step of a read examines, and so most entries it builds,
@@ -37,7 +44,7 @@ pub(crate) const STEP: u32 = 1024;
 /// after this many, the read takes the lock once for the whole selection.
 const STEPPED_ATTEMPTS: usize = 2;
 
-/// An event's frame, resolved under the index lock (see [`Shared::locate`]).
+/// An event's frame, resolved under the index lock (see [`Reader::locate`]).
 pub(crate) struct Located {
     pub(crate) frame: FrameBytes,
     pub(crate) pos: DiskPos,
@@ -52,9 +59,19 @@ pub(crate) struct Unchained {
     runs: Vec<(usize, u64, Option<Arc<Segment>>)>,
 }
 
+/// How many slots ahead [`Reader::pin_entries`] asks for the index records
+/// it will read.
+const RECORDS_AHEAD: usize = 8;
+
+/// How many entries ahead [`Unchained::read_chains`] asks for the frames
+/// it will read: enough misses in flight to hide most of the memory
+/// latency of frames scattered through a segment, few enough that the
+/// lines are still cached when they are read.
+const PREFETCH_AHEAD: usize = 12;
+
 impl Unchained {
-    /// Read the hash chains, without any lock. `entries` is the vector the
-    /// entries were pushed to by [`Shared::pin_entries`].
+    /// Read the hash chains, without any lock. `entries` are the entries
+    /// [`Reader::pin_entries`] pushed, exactly.
     pub(crate) fn read_chains(self, entries: &mut [IndexEntry]) {
         let end = entries.len();
         for (i, (start, segment_id, seg)) in self.runs.iter().enumerate() {
@@ -62,13 +79,27 @@ impl Unchained {
             let Some(run) = entries.get_mut(*start..stop) else {
                 continue;
             };
-            for e in run {
+            let Some(seg) = seg else {
+                tracing::warn!(
+                    segment_id,
+                    "index entries name a segment the log does not hold; hash chains left empty"
+                );
+                continue;
+            };
+            for e in run.iter().take(PREFETCH_AHEAD) {
+                seg.prefetch_chain(e.disk_pos.offset, e.disk_pos.length);
+            }
+            for j in 0..run.len() {
+                if let Some(ahead) = run.get(j + PREFETCH_AHEAD) {
+                    seg.prefetch_chain(ahead.disk_pos.offset, ahead.disk_pos.length);
+                }
+                let e = &mut run[j];
                 let pos = e.disk_pos;
-                let chain = seg.as_ref().and_then(|seg| {
-                    let len = u64::from(pos.length);
-                    seg.check_range(pos.offset, len).ok()?;
-                    chain_in_frame(seg.slice(pos.offset, len))
-                });
+                let len = u64::from(pos.length);
+                let chain = seg
+                    .check_range(pos.offset, len)
+                    .ok()
+                    .and_then(|()| chain_in_frame(seg.slice(pos.offset, len)));
                 match chain {
                     Some((prev_hash, event_hash)) => {
                         e.hash_chain = HashChain {
@@ -95,8 +126,8 @@ enum Selection<'r> {
         next: u32,
         end: u32,
     },
-    /// A list picked in the first step (cheap to copy), [`STEP`] per step.
-    Slots { slots: Vec<u32>, next: usize },
+    /// A list picked in the first step.
+    Slots { slots: Vec<u32> },
 }
 
 impl Selection<'_> {
@@ -109,27 +140,48 @@ impl Selection<'_> {
                 *next = to;
                 *next < *end
             }
-            Selection::Slots { slots, next } => {
-                let to = slots.len().min(*next + STEP as usize);
-                out.extend_from_slice(&slots[*next..to]);
-                *next = to;
-                *next < slots.len()
+            // Picked whole under one hold: copying 4-byte slots is cheap
+            // (the entries are built a step at a time).
+            Selection::Slots { slots } => {
+                if out.is_empty() {
+                    std::mem::swap(out, slots);
+                } else {
+                    out.append(slots);
+                }
+                false
             }
         }
     }
 }
 
-impl Shared {
+/// The read layer's handle (see the module docs): borrowed from the
+/// store's shared state for one read.
+#[derive(Clone, Copy)]
+pub(crate) struct Reader<'s> {
+    log: &'s Log,
+    index: &'s RwLock<Index>,
+    visible: &'s Watermark,
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn new(log: &'s Log, index: &'s RwLock<Index>, visible: &'s Watermark) -> Self {
+        Self {
+            log,
+            index,
+            visible,
+        }
+    }
+
     /// A reader released the index lock and is about to read frames (where
     /// tests hold readers; see [`InjectionPoint::ReadingFrames`]).
     pub(crate) fn reading_frames(&self) {
         // A read has no error to return: only a panic or a crash acts.
-        let _ = self.fault(InjectionPoint::ReadingFrames);
+        let _ = self.log.io().at(InjectionPoint::ReadingFrames);
     }
 
     /// Under the index lock: push the entries of `slots` to `entries` and
     /// pin their frames' segments. Call [`Unchained::read_chains`] on the
-    /// same vector once the lock is released.
+    /// entries pushed (`entries[len before..]`) once the lock is released.
     pub(crate) fn pin_entries(
         &self,
         index: &Index,
@@ -138,64 +190,68 @@ impl Shared {
     ) -> Unchained {
         let mut runs: Vec<(usize, u64, Option<Arc<Segment>>)> = Vec::new();
         entries.reserve(slots.len());
-        for &slot in slots {
+        // `extend` over a slice's exact-length iterator writes each entry
+        // straight into the reserved room (no copy through a temporary, no
+        // capacity check per entry). The records of slots a few ahead are
+        // asked for first: an entity's slots are scattered through the
+        // index, and each would otherwise be a cache miss taken in turn.
+        entries.extend(slots.iter().enumerate().map(|(i, &slot)| {
+            if let Some(&ahead) = slots.get(i + RECORDS_AHEAD) {
+                index.prefetch_record(ahead);
+            }
             let e = index.entry(slot);
             let id = e.disk_pos.segment_id;
             if runs.last().is_none_or(|r| r.1 != id) {
-                runs.push((entries.len(), id, self.log.segment(id)));
+                runs.push((i, id, self.log.segment(id)));
             }
-            entries.push(e);
-        }
+            e
+        }));
         Unchained { runs }
     }
 
     /// The entries of the slots `select` picks (given the index and the
     /// visible watermark), with their hash chains, read in steps so the
     /// index lock is never held for long (see the module docs).
+    ///
+    /// First the slots are gathered (4 bytes each, a step per hold), so the
+    /// result is allocated once at its final size; then each step builds
+    /// its entries in place under the lock and reads their chains after it.
+    /// The memory a step will write is touched before the lock is taken, so
+    /// no page faults while it is held.
     fn read_entries<'r>(&self, select: impl Fn(&Index, u32) -> Selection<'r>) -> Vec<IndexEntry> {
-        let mut entries = Vec::new();
-        // One step's slots and entries. Reused, so after the first step
-        // nothing is allocated or first touched (a fresh page faults) under
-        // the lock: the result grows, and is copied into, after it.
-        let mut slots = Vec::with_capacity(STEP as usize);
-        let mut step = Vec::new();
+        let mut slots = Vec::new();
         for _ in 0..STEPPED_ATTEMPTS {
-            entries.clear();
-            let mut state: Option<(Selection<'r>, u64)> = None;
-            loop {
-                let index = self.index.read();
-                let (selection, compactions) = match &mut state {
-                    Some(s) => s,
-                    None => state.insert((
-                        select(&index, self.durability.visible()),
-                        index.compactions(),
-                    )),
-                };
-                if index.compactions() != *compactions {
-                    break;
+            slots.clear();
+            let compactions = {
+                let mut selection = None;
+                let mut compactions = None;
+                loop {
+                    let index = self.index.read();
+                    let seen = *compactions.get_or_insert(index.compactions());
+                    if seen != index.compactions() {
+                        break None;
+                    }
+                    let selection =
+                        selection.get_or_insert_with(|| select(&index, self.visible.get()));
+                    if !selection.step(&index, &mut slots) {
+                        break Some(seen);
+                    }
                 }
-                slots.clear();
-                let more = selection.step(&index, &mut slots);
-                let unchained = self.pin_entries(&index, &slots, &mut step);
-                drop(index);
-                self.reading_frames();
-                unchained.read_chains(&mut step);
-                if entries.is_empty() && !more {
-                    return step;
-                }
-                entries.append(&mut step);
-                if !more {
-                    return entries;
-                }
+            };
+            let Some(compactions) = compactions else {
+                continue;
+            };
+            if let Some(entries) = self.entries_of(&slots, compactions) {
+                return entries;
             }
         }
         // Compactions kept changing the index between steps: select and pin
         // everything under one hold (the frames are still read after it).
-        entries.clear();
         slots.clear();
+        let mut entries = Vec::new();
         let unchained = {
             let index = self.index.read();
-            let mut selection = select(&index, self.durability.visible());
+            let mut selection = select(&index, self.visible.get());
             while selection.step(&index, &mut slots) {}
             self.pin_entries(&index, &slots, &mut entries)
         };
@@ -204,14 +260,38 @@ impl Shared {
         entries
     }
 
+    /// The entries of `slots`, a step at a time, as long as the index has
+    /// seen `compactions` compactions (`None` once it has seen another).
+    fn entries_of(&self, slots: &[u32], compactions: u64) -> Option<Vec<IndexEntry>> {
+        let mut entries = crate::store::huge_pages::vec_with_capacity(slots.len());
+        for step in slots.chunks(STEP as usize) {
+            let start = entries.len();
+            prefault(&mut entries, step.len());
+            let unchained = {
+                let index = self.index.read();
+                if index.compactions() != compactions {
+                    return None;
+                }
+                self.pin_entries(&index, step, &mut entries)
+            };
+            self.reading_frames();
+            unchained.read_chains(&mut entries[start..]);
+        }
+        Some(entries)
+    }
+
     /// The frame of `slot`. Called with the index lock held: compaction
     /// moves events and swaps segment files under the index write lock, so
     /// a position is only meaningful until the lock is released, while the
     /// returned bytes stay valid (they keep their segment mapped).
     pub(crate) fn locate(&self, index: &Index, slot: u32) -> Result<Located, StoreError> {
         let pos = index.disk_pos(slot);
+        let frame = self.log.read(pos.segment_id, pos.offset, pos.length)?;
+        // The frame is read right after the lock is released: its lines
+        // load meanwhile.
+        frame.prefetch();
         Ok(Located {
-            frame: self.log.read(pos.segment_id, pos.offset, pos.length)?,
+            frame,
             pos,
             coord: index.coordinate(slot),
         })
@@ -257,7 +337,7 @@ impl Shared {
             let index = self.index.read();
             let slot = index
                 .slot_of(event_id)
-                .filter(|&s| s < self.durability.visible())
+                .filter(|&s| s < self.visible.get())
                 .ok_or(StoreError::NotFound(event_id))?;
             self.locate(&index, slot)?
         };
@@ -285,24 +365,7 @@ impl Shared {
     }
 
     pub(crate) fn get(&self, event_id: u128) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        let located = {
-            let index = self.index.read();
-            let slot = index
-                .slot_of(event_id)
-                .filter(|&s| s < self.durability.visible())
-                .ok_or(StoreError::NotFound(event_id))?;
-            self.locate(&index, slot)?
-        };
-        self.reading_frames();
-        let pos = located.pos;
-        let ev = self.read_event(located)?;
-        if ev.event.header.event_id != event_id {
-            return Err(StoreError::corrupt(
-                pos.segment_id,
-                format!("frame at offset {} holds another event", pos.offset),
-            ));
-        }
-        Ok(ev)
+        self.get_with(event_id, stored_event)
     }
 
     pub(crate) fn query(&self, region: &Region) -> Vec<IndexEntry> {
@@ -319,7 +382,6 @@ impl Shared {
             let n = slots.partition_point(|&s| s < visible);
             Selection::Slots {
                 slots: slots[..n].to_vec(),
-                next: 0,
             }
         })
     }
@@ -328,7 +390,7 @@ impl Shared {
         self.read_entries(|index, visible| {
             let mut slots = index.correlation_slots(correlation_id);
             slots.retain(|&s| s < visible);
-            Selection::Slots { slots, next: 0 }
+            Selection::Slots { slots }
         })
     }
 
@@ -338,7 +400,6 @@ impl Shared {
             let n = slots.partition_point(|&s| s < visible);
             Selection::Slots {
                 slots: slots[..n].to_vec(),
-                next: 0,
             }
         })
     }
@@ -348,7 +409,6 @@ impl Shared {
     pub(crate) fn entry_of(&self, event_id: u128) -> Option<IndexEntry> {
         self.read_entries(|index, _| Selection::Slots {
             slots: index.slot_of(event_id).into_iter().collect(),
-            next: 0,
         })
         .pop()
     }
@@ -363,7 +423,7 @@ impl Shared {
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
         let mut out: Vec<StoredEvent<serde_json::Value>> = Vec::new();
-        let visible = self.durability.visible();
+        let visible = self.visible.get();
         let locate = |index: &Index, s: u32| self.locate(index, s).map(|l| (s, l));
         let mut next = {
             let index = self.index.read();
@@ -401,6 +461,44 @@ impl Shared {
             next = index.predecessor(slot).map(|p| locate(&index, p));
         }
         out
+    }
+}
+
+/// Touch the memory the next `n` entries pushed to `entries` will take
+/// (within its capacity), one write per page, so that building them under
+/// the index lock does not fault fresh pages in while the lock is held.
+pub(crate) fn prefault(entries: &mut Vec<IndexEntry>, n: usize) {
+    const PAGE: usize = 4096;
+    let per_page = (PAGE / std::mem::size_of::<IndexEntry>()).max(1);
+    let spare = entries.spare_capacity_mut();
+    let n = n.min(spare.len());
+    if n == 0 {
+        return;
+    }
+    let filler = filler_entry();
+    for slot in spare[..n].iter_mut().step_by(per_page) {
+        slot.write(filler.clone());
+    }
+}
+
+/// A placeholder entry (its coordinate interned, so writing copies of it
+/// anywhere costs no reference count and needs no drop).
+fn filler_entry() -> IndexEntry {
+    static FILLER: std::sync::LazyLock<Coordinate> = std::sync::LazyLock::new(|| {
+        use crate::coordinate::interned::{intern, intern_pair};
+        Coordinate::from_interned(intern_pair(intern("-"), intern("-")))
+    });
+    IndexEntry {
+        event_id: 0,
+        correlation_id: 0,
+        causation_id: None,
+        coord: FILLER.clone(),
+        kind: EventKind::DATA,
+        wall_ms: 0,
+        clock: 0,
+        hash_chain: HashChain::default(),
+        disk_pos: DiskPos::default(),
+        global_sequence: 0,
     }
 }
 

@@ -27,17 +27,17 @@ mod removed;
 pub(crate) use removed::{load_removed, load_removed_from, RemovedPredecessors};
 
 use crate::event::EventKind;
-use crate::store::format::checkpoint::{self, Checkpoint, CHECKPOINT_FILE};
+use crate::store::format::checkpoint::{self, Checkpoint, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer};
-use crate::store::format::frame::{
-    after_damage, all_zero, decode_frame, probe, AfterDamage, Probe, FRAME_HEADER_LEN, MAX_BODY_LEN,
-};
+use crate::store::format::frame::{all_zero, decode_frame, FRAME_HEADER_LEN, MAX_BODY_LEN};
 use crate::store::format::record::{decode_event, EventRecord};
-use crate::store::format::removed::REMOVED_FILE;
+use crate::store::format::removed::{RemovedRecord, REMOVED_FILE};
+use crate::store::format::scan::{batch_step, End, FrameScan, Marks, Scanned, Take};
+use crate::store::format::segment;
 use crate::store::format::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::index::{EntityTail, Index, NewRecord};
 use crate::store::log::{
-    map_whole_file, rewrite, sync_dir, ActiveSegment, Log, Segment, SegmentListing,
+    map_whole_file, rewrite, ActiveSegment, Io, Log, Segment, SegmentIo, SegmentListing,
 };
 use crate::store::{StoreConfig, StoreError};
 use std::path::Path;
@@ -155,6 +155,16 @@ struct Meta {
     batch_index: u32,
 }
 
+impl Meta {
+    fn marks(&self) -> Marks {
+        Marks {
+            size: self.batch_size,
+            index: self.batch_index,
+            global_seq: self.global_seq,
+        }
+    }
+}
+
 /// One event as found, borrowing its strings from the frame or footer.
 #[derive(Clone, Copy)]
 struct Found<'a> {
@@ -258,39 +268,32 @@ impl Assembly {
         self.batch.first().map(|b| (b.m.segment_id, b.m.offset))
     }
 
-    /// Take one event, in log order.
+    /// Take one event, in log order: batches are assembled by the one
+    /// batch rule (`format::scan::batch_step`), which `verify` follows too.
     fn take(&mut self, f: Found<'_>) {
         let m = f.m;
-        if m.batch_size == 0 {
-            self.discard_batch("interrupted by a single event");
-            self.index_one(f);
-            return;
+        let held = self.batch.last().map(|b| (self.batch.len(), b.m.marks()));
+        let (discard, take) = batch_step(held, m.marks());
+        if discard {
+            self.discard_batch(if m.batch_size == 0 {
+                "interrupted by a single event"
+            } else {
+                "interrupted by another batch"
+            });
         }
-        let expected = self.batch.len() as u32;
-        // Sequences within a batch increase; they are consecutive unless a
-        // compaction removed members (and renumbered the survivors' marks).
-        let continues = self
-            .batch
-            .last()
-            .is_some_and(|b| b.m.batch_size == m.batch_size && b.m.global_seq < m.global_seq);
-        if m.batch_index != expected || (expected > 0 && !continues) {
-            self.discard_batch("interrupted by another batch");
-            if m.batch_index != 0 {
+        match take {
+            Take::Now => self.index_one(f),
+            Take::Hold => self.batch.push(f.to_owned()),
+            Take::Complete => {
+                for b in std::mem::take(&mut self.batch) {
+                    self.index_one(b.get());
+                }
+                self.index_one(f);
+            }
+            Take::Orphan => {
                 self.report.discarded_batch_events += 1;
                 let (seg, off, len) = (m.segment_id, m.offset, u64::from(m.length));
                 self.damage(seg, off, len, "batch member without the start of its batch");
-                return;
-            }
-        }
-        let complete = m.batch_index + 1 == m.batch_size;
-        if complete && self.batch.is_empty() {
-            self.index_one(f);
-            return;
-        }
-        self.batch.push(f.to_owned());
-        if complete {
-            for b in std::mem::take(&mut self.batch) {
-                self.index_one(b.get());
             }
         }
     }
@@ -377,82 +380,63 @@ impl Assembly {
         self.report.segments_scanned += 1;
         let bytes = seg.bytes();
         let id = seg.id();
-        let mut pos = from as usize;
-        if pos == SEGMENT_HEADER_LEN {
-            match SegmentHeader::decode(bytes) {
-                Ok(h) if h.segment_id == id => {}
-                Ok(h) => self.damage(
-                    id,
-                    0,
-                    SEGMENT_HEADER_LEN as u64,
-                    format!("header names segment {}", h.segment_id),
-                ),
-                Err(e) => self.damage(
-                    id,
-                    0,
-                    SEGMENT_HEADER_LEN.min(bytes.len()) as u64,
-                    format!("segment header: {e}"),
-                ),
+        if from == SEGMENT_HEADER_LEN as u64 {
+            if let Err(detail) = segment::check_header(bytes, id) {
+                let len = SEGMENT_HEADER_LEN.min(bytes.len()) as u64;
+                self.damage(id, 0, len, detail);
             }
         }
-        loop {
-            match probe(bytes, pos) {
-                Probe::End => {
+        let mut scan = FrameScan::new(bytes, from as usize);
+        if live {
+            scan = scan.stopping_at_damage();
+        }
+        for item in scan {
+            match item {
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Ok(rec),
+                } => self.take(Found::from_record(id, at as u64, len as u32, &rec)),
+                Scanned::Event {
+                    at,
+                    len,
+                    record: Err(e),
+                } => self.damage(
+                    id,
+                    at as u64,
+                    len as u64,
+                    format!("undecodable record: {e}"),
+                ),
+                Scanned::Footer { at, .. } => {
                     return ScanEnd {
-                        end: pos as u64,
+                        end: at as u64,
                         torn: None,
                         torn_footer: false,
-                        sealed: false,
+                        sealed: true,
                     }
                 }
-                Probe::Frame { body, len } => {
-                    if footer::is_footer(body) {
-                        return ScanEnd {
-                            end: pos as u64,
-                            torn: None,
-                            torn_footer: false,
-                            sealed: true,
-                        };
-                    }
-                    match decode_event(body) {
-                        Ok(rec) => self.take(Found::from_record(id, pos as u64, len as u32, &rec)),
-                        Err(e) => self.damage(
-                            id,
-                            pos as u64,
-                            len as u64,
-                            format!("undecodable record: {e}"),
-                        ),
-                    }
-                    pos += len;
-                }
-                Probe::Damaged(_) if live => {
+                Scanned::Damaged { at, resume, error } => self.damage(
+                    id,
+                    at as u64,
+                    (resume - at) as u64,
+                    format!("damaged frame: {error}"),
+                ),
+                Scanned::End { at, how } => {
                     return ScanEnd {
-                        end: pos as u64,
-                        torn: Some((bytes.len() - pos) as u64),
-                        torn_footer: false,
+                        end: at as u64,
+                        torn: how.is_torn().then(|| bytes.len().saturating_sub(at) as u64),
+                        torn_footer: how == End::TornFooter,
                         sealed: false,
                     }
                 }
-                Probe::Damaged(e) => match after_damage(bytes, pos) {
-                    AfterDamage::Resume(next) => {
-                        self.damage(
-                            id,
-                            pos as u64,
-                            (next - pos) as u64,
-                            format!("damaged frame: {e}"),
-                        );
-                        pos = next;
-                    }
-                    torn => {
-                        return ScanEnd {
-                            end: pos as u64,
-                            torn: Some((bytes.len() - pos) as u64),
-                            torn_footer: torn == AfterDamage::TornFooter,
-                            sealed: false,
-                        }
-                    }
-                },
             }
+        }
+        // A scan always ends with `End`.
+        ScanEnd {
+            end: bytes.len() as u64,
+            torn: None,
+            torn_footer: false,
+            sealed: false,
         }
     }
 
@@ -479,8 +463,7 @@ impl Assembly {
                 return Err("last entry lies beyond the frames".into());
             }
             let frame = &bytes[last.offset as usize..end as usize];
-            let (body, _) = decode_frame(frame).map_err(|e| format!("last frame: {e}"))?;
-            let rec = decode_event(body).map_err(|e| format!("last frame: {e}"))?;
+            let rec = event_in_frame(frame).map_err(|e| format!("last frame: {e}"))?;
             if rec.event_id != last.event_id || rec.global_seq != last.global_seq {
                 return Err("last frame is not the footer's last event".into());
             }
@@ -607,7 +590,7 @@ pub(crate) fn follow_up(
             } else {
                 Segment::open_read_only
             };
-            let seg = match open(path, *id) {
+            let seg = match open(path, *id, log.io()) {
                 Ok(seg) if seg.file_len() >= SEGMENT_HEADER_LEN as u64 => seg,
                 Ok(_) => break,
                 Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -666,6 +649,13 @@ fn finish_if_replaced(
             return Ok(());
         }
     }
+    if follow.offset == SEGMENT_HEADER_LEN as u64 && never_written(mine.bytes()) {
+        // Not a compaction (which takes only sealed segments, with frames):
+        // the owner died creating this segment, and its next open deleted
+        // the file and created the segment again. Nothing was read from the
+        // old file; the caller reads the new one from its start.
+        return Ok(());
+    }
     let seg = mine.remap_read_only()?;
     // Sealed (compaction takes only sealed segments): damage is damage.
     let end = asm.scan(&seg, follow.offset, false);
@@ -683,17 +673,22 @@ fn finish_if_replaced(
 /// it replaced, and this handle may have indexed some of them already
 /// (their sequences are at most `max_seq`). Frames are in sequence order.
 fn first_unseen(bytes: &[u8], max_seq: Option<u64>) -> u64 {
-    let mut pos = SEGMENT_HEADER_LEN;
+    let start = SEGMENT_HEADER_LEN;
     let Some(max_seq) = max_seq else {
-        return pos as u64;
+        return start as u64;
     };
-    while let Probe::Frame { body, len } = probe(bytes, pos) {
-        match decode_event(body) {
-            Ok(rec) if !footer::is_footer(body) && rec.global_seq <= max_seq => pos += len,
-            _ => break,
+    for item in FrameScan::new(bytes, start) {
+        match item {
+            Scanned::Event {
+                record: Ok(rec), ..
+            } if rec.global_seq <= max_seq => {}
+            Scanned::Event { at, .. }
+            | Scanned::Footer { at, .. }
+            | Scanned::Damaged { at, .. }
+            | Scanned::End { at, .. } => return at as u64,
         }
     }
-    pos as u64
+    start as u64
 }
 
 struct ScanEnd {
@@ -770,50 +765,76 @@ fn load_checkpoint(
     // The covered ids equal the listing's first ids (checked above).
     for (s, (_, path)) in cp.segments.iter().zip(&listing.segments) {
         let check = || -> Result<(), String> {
+            use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
             let len = file.metadata().map_err(|e| e.to_string())?.len();
             if len < s.frames_end {
                 return Err(format!(
-                    "segment {} is {len} bytes, the checkpoint covers {}",
-                    s.segment_id, s.frames_end
+                    "is {len} bytes, the checkpoint covers {}",
+                    s.frames_end
                 ));
             }
-            if s.last_length > 0 {
-                use std::os::unix::fs::FileExt;
-                // Lengths from disk are checked before anything is allocated.
-                let last_end = s.last_offset.checked_add(u64::from(s.last_length));
-                if s.last_length as usize > FRAME_HEADER_LEN + MAX_BODY_LEN
-                    || last_end.is_none_or(|end| end > s.frames_end || end > len)
-                {
-                    return Err(format!(
-                        "segment {} last frame {}+{} lies outside its {} bytes of frames ({len} in the file)",
-                        s.segment_id, s.last_offset, s.last_length, s.frames_end
-                    ));
-                }
-                let mut frame = vec![0u8; s.last_length as usize];
-                file.read_exact_at(&mut frame, s.last_offset)
+            check_last_frame(s, len, |offset, length| {
+                let mut frame = vec![0u8; length];
+                file.read_exact_at(&mut frame, offset)
                     .map_err(|e| e.to_string())?;
-                let (body, _) = decode_frame(&frame)
-                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
-                let rec = decode_event(body)
-                    .map_err(|e| format!("segment {} last frame: {e}", s.segment_id))?;
-                if rec.event_id != s.last_event_id {
-                    return Err(format!(
-                        "segment {} last frame holds another event",
-                        s.segment_id
-                    ));
-                }
-            }
-            Ok(())
+                Ok(std::borrow::Cow::Owned(frame))
+            })
         };
         if let Err(why) = check() {
-            return reject(report, why);
+            return reject(report, format!("segment {}: {why}", s.segment_id));
         }
     }
     Some(cp)
 }
 
-/// Rebuild the index from the files in `log`'s directory and register the segments.
+/// The event in `frame`, which must be exactly one whole event frame.
+pub(crate) fn event_in_frame(frame: &[u8]) -> Result<EventRecord<'_>, String> {
+    let (body, len) = decode_frame(frame).map_err(|e| format!("no valid frame there: {e}"))?;
+    if len != frame.len() {
+        return Err(format!("the frame there is {len} bytes"));
+    }
+    decode_event(body).map_err(|e| format!("the frame there does not decode: {e}"))
+}
+
+/// Check what a checkpoint says about the last frame of a segment it
+/// covers against that frame: it lies inside the frames the checkpoint
+/// covers and inside `limit` (the bytes the segment has), and it is one
+/// whole frame holding the event named. `read(offset, length)` gives the
+/// frame's bytes (called only once the range is checked, so nothing is
+/// allocated from an untrusted length). Open and `verify` both check a
+/// checkpoint with this, so they accept and refuse the same ones.
+pub(crate) fn check_last_frame<'b>(
+    s: &CoveredSegment,
+    limit: u64,
+    read: impl FnOnce(u64, usize) -> Result<std::borrow::Cow<'b, [u8]>, String>,
+) -> Result<(), String> {
+    if s.last_length == 0 {
+        return Ok(());
+    }
+    let last_end = s.last_offset.checked_add(u64::from(s.last_length));
+    if s.last_length as usize > FRAME_HEADER_LEN + MAX_BODY_LEN
+        || last_end.is_none_or(|end| end > s.frames_end || end > limit)
+    {
+        return Err(format!(
+            "last frame {}+{} lies outside the {} bytes of frames covered ({limit} there)",
+            s.last_offset, s.last_length, s.frames_end
+        ));
+    }
+    let frame = read(s.last_offset, s.last_length as usize)?;
+    let rec = event_in_frame(&frame).map_err(|e| format!("last frame: {e}"))?;
+    if rec.event_id != s.last_event_id {
+        return Err(format!("last frame holds event {:032x}", rec.event_id));
+    }
+    Ok(())
+}
+
+/// Rebuild the index from the files in `log`'s directory and register the
+/// segments. The steps, in order (see docs/architecture.md, "Open and
+/// recovery"): settle an interrupted compaction ([`settle_compaction`]),
+/// load the removed-event record and the checkpoint, read each segment
+/// ([`Recovery::segment`]), then join the removed events and make what
+/// will be served durable ([`Recovery::finish`]).
 pub(crate) fn recover(
     log: &Log,
     config: &StoreConfig,
@@ -822,20 +843,61 @@ pub(crate) fn recover(
     let started = Instant::now();
     let dir = log.dir();
     let mut report = RecoveryReport::default();
-    // A compaction interrupted after its commit point is finished first; one
-    // interrupted before it leaves only temporary files, deleted here. A
-    // read-only open changes nothing: it reads the directory as the
-    // finished compaction will leave it.
+    let settled = settle_compaction(log, writable, &mut report)?;
+    let removed = load_removed_from(
+        log.io(),
+        dir,
+        &settled.removed_path,
+        !settled.listing.segments.is_empty(),
+        writable,
+    )?;
+    let checkpoint = if settled.pending && !writable {
+        None
+    } else {
+        load_checkpoint(dir, &settled.listing, &mut report)
+    };
+    let has_segments = !settled.listing.segments.is_empty();
+    let mut recovery = Recovery::start(log, config, writable, report, &removed, checkpoint);
+    if recovery.asm.report.open_path != OpenPath::Checkpoint && has_segments {
+        recovery.asm.report.open_path = OpenPath::FullScan;
+    }
+    let count = settled.listing.segments.len();
+    for (i, (id, path)) in settled.listing.segments.iter().enumerate() {
+        recovery.segment(i, *id, path, i + 1 == count)?;
+    }
+    recovery.finish(&removed, started)
+}
+
+/// The directory as recovery reads it, once an interrupted compaction is
+/// settled.
+struct Settled {
+    /// A compaction intent was found.
+    pending: bool,
+    listing: SegmentListing,
+    /// Where the removed-event record to load is.
+    removed_path: std::path::PathBuf,
+}
+
+/// A compaction interrupted after its commit point is finished first; one
+/// interrupted before it leaves only temporary files, deleted here. A
+/// read-only open changes nothing: it reads the directory as the finished
+/// compaction will leave it.
+fn settle_compaction(
+    log: &Log,
+    writable: bool,
+    report: &mut RecoveryReport,
+) -> Result<Settled, StoreError> {
+    let dir = log.dir();
     let pending = rewrite::pending_intent(dir)?;
     let mut removed_path = dir.join(REMOVED_FILE);
     let mut listing = SegmentListing::read(dir)?;
     match (&pending, writable) {
         (Some(intent), true) => {
-            rewrite::install(dir, intent, || Ok(()))?;
+            rewrite::install(log.io(), dir, intent, None)?;
             report.compaction_finished = true;
             listing = SegmentListing::read(dir)?;
         }
-        (None, true) => rewrite::discard_temporaries(dir)?,
+        (None, true) => rewrite::discard_temporaries(log.io(), dir)?,
         (Some(intent), false) => {
             listing.segments = listing
                 .segments
@@ -846,146 +908,219 @@ pub(crate) fn recover(
         }
         (None, false) => {}
     }
-    let removed = load_removed_from(dir, &removed_path, !listing.segments.is_empty(), writable)?;
-    let checkpoint = if pending.is_some() && !writable {
-        None
-    } else {
-        load_checkpoint(dir, &listing, &mut report)
-    };
-    let mut asm = Assembly {
-        index: Index::new(),
-        report,
-        max_seq: None,
-        batch: Vec::new(),
-        removed: RemovedPredecessors::new(&removed),
-    };
-    // (segment id, offset) where the frames after the checkpoint begin.
-    let mut resume: Option<(u64, u64)> = None;
-    // Where the frames of each segment the checkpoint covers end, in the
-    // listing's order (the checkpoint was checked to cover its first ids).
-    let mut covered_ends = Vec::new();
-    if let Some(cp) = checkpoint {
-        covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
-        asm.report.open_path = OpenPath::Checkpoint;
-        asm.report.events_from_checkpoint = u64::from(cp.index.len());
-        asm.max_seq = cp.next_seq.checked_sub(1);
-        resume = cp.segments.last().map(|s| (s.segment_id, s.frames_end));
-        asm.index = cp.index;
-    } else if !listing.segments.is_empty() {
-        asm.report.open_path = OpenPath::FullScan;
-    }
-    asm.report.removed_events = removed.entries.len() as u64;
+    Ok(Settled {
+        pending: pending.is_some(),
+        listing,
+        removed_path,
+    })
+}
 
-    let mut active = None;
-    let mut follow = None;
-    let mut unsealed = Vec::new();
-    let count = listing.segments.len();
-    for (i, (id, path)) in listing.segments.iter().enumerate() {
-        let newest = i + 1 == count;
+/// The state of an open while it reads the segments, oldest first.
+struct Recovery<'l> {
+    log: &'l Log,
+    config: &'l StoreConfig,
+    writable: bool,
+    asm: Assembly,
+    /// (segment id, offset) where the frames after the checkpoint begin.
+    resume: Option<(u64, u64)>,
+    /// Where the frames of each segment the checkpoint covers end, in the
+    /// listing's order (the checkpoint was checked to cover its first ids).
+    covered_ends: Vec<u64>,
+    /// The segment the writer continues.
+    active: Option<ActiveSegment>,
+    /// Read-only opens: where `refresh` continues.
+    follow: Option<Follow>,
+    /// Sealed segments without a footer.
+    unsealed: Vec<u64>,
+}
+
+impl<'l> Recovery<'l> {
+    /// Start from the checkpoint's index, if there is one.
+    fn start(
+        log: &'l Log,
+        config: &'l StoreConfig,
+        writable: bool,
+        report: RecoveryReport,
+        removed: &RemovedRecord,
+        checkpoint: Option<Checkpoint>,
+    ) -> Self {
+        let mut asm = Assembly {
+            index: Index::new(),
+            report,
+            max_seq: None,
+            batch: Vec::new(),
+            removed: RemovedPredecessors::new(removed),
+        };
+        let mut resume = None;
+        let mut covered_ends = Vec::new();
+        if let Some(cp) = checkpoint {
+            covered_ends = cp.segments.iter().map(|s| s.frames_end).collect();
+            asm.report.open_path = OpenPath::Checkpoint;
+            asm.report.events_from_checkpoint = u64::from(cp.index.len());
+            asm.max_seq = cp.next_seq.checked_sub(1);
+            resume = cp.segments.last().map(|s| (s.segment_id, s.frames_end));
+            asm.index = cp.index;
+        }
+        asm.report.removed_events = removed.entries.len() as u64;
+        Self {
+            log,
+            config,
+            writable,
+            asm,
+            resume,
+            covered_ends,
+            active: None,
+            follow: None,
+            unsealed: Vec::new(),
+        }
+    }
+
+    /// Read segment `id` (the `i`-th listed; `newest` if the last): from
+    /// the checkpoint, its footer, or its frames.
+    fn segment(&mut self, i: usize, id: u64, path: &Path, newest: bool) -> Result<(), StoreError> {
+        let log = self.log;
         // A read-only handle keeps the descriptor of the newest segment,
         // which it follows (see `finish_if_replaced`).
-        let seg = if newest && !writable {
-            Segment::open_followed(path, *id)?
+        let seg = if newest && !self.writable {
+            Segment::open_followed(path, id, log.io())?
         } else {
-            Segment::open_read_only(path, *id)?
+            Segment::open_read_only(path, id, log.io())?
         };
-        log.inherit_crash(&seg);
         if newest && never_written(seg.bytes()) {
-            // Crashed (or ran out of space) while creating the segment: it
-            // never held a frame. A writable open starts it afresh; a
-            // read-only one waits for its owner to write it.
             drop(seg);
-            if writable {
-                std::fs::remove_file(path)?;
-                active = Some(log.create_segment(*id, 0, config.now_us())?);
-            } else {
-                follow = Some(Follow {
-                    segment_id: *id,
-                    offset: SEGMENT_HEADER_LEN as u64,
-                    sealed: false,
-                    batch: std::mem::take(&mut asm.batch),
-                    max_seq: None,
-                    read_from: Vec::new(),
-                });
-            }
-            continue;
+            return self.never_written(id, path);
         }
-        let covered = resume.is_some_and(|(last, _)| *id < last);
-        let start = match resume {
-            Some((last, end)) if *id == last => end,
+        if self.resume.is_some_and(|(last, _)| id < last) {
+            self.covered(i, id, seg);
+            return Ok(());
+        }
+        let start = match self.resume {
+            Some((last, end)) if id == last => end,
             _ => SEGMENT_HEADER_LEN as u64,
         };
-        if covered {
-            // A close may have left its footer to a later open (footers
-            // only speed up opens without a checkpoint): queue it again.
-            let footer_at = covered_ends.get(i).and_then(|&e| usize::try_from(e).ok());
-            let has_footer = footer_at
-                .and_then(|at| seg.bytes().get(at..))
-                .is_some_and(footer::starts_footer);
-            if writable && !has_footer {
-                unsealed.push(*id);
-            }
-            log.register(Arc::new(seg));
-            continue;
-        }
-        let from_footer = !newest && start == SEGMENT_HEADER_LEN as u64 && {
-            match asm.take_footer(&seg) {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::debug!(segment_id = *id, %why, "batpak: footer not used; scanning");
-                    asm.report.footers_rejected += 1;
-                    false
-                }
-            }
-        };
-        if from_footer {
-            asm.report.segments_from_footers += 1;
+        if !newest && start == SEGMENT_HEADER_LEN as u64 && self.took_footer(&seg) {
+            self.asm.report.segments_from_footers += 1;
             seg.release_pages();
             log.register(Arc::new(seg));
-            continue;
+            return Ok(());
         }
-        let end = asm.scan(&seg, start, newest && !writable);
+        let end = self.asm.scan(&seg, start, newest && !self.writable);
         seg.release_pages();
         if !newest {
-            if let Some(len) = end.torn {
-                if end.torn_footer {
-                    // A footer cut short by a crash: not damage (footers
-                    // only speed up opens). Zero it so the segment ends
-                    // cleanly; the sealer writes it again.
-                    if writable {
-                        zero_from(path, end.end)?;
-                    }
-                } else {
-                    asm.damage(*id, end.end, len, "damaged end of a sealed segment");
-                }
-            }
-            if !end.sealed {
-                unsealed.push(*id);
-            }
-            log.register(Arc::new(seg));
-            continue;
+            return self.sealed(id, path, seg, &end);
         }
-        if !writable {
+        if !self.writable {
             // Read-only: nothing is cut or written. A batch still open may
             // yet be completed by the store's owner; `refresh` continues
             // from here.
-            follow = Some(Follow {
-                segment_id: *id,
+            self.follow = Some(Follow {
+                segment_id: id,
                 offset: end.end,
                 sealed: end.sealed,
-                batch: std::mem::take(&mut asm.batch),
+                batch: std::mem::take(&mut self.asm.batch),
                 max_seq: None,
                 read_from: Vec::new(),
             });
             log.register(Arc::new(seg));
-            continue;
+            return Ok(());
         }
-        // The newest segment. A batch still open at its end never committed:
-        // cut it off too, so that later appends never follow half a batch.
+        self.continue_newest(id, path, seg, &end)
+    }
+
+    /// The newest segment never held a frame: a crash (or a full disk)
+    /// while creating it. A writable open starts it afresh; a read-only
+    /// one waits for its owner to write it.
+    fn never_written(&mut self, id: u64, path: &Path) -> Result<(), StoreError> {
+        if self.writable {
+            self.log.io().remove(path, None)?;
+            self.active = Some(self.log.create_segment(id, 0, self.config.now_us())?);
+        } else {
+            self.follow = Some(Follow {
+                segment_id: id,
+                offset: SEGMENT_HEADER_LEN as u64,
+                sealed: false,
+                batch: std::mem::take(&mut self.asm.batch),
+                max_seq: None,
+                read_from: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A segment the checkpoint covers whole: its events are in the index
+    /// already. A close may have left its footer to a later open (footers
+    /// only speed up opens without a checkpoint): queue it again.
+    fn covered(&mut self, i: usize, id: u64, seg: Segment) {
+        let footer_at = self
+            .covered_ends
+            .get(i)
+            .and_then(|&e| usize::try_from(e).ok());
+        let has_footer = footer_at
+            .and_then(|at| seg.bytes().get(at..))
+            .is_some_and(footer::starts_footer);
+        if self.writable && !has_footer {
+            self.unsealed.push(id);
+        }
+        self.log.register(Arc::new(seg));
+    }
+
+    /// Take a sealed segment's events from its footer, if the footer passes
+    /// its checks (else it is scanned).
+    fn took_footer(&mut self, seg: &Segment) -> bool {
+        match self.asm.take_footer(seg) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::debug!(segment_id = seg.id(), %why, "batpak: footer not used; scanning");
+                self.asm.report.footers_rejected += 1;
+                false
+            }
+        }
+    }
+
+    /// A sealed segment whose frames were scanned.
+    fn sealed(
+        &mut self,
+        id: u64,
+        path: &Path,
+        seg: Segment,
+        end: &ScanEnd,
+    ) -> Result<(), StoreError> {
+        if let Some(len) = end.torn {
+            if end.torn_footer {
+                // A footer cut short by a crash: not damage (footers only
+                // speed up opens). Zero it so the segment ends cleanly; the
+                // sealer writes it again.
+                if self.writable {
+                    zero_from(self.log.io(), path, end.end)?;
+                }
+            } else {
+                self.asm
+                    .damage(id, end.end, len, "damaged end of a sealed segment");
+            }
+        }
+        if !end.sealed {
+            self.unsealed.push(id);
+        }
+        self.log.register(Arc::new(seg));
+        Ok(())
+    }
+
+    /// The newest segment of a writable open: cut off a torn tail and a
+    /// batch still open at its end (it never committed, and later appends
+    /// must never follow half a batch), then continue writing it, or a new
+    /// segment after it if it was sealed.
+    fn continue_newest(
+        &mut self,
+        id: u64,
+        path: &Path,
+        seg: Segment,
+        end: &ScanEnd,
+    ) -> Result<(), StoreError> {
+        let log = self.log;
         let mut frames_end = end.end;
         let mut cut = end.torn;
-        if let Some((seg_id, off)) = asm.pending_batch_start() {
-            let from = if seg_id == *id {
+        if let Some((seg_id, off)) = self.asm.pending_batch_start() {
+            let from = if seg_id == id {
                 off
             } else {
                 SEGMENT_HEADER_LEN as u64
@@ -995,16 +1130,17 @@ pub(crate) fn recover(
                 frames_end = from;
             }
         }
-        asm.discard_batch("not committed before the end of the log");
+        self.asm
+            .discard_batch("not committed before the end of the log");
         if let Some(len) = cut {
             tracing::warn!(
-                segment_id = *id,
+                segment_id = id,
                 offset = frames_end,
                 bytes = len,
                 "batpak: torn tail"
             );
-            asm.report.truncated_tail = Some(TruncatedTail {
-                segment_id: *id,
+            self.asm.report.truncated_tail = Some(TruncatedTail {
+                segment_id: id,
                 offset: frames_end,
                 length: len,
             });
@@ -1017,87 +1153,96 @@ pub(crate) fn recover(
             // segment was mapped read-only without a descriptor, and its
             // bookkeeping assumes what it found is on disk, so sync the file
             // itself.
-            sync_file(path, log.sync_mode())?;
+            sync_file(log.io(), path, log.sync_mode())?;
             log.register(Arc::new(seg));
-            active = Some(log.create_segment(*id + 1, 0, config.now_us())?);
-            continue;
+            self.active = Some(log.create_segment(id + 1, 0, self.config.now_us())?);
+            return Ok(());
         }
         drop(seg);
         if cut.is_some() {
             // Zeroed, not truncated: another process may map this file, and
             // a file shrinking under a map faults its reader (SIGBUS).
-            zero_from(path, frames_end)?;
+            zero_from(log.io(), path, frames_end)?;
         }
-        let reopened = log.reopen_active(path, *id, frames_end, file_len)?;
+        let reopened = log.reopen_active(path, id, frames_end, file_len)?;
         // The frames recovered here may never have been synced (a process
         // killed between its write and its fsync): make them durable before
         // anyone reads them, or a power cut could take back what was served
         // and give its sequences to other events.
         reopened.segment().sync(log.sync_mode())?;
-        active = Some(reopened);
+        self.active = Some(reopened);
+        Ok(())
     }
-    asm.discard_batch("not committed before the end of the log");
-    if cfg!(feature = "blake3") {
-        fill_tail_hashes(&mut asm.index, log);
+
+    /// After the segments: discard a batch left open, fill entity tails'
+    /// hashes, join the removed events, and (writable) make sure there is
+    /// an active segment and every directory entry served is durable.
+    fn finish(
+        mut self,
+        removed: &RemovedRecord,
+        started: Instant,
+    ) -> Result<Recovered, StoreError> {
+        let log = self.log;
+        let asm = &mut self.asm;
+        asm.discard_batch("not committed before the end of the log");
+        if cfg!(feature = "blake3") {
+            fill_tail_hashes(&mut asm.index, log);
+        }
+        // Removed events join after the scan: their clocks may be newer than
+        // the survivors' (an entity's next append continues after them).
+        for r in &removed.entries {
+            let tail = EntityTail {
+                clock: r.clock,
+                event_hash: r.event_hash,
+                timestamp_us: r.timestamp_us,
+                hlc_counter: 0,
+            };
+            asm.index.insert_removed(
+                r.event_id,
+                &r.entity,
+                &r.scope,
+                EventKind::from_raw(r.kind),
+                r.global_seq,
+                tail,
+            );
+            asm.max_seq = asm.max_seq.max(Some(r.global_seq));
+        }
+        if self.writable {
+            if self.active.is_none() {
+                self.active = Some(log.create_segment(1, 0, self.config.now_us())?);
+            }
+            // Files a crashed process created may have directory entries
+            // that were never synced; this open is about to serve (and
+            // append to) them.
+            log.io().sync_dir(log.dir(), None)?;
+        }
+        let mut asm = self.asm;
+        if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
+            asm.report.open_path = OpenPath::Footers;
+        }
+        asm.report.elapsed_us = started.elapsed().as_micros() as u64;
+        Ok(Recovered {
+            epoch: removed.epoch,
+            follow: self.follow.map(|f| Follow {
+                max_seq: asm.max_seq,
+                ..f
+            }),
+            next_seq: asm.max_seq.map_or(0, |m| m + 1),
+            index: asm.index,
+            active: self.active,
+            unsealed: self.unsealed,
+            report: asm.report,
+        })
     }
-    // Removed events join after the scan: their clocks may be newer than
-    // the survivors' (an entity's next append continues after them).
-    for r in &removed.entries {
-        let tail = EntityTail {
-            clock: r.clock,
-            event_hash: r.event_hash,
-            timestamp_us: r.timestamp_us,
-            hlc_counter: 0,
-        };
-        asm.index.insert_removed(
-            r.event_id,
-            &r.entity,
-            &r.scope,
-            EventKind::from_raw(r.kind),
-            r.global_seq,
-            tail,
-        );
-        asm.max_seq = asm.max_seq.max(Some(r.global_seq));
-    }
-    if writable && active.is_none() {
-        active = Some(log.create_segment(1, 0, config.now_us())?);
-    }
-    if writable {
-        // Files a crashed process created may have directory entries that
-        // were never synced; this open is about to serve (and append to)
-        // them.
-        sync_dir(dir)?;
-        log.note_entries_synced();
-    }
-    if asm.report.open_path == OpenPath::FullScan && asm.report.segments_from_footers > 0 {
-        asm.report.open_path = OpenPath::Footers;
-    }
-    asm.report.elapsed_us = started.elapsed().as_micros() as u64;
-    Ok(Recovered {
-        epoch: removed.epoch,
-        follow: follow.map(|f| Follow {
-            max_seq: asm.max_seq,
-            ..f
-        }),
-        next_seq: asm.max_seq.map_or(0, |m| m + 1),
-        index: asm.index,
-        active,
-        unsealed,
-        report: asm.report,
-    })
 }
 
 /// How much of a file [`zero_from`] reads or writes at a time.
 const ZERO_CHUNK: usize = 64 * 1024;
 
 /// Make a file's contents durable, whatever this process knows of them.
-fn sync_file(path: &Path, mode: crate::store::config::SyncMode) -> Result<(), StoreError> {
-    let f = std::fs::File::open(path)?;
-    match mode {
-        crate::store::config::SyncMode::SyncAll => f.sync_all()?,
-        crate::store::config::SyncMode::SyncData => f.sync_data()?,
-    }
-    Ok(())
+fn sync_file(io: &Io, path: &Path, mode: crate::store::config::SyncMode) -> Result<(), StoreError> {
+    let f = io.open(path, false)?;
+    io.sync(&f, path, mode, None, None)
 }
 
 /// Overwrite a file with zeros from `from` to its end, durably, without
@@ -1106,13 +1251,10 @@ fn sync_file(path: &Path, mode: crate::store::config::SyncMode) -> Result<(), St
 /// the last frame that no reader reads. Works in bounded chunks and writes
 /// only chunks that hold something other than zeros (the rest of a
 /// preallocated file usually does not). Returns the bytes overwritten.
-fn zero_from(path: &Path, from: u64) -> Result<u64, StoreError> {
+fn zero_from(io: &Io, path: &Path, from: u64) -> Result<u64, StoreError> {
     use std::os::unix::fs::FileExt;
     static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
+    let f = io.open(path, true)?;
     let len = f.metadata()?.len();
     let mut chunk = vec![0u8; ZERO_CHUNK];
     let mut at = from;
@@ -1121,13 +1263,19 @@ fn zero_from(path: &Path, from: u64) -> Result<u64, StoreError> {
         let n = (len - at).min(ZERO_CHUNK as u64) as usize;
         f.read_exact_at(&mut chunk[..n], at)?;
         if !all_zero(&chunk[..n]) {
-            f.write_all_at(&ZEROS[..n], at)?;
+            io.write_at(&f, path, &ZEROS[..n], at, None)?;
             zeroed += n as u64;
         }
         at += n as u64;
     }
     if zeroed > 0 {
-        f.sync_data()?;
+        io.sync(
+            &f,
+            path,
+            crate::store::config::SyncMode::SyncData,
+            None,
+            None,
+        )?;
     }
     Ok(zeroed)
 }
@@ -1146,7 +1294,8 @@ mod tests {
         bytes[10..20].fill(9);
         bytes[200_000] = 1;
         std::fs::write(&path, &bytes).unwrap();
-        let zeroed = zero_from(&path, 5).unwrap();
+        let io = Io::for_store(&StoreConfig::new(d.path()), true);
+        let zeroed = zero_from(&io, &path, 5).unwrap();
         // The first chunk (holding bytes 10..20) and the last (200 000);
         // the two all-zero chunks between them are left alone.
         let chunk = ZERO_CHUNK as u64;
@@ -1155,8 +1304,8 @@ mod tests {
         assert_eq!(after.len(), bytes.len(), "the file keeps its length");
         assert_eq!(&after[..5], &[7; 5]);
         assert!(after[5..].iter().all(|&b| b == 0));
-        assert_eq!(zero_from(&path, 5).unwrap(), 0, "nothing left to zero");
-        assert_eq!(zero_from(&path, 1 << 30).unwrap(), 0, "past the end");
+        assert_eq!(zero_from(&io, &path, 5).unwrap(), 0, "nothing left to zero");
+        assert_eq!(zero_from(&io, &path, 1 << 30).unwrap(), 0, "past the end");
     }
 
     #[test]

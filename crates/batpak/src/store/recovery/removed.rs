@@ -1,6 +1,7 @@
 //! Loading and writing the removed-event record (`format::removed`).
 
 use crate::store::format::removed::{self, RemovedRecord, REMOVED_FILE};
+use crate::store::log::Io;
 use crate::store::StoreError;
 use std::path::Path;
 
@@ -9,16 +10,18 @@ use std::path::Path;
 /// segments must have a readable record: a missing or damaged one is an
 /// error, never an empty record.
 pub(crate) fn load_removed(
+    io: &Io,
     dir: &Path,
     has_segments: bool,
     writable: bool,
 ) -> Result<RemovedRecord, StoreError> {
-    load_removed_from(dir, &dir.join(REMOVED_FILE), has_segments, writable)
+    load_removed_from(io, dir, &dir.join(REMOVED_FILE), has_segments, writable)
 }
 
 /// [`load_removed`] from `path` (a pending compaction's next record, for
 /// read-only opens).
 pub(crate) fn load_removed_from(
+    io: &Io,
     dir: &Path,
     path: &Path,
     has_segments: bool,
@@ -41,7 +44,7 @@ pub(crate) fn load_removed_from(
             }
             let empty = RemovedRecord::default();
             if writable {
-                write_removed(dir, &empty)?;
+                write_removed(io, dir, &empty)?;
             }
             Ok(empty)
         }
@@ -85,8 +88,14 @@ impl RemovedPredecessors {
 }
 
 /// Replace the removed-event record atomically.
-pub(crate) fn write_removed(dir: &Path, record: &RemovedRecord) -> Result<(), StoreError> {
-    crate::store::log::write_atomically(dir, REMOVED_FILE, &removed::encode(record))
+pub(crate) fn write_removed(io: &Io, dir: &Path, record: &RemovedRecord) -> Result<(), StoreError> {
+    crate::store::log::write_atomically(
+        io,
+        dir,
+        REMOVED_FILE,
+        &removed::encode(record),
+        [None, None],
+    )
 }
 
 #[cfg(test)]
@@ -118,6 +127,7 @@ mod tests {
             scope: "t".into(),
         };
         write_removed(
+            &<Io as crate::store::log::SegmentIo>::for_store(&StoreConfig::new(dir.path()), true),
             dir.path(),
             &RemovedRecord {
                 epoch: 1,

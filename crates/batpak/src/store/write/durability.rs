@@ -20,6 +20,19 @@ use std::time::{Duration, Instant};
 /// Longest a leader waits for the rest of its group before it syncs.
 const MAX_GATHER: Duration = Duration::from_micros(250);
 
+/// How many slots readers may see. Only [`Durability`] moves it; everyone
+/// else can only read it.
+#[derive(Debug, Default)]
+pub(crate) struct Watermark(AtomicU32);
+
+impl Watermark {
+    /// Slots below this are visible.
+    #[inline]
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Shared durability state of a store.
 #[derive(Default)]
 pub(crate) struct Durability {
@@ -44,8 +57,9 @@ pub(crate) struct Durability {
     poison_reason: Mutex<Option<String>>,
     /// The writer panicked past its restart budget (`WriterCrashed`).
     crashed: AtomicBool,
-    /// Slots readers may see: synced slots in durable mode, written slots otherwise.
-    visible: AtomicU32,
+    /// Slots readers may see: synced slots in durable mode, written slots
+    /// otherwise. Readers get only this (see [`Durability::watermark`]).
+    visible: Watermark,
     /// Syncs performed (diagnostics: events per sync shows group commit at work).
     syncs: AtomicU64,
     /// Bumped whenever waiters should re-check (a sync ended, poison).
@@ -85,7 +99,7 @@ impl Durability {
         d.max_inflight.store(max_inflight.max(1), Ordering::Relaxed);
         d.synced.store(recovered, Ordering::Release);
         d.written.store(recovered, Ordering::Release);
-        d.visible.store(recovered, Ordering::Release);
+        d.visible.0.store(recovered, Ordering::Release);
         d
     }
 
@@ -161,12 +175,18 @@ impl Durability {
     }
 
     pub(crate) fn visible(&self) -> u32 {
-        self.visible.load(Ordering::Acquire)
+        self.visible.get()
+    }
+
+    /// The visible watermark alone: what the read layer may know of the
+    /// write path (it can read it, never move it).
+    pub(crate) fn watermark(&self) -> &Watermark {
+        &self.visible
     }
 
     /// Make slots below `n` visible (never moves backwards).
     pub(crate) fn publish(&self, n: u32) {
-        let before = self.visible.fetch_max(n, Ordering::SeqCst);
+        let before = self.visible.0.fetch_max(n, Ordering::SeqCst);
         if before < n && self.visibility_waiters.load(Ordering::SeqCst) > 0 {
             self.wake_visibility_waiters();
         }
@@ -186,7 +206,7 @@ impl Durability {
         self.visibility_waiters.fetch_add(1, Ordering::SeqCst);
         let woken = loop {
             let e = self.visibility.load(Ordering::SeqCst);
-            if self.visible.load(Ordering::SeqCst) > seen {
+            if self.visible.0.load(Ordering::SeqCst) > seen {
                 break true;
             }
             match deadline {

@@ -33,6 +33,7 @@ impl Store {
     /// The event hash of a just-appended event, from its frame.
     fn committed_hash(&self, r: &AppendReceipt) -> [u8; 32] {
         self.shared
+            .reader()
             .entry_of(r.event_id)
             .map(|e| e.hash_chain.event_hash)
             .unwrap_or_default()

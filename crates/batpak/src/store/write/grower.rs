@@ -10,7 +10,7 @@
 //! later one is for the same segment and further, or for the segment that
 //! replaced it), so requests are a single slot, not a queue.
 
-use crate::store::log::Segment;
+use crate::store::log::{GrowthCounters, Segment};
 use crate::store::Shared;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -57,7 +57,7 @@ impl Grower {
         if let Some(size) = shared.config.writer.stack_size {
             builder = builder.stack_size(size);
         }
-        builder.spawn(move || run(&shared))
+        builder.spawn(move || run(&shared.grower, shared.log.growth()))
     }
 
     /// The next request, waiting for one; `None` once stopped.
@@ -75,10 +75,12 @@ impl Grower {
     }
 }
 
-fn run(shared: &Shared) {
-    while let Some((segment, len)) = shared.grower.next() {
+/// The thread touches only its request slot, the segments handed to it and
+/// the growth counters.
+fn run(grower: &Grower, growth: &GrowthCounters) {
+    while let Some((segment, len)) = grower.next() {
         match segment.grow(len) {
-            Ok(true) => shared.log.growth().note_ahead(),
+            Ok(true) => growth.note_ahead(),
             Ok(false) => {}
             // A full disk shows up again, as an error of the append that
             // needs the space; a segment sealed meanwhile needs no growth.

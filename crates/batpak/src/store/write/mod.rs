@@ -34,19 +34,16 @@ pub(crate) use restart::Restarts;
 
 use crate::coordinate::Coordinate;
 use crate::event::EventKind;
-#[cfg(feature = "dangerous-test-hooks")]
-use crate::store::fault::FaultAction;
-use crate::store::fault::InjectionPoint;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
 use crate::store::format::payload_ser;
 use crate::store::format::record::EventRecord;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
-use crate::store::log::ActiveSegment;
+use crate::store::log::{ActiveSegment, InjectionPoint, SegmentIo};
 use crate::store::{BatchStage, Shared, StoreError};
 use durability::InflightGuard;
-use parking_lot::RwLockUpgradableReadGuard;
+use parking_lot::{RwLockUpgradableReadGuard, RwLockWriteGuard};
 use serde::Serialize;
 
 /// The writer's state, behind the writer lock.
@@ -199,10 +196,14 @@ impl Failure {
 }
 
 /// What the serialised part of an append did.
+/// A retried item: its index in the call, its original receipt, and the
+/// slot to wait for (if not yet visible) before answering.
+type Retry = (usize, AppendReceipt, Option<u32>);
+
 enum Locked {
     /// Every item's key was used before: their receipts, and the slot to
     /// wait for before answering.
-    Retries(Vec<(usize, AppendReceipt, Option<u32>)>),
+    Retries(Vec<Retry>),
     /// Written and indexed; `target` is the slot count to wait for.
     Written {
         receipts: Vec<AppendReceipt>,
@@ -228,20 +229,11 @@ impl Shared {
         batch::check_event(kind, payload_len, self.config.single_append_max_bytes)
     }
 
-    /// Run an injected fault, if the test configured one for `point`.
+    /// A named step of the write path (see [`SegmentIo::at`]): nothing in
+    /// a real store, where a test may act in a test build.
     #[inline]
-    pub(crate) fn fault(&self, point: InjectionPoint) -> Result<(), StoreError> {
-        #[cfg(feature = "dangerous-test-hooks")]
-        if let Some(injector) = &self.config.fault_injector {
-            match injector.on(point) {
-                FaultAction::Continue => {}
-                FaultAction::Fail => return Err(StoreError::FaultInjected(format!("{point:?}"))),
-                FaultAction::Panic => panic!("fault injected: {point:?}"),
-                FaultAction::Crash => std::process::abort(),
-            }
-        }
-        let _ = point;
-        Ok(())
+    fn step(&self, point: InjectionPoint) -> Result<(), StoreError> {
+        self.log.io().at(point)
     }
 
     /// Check `draft`'s idempotency key (if any) against the stored events.
@@ -340,8 +332,10 @@ impl Shared {
         Ok(receipts)
     }
 
-    /// The serialised part of an append, under the writer lock: keys,
-    /// conditions, planning, frames, index.
+    /// The serialised part of an append, under the writer lock, in its
+    /// steps: idempotency keys ([`Shared::find_retries`]), conditions and
+    /// planning ([`Shared::plan`]), frames ([`Shared::write_frames`]), index
+    /// ([`Shared::index_records`]), and publication ([`Shared::written`]).
     fn write_locked(
         &self,
         w: &mut Writer,
@@ -355,31 +349,10 @@ impl Shared {
         let index = self.index.upgradable_read();
 
         // Idempotency first: a retry returns the original receipts even when
-        // its conditions no longer hold. A batch is retried whole or not at all.
-        let mut retries = Vec::new();
-        for (i, d) in drafts.iter().enumerate() {
-            match self.lookup_key(&index, d).map_err(|e| validation(i, e))? {
-                KeyLookup::New => {}
-                KeyLookup::Retry(receipt, slot) => retries.push((i, receipt, slot)),
-            }
-        }
-        if !retries.is_empty() {
-            if retries.len() != drafts.len() {
-                let first_new = (0..drafts.len())
-                    .find(|i| retries.iter().all(|r| r.0 != *i))
-                    .unwrap_or(0);
-                return Err(validation(
-                    first_new,
-                    StoreError::InvalidBatch(format!(
-                        "{} of {} idempotency keys were already used: a batch is retried whole or not at all",
-                        retries.len(),
-                        drafts.len()
-                    )),
-                ));
-            }
+        // its conditions no longer hold.
+        if let Some(retries) = self.find_retries(&index, drafts)? {
             return Ok(Locked::Retries(retries));
         }
-
         let base = index.len();
         if u64::from(base) + drafts.len() as u64 > u64::from(MAX_SLOTS) {
             return Err(validation(
@@ -388,7 +361,7 @@ impl Shared {
             ));
         }
         let records = self.plan(&index, w.next_seq, drafts, now_us, batch_size)?;
-        self.fault(InjectionPoint::BatchValidated)
+        self.step(InjectionPoint::BatchValidated)
             .map_err(|e| validation(0, e))?;
 
         // Copy the frames into the log. If that fails part-way, the frames
@@ -403,11 +376,65 @@ impl Shared {
         if let Some(len) = w.active.growth_wanted() {
             self.grower.request(w.active.segment().clone(), len);
         }
-        let last = records.len().saturating_sub(1);
+        self.index_records(
+            RwLockUpgradableReadGuard::upgrade(index),
+            &records,
+            &receipts,
+        )?;
+        self.written(w, base, records.len())?;
+        Ok(Locked::Written {
+            receipts,
+            target: w.written,
+        })
+    }
 
-        let mut index = RwLockUpgradableReadGuard::upgrade(index);
+    /// The original receipts if every draft's idempotency key was used
+    /// before (a retry); `None` if none was. A batch is retried whole or
+    /// not at all: some used and some new is an error.
+    fn find_retries(
+        &self,
+        index: &Index,
+        drafts: &[Draft<'_>],
+    ) -> Result<Option<Vec<Retry>>, Failure> {
+        let validation = |item, e| Failure::at(item, BatchStage::Validation, e);
+        let mut retries = Vec::new();
+        for (i, d) in drafts.iter().enumerate() {
+            match self.lookup_key(index, d).map_err(|e| validation(i, e))? {
+                KeyLookup::New => {}
+                KeyLookup::Retry(receipt, slot) => retries.push((i, receipt, slot)),
+            }
+        }
+        if retries.is_empty() {
+            return Ok(None);
+        }
+        if retries.len() != drafts.len() {
+            let first_new = (0..drafts.len())
+                .find(|i| retries.iter().all(|r| r.0 != *i))
+                .unwrap_or(0);
+            return Err(validation(
+                first_new,
+                StoreError::InvalidBatch(format!(
+                    "{} of {} idempotency keys were already used: a batch is retried whole or not at all",
+                    retries.len(),
+                    drafts.len()
+                )),
+            ));
+        }
+        Ok(Some(retries))
+    }
+
+    /// Insert the written `records` into the index (each at the position
+    /// its receipt names). The undo log stays until the next write begins:
+    /// a panic after this point (before the call returns) still rolls back
+    /// through it.
+    fn index_records(
+        &self,
+        mut index: RwLockWriteGuard<'_, Index>,
+        records: &[EventRecord<'_>],
+        receipts: &[AppendReceipt],
+    ) -> Result<(), Failure> {
         index.begin_undo();
-        for (i, (rec, receipt)) in records.iter().zip(&receipts).enumerate() {
+        for (i, (rec, receipt)) in records.iter().zip(receipts).enumerate() {
             let pos = receipt.disk_pos;
             let inserted = index.insert(&NewRecord {
                 event_id: rec.event_id,
@@ -434,21 +461,29 @@ impl Shared {
                 return Err(Failure::at(i, BatchStage::Indexing, e));
             }
         }
-        // The undo log stays until the next write begins: a panic after
-        // this point (before the call returns) still rolls back through it.
-        drop(index);
-        w.next_seq += records.len() as u64;
-        w.written = base + records.len() as u32;
+        Ok(())
+    }
+
+    /// `count` events from slot `base` on are written and indexed: count
+    /// them, and in relaxed mode make them visible and kick the flusher
+    /// every `every_n_events`.
+    fn written(&self, w: &mut Writer, base: u32, count: usize) -> Result<(), Failure> {
+        w.next_seq += count as u64;
+        w.written = base + count as u32;
         self.durability.note_written(w.written);
-        if let Err(e) = self.fault(InjectionPoint::Indexed) {
+        if let Err(e) = self.step(InjectionPoint::Indexed) {
             // Nothing real fails here; an injected failure stands for "the
             // writer died with indexed, unpublished events": stop writing.
             self.durability.poison(e.to_string());
-            return Err(Failure::at(last, BatchStage::Indexing, e));
+            return Err(Failure::at(
+                count.saturating_sub(1),
+                BatchStage::Indexing,
+                e,
+            ));
         }
         if !self.config.durable_receipts() {
             self.durability.publish(w.written);
-            w.unsynced += records.len() as u32;
+            w.unsynced += count as u32;
             if w.unsynced >= self.config.sync.every_n_events {
                 w.unsynced = 0;
                 if let Some(f) = &self.flusher {
@@ -456,10 +491,7 @@ impl Shared {
                 }
             }
         }
-        Ok(Locked::Written {
-            receipts,
-            target: w.written,
-        })
+        Ok(())
     }
 
     /// Copy `records` into the log, rotating segments as they fill.
@@ -494,10 +526,10 @@ impl Shared {
                     length: frame_len as u32,
                 },
             });
-            self.fault(InjectionPoint::ItemWritten(i))
+            self.step(InjectionPoint::ItemWritten(i))
                 .map_err(|e| Failure::at(i, BatchStage::Writing, e))?;
         }
-        self.fault(InjectionPoint::FramesWritten)
+        self.step(InjectionPoint::FramesWritten)
             .map_err(|e| Failure::at(records.len().saturating_sub(1), BatchStage::Writing, e))?;
         Ok(receipts)
     }
@@ -644,12 +676,10 @@ impl Shared {
                 "segment id {next_id}"
             )));
         }
-        self.fault(InjectionPoint::BeforeRotate)?;
+        self.step(InjectionPoint::BeforeRotate)?;
         let new = self
             .log
-            .rotate(&mut w.active, frame_len, now_us, || {
-                self.fault(InjectionPoint::SegmentCreated)
-            })
+            .rotate(&mut w.active, frame_len, now_us)
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "segment rotation failed");
             })?;
@@ -685,16 +715,16 @@ impl Shared {
                 let mut w = writer.lock();
                 // Stopped meanwhile: nothing more reaches the file.
                 self.durability.check()?;
-                self.fault(InjectionPoint::BeforeFlush)?;
+                self.step(InjectionPoint::BeforeFlush)?;
                 w.active.flush_pending()?;
                 (w.active.segment().clone(), w.written)
             };
-            self.fault(InjectionPoint::BeforeSync)?;
+            self.step(InjectionPoint::BeforeSync)?;
             segment.sync(self.log.sync_mode())?;
             // Stopped while syncing (the power-loss hook cut the files
             // under this fsync): what it covered cannot be acknowledged.
             self.durability.check()?;
-            self.fault(InjectionPoint::Sync)?;
+            self.step(InjectionPoint::Sync)?;
             Ok(if max_batch == 0 {
                 written
             } else {
