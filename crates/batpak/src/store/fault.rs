@@ -52,7 +52,7 @@ pub enum InjectionPoint {
     /// Snapshot: the segment files are copied; the rest is not.
     SnapshotCopied,
     /// A writable open started one of its threads (in this order: the
-    /// flusher, in relaxed mode only; the grower; the sealer). `Fail` makes
+    /// flusher; the grower; the sealer). `Fail` makes
     /// the open fail right there, as a later start-up step failing would.
     StoreThreadStarted,
     /// A reader picked its events and pinned their frames under the index

@@ -78,7 +78,9 @@ pub use projection::{
 };
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
 pub use stats::{StoreDiagnostics, StoreStats};
-pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef};
+pub use write::{
+    AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef, Durability,
+};
 
 use crate::coordinate::{Coordinate, KindFilter, Region};
 use crate::event::{EventKind, StoredEvent};
@@ -89,7 +91,7 @@ use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use write::durability::Durability;
+use write::durability::Durability as Watermarks;
 use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
@@ -105,7 +107,7 @@ impl Shared {
         Self {
             writer: None,
             restarts: write::Restarts::new(config.writer.restart_policy.clone()),
-            durability: Durability::new(index.len(), 1),
+            durability: Watermarks::new(index.len(), 1),
             index: RwLock::new(index),
             recovery,
             sealer: maintenance::Sealer::default(),
@@ -153,10 +155,11 @@ pub(crate) struct Shared {
     pub(crate) index: RwLock<Index>,
     /// `None` when opened read-only.
     pub(crate) writer: Option<Mutex<Writer>>,
-    pub(crate) durability: Durability,
+    pub(crate) durability: Watermarks,
     /// Writer panics so far, against `writer.restart_policy`.
     pub(crate) restarts: write::Restarts,
-    /// Present in relaxed mode, where a background thread syncs.
+    /// Present in writable stores: a background thread that syncs (in
+    /// relaxed mode, and for relaxed calls in a durable store).
     pub(crate) flusher: Option<Flusher>,
     pub(crate) recovery: RecoveryReport,
     /// Sealed segments waiting for their footer.
@@ -334,7 +337,8 @@ impl Store<Open> {
         let active = recovered
             .active
             .ok_or_else(|| StoreError::corrupt(0, "recovery produced no active segment"))?;
-        let flusher = (!config.durable_receipts()).then(Flusher::default);
+        // Durable stores need it too, for calls that ask for `Relaxed`.
+        let flusher = Some(Flusher::default());
         let max_inflight = u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX);
         let mut shared = Shared::new(
             config,
@@ -344,7 +348,7 @@ impl Store<Open> {
             recovered.epoch,
         );
         shared.writer = Some(Mutex::new(Writer::new(active, recovered.next_seq, written)));
-        shared.durability = Durability::new(written, max_inflight);
+        shared.durability = Watermarks::new(written, max_inflight);
         shared.flusher = flusher;
         shared.cache = cache;
         let mut store = Self {
@@ -401,6 +405,7 @@ impl Store<Open> {
             condition: Condition::from_options(&opts),
             idempotent: opts.idempotency_key.is_some(),
             continuation: None,
+            durability: opts.durability,
         })
     }
 

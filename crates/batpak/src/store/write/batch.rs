@@ -11,7 +11,8 @@ use crate::coordinate::Coordinate;
 use crate::event::EventKind;
 use crate::store::format::{chain, payload};
 use crate::store::{
-    AppendOptions, AppendReceipt, BatchAppendItem, BatchStage, CausationRef, Shared, StoreError,
+    AppendOptions, AppendReceipt, BatchAppendItem, BatchStage, CausationRef, Durability, Shared,
+    StoreError,
 };
 use serde::Serialize;
 
@@ -49,6 +50,8 @@ pub struct PreparedEvent {
     pub idempotent: bool,
     /// For an imported event: the clock, time and links it must keep.
     pub continuation: Option<Continuation>,
+    /// The durability its call asked for (`AppendOptions::durability`).
+    pub durability: Option<Durability>,
 }
 
 /// Where an imported event must sit in its entity's chain, as it was
@@ -193,6 +196,7 @@ pub fn prepare_imports(
                 event_hash: chain.event_hash,
             }),
             coord: ev.coordinate,
+            durability: None,
         });
     }
     Ok(prepared)
@@ -254,6 +258,7 @@ pub fn prepare_event(
         condition: Condition::from_options(&opts),
         idempotent: opts.idempotency_key.is_some(),
         continuation: None,
+        durability: opts.durability,
     })
 }
 
@@ -346,6 +351,7 @@ pub fn prepare_batch(
             condition: Condition::from_options(&item.options),
             idempotent: item.options.idempotency_key.is_some(),
             continuation: None,
+            durability: item.options.durability,
         });
     }
     Ok(prepared)
@@ -393,6 +399,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 condition,
                 idempotent,
                 continuation,
+                durability,
             } = p;
             Draft {
                 coord,
@@ -406,6 +413,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 condition: *condition,
                 idempotent: *idempotent,
                 continuation: *continuation,
+                durability: *durability,
             }
         })
         .collect()

@@ -28,7 +28,7 @@ pub(crate) use flusher::Flusher;
 pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
 pub(crate) use grower::Grower;
-pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
+pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef, Durability};
 use restart::Mark;
 pub(crate) use restart::Restarts;
 
@@ -156,6 +156,8 @@ pub(crate) struct Draft<'a> {
     pub(crate) idempotent: bool,
     /// An imported event's clock, time and hashes, kept as they are.
     pub(crate) continuation: Option<Continuation>,
+    /// What its call asked for (`AppendOptions::durability`).
+    pub(crate) durability: Option<Durability>,
 }
 
 /// Why an append (or one item of a batch) failed, and at which step.
@@ -298,10 +300,16 @@ impl Shared {
             0
         };
 
+        // This call's receipt: after the fsync, or after the write.
+        let durable = match Durability::strongest(drafts.iter().map(|d| d.durability)) {
+            Some(Durability::Durable) => true,
+            Some(Durability::Relaxed) => false,
+            None => self.config.durable_receipts(),
+        };
         let mut w = writer.lock();
         let before = Mark::of(&w);
         let locked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.write_locked(&mut w, before, drafts, now_us, batch_size)
+            self.write_locked(&mut w, before, drafts, now_us, batch_size, durable)
         }));
         let locked = match locked {
             Ok(result) => result?,
@@ -319,10 +327,16 @@ impl Shared {
             }
             Locked::Written { receipts, target } => (receipts, target),
         };
-        if self.config.durable_receipts() {
+        if durable {
             let last = receipts.len().saturating_sub(1);
-            self.wait_visible(target)
-                .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
+            // In a durable store, durable means visible; in a relaxed one
+            // the event is visible already and the fsync is waited for.
+            let synced = if self.config.durable_receipts() {
+                self.wait_visible(target)
+            } else {
+                self.wait_durable(target)
+            };
+            synced.map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
         self.dispatch();
         Ok(receipts)
@@ -337,6 +351,7 @@ impl Shared {
         drafts: &[Draft<'_>],
         now_us: i64,
         batch_size: u32,
+        durable: bool,
     ) -> Result<Locked, Failure> {
         let validation = |item, e| Failure::at(item, BatchStage::Validation, e);
         self.durability.check().map_err(|e| validation(0, e))?;
@@ -442,6 +457,19 @@ impl Shared {
                 if let Some(f) = &self.flusher {
                     f.kick();
                 }
+            }
+        } else if !durable {
+            // A relaxed call in a durable store: its receipt means "handed
+            // to the operating system", so its frames leave the write
+            // buffer now. It becomes visible when the sync started here
+            // covers it (durable-mode visibility, SPEC §5).
+            if let Err(e) = w.active.flush_pending() {
+                self.durability
+                    .poison(format!("could not write a relaxed append: {e}"));
+                return Err(Failure::at(last, BatchStage::Writing, e));
+            }
+            if let Some(f) = &self.flusher {
+                f.kick();
             }
         }
         Ok(Locked::Written {
