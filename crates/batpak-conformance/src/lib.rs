@@ -138,6 +138,7 @@ macro_rules! __for_each_check {
             reactors_answer_every_trigger_once_and_resume_after_a_restart,
             a_reactor_never_skips_a_trigger_it_cannot_answer,
             watchers_emit_each_change_and_end_with_the_store,
+            per_call_durability_keeps_every_other_rule,
         );
     };
 }
