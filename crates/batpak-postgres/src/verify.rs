@@ -43,6 +43,7 @@ pub enum PgProblemKind {
 
 /// One problem found by [`PgStore::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PgProblem {
     /// The entity.
     pub entity: String,
@@ -69,6 +70,7 @@ impl fmt::Display for PgProblem {
 
 /// What [`PgStore::verify`] checked and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PgVerifyReport {
     /// Events read.
     pub events_checked: u64,

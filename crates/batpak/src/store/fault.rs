@@ -169,6 +169,7 @@ impl FaultInjector for ProbabilisticInjector {
 
 /// What [`Store::simulate_power_loss`](crate::store::Store::simulate_power_loss) discarded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PowerLoss {
     /// Bytes of segment files that were written but not yet synced (now zeros).
     pub bytes_discarded: u64,

@@ -50,7 +50,8 @@ pub use delivery::{
     answer_trigger, Cursor, EventCursor, EventFeed, Notification, Subscription, SubscriptionFeed,
     SubscriptionOps,
 };
-pub use errors::{BatchStage, StoreError};
+pub(crate) use errors::IoAt;
+pub use errors::{BatchStage, IoContext, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
     CountdownAction, CountdownInjector, FaultAction, FaultInjector, InjectionPoint, PowerLoss,

@@ -1,7 +1,7 @@
 //! The data directory: its lock, its listing, and directory fsync.
 
 use crate::store::format::segment::parse_segment_file_name;
-use crate::store::StoreError;
+use crate::store::{IoAt, StoreError};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,8 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join(LOCK_FILE))?;
+            .open(dir.join(LOCK_FILE))
+            .at("open the lock file", &dir.join(LOCK_FILE))?;
         // A process that forks (to spawn a program) shares our lock until
         // the child's exec closes its copy of the descriptor; a store closed
         // and reopened during that instant would see its own lock. So a busy
@@ -36,7 +37,9 @@ impl DirLock {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
-                Err(TryLockError::Error(e)) => return Err(StoreError::Io(e)),
+                Err(TryLockError::Error(e)) => {
+                    return Err(StoreError::io("lock", dir.join(LOCK_FILE), e))
+                }
             }
         }
     }
@@ -50,11 +53,11 @@ pub(crate) struct SegmentListing {
 impl SegmentListing {
     pub(crate) fn read(dir: &Path) -> Result<Self, StoreError> {
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
+        for entry in std::fs::read_dir(dir).at("list directory", dir)? {
+            let entry = entry.at("list directory", dir)?;
             let name = entry.file_name();
             if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-                if entry.file_type()?.is_file() {
+                if entry.file_type().at("stat", &entry.path())?.is_file() {
                     segments.push((id, entry.path()));
                 }
             }
@@ -87,7 +90,7 @@ pub(crate) fn write_atomically_with(
         return Err(e);
     }
     step(false)?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::rename(&tmp, dir.join(name)).at("rename into place", &tmp)?;
     step(true)?;
     sync_dir(dir)
 }
@@ -96,9 +99,10 @@ pub(crate) fn write_atomically_with(
 /// directory: callers that need the name durable sync it, or rename first).
 pub(crate) fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
-    let mut f = File::create(dir.join(name))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let path = dir.join(name);
+    let mut f = File::create(&path).at("create", &path)?;
+    f.write_all(bytes).at("write", &path)?;
+    f.sync_all().at("sync", &path)?;
     Ok(())
 }
 
@@ -115,7 +119,9 @@ pub(crate) fn map_whole_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
 
 /// fsync a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("sync directory", dir)?;
     Ok(())
 }
 
@@ -139,11 +145,11 @@ fn create_dir_all_with(
         match std::fs::metadata(d) {
             Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d.to_path_buf()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(StoreError::io("stat directory", d, e)),
         }
         at = d.parent();
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).at("create directory", dir)?;
     missing.reverse();
     for d in &missing {
         // (Another process may have created some of them meanwhile; syncing

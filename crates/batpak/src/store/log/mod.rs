@@ -33,7 +33,7 @@ pub(crate) use segment::{ActiveSegment, FrameWrites, GrowthCounters, Prealloc, S
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
-use crate::store::StoreError;
+use crate::store::{IoAt, StoreError};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -285,7 +285,7 @@ impl Log {
             {
                 // Left by an earlier attempt that failed before using it.
                 // Removed, never truncated: a reader may map it (ADR 0013).
-                std::fs::remove_file(&path)?;
+                std::fs::remove_file(&path).at("remove unused segment", &path)?;
                 create()?
             }
             other => other?,

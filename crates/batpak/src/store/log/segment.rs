@@ -10,7 +10,7 @@
 
 use crate::store::config::SyncMode;
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
-use crate::store::StoreError;
+use crate::store::{IoAt, StoreError};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -98,7 +98,7 @@ impl Segment {
             MapAccess::Follow => (false, true),
             MapAccess::Write(writes) => (writes == FrameWrites::Mapped, true),
         };
-        let meta = file.metadata()?;
+        let meta = file.metadata().at("stat segment", path)?;
         let file_len = meta.len();
         let capacity = capacity.max(file_len).max(1);
         let len = usize::try_from(capacity)
@@ -106,9 +106,9 @@ impl Segment {
         let mut opts = MmapOptions::new();
         opts.len(len);
         let map = if map_writable {
-            opts.map_raw(&file)?
+            opts.map_raw(&file).at("map segment", path)?
         } else {
-            opts.map_raw_read_only(&file)?
+            opts.map_raw_read_only(&file).at("map segment", path)?
         };
         Ok(Self {
             id,
@@ -130,7 +130,7 @@ impl Segment {
     /// Map an existing segment read-only, exactly its current length. No
     /// descriptor stays open.
     pub(crate) fn open_read_only(path: &Path, id: u64) -> Result<Self, StoreError> {
-        let file = File::open(path)?;
+        let file = File::open(path).at("open segment", path)?;
         Self::map(id, path, file, 0, MapAccess::Read, Prealloc::Reserve)
     }
 
@@ -141,7 +141,7 @@ impl Segment {
     /// A handle follows one segment at a time and closes the descriptor when
     /// it moves on.
     pub(crate) fn open_followed(path: &Path, id: u64) -> Result<Self, StoreError> {
-        let file = File::open(path)?;
+        let file = File::open(path).at("open segment", path)?;
         Self::map(id, path, file, 0, MapAccess::Follow, Prealloc::Reserve)
     }
 
@@ -287,7 +287,7 @@ impl Segment {
                 "frame does not fit in the segment mapping",
             ));
         }
-        allocate(&file, cur, new_len - cur, self.prealloc)?;
+        allocate(&file, cur, new_len - cur, self.prealloc).at("grow segment", &self.path)?;
         self.file_len.store(new_len, Ordering::Release);
         Ok(true)
     }
@@ -341,7 +341,9 @@ impl Segment {
         // On Linux fsync/fdatasync also write back pages dirtied through a
         // shared mapping; elsewhere msync is needed first.
         #[cfg(not(target_os = "linux"))]
-        self.map.flush()?;
+        self.map
+            .flush()
+            .at("flush the map of segment", &self.path)?;
         let file = match self.descriptor() {
             Some(file) => file,
             // Sealed: it was synced whole before its descriptor closed, and
@@ -349,12 +351,13 @@ impl Segment {
             None if covered <= self.synced.load(Ordering::Acquire) => return Ok(()),
             // Not expected, but a sync must never pass over unsynced bytes:
             // a descriptor of the same file syncs its pages.
-            None => Arc::new(File::open(&self.path)?),
+            None => Arc::new(File::open(&self.path).at("open segment", &self.path)?),
         };
         match mode {
-            SyncMode::SyncAll => file.sync_all()?,
-            SyncMode::SyncData => file.sync_data()?,
+            SyncMode::SyncAll => file.sync_all(),
+            SyncMode::SyncData => file.sync_data(),
         }
+        .at("sync segment", &self.path)?;
         self.note_synced(covered);
         Ok(())
     }
@@ -399,11 +402,13 @@ impl ActiveSegment {
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)?;
+            .open(path)
+            .at("create segment", path)?;
         let initial = capacity.min(MIN_GROW.max(header.len() as u64));
-        allocate(&file, 0, initial, prealloc)?;
-        file.write_all_at(header, 0)?;
-        file.sync_all()?;
+        allocate(&file, 0, initial, prealloc).at("allocate segment", path)?;
+        file.write_all_at(header, 0)
+            .at("write the header of segment", path)?;
+        file.sync_all().at("sync segment", path)?;
         let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
         seg.set_entry_synced(false);
         seg.reset_written_to(header.len() as u64);
@@ -442,7 +447,11 @@ impl ActiveSegment {
         writes: FrameWrites,
         growth: Arc<GrowthCounters>,
     ) -> Result<Self, StoreError> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at("open segment", path)?;
         let seg = Segment::map(id, path, file, capacity, MapAccess::Write(writes), prealloc)?;
         // Past the frames the file holds only zeros (preallocation, or a
         // torn tail zeroed): the bytes that matter are the frames. They are
@@ -581,7 +590,9 @@ impl ActiveSegment {
             let mut at = pos;
             while at < buffered_from {
                 let n = (buffered_from - at).min(ZEROS.len() as u64) as usize;
-                self.file.write_all_at(&ZEROS[..n], at)?;
+                self.file
+                    .write_all_at(&ZEROS[..n], at)
+                    .at("zero a failed append in segment", &self.seg.path)?;
                 at += n as u64;
             }
             self.write_pos = pos;
@@ -606,7 +617,9 @@ impl ActiveSegment {
             return Ok(());
         }
         let at = self.write_pos - self.pending.len() as u64;
-        self.file.write_all_at(&self.pending, at)?;
+        self.file
+            .write_all_at(&self.pending, at)
+            .at("write segment", &self.seg.path)?;
         self.pending.clear();
         self.seg.note_handed_over(self.write_pos);
         Ok(())
@@ -655,7 +668,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Give `file` real blocks for `off..off + len` (extending it), so later
 /// writes cannot fail for lack of space (a full disk is reported here, as an
 /// error from the call that needed the space).
-fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreError> {
+fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
@@ -677,7 +690,7 @@ fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreE
             err.raw_os_error(),
             Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
         ) {
-            return Err(err.into());
+            return Err(err);
         }
     }
     // Zero fill (asked for, or no fallocate on this filesystem).

@@ -48,6 +48,7 @@ use std::sync::Arc;
 pub type RetentionPredicate = Box<dyn Fn(&StoredEvent<serde_json::Value>) -> bool + Send>;
 
 /// What a compaction does besides merging.
+#[non_exhaustive]
 pub enum CompactionStrategy {
     /// Merge sealed segments; every event survives unchanged.
     Merge,

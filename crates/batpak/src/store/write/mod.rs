@@ -93,6 +93,7 @@ impl From<PayloadError> for StoreError {
 
 /// The condition an append places on its entity's current state (SPEC §3.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Condition {
     /// No condition.
     None,
