@@ -148,7 +148,9 @@ fn interleaved(rt: &tokio::runtime::Runtime, cs: &Arc<Vec<Coordinate>>) {
                 std::thread::spawn(move || {
                     let p = payload(t);
                     for k in 0..PER_WORKER {
-                        store.append(&cs[((k + t) % 100) as usize], KIND, &p).unwrap();
+                        store
+                            .append(&cs[((k + t) % 100) as usize], KIND, &p)
+                            .unwrap();
                     }
                 })
             })

@@ -284,3 +284,12 @@ fn a_subscription_stream_receives_new_events() {
         );
     });
 }
+
+#[test]
+fn handles_and_streams_move_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + Unpin>() {}
+    send_sync::<AsyncStore<Store>>();
+    send::<CursorStream>();
+    send::<batpak_tokio::SubscriptionStream>();
+}

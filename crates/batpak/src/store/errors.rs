@@ -259,6 +259,21 @@ impl std::error::Error for IoContext {
     }
 }
 
+struct Chain<'a>(&'a StoreError);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::error::Error;
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Attach the operation and path to an I/O result (see [`IoContext`]).
 pub(crate) trait IoAt<T> {
     fn at(self, operation: &'static str, path: &Path) -> Result<T, StoreError>;
@@ -284,6 +299,13 @@ impl StoreError {
                 source,
             },
         ))
+    }
+
+    /// This error and its causes, each once, joined by ": " (what
+    /// anyhow's `{:#}` prints), for logs and messages that keep one string.
+    #[must_use]
+    pub fn display_chain(&self) -> impl std::fmt::Display + '_ {
+        Chain(self)
     }
 
     /// The operation and path of an I/O error (also inside `BatchFailed`),

@@ -727,7 +727,7 @@ impl Store<Open> {
         }
         // Cached projections are only a speed-up: a failure is a warning.
         if let Err(e) = self.shared.cache.sync() {
-            tracing::warn!(error = %e, "batpak: projection cache sync at close failed");
+            tracing::warn!(error = %e.display_chain(), "batpak: projection cache sync at close failed");
         }
         self.lock = None;
         result.map(|()| Closed)
@@ -844,7 +844,7 @@ impl<State> Drop for Store<State> {
             self.shared.sync_after_crash();
         } else if !self.shared.durability.is_poisoned() {
             if let Err(e) = self.shared.sync_all_written() {
-                tracing::warn!(error = %e, "batpak: sync on drop failed");
+                tracing::warn!(error = %e.display_chain(), "batpak: sync on drop failed");
             }
         }
     }

@@ -233,7 +233,7 @@ pub(crate) fn compact(
         // (it finishes the compaction if the file is there, else discards it).
         shared
             .durability
-            .poison(format!("compaction commit failed: {e}"));
+            .poison(format!("compaction commit failed: {}", e.display_chain()));
         return Err(e);
     }
     // Committed. From here a failure leaves the directory to be finished by
@@ -256,7 +256,8 @@ pub(crate) fn compact(
         Ok(s) => s,
         Err(e) => {
             shared.durability.poison(format!(
-                "compaction committed but not installed ({e}); reopen the store to finish it"
+                "compaction committed but not installed ({}); reopen the store to finish it",
+                e.display_chain()
             ));
             return Err(e);
         }
@@ -264,9 +265,10 @@ pub(crate) fn compact(
     {
         let mut index = shared.index.write();
         if let Err(e) = index.apply_compaction(&fates) {
-            shared
-                .durability
-                .poison(format!("compaction could not update the index: {e}"));
+            shared.durability.poison(format!(
+                "compaction could not update the index: {}",
+                e.display_chain()
+            ));
             return Err(e);
         }
         shared.log.replace_segments(new_segments, &intent.deleted);
@@ -645,7 +647,7 @@ impl<'a> Run<'_, 'a> {
         // Closed first (its buffer flushes on drop), then deleted with the rest.
         drop(self.current.take());
         if let Err(e) = rewrite::discard_temporaries(self.shared.log.dir()) {
-            tracing::warn!(error = %e, "batpak: could not delete an abandoned compaction's files; the next open will");
+            tracing::warn!(error = %e.display_chain(), "batpak: could not delete an abandoned compaction's files; the next open will");
         }
     }
 }

@@ -245,7 +245,7 @@ fn run(shared: &Shared, rx: &flume::Receiver<u64>) {
             Ok(Sealed::Stopped) => return,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+                tracing::warn!(segment_id = id, error = %e.display_chain(), "batpak: footer not written; the segment will be scanned at open");
             }
         }
     }

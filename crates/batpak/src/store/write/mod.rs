@@ -433,8 +433,10 @@ impl Shared {
                 // The frames are in the log but not all in the index: stop
                 // writing rather than let the two disagree. Reopening
                 // rebuilds both.
-                self.durability
-                    .poison(format!("index insert failed after write: {e}"));
+                self.durability.poison(format!(
+                    "index insert failed after write: {}",
+                    e.display_chain()
+                ));
                 return Err(Failure::at(i, BatchStage::Indexing, e));
             }
         }
@@ -447,7 +449,7 @@ impl Shared {
         if let Err(e) = self.fault(InjectionPoint::Indexed) {
             // Nothing real fails here; an injected failure stands for "the
             // writer died with indexed, unpublished events": stop writing.
-            self.durability.poison(e.to_string());
+            self.durability.poison(e.display_chain().to_string());
             return Err(Failure::at(last, BatchStage::Indexing, e));
         }
         if !self.config.durable_receipts() {
@@ -465,8 +467,10 @@ impl Shared {
             // buffer now. It becomes visible when the sync started here
             // covers it (durable-mode visibility, SPEC §5).
             if let Err(e) = w.active.flush_pending() {
-                self.durability
-                    .poison(format!("could not write a relaxed append: {e}"));
+                self.durability.poison(format!(
+                    "could not write a relaxed append: {}",
+                    e.display_chain()
+                ));
                 return Err(Failure::at(last, BatchStage::Writing, e));
             }
             if let Some(f) = &self.flusher {
@@ -531,8 +535,10 @@ impl Shared {
             SEGMENT_HEADER_LEN as u64
         };
         if let Err(e) = w.active.roll_back_to(from, self.log.sync_mode()) {
-            self.durability
-                .poison(format!("could not take back a failed append: {e}"));
+            self.durability.poison(format!(
+                "could not take back a failed append: {}",
+                e.display_chain()
+            ));
         }
     }
 
@@ -667,7 +673,7 @@ impl Shared {
                 self.fault(InjectionPoint::SegmentCreated)
             })
             .inspect_err(|e| {
-                tracing::warn!(error = %e, "segment rotation failed");
+                tracing::warn!(error = %e.display_chain(), "segment rotation failed");
             })?;
         let sealed = w.active.segment().id();
         w.active = new;
