@@ -455,9 +455,35 @@ impl<S: EventStore + 'static> Inner<S> {
 impl<S: EventStore + 'static> Drop for Inner<S> {
     fn drop(&mut self) {
         // The last handle went without `close`: still no thread outlives
-        // the wrapper. The store itself is dropped after this (its own
-        // `Drop` releases it).
-        self.shut_down();
+        // the wrapper. The store is dropped (its own `Drop` releases it) on
+        // a thread of its own too, as every other call of the store runs
+        // off the runtime: a backend's `Drop` blocks (the file store syncs
+        // and joins its threads), and a blocking client may refuse to run
+        // on a runtime thread at all (the synchronous PostgreSQL client
+        // refuses to connect there). This thread still waits for it.
+        if self.store.is_none() && self.workers.is_empty() {
+            // `close` did it all.
+            return;
+        }
+        let this = Mutex::new(self);
+        let stop = || {
+            let mut inner = this.lock();
+            inner.shut_down();
+            drop(inner.store.take());
+        };
+        std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new()
+                .name("bp-tokio-close".into())
+                .spawn_scoped(scope, stop);
+            match spawned {
+                // A real join: the thread is gone, not just done.
+                Ok(thread) => {
+                    let _ = thread.join();
+                }
+                // No thread to spare: do it here rather than not at all.
+                Err(_) => stop(),
+            }
+        });
     }
 }
 

@@ -93,7 +93,11 @@ fn a_nested_chain_reads_top_down_with_the_path_and_operation_once() {
     );
     assert_eq!(printed.matches("/data/000007.seg").count(), 1, "{printed}");
     assert_eq!(printed.matches("(os error 28)").count(), 1, "{printed}");
-    assert_eq!(e.display_chain().to_string(), printed, "the library's own printer");
+    assert_eq!(
+        e.display_chain().to_string(),
+        printed,
+        "the library's own printer"
+    );
     let ctx: &IoContext = e
         .io_context()
         .expect("the context survives the batch wrapper");
