@@ -1423,3 +1423,77 @@ pub fn imports_keep_ids_clocks_times_and_hashes<H: Harness>(h: &H) {
     fresh.import_events(vec![exported[0].clone()]).unwrap();
     assert_eq!(fresh.stats().unwrap().event_count, 1);
 }
+
+/// Per-call durability (`AppendOptions::with_durability`): `Durable` and
+/// `Relaxed` appends and batches keep every other rule (CAS, idempotency,
+/// order, links); a durable receipt is readable at once, a relaxed one at
+/// the latest after `sync()`, and both are there after a clean reopen.
+pub fn per_call_durability_keeps_every_other_rule<H: Harness>(h: &H) {
+    let durable = AppendOptions::new().with_durability(Durability::Durable);
+    let relaxed = AppendOptions::new().with_durability(Durability::Relaxed);
+    let c = coord("durability", "s");
+    let ids = {
+        let store = open(h);
+        let first = store
+            .append_with_options(&c, KIND_A, &json!(0), durable.with_cas_empty())
+            .unwrap();
+        assert_eq!(store.get(first.event_id).unwrap().event.payload, json!(0));
+        let second = store
+            .append_with_options(
+                &c,
+                KIND_A,
+                &json!(1),
+                relaxed.with_cas(0).with_idempotency(77),
+            )
+            .unwrap();
+        let retried = store
+            .append_with_options(
+                &c,
+                KIND_A,
+                &json!(1),
+                relaxed.with_cas(0).with_idempotency(77),
+            )
+            .unwrap();
+        assert_eq!(
+            retried, second,
+            "an idempotent retry returns the original receipt"
+        );
+        let refused = store.append_with_options(&c, KIND_A, &json!(9), relaxed.with_cas(0));
+        assert!(
+            matches!(refused, Err(StoreError::SequenceMismatch { .. })),
+            "{refused:?}"
+        );
+        let mut batch = vec![item("durability", json!(2)), item("durability", json!(3))];
+        batch[0].options = relaxed;
+        let relaxed_batch = store.append_batch(batch).unwrap();
+        let mut batch = vec![item("durability", json!(4)), item("durability", json!(5))];
+        batch[1].options = durable;
+        batch[0].options = relaxed;
+        let durable_batch = store.append_batch(batch).unwrap();
+        for r in &durable_batch {
+            assert!(
+                store.get(r.event_id).is_ok(),
+                "a durable batch is readable at once"
+            );
+        }
+        store.sync().unwrap();
+        assert_eq!(stream_clocks(&store, "durability"), vec![0, 1, 2, 3, 4, 5]);
+        assert_chain(&store.stream("durability").unwrap());
+        let ids: Vec<u128> = [first, second]
+            .iter()
+            .chain(&relaxed_batch)
+            .chain(&durable_batch)
+            .map(|r| r.event_id)
+            .collect();
+        store.close().unwrap();
+        ids
+    };
+    let store = open(h);
+    let got: Vec<u128> = store
+        .stream("durability")
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, ids, "everything is there after a clean reopen");
+}

@@ -148,6 +148,7 @@ macro_rules! __for_each_check {
             upcasters_apply_on_every_read_path,
             typed_reads_refuse_what_does_not_fit,
             event_iterators_match_the_listings,
+            per_call_durability_keeps_every_other_rule,
         );
     };
 }

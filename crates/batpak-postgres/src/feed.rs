@@ -470,7 +470,7 @@ impl Feed {
             let batch = match pager.next_page() {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::debug!(error = %e, "batpak: subscription read failed; retrying at the next wake-up");
+                    tracing::debug!(error = %e.display_chain(), "batpak: subscription read failed; retrying at the next wake-up");
                     return;
                 }
             };

@@ -129,7 +129,7 @@ impl PgStore {
         let cached = match cache.get(&key) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "batpak: projection cache read failed");
+                tracing::warn!(error = %e.display_chain(), "batpak: projection cache read failed");
                 None
             }
         };
@@ -181,7 +181,7 @@ impl PgStore {
             cached_at_us: self.config.now_us(),
         };
         if let Err(e) = cache.put(key, &bytes, meta) {
-            tracing::warn!(error = %e, "batpak: projection cache write failed");
+            tracing::warn!(error = %e.display_chain(), "batpak: projection cache write failed");
         }
         Ok(())
     }

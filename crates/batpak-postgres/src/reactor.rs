@@ -314,7 +314,7 @@ impl Reactor {
                 Ok(r) => break r,
                 Err(e) => {
                     drop(store);
-                    tracing::warn!(error = %e, reactor = %self.name, "batpak: reactor cannot find where to resume; retrying");
+                    tracing::warn!(error = %e.display_chain(), reactor = %self.name, "batpak: reactor cannot find where to resume; retrying");
                     if !self.feed.nap(RETRY_MAX) {
                         return Lead::Stop;
                     }
@@ -343,7 +343,7 @@ impl Reactor {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, reactor = %self.name, "batpak: reactor read failed; retrying");
+                    tracing::warn!(error = %e.display_chain(), reactor = %self.name, "batpak: reactor read failed; retrying");
                     if !self.feed.nap(backoff) {
                         return Lead::Stop;
                     }
@@ -367,12 +367,12 @@ impl Reactor {
                         if self.stopped() {
                             return Lead::Stop;
                         }
-                        tracing::warn!(error = %e, trigger = %trigger(), "batpak reactor retries a trigger");
+                        tracing::warn!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor retries a trigger");
                         std::thread::sleep(retry);
                         retry = (retry * 2).min(RETRY_MAX);
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, trigger = %trigger(), reactor = %self.name, "batpak reactor stopped: it cannot answer this trigger");
+                        tracing::error!(error = %e.display_chain(), trigger = %trigger(), reactor = %self.name, "batpak reactor stopped: it cannot answer this trigger");
                         return Lead::Stop;
                     }
                 }

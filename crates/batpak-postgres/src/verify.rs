@@ -43,6 +43,7 @@ pub enum PgProblemKind {
 
 /// One problem found by [`PgStore::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PgProblem {
     /// The entity.
     pub entity: String,
@@ -69,6 +70,7 @@ impl fmt::Display for PgProblem {
 
 /// What [`PgStore::verify`] checked and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PgVerifyReport {
     /// Events read.
     pub events_checked: u64,
@@ -235,10 +237,12 @@ fn check_row(row: &Row, walk: &mut Option<Walk>, report: &mut PgVerifyReport) {
         Ok(ev) => ev,
         Err(e) => {
             let id = row.try_get::<_, uuid::Uuid>(1).ok().map(|u| u.as_u128());
-            let kind = if e.to_string().contains("payload") {
-                PgProblemKind::PayloadUnreadable(e.to_string())
+            // The whole chain: the cause says what is wrong with the row.
+            let text = e.display_chain().to_string();
+            let kind = if text.contains("payload") {
+                PgProblemKind::PayloadUnreadable(text)
             } else {
-                PgProblemKind::InvalidRow(e.to_string())
+                PgProblemKind::InvalidRow(text)
             };
             report
                 .problems

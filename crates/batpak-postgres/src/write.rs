@@ -21,7 +21,7 @@ use crate::error::{classify_write, Failure};
 use crate::read::position;
 use crate::PgStore;
 use batpak::store::codec::{self, ChainInput, EntityTime, PreparedEvent};
-use batpak::store::{AppendReceipt, BatchStage, DiskPos, StoreError};
+use batpak::store::{AppendReceipt, BatchStage, DiskPos, Durability, StoreError};
 use postgres::types::ToSql;
 use postgres::Row;
 use std::collections::{BTreeMap, HashMap};
@@ -429,7 +429,7 @@ impl PgStore {
                     })
                 }
             };
-            if hook.is_none() {
+            if hook.is_none() && !relaxed(events) {
                 let result = self.with_conn(|c| self.run(c, events, &plan));
                 return match result {
                     Ok(rows) => answer(events, &rows, plan),
@@ -464,6 +464,11 @@ impl PgStore {
             let one_at = c.statement(&self.sql.append_one_at)?;
             let general_at = c.statement(&self.sql.append_at)?;
             let mut tx = c.client.transaction()?;
+            if relaxed(events) {
+                // This transaction's COMMIT returns before its WAL is
+                // flushed (ADR 0030); the server's default is untouched.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+            }
             let (plan, late_base) = match plan {
                 Some(p) => (p, None),
                 None => {
@@ -797,6 +802,13 @@ fn one_params<'a>(e: &'a PreparedEvent, plan: &'a Plan) -> OneParams<'a> {
         payload: &e.payload,
         version: version_column(e.payload_version),
     }
+}
+
+/// The call asked for `Durability::Relaxed` (a batch: the strongest
+/// request of its items, see `Durability::strongest`). Such a commit takes
+/// a transaction of its own, where `synchronous_commit` is turned off.
+fn relaxed(events: &[PreparedEvent]) -> bool {
+    Durability::strongest(events.iter().map(|e| e.durability)) == Some(Durability::Relaxed)
 }
 
 /// The 64-bit id of a subtransaction, from its 32-bit id (`sub`) and its

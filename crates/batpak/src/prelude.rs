@@ -11,8 +11,8 @@ pub use crate::outcome::{ErrorKind, Outcome, OutcomeError};
 pub use crate::pipeline::{Committed, Pipeline, Proposal};
 pub use crate::store::{
     AppendOptions, AppendReceipt, BatchAppendItem, BatchConfig, BatchStage, CausationRef, Closed,
-    CompactionConfig, CompactionStrategy, Cursor, DiskPos, EventCursor, EventFeed, EventStore,
-    Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Notification, Open, RestartPolicy,
-    Store, StoreConfig, StoreError, Subscription, SubscriptionOps, SyncConfig, SyncMode,
-    WriterConfig,
+    CompactionConfig, CompactionStrategy, Cursor, DiskPos, Durability, EventCursor, EventFeed,
+    EventStore, Freshness, IndexConfig, IndexEntry, IndexLayout, NoCache, Notification, Open,
+    RestartPolicy, Store, StoreConfig, StoreError, Subscription, SubscriptionOps, SyncConfig,
+    SyncMode, WriterConfig,
 };

@@ -1,8 +1,15 @@
-//! Every error the store returns: [`StoreError`] and [`BatchStage`].
+//! Every error the store returns: [`StoreError`], [`BatchStage`] and
+//! [`IoContext`].
+//!
+//! Each variant's `Display` describes its own layer only; the cause, if
+//! any, is its `source()`. So a chain printer (anyhow's `{:#}`, or a loop
+//! over `source()`) prints every cause once: "batch failed at item 2
+//! during Writing: I/O error: write segment /data/000003.seg: No space
+//! left on device (os error 28)".
 
 use crate::coordinate::CoordinateError;
 use crate::event::EventKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,14 +33,17 @@ pub enum BatchStage {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// An operating-system I/O error.
-    #[error("IO error: {0}")]
+    /// An operating-system I/O error. Raised by the store's own file
+    /// operations, it carries an [`IoContext`] (the operation and the
+    /// path; see [`StoreError::io_context`]) inside the `std::io::Error`,
+    /// whose `kind()` is the original one.
+    #[error("I/O error")]
     Io(#[from] std::io::Error),
     /// An invalid coordinate.
-    #[error("coordinate error: {0}")]
+    #[error("invalid coordinate")]
     Coordinate(#[from] CoordinateError),
     /// A payload or stored value could not be (de)serialized.
-    #[error("serialization error: {0}")]
+    #[error("serialization failed")]
     Serialization(#[source] BoxError),
     /// A frame's checksum did not match when it was read.
     #[error("CRC mismatch in segment {segment_id} at offset {offset}")]
@@ -89,7 +99,7 @@ pub enum StoreError {
     #[error("writer thread crashed")]
     WriterCrashed,
     /// A projection cache backend failed.
-    #[error("cache error: {0}")]
+    #[error("projection cache failed")]
     CacheFailed(#[source] BoxError),
     /// A configuration value is out of range.
     #[error("invalid config: {0}")]
@@ -98,7 +108,7 @@ pub enum StoreError {
     #[error("group commit (batch > 1) requires an idempotency key on every append")]
     IdempotencyRequired,
     /// A batch append failed; nothing of it was written.
-    #[error("batch failed at item {item_index} during {stage:?}: {source}")]
+    #[error("batch failed at item {item_index} during {stage:?}")]
     BatchFailed {
         /// Index of the item that failed.
         item_index: usize,
@@ -181,12 +191,12 @@ pub enum StoreError {
     /// it may have committed just before the connection was lost, so retry
     /// writes with an idempotency key, which answers with the original
     /// receipt if the first attempt did commit.
-    #[error("backend unavailable: {0}")]
+    #[error("backend unavailable")]
     Unavailable(#[source] BoxError),
     /// A database backend failed in a way a retry will not fix (a refused
     /// permission, a statement it rejected, stored data that does not
     /// decode).
-    #[error("backend error: {0}")]
+    #[error("backend failed")]
     Backend(#[source] BoxError),
     /// An imported event does not continue its entity's chain where the
     /// store has it: another clock, another previous hash, an earlier time,
@@ -218,11 +228,128 @@ pub enum StoreError {
     Typed(#[from] crate::event::TypedError),
 }
 
+/// What the store was doing, and on which file, when an I/O error
+/// occurred: the payload of the `std::io::Error` in a [`StoreError::Io`]
+/// raised by the store's own file operations. Its `source()` is the
+/// operating system's error.
+#[derive(Debug)]
+pub struct IoContext {
+    operation: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl IoContext {
+    /// What was being done ("open segment", "sync segment", ...).
+    #[must_use]
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+    /// The file or directory it was done to.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The operating system's error.
+    #[must_use]
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.source
+    }
+}
+
+impl std::fmt::Display for IoContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.operation, self.path.display())
+    }
+}
+
+impl std::error::Error for IoContext {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+struct Chain<'a>(&'a StoreError);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::error::Error;
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Attach the operation and path to an I/O result (see [`IoContext`]).
+pub(crate) trait IoAt<T> {
+    fn at(self, operation: &'static str, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> IoAt<T> for std::io::Result<T> {
+    fn at(self, operation: &'static str, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::io(operation, path, e))
+    }
+}
+
 impl StoreError {
-    /// True when repeating the same call unchanged may succeed: the backend
-    /// was unavailable (`Unavailable`), or the writer panicked during this
-    /// call and restarted (`WriterPanicked`); for a failed batch, when its
-    /// cause is. A CAS failure is not retryable as is: re-read and decide.
+    /// An [`StoreError::Io`] that says what was done to which file; its
+    /// `kind()` is `source`'s.
+    #[must_use]
+    pub fn io(operation: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let kind = source.kind();
+        StoreError::Io(std::io::Error::new(
+            kind,
+            IoContext {
+                operation,
+                path: path.into(),
+                source,
+            },
+        ))
+    }
+
+    /// This error and its causes, each once, joined by ": " (what
+    /// anyhow's `{:#}` prints), for logs and messages that keep one string.
+    #[must_use]
+    pub fn display_chain(&self) -> impl std::fmt::Display + '_ {
+        Chain(self)
+    }
+
+    /// The operation and path of an I/O error (also inside `BatchFailed`),
+    /// when the store recorded them.
+    #[must_use]
+    pub fn io_context(&self) -> Option<&IoContext> {
+        match self {
+            StoreError::Io(e) => e.get_ref()?.downcast_ref::<IoContext>(),
+            StoreError::BatchFailed { source, .. } => source.io_context(),
+            _ => None,
+        }
+    }
+
+    /// True when repeating the same call unchanged may succeed:
+    ///
+    /// - `Unavailable`: a database backend could not be reached or refused
+    ///   the work for now (retry writes with an idempotency key: the first
+    ///   attempt may have committed);
+    /// - `WriterPanicked`: the writer panicked during this call, took it
+    ///   back and restarted;
+    /// - `BatchFailed`: when its cause is.
+    ///
+    /// Everything else is not: a CAS failure (`SequenceMismatch`,
+    /// `StreamIsEmpty`, `StreamNotEmpty`) needs a re-read and a decision;
+    /// invalid input (`Coordinate`, `Serialization`, `PayloadTooLarge`,
+    /// `ReservedKind`, `InvalidBatch`, `BatchLimit`, `IdempotencyConflict`,
+    /// `ChainMismatch`, `Configuration`) fails the same way again;
+    /// `Poisoned` and `WriterCrashed` stop the writer until the store is
+    /// reopened; `Io` needs its cause fixed first (a failed append was
+    /// taken back, so after freeing a full disk the same call may then
+    /// succeed; see [`StoreError::io_context`]); damage (`CrcMismatch`,
+    /// `CorruptSegment`, `RecordDamaged`) stays; `Locked`, `ReadOnly`,
+    /// `SchemaTooNew` and `CapacityExhausted` need another store or
+    /// another build.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -55,7 +55,8 @@ pub use delivery::{
     answer_trigger, Cursor, EventCursor, EventFeed, Notification, Subscription, SubscriptionFeed,
     SubscriptionOps, TypedCursor,
 };
-pub use errors::{BatchStage, StoreError};
+pub(crate) use errors::IoAt;
+pub use errors::{BatchStage, IoContext, StoreError};
 #[cfg(feature = "dangerous-test-hooks")]
 pub use fault::{
     CopyOnWriteDisk, CountdownAction, CountdownInjector, FaultAction, FaultInjector,
@@ -84,7 +85,9 @@ pub use projection::{
 pub use recovery::{DamagedRegion, OpenPath, RecoveryReport, TruncatedTail};
 pub use stats::{StoreDiagnostics, StoreStats};
 pub use typed::EventIter;
-pub use write::{AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef};
+pub use write::{
+    AppendOptions, AppendReceipt, BatchAppendItem, BypassRecord, CausationRef, Durability,
+};
 
 use crate::coordinate::{Coordinate, KindFilter, Region};
 use crate::event::{EventKind, StoredEvent};
@@ -95,7 +98,7 @@ use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use write::durability::Durability;
+use write::durability::Durability as Watermarks;
 use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
@@ -116,7 +119,7 @@ impl Shared {
         Self {
             writer: None,
             restarts: write::Restarts::new(config.writer.restart_policy.clone()),
-            durability: Durability::new(index.len(), 1),
+            durability: Watermarks::new(index.len(), 1),
             index: RwLock::new(index),
             recovery,
             sealer: maintenance::Sealer::default(),
@@ -165,10 +168,11 @@ pub(crate) struct Shared {
     pub(crate) index: RwLock<Index>,
     /// `None` when opened read-only.
     pub(crate) writer: Option<Mutex<Writer>>,
-    pub(crate) durability: Durability,
+    pub(crate) durability: Watermarks,
     /// Writer panics so far, against `writer.restart_policy`.
     pub(crate) restarts: write::Restarts,
-    /// Present in relaxed mode, where a background thread syncs.
+    /// Present in writable stores: a background thread that syncs (in
+    /// relaxed mode, and for relaxed calls in a durable store).
     pub(crate) flusher: Option<Flusher>,
     pub(crate) recovery: RecoveryReport,
     /// Sealed segments waiting for their footer.
@@ -349,7 +353,8 @@ impl Store<Open> {
         let active = recovered.active.ok_or_else(|| {
             StoreError::internal("a writable recovery produced no active segment")
         })?;
-        let flusher = (!config.durable_receipts()).then(Flusher::default);
+        // Durable stores need it too, for calls that ask for `Relaxed`.
+        let flusher = Some(Flusher::default());
         let max_inflight = u32::try_from(config.writer.channel_capacity).unwrap_or(u32::MAX);
         let mut shared = Shared::new(
             config,
@@ -359,7 +364,7 @@ impl Store<Open> {
             recovered.epoch,
         );
         shared.writer = Some(Mutex::new(Writer::new(active, recovered.next_seq, written)));
-        shared.durability = Durability::new(written, max_inflight);
+        shared.durability = Watermarks::new(written, max_inflight);
         shared.flusher = flusher;
         shared.cache = cache;
         let mut store = Self {
@@ -418,6 +423,7 @@ impl Store<Open> {
             idempotent: opts.idempotency_key.is_some(),
             continuation: None,
             payload_version: 1,
+            durability: opts.durability,
         })
     }
 
@@ -732,7 +738,7 @@ impl Store<Open> {
         }
         // Cached projections are only a speed-up: a failure is a warning.
         if let Err(e) = self.shared.cache.sync() {
-            tracing::warn!(error = %e, "batpak: projection cache sync at close failed");
+            tracing::warn!(error = %e.display_chain(), "batpak: projection cache sync at close failed");
         }
         self.lock = None;
         result.map(|()| Closed)
@@ -849,7 +855,7 @@ impl<State> Drop for Store<State> {
             self.shared.sync_after_crash();
         } else if !self.shared.durability.is_poisoned() {
             if let Err(e) = self.shared.sync_all_written() {
-                tracing::warn!(error = %e, "batpak: sync on drop failed");
+                tracing::warn!(error = %e.display_chain(), "batpak: sync on drop failed");
             }
         }
     }

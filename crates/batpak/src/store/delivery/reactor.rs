@@ -80,12 +80,12 @@ impl Store {
                         if shared.is_closed() {
                             return;
                         }
-                        tracing::warn!(error = %e, trigger = %trigger(), "batpak reactor retries a trigger");
+                        tracing::warn!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor retries a trigger");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(RETRY_MAX);
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, trigger = %trigger(), "batpak reactor stopped: it cannot answer this trigger");
+                        tracing::error!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor stopped: it cannot answer this trigger");
                         return;
                     }
                 }

@@ -2,7 +2,7 @@
 
 use super::io::{InjectionPoint, Io, SegmentIo};
 use crate::store::format::segment::parse_segment_file_name;
-use crate::store::StoreError;
+use crate::store::{IoAt, StoreError};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,8 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join(LOCK_FILE))?;
+            .open(dir.join(LOCK_FILE))
+            .at("open the lock file", &dir.join(LOCK_FILE))?;
         // A process that forks (to spawn a program) shares our lock until
         // the child's exec closes its copy of the descriptor; a store closed
         // and reopened during that instant would see its own lock. So a busy
@@ -37,7 +38,9 @@ impl DirLock {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
-                Err(TryLockError::Error(e)) => return Err(StoreError::Io(e)),
+                Err(TryLockError::Error(e)) => {
+                    return Err(StoreError::io("lock", dir.join(LOCK_FILE), e))
+                }
             }
         }
     }
@@ -51,11 +54,11 @@ pub(crate) struct SegmentListing {
 impl SegmentListing {
     pub(crate) fn read(dir: &Path) -> Result<Self, StoreError> {
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
+        for entry in std::fs::read_dir(dir).at("list directory", dir)? {
+            let entry = entry.at("list directory", dir)?;
             let name = entry.file_name();
             if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-                if entry.file_type()?.is_file() {
+                if entry.file_type().at("stat", &entry.path())?.is_file() {
                     segments.push((id, entry.path()));
                 }
             }
@@ -123,7 +126,9 @@ pub(crate) fn map_whole_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
 /// durable (before a store's I/O seam exists; afterwards it goes through
 /// the seam).
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("sync directory", dir)?;
     Ok(())
 }
 
@@ -147,11 +152,11 @@ fn create_dir_all_with(
         match std::fs::metadata(d) {
             Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d.to_path_buf()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(StoreError::io("stat directory", d, e)),
         }
         at = d.parent();
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).at("create directory", dir)?;
     missing.reverse();
     for d in &missing {
         // (Another process may have created some of them meanwhile; syncing

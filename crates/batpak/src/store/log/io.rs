@@ -16,7 +16,7 @@
 
 use crate::store::config::SyncMode;
 pub(crate) use crate::store::fault::InjectionPoint;
-use crate::store::{StoreConfig, StoreError};
+use crate::store::{IoAt, StoreConfig, StoreError};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -131,27 +131,32 @@ impl SegmentIo for OsIo {
     }
 
     fn create_new(&self, path: &Path) -> Result<File, StoreError> {
-        Ok(OpenOptions::new()
+        OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)?)
+            .open(path)
+            .at("create", path)
     }
 
     fn open(&self, path: &Path, write: bool) -> Result<File, StoreError> {
-        Ok(OpenOptions::new().read(true).write(write).open(path)?)
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .at("open", path)
     }
 
     #[inline]
     fn write_at(
         &self,
         file: &File,
-        _path: &Path,
+        path: &Path,
         buf: &[u8],
         offset: u64,
         _point: Option<InjectionPoint>,
     ) -> Result<(), StoreError> {
-        Ok(file.write_all_at(buf, offset)?)
+        file.write_all_at(buf, offset).at("write", path)
     }
 
     #[inline(always)]
@@ -162,32 +167,33 @@ impl SegmentIo for OsIo {
     fn allocate(
         &self,
         file: &File,
-        _path: &Path,
+        path: &Path,
         offset: u64,
         len: u64,
         how: Prealloc,
     ) -> Result<(), StoreError> {
-        allocate(file, offset, len, how)
+        allocate(file, offset, len, how).at("allocate", path)
     }
 
     fn sync(
         &self,
         file: &File,
-        _path: &Path,
+        path: &Path,
         mode: SyncMode,
         _before: Option<InjectionPoint>,
         _after: Option<InjectionPoint>,
     ) -> Result<(), StoreError> {
         match mode {
-            SyncMode::SyncAll => file.sync_all()?,
-            SyncMode::SyncData => file.sync_data()?,
+            SyncMode::SyncAll => file.sync_all(),
+            SyncMode::SyncData => file.sync_data(),
         }
-        Ok(())
+        .at("sync", path)
     }
 
     fn sync_dir(&self, dir: &Path, _point: Option<InjectionPoint>) -> Result<(), StoreError> {
-        File::open(dir)?.sync_all()?;
-        Ok(())
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .at("sync directory", dir)
     }
 
     fn rename(
@@ -196,11 +202,11 @@ impl SegmentIo for OsIo {
         to: &Path,
         _point: Option<InjectionPoint>,
     ) -> Result<(), StoreError> {
-        Ok(std::fs::rename(from, to)?)
+        std::fs::rename(from, to).at("rename", from)
     }
 
     fn remove(&self, path: &Path, _point: Option<InjectionPoint>) -> Result<(), StoreError> {
-        Ok(std::fs::remove_file(path)?)
+        std::fs::remove_file(path).at("remove", path)
     }
 
     #[inline(always)]
@@ -216,7 +222,7 @@ impl SegmentIo for OsIo {
 /// Give `file` real blocks for `off..off + len` (extending it), so later
 /// writes cannot fail for lack of space (a full disk is reported here, as an
 /// error from the call that needed the space).
-fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreError> {
+fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
@@ -238,7 +244,7 @@ fn allocate(file: &File, off: u64, len: u64, how: Prealloc) -> Result<(), StoreE
             err.raw_os_error(),
             Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
         ) {
-            return Err(err.into());
+            return Err(err);
         }
     }
     // Zero fill (asked for, or no fallocate on this filesystem).

@@ -47,6 +47,7 @@ use std::sync::Arc;
 pub type RetentionPredicate = Box<dyn Fn(&StoredEvent<serde_json::Value>) -> bool + Send>;
 
 /// What a compaction does besides merging.
+#[non_exhaustive]
 pub enum CompactionStrategy {
     /// Merge sealed segments; every event survives unchanged.
     Merge,
@@ -315,7 +316,7 @@ fn commit(shared: &Shared, intent: &Intent) -> Result<(), StoreError> {
         // finishes the compaction if the file is there, else discards it).
         shared
             .durability
-            .poison(format!("compaction commit failed: {e}"));
+            .poison(format!("compaction commit failed: {}", e.display_chain()));
     }
     committed
 }
@@ -344,7 +345,8 @@ fn install(shared: &Shared, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreE
         });
     installed.inspect_err(|e| {
         shared.durability.poison(format!(
-            "compaction committed but not installed ({e}); reopen the store to finish it"
+            "compaction committed but not installed ({}); reopen the store to finish it",
+            e.display_chain()
         ));
     })
 }
@@ -359,9 +361,10 @@ fn swap_in(
 ) -> Result<(), StoreError> {
     let mut index = shared.index.write();
     if let Err(e) = index.apply_compaction(&prepared.fates) {
-        shared
-            .durability
-            .poison(format!("compaction could not update the index: {e}"));
+        shared.durability.poison(format!(
+            "compaction could not update the index: {}",
+            e.display_chain()
+        ));
         return Err(e);
     }
     shared
@@ -742,7 +745,7 @@ impl<'a> Run<'_, 'a> {
         // Closed first (its buffer flushes on drop), then deleted with the rest.
         drop(self.current.take());
         if let Err(e) = rewrite::discard_temporaries(self.shared.log.io(), self.shared.log.dir()) {
-            tracing::warn!(error = %e, "batpak: could not delete an abandoned compaction's files; the next open will");
+            tracing::warn!(error = %e.display_chain(), "batpak: could not delete an abandoned compaction's files; the next open will");
         }
     }
 }

@@ -261,7 +261,7 @@ fn run(footers: &Footers<'_>, rx: &flume::Receiver<u64>) {
             Ok(Sealed::Stopped) => return,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(segment_id = id, error = %e, "batpak: footer not written; the segment will be scanned at open");
+                tracing::warn!(segment_id = id, error = %e.display_chain(), "batpak: footer not written; the segment will be scanned at open");
             }
         }
     }

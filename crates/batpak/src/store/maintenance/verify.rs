@@ -84,6 +84,7 @@ pub enum VerifyProblemKind {
 
 /// One problem found by [`Store::verify`](crate::store::Store::verify).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyProblem {
     /// The damaged file.
     pub file: PathBuf,
@@ -111,6 +112,7 @@ impl fmt::Display for VerifyProblem {
 
 /// The result of [`Store::verify`](crate::store::Store::verify).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// Segment files checked.
     pub segments_checked: usize,

@@ -108,7 +108,7 @@ impl Store {
             Ok(None) => None,
             Err(e) => {
                 // A cache that fails is only a miss.
-                tracing::warn!(error = %e, "batpak: projection cache read failed");
+                tracing::warn!(error = %e.display_chain(), "batpak: projection cache read failed");
                 None
             }
         }
@@ -129,7 +129,7 @@ impl Store {
         };
         self.shared.memo.put(key, bytes.clone(), meta.clone());
         if let Err(e) = self.shared.cache.put(key, &bytes, meta) {
-            tracing::warn!(error = %e, "batpak: projection cache write failed");
+            tracing::warn!(error = %e.display_chain(), "batpak: projection cache write failed");
         }
         Ok(())
     }

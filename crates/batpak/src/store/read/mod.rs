@@ -440,7 +440,7 @@ impl<'s> Reader<'s> {
             let (slot, ev) = match found.and_then(|(slot, l)| Ok((slot, self.read_event(l)?))) {
                 Ok(read) => read,
                 Err(e) => {
-                    tracing::warn!(error = %e, "walk_ancestors stopped at an unreadable event");
+                    tracing::warn!(error = %e.display_chain(), "walk_ancestors stopped at an unreadable event");
                     break;
                 }
             };

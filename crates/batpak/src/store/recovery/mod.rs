@@ -61,6 +61,7 @@ pub enum OpenPath {
 
 /// A region of a segment that was skipped because it is damaged.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DamagedRegion {
     /// Segment id.
     pub segment_id: u64,
@@ -74,6 +75,7 @@ pub struct DamagedRegion {
 
 /// The newest segment's torn tail, cut off (zeroed) at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TruncatedTail {
     /// Segment id.
     pub segment_id: u64,

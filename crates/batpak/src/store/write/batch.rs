@@ -11,7 +11,8 @@ use crate::coordinate::Coordinate;
 use crate::event::EventKind;
 use crate::store::format::{chain, payload};
 use crate::store::{
-    AppendOptions, AppendReceipt, BatchAppendItem, BatchStage, CausationRef, Shared, StoreError,
+    AppendOptions, AppendReceipt, BatchAppendItem, BatchStage, CausationRef, Durability, Shared,
+    StoreError,
 };
 use serde::Serialize;
 
@@ -52,6 +53,8 @@ pub struct PreparedEvent {
     /// The payload's schema version (1 for an unversioned payload; see
     /// `event::typed`). Hashed when it is not 1.
     pub payload_version: u16,
+    /// The durability its call asked for (`AppendOptions::durability`).
+    pub durability: Option<Durability>,
 }
 
 /// Where an imported event must sit in its entity's chain, as it was
@@ -199,6 +202,7 @@ pub fn prepare_imports(
             // An export carries no version: imported events are version 1
             // (a versioned one fails its hash check, never misreads).
             payload_version: 1,
+            durability: None,
         });
     }
     Ok(prepared)
@@ -261,6 +265,7 @@ pub fn prepare_event(
         idempotent: opts.idempotency_key.is_some(),
         continuation: None,
         payload_version: 1,
+        durability: opts.durability,
     })
 }
 
@@ -354,6 +359,7 @@ pub fn prepare_batch(
             idempotent: item.options.idempotency_key.is_some(),
             continuation: None,
             payload_version: 1,
+            durability: item.options.durability,
         });
     }
     Ok(prepared)
@@ -402,6 +408,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 idempotent,
                 continuation,
                 payload_version,
+                durability,
             } = p;
             Draft {
                 coord,
@@ -416,6 +423,7 @@ pub(crate) fn drafts_of(prepared: &mut [PreparedEvent]) -> Vec<Draft<'_>> {
                 idempotent: *idempotent,
                 continuation: *continuation,
                 payload_version: *payload_version,
+                durability: *durability,
             }
         })
         .collect()

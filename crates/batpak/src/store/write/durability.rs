@@ -394,7 +394,7 @@ impl Durability {
             // The leader panicked past the restart budget: already crashed.
             Err(StoreError::WriterCrashed) => Err(StoreError::WriterCrashed),
             Err(e) => {
-                let reason = format!("sync failed: {e}");
+                let reason = format!("sync failed: {}", e.display_chain());
                 self.poison(reason.clone());
                 Err(StoreError::Poisoned(reason))
             }

@@ -1,7 +1,10 @@
-//! Background sync for relaxed mode (`every_n_events > 1`): the appender that
-//! crosses N events kicks this thread, and it also syncs when idle, so no
-//! acknowledged event stays unsynced for more than [`IDLE_SYNC`] plus one
-//! fsync (well under the 100 ms SPEC §3.5 allows).
+//! Background sync. In relaxed mode (`every_n_events > 1`) the appender
+//! that crosses N events kicks this thread, and it also syncs when idle, so
+//! no acknowledged event stays unsynced for more than [`IDLE_SYNC`] plus one
+//! fsync (well under the 100 ms SPEC §3.5 allows). In durable mode a call
+//! that asked for `Durability::Relaxed` kicks it: the sync that makes such
+//! an event durable also makes it visible, so it then offers it to the
+//! subscribers.
 
 use crate::store::Shared;
 use parking_lot::{Condvar, Mutex};
@@ -65,6 +68,8 @@ fn run(shared: &Shared) {
             return;
         }
         // A failure poisons the store and is reported to the next caller.
-        let _ = shared.sync_all_written();
+        if shared.sync_all_written().is_ok() && shared.config.durable_receipts() {
+            shared.dispatch();
+        }
     }
 }

@@ -85,7 +85,7 @@ fn run(grower: &Grower, growth: &GrowthCounters) {
             // A full disk shows up again, as an error of the append that
             // needs the space; a segment sealed meanwhile needs no growth.
             Err(e) => {
-                tracing::debug!(segment_id = segment.id(), error = %e, "batpak: growing ahead failed");
+                tracing::debug!(segment_id = segment.id(), error = %e.display_chain(), "batpak: growing ahead failed");
             }
         }
     }

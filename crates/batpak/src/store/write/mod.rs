@@ -28,7 +28,7 @@ pub(crate) use flusher::Flusher;
 pub(crate) use gated::bypass_batch;
 pub use gated::BypassRecord;
 pub(crate) use grower::Grower;
-pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef};
+pub use options::{AppendOptions, AppendReceipt, BatchAppendItem, CausationRef, Durability};
 use restart::Mark;
 pub(crate) use restart::Restarts;
 
@@ -90,6 +90,7 @@ impl From<PayloadError> for StoreError {
 
 /// The condition an append places on its entity's current state (SPEC §3.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Condition {
     /// No condition.
     None,
@@ -155,6 +156,8 @@ pub(crate) struct Draft<'a> {
     pub(crate) continuation: Option<Continuation>,
     /// The payload's schema version (1: unversioned).
     pub(crate) payload_version: u16,
+    /// What its call asked for (`AppendOptions::durability`).
+    pub(crate) durability: Option<Durability>,
 }
 
 /// A payload version as a record stores it: 0 for version 1 (so events
@@ -302,10 +305,16 @@ impl Shared {
             0
         };
 
+        // This call's receipt: after the fsync, or after the write.
+        let durable = match Durability::strongest(drafts.iter().map(|d| d.durability)) {
+            Some(Durability::Durable) => true,
+            Some(Durability::Relaxed) => false,
+            None => self.config.durable_receipts(),
+        };
         let mut w = writer.lock();
         let before = Mark::of(&w);
         let locked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.write_locked(&mut w, before, drafts, now_us, batch_size)
+            self.write_locked(&mut w, before, drafts, now_us, batch_size, durable)
         }));
         let locked = match locked {
             Ok(result) => result?,
@@ -323,10 +332,16 @@ impl Shared {
             }
             Locked::Written { receipts, target } => (receipts, target),
         };
-        if self.config.durable_receipts() {
+        if durable {
             let last = receipts.len().saturating_sub(1);
-            self.wait_visible(target)
-                .map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
+            // In a durable store, durable means visible; in a relaxed one
+            // the event is visible already and the fsync is waited for.
+            let synced = if self.config.durable_receipts() {
+                self.wait_visible(target)
+            } else {
+                self.wait_durable(target)
+            };
+            synced.map_err(|e| Failure::at(last, BatchStage::Syncing, e))?;
         }
         self.dispatch();
         Ok(receipts)
@@ -343,6 +358,7 @@ impl Shared {
         drafts: &[Draft<'_>],
         now_us: i64,
         batch_size: u32,
+        durable: bool,
     ) -> Result<Locked, Failure> {
         let validation = |item, e| Failure::at(item, BatchStage::Validation, e);
         self.durability.check().map_err(|e| validation(0, e))?;
@@ -381,7 +397,7 @@ impl Shared {
             &records,
             &receipts,
         )?;
-        self.written(w, base, records.len())?;
+        self.written(w, base, records.len(), durable)?;
         Ok(Locked::Written {
             receipts,
             target: w.written,
@@ -456,8 +472,10 @@ impl Shared {
                 // The frames are in the log but not all in the index: stop
                 // writing rather than let the two disagree. Reopening
                 // rebuilds both.
-                self.durability
-                    .poison(format!("index insert failed after write: {e}"));
+                self.durability.poison(format!(
+                    "index insert failed after write: {}",
+                    e.display_chain()
+                ));
                 return Err(Failure::at(i, BatchStage::Indexing, e));
             }
         }
@@ -466,20 +484,25 @@ impl Shared {
 
     /// `count` events from slot `base` on are written and indexed: count
     /// them, and in relaxed mode make them visible and kick the flusher
-    /// every `every_n_events`.
-    fn written(&self, w: &mut Writer, base: u32, count: usize) -> Result<(), Failure> {
+    /// every `every_n_events`. `durable`: whether this call's receipt waits
+    /// for the fsync (a relaxed call in a durable store hands its frames to
+    /// the operating system here instead).
+    fn written(
+        &self,
+        w: &mut Writer,
+        base: u32,
+        count: usize,
+        durable: bool,
+    ) -> Result<(), Failure> {
+        let last = count.saturating_sub(1);
         w.next_seq += count as u64;
         w.written = base + count as u32;
         self.durability.note_written(w.written);
         if let Err(e) = self.step(InjectionPoint::Indexed) {
             // Nothing real fails here; an injected failure stands for "the
             // writer died with indexed, unpublished events": stop writing.
-            self.durability.poison(e.to_string());
-            return Err(Failure::at(
-                count.saturating_sub(1),
-                BatchStage::Indexing,
-                e,
-            ));
+            self.durability.poison(e.display_chain().to_string());
+            return Err(Failure::at(last, BatchStage::Indexing, e));
         }
         if !self.config.durable_receipts() {
             self.durability.publish(w.written);
@@ -489,6 +512,21 @@ impl Shared {
                 if let Some(f) = &self.flusher {
                     f.kick();
                 }
+            }
+        } else if !durable {
+            // A relaxed call in a durable store: its receipt means "handed
+            // to the operating system", so its frames leave the write
+            // buffer now. It becomes visible when the sync started here
+            // covers it (durable-mode visibility, SPEC §5).
+            if let Err(e) = w.active.flush_pending() {
+                self.durability.poison(format!(
+                    "could not write a relaxed append: {}",
+                    e.display_chain()
+                ));
+                return Err(Failure::at(last, BatchStage::Writing, e));
+            }
+            if let Some(f) = &self.flusher {
+                f.kick();
             }
         }
         Ok(())
@@ -546,8 +584,10 @@ impl Shared {
             SEGMENT_HEADER_LEN as u64
         };
         if let Err(e) = w.active.roll_back_to(from, self.log.sync_mode()) {
-            self.durability
-                .poison(format!("could not take back a failed append: {e}"));
+            self.durability.poison(format!(
+                "could not take back a failed append: {}",
+                e.display_chain()
+            ));
         }
     }
 
@@ -681,7 +721,7 @@ impl Shared {
             .log
             .rotate(&mut w.active, frame_len, now_us)
             .inspect_err(|e| {
-                tracing::warn!(error = %e, "segment rotation failed");
+                tracing::warn!(error = %e.display_chain(), "segment rotation failed");
             })?;
         let sealed = w.active.segment().id();
         w.active = new;

@@ -26,6 +26,9 @@ pub struct AppendOptions {
     pub causation_id: Option<u128>,
     /// `FLAG_*` bits carried in the header.
     pub flags: u8,
+    /// This call's durability; `None` (the default): the store's
+    /// (`sync.every_n_events`). See [`Durability`].
+    pub durability: Option<Durability>,
 }
 
 impl AppendOptions {
@@ -72,6 +75,69 @@ impl AppendOptions {
         self.causation_id = Some(id);
         self
     }
+    /// Override the store's durability for this call (see [`Durability`]).
+    #[must_use]
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+}
+
+/// When one append call's receipt comes, beside the store-wide default
+/// (`sync.every_n_events`: 1 is durable, more is relaxed), as other
+/// embedded databases offer per transaction (ADR 0030).
+///
+/// - `Durable`: the receipt comes after the event is on stable storage,
+///   even in a relaxed store. It shares its fsync with every other append
+///   waiting at the time (group commit), and the fsync covers every event
+///   written before it.
+/// - `Relaxed`: the receipt comes once the event has been handed to the
+///   operating system (it survives a crash of the process, not a power
+///   loss), even in a durable store. In a durable store it stays invisible
+///   to readers (including the caller's own `get`) until a sync covers it,
+///   which the store starts at once in the background: a reader never sees
+///   an event a power loss can take (SPEC §5). [`crate::store::Store::sync`]
+///   waits for it.
+///
+/// A batch is one commit: it is durable if any item asks for `Durable`,
+/// else relaxed if any asks for `Relaxed`, else the store's default
+/// ([`Durability::strongest`]).
+///
+/// ```
+/// use batpak::prelude::*;
+/// # let dir = tempfile::tempdir().unwrap();
+/// // A relaxed store: most receipts come before the fsync...
+/// let store = Store::open(StoreConfig::new(dir.path()).with_sync_every_n_events(100))?;
+/// let coord = Coordinate::new("account:1", "bank")?;
+/// store.append(&coord, EventKind::custom(1, 1), &"viewed")?;
+/// // ...but this one only once it is on stable storage.
+/// let opts = AppendOptions::new().with_durability(Durability::Durable);
+/// store.append_with_options(&coord, EventKind::custom(1, 2), &"paid", opts)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Receipt after the fsync.
+    Durable,
+    /// Receipt after the write to the operating system.
+    Relaxed,
+}
+
+impl Durability {
+    /// The durability of one commit made of several requests: `Durable` if
+    /// any asks for it, else `Relaxed` if any asks for it, else `None` (the
+    /// store's default).
+    pub fn strongest(requests: impl IntoIterator<Item = Option<Durability>>) -> Option<Durability> {
+        let mut strongest = None;
+        for request in requests.into_iter().flatten() {
+            match request {
+                Durability::Durable => return Some(Durability::Durable),
+                Durability::Relaxed => strongest = Some(Durability::Relaxed),
+            }
+        }
+        strongest
+    }
 }
 
 /// Proof of an append: the event id, its global sequence and where it lives.
@@ -88,6 +154,7 @@ pub struct AppendReceipt {
 
 /// Where a batch item's causation points.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CausationRef {
     /// Use `options.causation_id` (or, in a reaction batch, the batch's causation).
     #[default]

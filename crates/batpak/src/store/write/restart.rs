@@ -140,7 +140,9 @@ impl Shared {
         }));
         match synced {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "batpak: sync after a writer crash failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.display_chain(), "batpak: sync after a writer crash failed")
+            }
             Err(_) => tracing::warn!("batpak: sync after a writer crash panicked"),
         }
     }
