@@ -87,7 +87,7 @@ fn raw(u: &mut Unstructured<'_>) -> bool {
 
 /// Recompute the CRC of the frame at `at` over the length it claims, when
 /// that many bytes are present.
-fn reseal_frame_at(buf: &mut [u8], at: usize) {
+pub fn reseal_frame_at(buf: &mut [u8], at: usize) {
     let Some(len) = read_int(buf, at + 4, 4) else {
         return;
     };
@@ -103,7 +103,7 @@ fn reseal_frame_at(buf: &mut [u8], at: usize) {
 }
 
 /// One frame decode, and its agreement with `probe`.
-fn check_frame(buf: &[u8], pos: usize) {
+pub fn check_frame(buf: &[u8], pos: usize) {
     let rest = buf.get(pos..).unwrap_or(&[]);
     let (decoded, u) = measure(|| f::decode_frame(rest));
     within(u, rest.len(), Bound::ERRORS_ONLY, "decode_frame");
@@ -136,7 +136,7 @@ fn check_frame(buf: &[u8], pos: usize) {
 }
 
 /// `next_valid_frame` returns the first valid frame at or after `from`.
-fn check_resync(buf: &[u8], from: usize) {
+pub fn check_resync(buf: &[u8], from: usize) {
     let (found, u) = measure(|| f::next_valid_frame(buf, from));
     within(u, buf.len(), Bound::ERRORS_ONLY, "next_valid_frame");
     let marker = f::FRAME_MARKER.to_le_bytes();
@@ -158,7 +158,7 @@ fn check_resync(buf: &[u8], from: usize) {
 
 /// The recovery loop: probe, and resynchronise after damage. It must end,
 /// moving forward at every step; returns the frames found.
-pub(crate) fn scan(buf: &[u8], start: usize) -> usize {
+pub fn scan(buf: &[u8], start: usize) -> usize {
     let mut pos = start;
     let mut frames = 0;
     let (ended, u) = measure(|| {
@@ -194,7 +194,7 @@ pub(crate) fn scan(buf: &[u8], start: usize) -> usize {
 
 /// An event record decode; a decoded record re-encodes to a frame that
 /// decodes to the same record.
-fn check_event(body: &[u8]) {
+pub fn check_event(body: &[u8]) {
     let (r, u) = measure(|| f::decode_event(body));
     within(u, body.len(), Bound::ERRORS_ONLY, "decode_event");
     match r {
@@ -265,7 +265,7 @@ pub fn event(data: &[u8]) {
 // Segment header
 // ---------------------------------------------------------------------------
 
-fn check_segment_header(b: &[u8]) {
+pub fn check_segment_header(b: &[u8]) {
     let (r, u) = measure(|| f::decode_segment_header(b));
     within(u, b.len(), Bound::ERRORS_ONLY, "decode_segment_header");
     match r {
@@ -312,7 +312,7 @@ fn footer_bound() -> Bound {
     }
 }
 
-pub(crate) fn check_footer(bytes: &[u8]) {
+pub fn check_footer(bytes: &[u8]) {
     let (r, u) = measure(|| f::decode_footer(bytes));
     within(u, bytes.len(), footer_bound(), "decode_footer");
     match r {
@@ -395,7 +395,7 @@ pub fn footer(data: &[u8]) {
 
 /// Make the checkpoint header agree with the (damaged) body: `mode` 1 fixes
 /// the checksum, 2 the length and the checksum.
-pub(crate) fn reseal_checkpoint(b: &mut [u8], mode: u8) {
+pub fn reseal_checkpoint(b: &mut [u8], mode: u8) {
     if b.len() < 24 || mode == 0 {
         return;
     }
@@ -423,7 +423,7 @@ fn checkpoint_bound() -> Bound {
     }
 }
 
-pub(crate) fn check_checkpoint(b: &[u8]) {
+pub fn check_checkpoint(b: &[u8]) {
     let (r, u) = measure(|| f::decode_checkpoint(b));
     within(u, b.len(), checkpoint_bound(), "decode_checkpoint");
     match r {
@@ -484,7 +484,7 @@ pub fn checkpoint(data: &[u8]) {
 // ---------------------------------------------------------------------------
 
 /// `mode` 1 recomputes the trailing CRC, 2 also the body length.
-pub(crate) fn reseal_removed(b: &mut [u8], mode: u8) {
+pub fn reseal_removed(b: &mut [u8], mode: u8) {
     if b.len() < 44 || mode == 0 {
         return;
     }
@@ -506,7 +506,7 @@ fn removed_bound() -> Bound {
     }
 }
 
-pub(crate) fn check_removed(b: &[u8]) {
+pub fn check_removed(b: &[u8]) {
     let (r, u) = measure(|| f::decode_removed(b));
     within(u, b.len(), removed_bound(), "decode_removed");
     match r {
@@ -547,7 +547,7 @@ pub fn removed(data: &[u8]) {
 
 /// `mode` 1 recomputes the trailing CRC, 2 also the deleted count (to
 /// match the file's length, when the output count allows it).
-pub(crate) fn reseal_intent(b: &mut [u8], mode: u8) {
+pub fn reseal_intent(b: &mut [u8], mode: u8) {
     if b.len() < 28 || mode == 0 {
         return;
     }
@@ -571,7 +571,7 @@ fn intent_bound() -> Bound {
     }
 }
 
-pub(crate) fn check_intent(b: &[u8]) {
+pub fn check_intent(b: &[u8]) {
     let (r, u) = measure(|| f::decode_intent(b));
     within(u, b.len(), intent_bound(), "decode_intent");
     match r {
@@ -633,7 +633,7 @@ fn payload_bound() -> Bound {
     }
 }
 
-pub(crate) fn check_payload(b: &[u8]) {
+pub fn check_payload(b: &[u8]) {
     let (r, u) = measure(|| f::decode_payload(b));
     within(u, b.len(), payload_bound(), "decode_payload");
     let (v, u) = measure(|| f::validate_payload(b));
@@ -796,7 +796,7 @@ pub fn payload(data: &[u8]) {
 const CACHE_FIELDS: &[Field] = &[(4, 4), (8, 8), (16, 8), (24, 4), (28, 4)];
 
 /// `mode` 1 recomputes the trailing CRC, 2 also the value length.
-pub(crate) fn reseal_cache(b: &mut [u8], mode: u8) {
+pub fn reseal_cache(b: &mut [u8], mode: u8) {
     if b.len() < 36 || mode == 0 {
         return;
     }
@@ -822,7 +822,7 @@ fn cache_bound() -> Bound {
 }
 
 /// Put an entry, replace its file by `damage(file)`, read it back.
-pub(crate) fn check_cache_file(key: &[u8], value: &[u8], damage: impl FnOnce(&[u8]) -> Vec<u8>) {
+pub fn check_cache_file(key: &[u8], value: &[u8], damage: impl FnOnce(&[u8]) -> Vec<u8>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = NativeCache::open(dir.path()).expect("open cache");
     let meta = CacheMeta {

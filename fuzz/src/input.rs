@@ -22,7 +22,7 @@ const SPECIAL: &[u64] = &[
 ];
 
 /// A special value, a small one, or any.
-pub(crate) fn special(u: &mut Unstructured<'_>) -> u64 {
+pub fn special(u: &mut Unstructured<'_>) -> u64 {
     match u.int_in_range(0..=3u8).unwrap_or(0) {
         0 | 1 => SPECIAL[u.choose_index(SPECIAL.len()).unwrap_or(0)],
         2 => u.int_in_range(0..=5000u64).unwrap_or(0),
@@ -31,10 +31,10 @@ pub(crate) fn special(u: &mut Unstructured<'_>) -> u64 {
 }
 
 /// A known integer field of a format: offset and width in bytes.
-pub(crate) type Field = (usize, usize);
+pub type Field = (usize, usize);
 
 #[derive(Clone, Debug)]
-pub(crate) enum Mutation {
+pub enum Mutation {
     /// XOR a byte (position modulo the length).
     Xor(usize, u8),
     /// Write a little-endian integer of 1, 2, 4 or 8 bytes anywhere.
@@ -90,7 +90,7 @@ fn mutation(u: &mut Unstructured<'_>) -> Mutation {
 }
 
 /// One to four mutations.
-pub(crate) fn mutations(u: &mut Unstructured<'_>) -> Vec<Mutation> {
+pub fn mutations(u: &mut Unstructured<'_>) -> Vec<Mutation> {
     let n = u.int_in_range(1..=4usize).unwrap_or(1);
     (0..n).map(|_| mutation(u)).collect()
 }
@@ -98,7 +98,7 @@ pub(crate) fn mutations(u: &mut Unstructured<'_>) -> Vec<Mutation> {
 /// How to make a file's header agree with a damaged body: 0 not at all,
 /// 1 the checksum, 2 the length and the checksum (mostly 2, so that the
 /// damage reaches the body parser).
-pub(crate) fn reseal_mode(u: &mut Unstructured<'_>) -> u8 {
+pub fn reseal_mode(u: &mut Unstructured<'_>) -> u8 {
     match u.int_in_range(0..=8u8).unwrap_or(8) {
         0 => 0,
         1 | 2 => 1,
@@ -108,7 +108,7 @@ pub(crate) fn reseal_mode(u: &mut Unstructured<'_>) -> u8 {
 
 /// `prefix` (a magic number, say) followed by the rest of the input,
 /// sometimes cut inside the prefix.
-pub(crate) fn after(u: &mut Unstructured<'_>, prefix: &[u8]) -> Vec<u8> {
+pub fn after(u: &mut Unstructured<'_>, prefix: &[u8]) -> Vec<u8> {
     let cut = u.int_in_range(0..=prefix.len() + 8).unwrap_or(0);
     let mut v = prefix[..cut.min(prefix.len())].to_vec();
     v.extend_from_slice(rest(u));
@@ -116,18 +116,18 @@ pub(crate) fn after(u: &mut Unstructured<'_>, prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Everything left of the input.
-pub(crate) fn rest<'a>(u: &mut Unstructured<'a>) -> &'a [u8] {
+pub fn rest<'a>(u: &mut Unstructured<'a>) -> &'a [u8] {
     std::mem::replace(u, Unstructured::new(&[])).take_rest()
 }
 
-pub(crate) fn read_int(buf: &[u8], at: usize, width: usize) -> Option<u64> {
+pub fn read_int(buf: &[u8], at: usize, width: usize) -> Option<u64> {
     let b = buf.get(at..at.checked_add(width)?)?;
     let mut a = [0u8; 8];
     a[..width].copy_from_slice(b);
     Some(u64::from_le_bytes(a))
 }
 
-pub(crate) fn write_int(buf: &mut [u8], at: usize, width: usize, value: u64) {
+pub fn write_int(buf: &mut [u8], at: usize, width: usize, value: u64) {
     if let Some(b) = at.checked_add(width).and_then(|end| buf.get_mut(at..end)) {
         b.copy_from_slice(&value.to_le_bytes()[..width]);
     }
@@ -170,7 +170,7 @@ fn apply(buf: &mut Vec<u8>, m: &Mutation, fields: &[Field]) {
 }
 
 /// `base` with `muts` applied in order.
-pub(crate) fn mutate(base: &[u8], muts: &[Mutation], fields: &[Field]) -> Vec<u8> {
+pub fn mutate(base: &[u8], muts: &[Mutation], fields: &[Field]) -> Vec<u8> {
     let mut v = base.to_vec();
     for m in muts {
         apply(&mut v, m, fields);

@@ -15,9 +15,9 @@
 pub mod alloc;
 pub mod decoders;
 pub mod driver;
-mod input;
+pub mod input;
 pub mod model;
-mod samples;
+pub mod samples;
 
 /// A fuzz target: panics when a property fails.
 pub type Target = fn(&[u8]);

@@ -14,7 +14,7 @@ use serde_json::json;
 use std::sync::OnceLock;
 
 /// Integer fields of an event record body.
-pub(crate) const EVENT_FIELDS: &[Field] = &[
+pub const EVENT_FIELDS: &[Field] = &[
     (0, 1),
     (4, 2),
     (6, 2),
@@ -27,29 +27,29 @@ pub(crate) const EVENT_FIELDS: &[Field] = &[
 ];
 
 /// Integer fields of a segment header.
-pub(crate) const SEGMENT_FIELDS: &[Field] = &[(8, 2), (10, 2), (12, 4), (16, 8), (24, 8), (60, 4)];
+pub const SEGMENT_FIELDS: &[Field] = &[(8, 2), (10, 2), (12, 4), (16, 8), (24, 8), (60, 4)];
 
-pub(crate) struct Samples {
+pub struct Samples {
     /// Event record bodies of different shapes.
-    pub(crate) event_bodies: Vec<Vec<u8>>,
+    pub event_bodies: Vec<Vec<u8>>,
     /// A segment header, those records as frames, then zero fill.
-    pub(crate) segment: Vec<u8>,
-    pub(crate) segment_fields: Vec<Field>,
-    pub(crate) frame_starts: Vec<usize>,
+    pub segment: Vec<u8>,
+    pub segment_fields: Vec<Field>,
+    pub frame_starts: Vec<usize>,
     /// A sealed segment file (trailing zero fill trimmed to 64 bytes).
-    pub(crate) sealed: Vec<u8>,
+    pub sealed: Vec<u8>,
     /// Where its footer frame starts.
-    pub(crate) footer_at: usize,
+    pub footer_at: usize,
     /// Integer fields of the footer frame and trailer, from its start.
-    pub(crate) footer_fields: Vec<Field>,
-    pub(crate) checkpoint: Vec<u8>,
-    pub(crate) checkpoint_fields: Vec<Field>,
-    pub(crate) removed: Vec<u8>,
-    pub(crate) removed_fields: Vec<Field>,
+    pub footer_fields: Vec<Field>,
+    pub checkpoint: Vec<u8>,
+    pub checkpoint_fields: Vec<Field>,
+    pub removed: Vec<u8>,
+    pub removed_fields: Vec<Field>,
 }
 
 /// The samples, built on first use.
-pub(crate) fn samples() -> &'static Samples {
+pub fn samples() -> &'static Samples {
     static SAMPLES: OnceLock<Samples> = OnceLock::new();
     SAMPLES.get_or_init(build)
 }
@@ -130,6 +130,17 @@ fn write_store(dir: &std::path::Path) {
             min_segments: 2,
         })
         .expect("tombstone compaction");
+    // More sealed segments, so that the second compaction has work too.
+    for n in 40..80u64 {
+        store
+            .append_with_options(
+                &coord(&format!("fill:{}", n % 4), "t"),
+                kind,
+                &json!({"n": n, "pad": "p".repeat(150)}),
+                id(),
+            )
+            .expect("append");
+    }
     store
         .compact(&CompactionConfig {
             strategy: CompactionStrategy::Retention(Box::new(move |e| !fill(e, "fill:1"))),
@@ -219,6 +230,10 @@ fn build() -> Samples {
     let checkpoint_fields = checkpoint_fields(&checkpoint);
     let removed = read("removed.bpk");
     let removed_fields = removed_fields(&removed);
+    assert!(
+        removed_fields.len() > 4,
+        "the sample record lists removed events"
+    );
     Samples {
         event_bodies,
         segment,
@@ -243,7 +258,7 @@ fn u16_at(b: &[u8], at: usize) -> usize {
 }
 
 /// Integer fields of a footer frame followed by its trailer.
-pub(crate) fn footer_fields(b: &[u8]) -> Vec<Field> {
+pub fn footer_fields(b: &[u8]) -> Vec<Field> {
     let h = f::FRAME_HEADER_LEN;
     let mut v = vec![
         (4, 4),
@@ -279,7 +294,7 @@ pub(crate) fn footer_fields(b: &[u8]) -> Vec<Field> {
 
 /// Integer fields of a checkpoint, found by walking its layout: every
 /// count, string length and reference.
-pub(crate) fn checkpoint_fields(b: &[u8]) -> Vec<Field> {
+pub fn checkpoint_fields(b: &[u8]) -> Vec<Field> {
     let mut v = vec![(8, 2), (16, 8)];
     let mut at = 24 + 8;
     v.push((at, 4));
@@ -349,7 +364,7 @@ pub(crate) fn checkpoint_fields(b: &[u8]) -> Vec<Field> {
 
 /// Integer fields of a removed-event record: header counts, then each
 /// entry's string lengths.
-pub(crate) fn removed_fields(b: &[u8]) -> Vec<Field> {
+pub fn removed_fields(b: &[u8]) -> Vec<Field> {
     let mut v = vec![(8, 2), (16, 8), (24, 8), (32, 8)];
     let entries = read_int(b, 16, 8).unwrap_or(0);
     let mut at = 40;
