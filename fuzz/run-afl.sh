@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 target="${1:?usage: fuzz/run-afl.sh <target> [seconds]}"
 seconds="${2:-600}"
 
-cargo run -q -p batpak-fuzz --bin fuzz-run -- list | grep -qx "$target" || {
-  echo "unknown target $target; one of:" >&2
-  cargo run -q -p batpak-fuzz --bin fuzz-run -- list >&2
+targets="$(cargo run -q -p batpak-fuzz --bin fuzz-run -- list)"
+grep -qx "$target" <<<"$targets" || {
+  printf 'unknown target %s; one of:\n%s\n' "$target" "$targets" >&2
   exit 2
 }
 command -v cargo-afl >/dev/null || {

@@ -6,7 +6,9 @@
 //! retry (same request, or the same key at another coordinate), batch
 //! append, explicit sync, compaction (merge, or retention of chosen
 //! events), snapshot to a new directory and open it, crash and reopen
-//! (`simulate_crash`), power loss and reopen (`simulate_power_loss`).
+//! (`simulate_crash`), power loss and reopen (`simulate_power_loss`), and
+//! one injected I/O failure (a write, an fsync, a rotation, a segment
+//! creation) followed by a reopen.
 //!
 //! The model holds, per acknowledged event: id, coordinate, kind, payload,
 //! global sequence, clock, and whether it is durable. In durable mode (sync
@@ -24,7 +26,9 @@
 
 use arbitrary::Unstructured;
 use batpak::prelude::*;
-use batpak::store::{CompactionConfig, CompactionStrategy};
+use batpak::store::{
+    CompactionConfig, CompactionStrategy, CountdownInjector, FaultAction, InjectionPoint,
+};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -442,6 +446,80 @@ impl Run {
         check(&snap, &self.model);
     }
 
+    /// Reopen with one injected I/O failure (a write, an fsync's `EIO`, a
+    /// rotation, a segment creation), append until an append fails, reopen
+    /// without it. Acknowledged events all survive; the failed append is
+    /// either absent or there whole, as the newest of its entity.
+    fn io_failure(&mut self, u: &mut Unstructured<'_>) {
+        let points = [
+            InjectionPoint::ItemWritten(0),
+            InjectionPoint::FramesWritten,
+            InjectionPoint::Indexed,
+            InjectionPoint::BeforeSync,
+            InjectionPoint::Sync,
+            InjectionPoint::BeforeRotate,
+            InjectionPoint::SegmentCreated,
+        ];
+        let point = points[u.choose_index(points.len()).unwrap_or(0)];
+        let nth = u.int_in_range(1..=3u64).unwrap_or(1);
+        self.store = None;
+        let mut cfg = self.config(self.dir.path());
+        cfg.fault_injector = Some(Arc::new(CountdownInjector::new(
+            point,
+            nth,
+            FaultAction::Fail,
+        )));
+        let Ok(store) = Store::open(cfg) else {
+            // The fault hit the open itself; nothing was appended.
+            self.reopen();
+            return;
+        };
+        self.store = Some(store);
+        let mut failed = None;
+        for _ in 0..4 {
+            let e = entity(u.arbitrary().unwrap_or(0));
+            let (n, pad) = self.next_payload(u);
+            let payload = json!({ "n": n, "pad": "p".repeat(pad) });
+            match self.store().append(&coord(&e), KINDS[0], &payload) {
+                Ok(r) => self.expect_appended(r, &e, KINDS[0], n, pad),
+                Err(_) => {
+                    failed = Some((e, n, pad));
+                    break;
+                }
+            }
+        }
+        self.reopen();
+        let known: BTreeSet<u128> = self.model.events.keys().copied().collect();
+        let extra: Vec<IndexEntry> = self
+            .store()
+            .query(&Region::all())
+            .into_iter()
+            .filter(|x| !known.contains(&x.event_id))
+            .collect();
+        assert!(
+            extra.len() <= 1,
+            "{point:?}: {} unknown events",
+            extra.len()
+        );
+        if let Some(x) = extra.first() {
+            let (e, n, pad) = failed.expect("an unknown event without a failed append");
+            let got = self.store().get(x.event_id).expect("get");
+            assert_eq!(x.coord.entity(), e, "{point:?}: the failed append's entity");
+            assert_eq!(
+                got.event.payload,
+                json!({ "n": n, "pad": "p".repeat(pad) }),
+                "{point:?}: the failed append's payload"
+            );
+            let r = AppendReceipt {
+                event_id: x.event_id,
+                sequence: x.global_sequence,
+                disk_pos: x.disk_pos,
+            };
+            self.expect_appended(r, &e, KINDS[0], n, pad);
+        }
+        self.settle_after_loss("I/O failure");
+    }
+
     fn crash(&mut self) {
         self.store().simulate_crash().expect("simulate crash");
         self.reopen();
@@ -571,7 +649,8 @@ pub fn model(data: &[u8]) {
             14 | 15 => run.compact(&mut u),
             16 => run.snapshot(),
             17 => run.crash(),
-            _ => run.power_loss(),
+            18 => run.power_loss(),
+            _ => run.io_failure(&mut u),
         }
         check(run.store(), &run.model);
     }

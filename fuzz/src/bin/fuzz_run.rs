@@ -9,6 +9,7 @@
 
 use batpak_fuzz::driver::{self, Budget, Rng};
 use batpak_fuzz::{target, TARGETS};
+use std::io::Write;
 use std::time::Duration;
 
 fn usage() -> ! {
@@ -21,8 +22,10 @@ fn main() {
     match args.first().map(String::as_str) {
         None => usage(),
         Some("list") => {
+            // A closed pipe (`| grep -q`) is not an error here.
+            let mut out = std::io::stdout().lock();
             for (name, _) in TARGETS {
-                println!("{name}");
+                let _ = writeln!(out, "{name}");
             }
         }
         Some("replay") => {
