@@ -284,7 +284,9 @@ pub fn segment_header(data: &[u8]) {
         let created: i64 = u.arbitrary().unwrap_or(0);
         let muts = mutations(&mut u);
         let reseal: bool = u.arbitrary().unwrap_or(false);
-        let h = f::SegmentHeader::new(id, created).encode();
+        let header = f::SegmentHeader::new(id, created);
+        let h = header.encode();
+        assert_eq!(f::decode_segment_header(&h), Ok(header));
         let mut b = mutate(&h, &muts, SEGMENT_FIELDS);
         if reseal && b.len() >= f::SEGMENT_HEADER_LEN {
             let crc = crc32fast::hash(&b[..60]);
@@ -424,6 +426,15 @@ fn checkpoint_bound() -> Bound {
 }
 
 pub fn check_checkpoint(b: &[u8]) {
+    // Rebuilding the index interns every entity and scope name in a
+    // process-wide table that is never freed (ADR 0020), before the rest of
+    // the image is checked. The first decode of new names may grow that
+    // table: a cost proportional to every name the process ever interned,
+    // not to this input, which the bound below cannot hold (the fuzzer found
+    // a 6.5 KB checkpoint charged 139 KB after half a million inputs). So
+    // decode once to intern this input's names, then measure a second
+    // decode, which allocates only for this input.
+    let _ = f::decode_checkpoint(b);
     let (r, u) = measure(|| f::decode_checkpoint(b));
     within(u, b.len(), checkpoint_bound(), "decode_checkpoint");
     match r {
@@ -744,6 +755,7 @@ pub fn payload(data: &[u8]) {
         1 => {
             let v = value(&mut u, 4);
             let b = f::encode_payload(&v).expect("an arbitrary value encodes");
+            assert_eq!(f::decode_payload(&b), Ok(v), "decode(encode(v)) == v");
             check_payload(&b);
             let muts = mutations(&mut u);
             check_payload(&mutate(&b, &muts, &[]));
