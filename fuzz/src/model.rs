@@ -91,6 +91,10 @@ struct Model {
     keys: HashMap<u128, Keyed>,
     /// Ids removed by retention (never served again).
     removed: BTreeSet<u128>,
+    /// Per entity, the newest clock among its removed events: the store
+    /// keeps removed clocks reserved, so after a power cut takes the newer
+    /// events the next append continues after it.
+    removed_clock: HashMap<String, u32>,
     next_n: u64,
 }
 
@@ -124,10 +128,11 @@ impl Model {
         }
         self.order.retain(|id| !lost.contains(id));
         self.keys.retain(|_, k| !lost.contains(&k.event_id));
-        self.newest.clear();
+        self.newest = self.removed_clock.clone();
         for id in &self.order {
             if let Some(e) = self.events.get(id) {
-                self.newest.insert(e.entity.clone(), e.clock);
+                let c = self.newest.entry(e.entity.clone()).or_insert(e.clock);
+                *c = (*c).max(e.clock);
             }
         }
     }
@@ -419,10 +424,13 @@ impl Run {
                     ev.tombstoned = true;
                     continue;
                 }
-                assert!(
-                    self.model.events.remove(id).is_some(),
-                    "removed an unknown event"
-                );
+                let ev = self.model.events.remove(id).expect("removed a known event");
+                let c = self
+                    .model
+                    .removed_clock
+                    .entry(ev.entity)
+                    .or_insert(ev.clock);
+                *c = (*c).max(ev.clock);
                 self.model.removed.insert(*id);
             }
             r
@@ -560,6 +568,21 @@ impl Run {
                     e.entity
                 );
                 lost.insert(*id);
+            }
+        }
+        if std::env::var_os("BATPAK_FUZZ_TRACE").is_some() {
+            for id in &lost {
+                let e = &self.model.events[id];
+                let clocks: Vec<u32> = self
+                    .store()
+                    .stream(&e.entity)
+                    .iter()
+                    .map(|x| x.clock)
+                    .collect();
+                eprintln!(
+                    "model: {what} lost {id:032x} ({}, clock {}, sequence {}); the store's clocks of it now {clocks:?}",
+                    e.entity, e.clock, e.sequence
+                );
             }
         }
         for b in &self.model.batches {
