@@ -611,6 +611,7 @@ fn check(store: &Store, m: &Model) {
     for (id, ev) in &m.events {
         let entry = served[id];
         assert_eq!(entry.coord.entity(), ev.entity);
+        assert_eq!(entry.coord.scope(), "scope");
         assert_eq!(entry.kind, ev.kind(), "kind of {id:032x}");
         assert_eq!(entry.global_sequence, ev.sequence, "sequence of {id:032x}");
         assert_eq!(entry.clock, ev.clock, "clock of {id:032x}");
