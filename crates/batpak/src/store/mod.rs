@@ -35,6 +35,10 @@ pub mod fault;
 #[allow(dead_code, unreachable_pub)]
 mod fault;
 mod format;
+/// The decoders' entry points for the fuzz crate; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use format::fuzzing;
 mod huge_pages;
 pub mod index;
 mod log;

@@ -69,8 +69,8 @@ pub(crate) mod chain;
 pub(crate) mod checkpoint;
 pub(crate) mod footer;
 pub(crate) mod frame;
-#[cfg(test)]
-mod fuzz;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod intent;
 pub(crate) mod payload;
 pub(crate) mod payload_de;
