@@ -5,7 +5,7 @@
 //! disk keeps through a crash or a power cut.
 //!
 //! Production code never calls an injector: it calls the seam
-//! ([`Io`](crate::store::log::Io)), which in a build without the feature is
+//! (`log::Io`), which in a build without the feature is
 //! the operating system alone. Without the feature this module defines only
 //! the types `StoreConfig` names, and no type implements [`FaultInjector`],
 //! so `StoreConfig::fault_injector` can only be `None` and a release build
