@@ -148,30 +148,7 @@ impl<'a> ChainInput<'a> {
 /// (all zeros without the `blake3` feature).
 #[must_use]
 pub fn event_hash(prev_hash: &[u8; 32], input: &ChainInput<'_>) -> [u8; 32] {
-    let rec = EventRecord {
-        flags: input.flags,
-        kind: input.kind.raw(),
-        clock: input.clock,
-        // Not hashed: where the event sits in one backend's log.
-        global_seq: 0,
-        timestamp_us: input.timestamp_us,
-        hlc_counter: 0,
-        batch_size: 0,
-        batch_index: 0,
-        event_id: input.event_id,
-        correlation_id: input.correlation_id,
-        causation_id: input.causation_id,
-        prev_hash: [0; 32],
-        event_hash: [0; 32],
-        content_hash: input.content_hash,
-        entity: input.entity,
-        scope: input.scope,
-        payload_len: input.payload_len,
-        redacted: false,
-        payload: &[],
-        payload_version: 0,
-    };
-    chain::event_hash(prev_hash, &rec)
+    event_hash_versioned(prev_hash, input, 1)
 }
 
 /// [`event_hash`] of an event whose payload has schema version
@@ -186,6 +163,7 @@ pub fn event_hash_versioned(
         flags: input.flags,
         kind: input.kind.raw(),
         clock: input.clock,
+        // Not hashed: where the event sits in one backend's log.
         global_seq: 0,
         timestamp_us: input.timestamp_us,
         hlc_counter: 0,

@@ -360,14 +360,7 @@ pub trait EventStore: Send + Sync {
         &'a self,
         region: &Region,
     ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
-        match self.query(region) {
-            Ok(entries) => Box::new(
-                entries
-                    .into_iter()
-                    .map(move |e| self.get_versioned(e.event_id)),
-            ),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
+        each_event(self, self.query(region))
     }
 
     /// Every event of exactly this entity with its payload version, lazily,
@@ -376,14 +369,7 @@ pub trait EventStore: Send + Sync {
         &'a self,
         entity: &str,
     ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
-        match self.stream(entity) {
-            Ok(entries) => Box::new(
-                entries
-                    .into_iter()
-                    .map(move |e| self.get_versioned(e.event_id)),
-            ),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
+        each_event(self, self.stream(entity))
     }
 
     /// Every event matching `region`, payloads as stored, lazily.
@@ -665,5 +651,21 @@ impl EventStore for Store {
         entity: &str,
     ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
         Box::new(Store::stream_events_as(self, entity))
+    }
+}
+
+/// Each listed entry's event, read as it is reached; a listing failure is
+/// the only item.
+fn each_event<'a, S: EventStore + ?Sized>(
+    store: &'a S,
+    entries: Result<Vec<IndexEntry>, StoreError>,
+) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
+    match entries {
+        Ok(entries) => Box::new(
+            entries
+                .into_iter()
+                .map(move |e| store.get_versioned(e.event_id)),
+        ),
+        Err(e) => Box::new(std::iter::once(Err(e))),
     }
 }
