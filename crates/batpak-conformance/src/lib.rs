@@ -32,6 +32,7 @@ pub use delivery::*;
 pub use typed::{
     event_iterators_match_the_listings, typed_events_round_trip_with_their_versions,
     typed_reads_refuse_what_does_not_fit, upcasters_apply_on_every_read_path,
+    versioned_events_import_with_their_versions,
 };
 
 use batpak::prelude::*;
@@ -147,6 +148,7 @@ macro_rules! __for_each_check {
             typed_events_round_trip_with_their_versions,
             upcasters_apply_on_every_read_path,
             typed_reads_refuse_what_does_not_fit,
+            versioned_events_import_with_their_versions,
             event_iterators_match_the_listings,
             per_call_durability_keeps_every_other_rule,
         );

@@ -378,9 +378,9 @@ impl EventStore for PgStore {
             .map_err(write::AppendError::into_batch_error)
     }
 
-    fn import_events(
+    fn import_versioned_events(
         &self,
-        events: Vec<StoredEvent<Value>>,
+        events: Vec<VersionedEvent>,
     ) -> Result<Vec<AppendReceipt>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());

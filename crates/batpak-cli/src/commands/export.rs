@@ -11,14 +11,17 @@
 //!  "entity":"order:1","scope":"tenant:a","kind":4097,"flags":0,
 //!  "timestamp_us":1714567890123456,"clock":1,"global_sequence":0,
 //!  "hlc_counter":0,"content_hash":"<64 hex>","prev_hash":"<64 hex>","event_hash":"<64 hex>",
-//!  "payload":<any JSON>}
+//!  "payload_version":2,"payload":<any JSON>}
 //! ```
 //!
 //! `kind` is the raw u16, `flags` the user flag byte, `clock` the entity
 //! clock, `global_sequence` the source store's (a PostgreSQL position there).
 //! `hlc_counter` and the three hashes were added within version 1: with them
 //! `import` keeps every clock, time and hash and checks the chain; exports
-//! without them import as plain appends. Readers must reject a `v` they do
+//! without them import as plain appends. `payload_version` (the version the
+//! payload was written at, which the event hash covers) was added within
+//! version 1 too, and is written only when it is not 1: a line without it is
+//! version 1. Readers must reject a `v` they do
 //! not know; fields may be added within a version, so readers ignore fields
 //! they do not know.
 
@@ -58,11 +61,14 @@ pub struct Line {
     pub prev_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_version: Option<u16>,
     pub payload: serde_json::Value,
 }
 
 impl Line {
-    fn new(entry: &IndexEntry, ev: StoredEvent<serde_json::Value>) -> Self {
+    fn new(entry: &IndexEntry, versioned: VersionedEvent) -> Self {
+        let ev = versioned.event;
         let h = ev.event.header;
         let chain = ev.event.hash_chain.unwrap_or_default();
         Self {
@@ -81,6 +87,7 @@ impl Line {
             content_hash: Some(hex_bytes(&h.content_hash)),
             prev_hash: Some(hex_bytes(&chain.prev_hash)),
             event_hash: Some(hex_bytes(&chain.event_hash)),
+            payload_version: (versioned.payload_version != 1).then_some(versioned.payload_version),
             payload: ev.event.payload,
         }
     }
@@ -145,11 +152,7 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_line(
-    out: &mut dyn Write,
-    entry: &IndexEntry,
-    ev: StoredEvent<serde_json::Value>,
-) -> anyhow::Result<()> {
+fn write_line(out: &mut dyn Write, entry: &IndexEntry, ev: VersionedEvent) -> anyhow::Result<()> {
     // Serialized apart from the write so an I/O error (a closed pipe)
     // stays an io::Error rather than disappearing into serde's error.
     let mut line = serde_json::to_vec(&Line::new(entry, ev))?;
@@ -179,7 +182,7 @@ fn export_postgres(store: &PgStore, out: &mut dyn Write) -> anyhow::Result<u64> 
         after = Some(last.global_sequence);
         for entry in &entries {
             let ev = store
-                .get(entry.event_id)
+                .get_versioned(entry.event_id)
                 .with_context(|| format!("cannot read event {}", hex_id(entry.event_id)))?;
             write_line(out, entry, ev)?;
         }
@@ -202,7 +205,7 @@ fn export(store: &Store, total: u64, out: &mut dyn Write) -> anyhow::Result<()> 
         }
         for entry in &batch {
             let ev = store
-                .get(entry.event_id)
+                .get_versioned(entry.event_id)
                 .with_context(|| format!("cannot read event {}", hex_id(entry.event_id)))?;
             write_line(out, entry, ev)?;
         }

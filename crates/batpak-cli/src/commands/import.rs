@@ -4,8 +4,9 @@
 //!
 //! Lines that carry their hashes (every export of this version) are
 //! imported as they are: ids, links, kind, flags, payload, entity clock,
-//! timestamp and hashes are kept, and each event must continue its entity's
-//! chain in the target (`EventStore::import_events`); they go in groups of
+//! timestamp, payload version and hashes are kept, and each event must
+//! continue its entity's chain in the target
+//! (`EventStore::import_versioned_events`); they go in groups of
 //! up to 256, each group atomic. Older lines without hashes are appended
 //! with their id as idempotency key (clock and time assigned anew). Either
 //! way an event's id is its key, so importing twice, or re-running an
@@ -118,7 +119,7 @@ pub fn run(global: &Global, args: &Args) -> anyhow::Result<()> {
 /// Events waiting to be imported together, with the lines they came from.
 #[derive(Default)]
 struct Group {
-    events: Vec<StoredEvent<serde_json::Value>>,
+    events: Vec<VersionedEvent>,
     lines: Vec<u64>,
     bytes: usize,
 }
@@ -203,7 +204,7 @@ fn flush<S: EventStore>(store: &S, group: &mut Group, counts: &mut Counts) -> an
             }
         }
     };
-    match store.import_events(events.clone()) {
+    match store.import_versioned_events(events.clone()) {
         Ok(receipts) => {
             count(&receipts, counts);
             Ok(())
@@ -213,7 +214,7 @@ fn flush<S: EventStore>(store: &S, group: &mut Group, counts: &mut Counts) -> an
         {
             for (ev, line) in events.into_iter().zip(lines) {
                 let receipts = store
-                    .import_events(vec![ev])
+                    .import_versioned_events(vec![ev])
                     .with_context(|| format!("cannot import line {line}"))?;
                 count(&receipts, counts);
             }
@@ -244,7 +245,7 @@ fn parse_hash(s: &str) -> anyhow::Result<[u8; 32]> {
 
 /// The event a line describes completely, or `None` for an older line
 /// without its hashes.
-fn stored_event(line: &Line) -> anyhow::Result<Option<StoredEvent<serde_json::Value>>> {
+fn stored_event(line: &Line) -> anyhow::Result<Option<VersionedEvent>> {
     let (Some(hlc), Some(content), Some(prev), Some(hash)) = (
         line.hlc_counter,
         &line.content_hash,
@@ -267,12 +268,16 @@ fn stored_event(line: &Line) -> anyhow::Result<Option<StoredEvent<serde_json::Va
     )
     .with_flags(line.flags);
     header.content_hash = parse_hash(content)?;
-    Ok(Some(StoredEvent {
+    let event = StoredEvent {
         coordinate: Coordinate::new(&line.entity, &line.scope)?,
         event: Event::new(header, line.payload.clone()).with_hash_chain(HashChain {
             prev_hash: parse_hash(prev)?,
             event_hash: parse_hash(hash)?,
         }),
+    };
+    Ok(Some(VersionedEvent {
+        event,
+        payload_version: line.payload_version.unwrap_or(1),
     }))
 }
 
@@ -291,7 +296,13 @@ fn append_line<S: EventStore>(store: &S, line: &Line) -> anyhow::Result<bool> {
     let coord = Coordinate::new(&line.entity, &line.scope)?;
     let next = store.stats()?.global_sequence;
     let receipt = store
-        .append_with_options(&coord, EventKind::from_raw(line.kind), &line.payload, opts)
+        .append_versioned(
+            &coord,
+            EventKind::from_raw(line.kind),
+            &line.payload,
+            line.payload_version.unwrap_or(1),
+            opts,
+        )
         .with_context(|| format!("event {}", hex_id(event_id)))?;
     Ok(receipt.sequence >= next)
 }

@@ -159,6 +159,16 @@ pub struct VersionedEvent {
     pub payload_version: u16,
 }
 
+/// An event of an unversioned payload: version 1.
+impl From<StoredEvent<Value>> for VersionedEvent {
+    fn from(event: StoredEvent<Value>) -> Self {
+        Self {
+            event,
+            payload_version: 1,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Registered {
     name: &'static str,

@@ -135,6 +135,21 @@ pub trait EventStore: Send + Sync {
     fn import_events(
         &self,
         events: Vec<StoredEvent<Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        self.import_versioned_events(events.into_iter().map(VersionedEvent::from).collect())
+    }
+
+    /// As [`EventStore::import_events`], for events that carry their payload
+    /// version (an export read with [`EventStore::events_versioned`]): each
+    /// keeps its version, which its event hash covers, so an event written at
+    /// version 2 or later imports with its hash intact. `import_events` is
+    /// this call with every event at version 1.
+    ///
+    /// # Errors
+    /// As [`EventStore::import_events`].
+    fn import_versioned_events(
+        &self,
+        events: Vec<VersionedEvent>,
     ) -> Result<Vec<AppendReceipt>, StoreError>;
 
     /// The event with this id.
@@ -519,11 +534,11 @@ impl EventStore for Store {
         Store::append_reaction_batch(self, correlation_id, causation_id, items)
     }
 
-    fn import_events(
+    fn import_versioned_events(
         &self,
-        events: Vec<StoredEvent<Value>>,
+        events: Vec<VersionedEvent>,
     ) -> Result<Vec<AppendReceipt>, StoreError> {
-        Store::import_events(self, events)
+        Store::import_versioned_events(self, events)
     }
 
     fn get(&self, event_id: u128) -> Result<StoredEvent<Value>, StoreError> {

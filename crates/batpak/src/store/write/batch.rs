@@ -129,14 +129,15 @@ impl Continuation {
 
 /// Prepare events to import (a store's export): each keeps its id (also
 /// its idempotency key, so an event already present is answered with its
-/// receipt), kind, flags, links, payload, clock, time and hashes.
+/// receipt), kind, flags, links, payload, payload version, clock, time and
+/// hashes.
 ///
 /// # Errors
 /// `BatchFailed { item_index, stage: Validation | Encoding, source }`: over
 /// the batch limits, a reserved kind, an oversized payload, a repeated id,
 /// an event without its hash chain.
 pub fn prepare_imports(
-    events: Vec<crate::event::StoredEvent<serde_json::Value>>,
+    events: Vec<crate::event::VersionedEvent>,
     limits: &AppendLimits,
 ) -> Result<Vec<PreparedEvent>, StoreError> {
     if events.len() > limits.batch_max_size as usize {
@@ -153,7 +154,8 @@ pub fn prepare_imports(
     }
     let mut total = 0u64;
     let mut prepared: Vec<PreparedEvent> = Vec::with_capacity(events.len());
-    for (i, ev) in events.into_iter().enumerate() {
+    for (i, versioned) in events.into_iter().enumerate() {
+        let ev = versioned.event;
         let h = &ev.event.header;
         let chain = ev.event.hash_chain.ok_or_else(|| {
             failed(
@@ -199,9 +201,9 @@ pub fn prepare_imports(
                 event_hash: chain.event_hash,
             }),
             coord: ev.coordinate,
-            // An export carries no version: imported events are version 1
-            // (a versioned one fails its hash check, never misreads).
-            payload_version: 1,
+            // The event hash covers the version: a wrong one fails the
+            // chain check instead of importing a misread event.
+            payload_version: versioned.payload_version.max(1),
             durability: None,
         });
     }
@@ -447,6 +449,24 @@ impl crate::store::Store {
     pub fn import_events(
         &self,
         events: Vec<crate::event::StoredEvent<serde_json::Value>>,
+    ) -> Result<Vec<AppendReceipt>, StoreError> {
+        self.import_versioned_events(
+            events
+                .into_iter()
+                .map(crate::event::VersionedEvent::from)
+                .collect(),
+        )
+    }
+
+    /// As [`Store::import_events`], for events that carry their payload
+    /// version (read with `Store::events_versioned`): each keeps it, and its
+    /// event hash, which covers the version, is checked with it.
+    ///
+    /// # Errors
+    /// As [`Store::import_events`].
+    pub fn import_versioned_events(
+        &self,
+        events: Vec<crate::event::VersionedEvent>,
     ) -> Result<Vec<AppendReceipt>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
