@@ -396,21 +396,17 @@ impl<'a> Reader<'a> {
         if n.saturating_mul(2) > self.remaining() {
             return Err(PayloadError::Truncated(self.pos));
         }
-        // Collected first and built in one go: a map built from its entries
-        // (sorted once, usually already in order) costs less than one
-        // search and insertion per key. Duplicate keys: the last one wins,
-        // as with inserting them in turn.
-        let reserve = n.min(self.reserve_budget);
-        self.reserve_budget -= reserve;
-        let mut entries = Vec::with_capacity(reserve);
+        // Inserted as decoded: a payload's maps are small, where one
+        // search of a single node per key costs less than collecting the
+        // entries, sorting them and bulk-building the tree. Duplicate keys:
+        // the last one wins.
+        let mut map = Map::new();
         for _ in 0..n {
             let key = self.key()?;
             let v = self.value(depth + 1)?;
-            entries.push((key, v));
+            map.insert(key, v);
         }
-        Ok(Value::Object(
-            entries.into_iter().collect::<Map<String, Value>>(),
-        ))
+        Ok(Value::Object(map))
     }
 }
 
