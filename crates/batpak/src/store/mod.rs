@@ -108,7 +108,25 @@ use write::{Condition, Draft, Flusher, Grower, Writer};
 impl Shared {
     /// The read layer's handle: frames, index and visible watermark only.
     pub(crate) fn reader(&self) -> read::Reader<'_> {
-        read::Reader::new(&self.log, &self.index, self.durability.watermark())
+        read::Reader::new(&self.log, &self.index, self.durability.visibility())
+    }
+
+    /// The projection layer's handle.
+    pub(crate) fn projector(&self) -> projection::Projector<'_> {
+        projection::Projector {
+            reader: self.reader(),
+            schema: self.schema(),
+            memo: &self.memo,
+            cache: self.cache.as_ref(),
+            epoch: self.history_epoch(),
+            config: &self.config,
+        }
+    }
+
+    /// Offer newly visible events to the lossy subscribers (whoever made
+    /// events visible calls this, after releasing the writer lock).
+    pub(crate) fn dispatch(&self) {
+        self.subscribers.dispatch(self.reader());
     }
 
     /// The shared state of a read-only store over a recovered index; a
@@ -594,20 +612,23 @@ impl Store<Open> {
     /// every matching committed event exactly once, in global-sequence
     /// order, including events committed later.
     pub fn cursor_guaranteed(&self, region: &Region) -> Cursor {
-        Cursor::new(self.shared.clone(), region, None)
+        Cursor::new(read::Follower::new(self.shared.clone()), region, None)
     }
 
     /// A guaranteed cursor over `region` that starts after global sequence
     /// `after` (`None`: from the beginning), to resume from a saved
     /// [`Cursor::position`].
     pub fn cursor_from(&self, region: &Region, after: Option<u64>) -> Cursor {
-        Cursor::new(self.shared.clone(), region, after)
+        Cursor::new(read::Follower::new(self.shared.clone()), region, after)
     }
 
     /// A lossy subscription to events of `region` committed from now on.
     /// `clock_range` is ignored (notifications carry no clock).
     pub fn subscribe_lossy(&self, region: &Region) -> Subscription {
-        self.shared.subscribe(region)
+        let shared = &self.shared;
+        shared
+            .subscribers
+            .subscribe(shared.reader(), region, shared.config.broadcast_capacity)
     }
 
     /// Make everything acknowledged so far durable.

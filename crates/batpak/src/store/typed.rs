@@ -25,6 +25,7 @@ use crate::store::format::payload::decode_value;
 use crate::store::format::payload_de::decode_direct;
 use crate::store::format::record::EventRecord;
 use crate::store::index::SlotQuery;
+use crate::store::read::Reader;
 use crate::store::read::{payload_version, stored_event, stored_event_with, Located, STEP};
 use crate::store::{AppendOptions, AppendReceipt, Shared, Store, StoreError};
 use serde_json::Value;
@@ -138,7 +139,7 @@ enum Source {
 /// store's `events`, `events_as`, `stream_events`, `stream_events_as` and
 /// `events_versioned`. Holds no lock between calls to `next`.
 pub struct EventIter<'s, I> {
-    shared: &'s Shared,
+    reader: Reader<'s>,
     schema: Arc<Schema>,
     source: Source,
     decode: Decode<I>,
@@ -148,10 +149,10 @@ pub struct EventIter<'s, I> {
 }
 
 impl<'s, I> EventIter<'s, I> {
-    fn new(shared: &'s Shared, source: Source, decode: Decode<I>) -> Self {
+    fn new(reader: Reader<'s>, schema: Arc<Schema>, source: Source, decode: Decode<I>) -> Self {
         Self {
-            shared,
-            schema: shared.schema(),
+            reader,
+            schema,
             source,
             decode,
             pending: VecDeque::new(),
@@ -162,8 +163,8 @@ impl<'s, I> EventIter<'s, I> {
 
     /// Resolve the next step's frames under the index lock.
     fn refill(&mut self) {
-        let index = self.shared.index.read();
-        let visible = self.shared.durability.visible();
+        let index = self.reader.index();
+        let visible = self.reader.visible();
         self.slots.clear();
         match &mut self.source {
             Source::Region { region, next, end } => {
@@ -197,11 +198,10 @@ impl<'s, I> EventIter<'s, I> {
             }
         }
         for &slot in &self.slots {
-            self.pending
-                .push_back(self.shared.reader().locate(&index, slot));
+            self.pending.push_back(self.reader.locate(&index, slot));
         }
         drop(index);
-        self.shared.reader().reading_frames();
+        self.reader.reading_frames();
     }
 }
 
@@ -214,8 +214,7 @@ impl<I> Iterator for EventIter<'_, I> {
                 let schema = &self.schema;
                 let decode = self.decode;
                 return Some(located.and_then(|l| {
-                    self.shared
-                        .reader()
+                    self.reader
                         .read_located(l, |rec, coord| decode(schema, rec, coord))
                 }));
             }
@@ -334,47 +333,43 @@ impl Store {
         })
     }
 
+    fn event_iter<I>(&self, source: Source, decode: Decode<I>) -> EventIter<'_, I> {
+        EventIter::new(self.shared.reader(), self.shared.schema(), source, decode)
+    }
+
     /// Every event matching `region`, in global-sequence order, read lazily
     /// (payloads as stored). Events committed after the first step are not
     /// included.
     pub fn events(&self, region: &Region) -> EventIter<'_, StoredEvent<Value>> {
-        EventIter::new(&self.shared, region_source(region.clone()), decode_untyped)
+        self.event_iter(region_source(region.clone()), decode_untyped)
     }
 
     /// [`Store::events`] with each payload's version.
     pub fn events_versioned(&self, region: &Region) -> EventIter<'_, VersionedEvent> {
-        EventIter::new(
-            &self.shared,
-            region_source(region.clone()),
-            decode_versioned,
-        )
+        self.event_iter(region_source(region.clone()), decode_versioned)
     }
 
     /// The events of kind `T::KIND` matching `region`, decoded as `T`
     /// (upcast as [`Store::get_as`]), lazily, in global-sequence order.
     pub fn events_as<T: TypedEvent>(&self, region: &Region) -> EventIter<'_, StoredEvent<T>> {
         let region = region.clone().with_fact(KindFilter::Exact(T::KIND));
-        EventIter::new(&self.shared, region_source(region), decode_typed::<T>)
+        self.event_iter(region_source(region), decode_typed::<T>)
     }
 
     /// Every event of exactly this entity, in clock order, read lazily.
     pub fn stream_events(&self, entity: &str) -> EventIter<'_, StoredEvent<Value>> {
-        EventIter::new(&self.shared, entity_source(entity, None), decode_untyped)
+        self.event_iter(entity_source(entity, None), decode_untyped)
     }
 
     /// The entity's events of kind `T::KIND`, decoded as `T`, in clock
     /// order, read lazily (events of other kinds are skipped).
     pub fn stream_events_as<T: TypedEvent>(&self, entity: &str) -> EventIter<'_, StoredEvent<T>> {
-        EventIter::new(
-            &self.shared,
-            entity_source(entity, Some(T::KIND)),
-            decode_typed::<T>,
-        )
+        self.event_iter(entity_source(entity, Some(T::KIND)), decode_typed::<T>)
     }
 
     /// The entity's events with their payload versions, lazily, in clock order.
     pub fn stream_events_versioned(&self, entity: &str) -> EventIter<'_, VersionedEvent> {
-        EventIter::new(&self.shared, entity_source(entity, None), decode_versioned)
+        self.event_iter(entity_source(entity, None), decode_versioned)
     }
 }
 

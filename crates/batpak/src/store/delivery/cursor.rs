@@ -3,10 +3,8 @@
 
 use crate::coordinate::Region;
 use crate::store::index::{IndexEntry, SlotQuery};
-use crate::store::read::STEP;
-use crate::store::Shared;
+use crate::store::read::{Follower, STEP};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A pull-based reader of a region that never skips or repeats an event.
@@ -16,7 +14,7 @@ use std::time::{Duration, Instant};
 /// is the global sequence of the last event delivered: pass it to
 /// `Store::cursor_from` to resume after a restart.
 pub struct Cursor {
-    shared: Arc<Shared>,
+    source: Follower,
     region: Region,
     /// First slot not yet examined.
     next_slot: u32,
@@ -33,13 +31,13 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub(crate) fn new(shared: Arc<Shared>, region: &Region, after: Option<u64>) -> Self {
+    pub(crate) fn new(source: Follower, region: &Region, after: Option<u64>) -> Self {
         let next_slot = match after {
-            Some(seq) => shared.index.read().first_slot_after_seq(seq),
+            Some(seq) => source.reader().index().first_slot_after_seq(seq),
             None => 0,
         };
         Self {
-            shared,
+            source,
             region: region.clone(),
             next_slot,
             position: after,
@@ -55,7 +53,8 @@ impl Cursor {
     /// picked and pinned under one short hold of the index read lock, and
     /// its frames are read after it (see `store::read`).
     fn refill_into(&mut self, out: &mut Vec<IndexEntry>) -> bool {
-        let visible = self.shared.durability.visible();
+        let reader = self.source.reader();
+        let visible = reader.visible();
         let start = out.len();
         while out.len() == start && self.next_slot < visible {
             let to = visible.min(self.next_slot.saturating_add(STEP));
@@ -64,12 +63,12 @@ impl Cursor {
             out.reserve((to - self.next_slot) as usize);
             crate::store::read::prefault(out, (to - self.next_slot) as usize);
             let unchained = {
-                let index = self.shared.index.read();
+                let index = reader.index();
                 self.work += SlotQuery::range(&index, &self.region, self.next_slot, to)
                     .collect_into(&mut self.slots);
-                self.shared.reader().pin_entries(&index, &self.slots, out)
+                reader.pin_entries(&index, &self.slots, out)
             };
-            self.shared.reader().reading_frames();
+            reader.reading_frames();
             unchained.read_chains(&mut out[start..]);
             self.next_slot = to;
         }
@@ -124,11 +123,11 @@ impl Cursor {
     pub fn wait_next(&mut self, timeout: Duration) -> Option<IndexEntry> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            let seen = self.shared.durability.visible();
+            let seen = self.source.reader().visible();
             if let Some(e) = self.poll() {
                 return Some(e);
             }
-            if self.shared.is_closed() || !self.shared.durability.wait_for_visible(seen, deadline) {
+            if self.source.is_closed() || !self.source.reader().wait_for_visible(seen, deadline) {
                 // One last look: events may have become visible just now.
                 return self.poll();
             }

@@ -18,7 +18,7 @@ pub(crate) use reactor::reaction_key;
 pub use subscription::{Notification, Subscription, SubscriptionFeed, SubscriptionOps};
 
 use crate::coordinate::Region;
-use crate::store::Shared;
+use crate::store::read::Reader;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -46,12 +46,12 @@ impl Subscribers {
     }
 }
 
-impl Shared {
+impl Subscribers {
     /// Offer newly visible events to the lossy subscribers. Called by whoever
     /// made events visible, after releasing the writer lock; never blocks on
     /// a subscriber (a full buffer counts a drop for that subscriber only).
-    pub(crate) fn dispatch(&self) {
-        let subs = &self.subscribers;
+    pub(crate) fn dispatch(&self, reader: Reader<'_>) {
+        let subs = self;
         if subs.count.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -62,7 +62,7 @@ impl Shared {
                 return;
             };
             while subs.pending.swap(false, Ordering::AcqRel) {
-                self.offer_new_events();
+                self.offer_new_events(reader);
             }
             drop(_serving);
             if !subs.pending.load(Ordering::Acquire) {
@@ -73,16 +73,16 @@ impl Shared {
 
     /// Send notifications for slots `dispatched..visible`; the caller holds
     /// `dispatching`.
-    fn offer_new_events(&self) {
-        let subs = &self.subscribers;
+    fn offer_new_events(&self, reader: Reader<'_>) {
+        let subs = self;
         let from = subs.dispatched.load(Ordering::Acquire);
-        let to = self.durability.visible();
+        let to = reader.visible();
         if from >= to {
             return;
         }
         let mut gone = false;
         {
-            let index = self.index.read();
+            let index = reader.index();
             let list = subs.list.read();
             for slot in from..to {
                 let mut note: Option<Notification> = None;
@@ -104,18 +104,23 @@ impl Shared {
         }
     }
 
-    /// Register a lossy subscriber for events made visible from now on.
-    pub(crate) fn subscribe(&self, region: &Region) -> Subscription {
-        let (feed, subscription) = Subscription::channel(region, self.config.broadcast_capacity);
-        let subs = &self.subscribers;
+    /// Register a lossy subscriber for events made visible from now on,
+    /// with room for `capacity` notifications.
+    pub(crate) fn subscribe(
+        &self,
+        reader: Reader<'_>,
+        region: &Region,
+        capacity: usize,
+    ) -> Subscription {
+        let (feed, subscription) = Subscription::channel(region, capacity);
+        let subs = self;
         let _serving = subs.dispatching.lock();
         // Serve the subscribers already present up to now, so the new one
         // starts exactly at the current visible point.
         if subs.count.load(Ordering::Acquire) > 0 {
-            self.offer_new_events();
+            self.offer_new_events(reader);
         } else {
-            subs.dispatched
-                .store(self.durability.visible(), Ordering::Release);
+            subs.dispatched.store(reader.visible(), Ordering::Release);
         }
         let mut list = subs.list.write();
         list.push(feed);

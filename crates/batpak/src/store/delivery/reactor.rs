@@ -51,7 +51,7 @@ impl Store {
         R: Reactive<serde_json::Value> + Send + 'static,
     {
         let weak: Weak<Store> = Arc::downgrade(self);
-        let shared = self.shared.clone();
+        let source = crate::store::read::Follower::new(self.shared.clone());
         let resume = self.last_answered_trigger(region);
         let mut cursor = self.cursor_from(region, resume);
         let mut builder = std::thread::Builder::new().name("batpak-reactor".into());
@@ -60,7 +60,7 @@ impl Store {
         }
         let handle = builder.spawn(move || loop {
             let Some(entry) = cursor.wait_next(IDLE_CHECK) else {
-                if shared.is_closed() || weak.strong_count() == 0 {
+                if source.is_closed() || weak.strong_count() == 0 {
                     return;
                 }
                 continue;
@@ -77,7 +77,7 @@ impl Store {
                     Ok(()) | Err(StoreError::NotFound(_)) => break,
                     Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
                         drop(store);
-                        if shared.is_closed() {
+                        if source.is_closed() {
                             return;
                         }
                         tracing::warn!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor retries a trigger");
@@ -99,8 +99,9 @@ impl Store {
     /// in order, all outputs of one before the next, so every earlier
     /// trigger is answered too (re-answering one is harmless anyway).
     fn last_answered_trigger(&self, region: &Region) -> Option<u64> {
-        let index = self.shared.index.read();
-        let visible = self.shared.durability.visible();
+        let reader = self.shared.reader();
+        let index = reader.index();
+        let visible = reader.visible();
         let slots = index.query_slots(region, visible);
         slots.iter().rev().find_map(|&slot| {
             let trigger = index.event_id(slot);

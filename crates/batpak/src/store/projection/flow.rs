@@ -1,9 +1,10 @@
 //! `Store::project`: fold an entity's relevant events, using cached values
 //! when they are fresh enough.
 
-use super::{CacheMeta, Freshness};
-use crate::event::{Event, EventSourced};
-use crate::store::{Store, StoreError};
+use super::{CacheMeta, Freshness, Memo, ProjectionCache};
+use crate::event::{Event, EventSourced, Schema};
+use crate::store::read::Reader;
+use crate::store::{Store, StoreConfig, StoreError};
 use std::sync::Arc;
 
 /// The cache key of `T` for `entity`, for every backend's projection cache:
@@ -29,7 +30,74 @@ pub(crate) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::E
     kinds.is_empty() || kinds.contains(&kind)
 }
 
+/// The projection layer's handle: reads, the schema that upcasts old
+/// payloads, the two cache tiers, the history epoch and the configuration
+/// (clock, incremental projection), and nothing of the write path or
+/// maintenance.
+pub(crate) struct Projector<'s> {
+    pub(crate) reader: Reader<'s>,
+    pub(crate) schema: Arc<Schema>,
+    pub(crate) memo: &'s Memo,
+    pub(crate) cache: &'s dyn ProjectionCache,
+    pub(crate) epoch: u64,
+    pub(crate) config: &'s StoreConfig,
+}
+
 impl Store {
+    /// See [`Projector::latest_relevant`].
+    pub(crate) fn latest_relevant<T: EventSourced<serde_json::Value>>(
+        &self,
+        entity: &str,
+    ) -> Option<u64> {
+        self.shared.projector().latest_relevant::<T>(entity)
+    }
+
+    /// Fold `entity`'s events into a `T`.
+    ///
+    /// `Consistent` never returns a value older than the entity's newest
+    /// event of a kind `T` reads; `MaybeStale { max_stale_ms }` may return a
+    /// cached value younger than `max_stale_ms` by the store's clock (0
+    /// behaves like `Consistent`). With `incremental_projection` enabled and
+    /// `T::supports_incremental_apply()`, a cached value is brought up to
+    /// date by applying only the newer events.
+    ///
+    /// # Errors
+    /// `Serialization` if a cached or computed value cannot be (de)serialized,
+    /// read errors of the events.
+    pub fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<serde_json::Value>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + 'static,
+    {
+        let projector = self.shared.projector();
+        match projector.latest_relevant::<T>(entity) {
+            Some(latest) => projector.project_at(entity, freshness, latest),
+            None => Ok(T::from_events(&[])),
+        }
+    }
+
+    /// See [`Projector::project_at`].
+    pub(crate) fn project_at<T>(
+        &self,
+        entity: &str,
+        freshness: &Freshness,
+        latest: u64,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: EventSourced<serde_json::Value>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + 'static,
+    {
+        self.shared
+            .projector()
+            .project_at(entity, freshness, latest)
+    }
+}
+
+impl Projector<'_> {
     /// Slots of `entity`'s events that `T` reads with a global sequence in
     /// `(after, upto]`, in clock order. `upto` is the `latest_relevant`
     /// the caller saw, so an event committed meanwhile is neither folded in
@@ -40,7 +108,7 @@ impl Store {
         after: Option<u64>,
         upto: u64,
     ) -> Vec<u32> {
-        let index = self.shared.index.read();
+        let index = self.reader.index();
         let slots = index.entity_slots(entity);
         // Slot order is sequence order: the newer events are a suffix.
         let end = slots.partition_point(|&s| index.global_seq(s) <= upto);
@@ -59,8 +127,8 @@ impl Store {
         &self,
         entity: &str,
     ) -> Option<u64> {
-        let index = self.shared.index.read();
-        let visible = self.shared.durability.visible();
+        let index = self.reader.index();
+        let visible = self.reader.visible();
         let slots = index.entity_slots(entity);
         let n = slots.partition_point(|&s| s < visible);
         slots[..n]
@@ -73,22 +141,20 @@ impl Store {
     /// Read the events at `slots`, in order.
     fn read_events(&self, slots: &[u32]) -> Result<Vec<Event<serde_json::Value>>, StoreError> {
         let located = {
-            let index = self.shared.index.read();
+            let index = self.reader.index();
             slots
                 .iter()
-                .map(|&s| self.shared.reader().locate(&index, s))
+                .map(|&s| self.reader.locate(&index, s))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        self.shared.reader().reading_frames();
+        self.reader.reading_frames();
         // Projections fold today's shapes: old payloads are upcast.
-        let schema = self.shared.schema();
         located
             .into_iter()
             .map(|l| {
-                self.shared
-                    .reader()
+                self.reader
                     .read_located(l, |rec, coord| {
-                        crate::store::typed::decode_upcast(&schema, rec, coord)
+                        crate::store::typed::decode_upcast(&self.schema, rec, coord)
                     })
                     .map(|e| e.event)
             })
@@ -96,13 +162,13 @@ impl Store {
     }
 
     fn cached(&self, key: &[u8]) -> Option<(Arc<[u8]>, CacheMeta)> {
-        if let Some(hit) = self.shared.memo.get(key) {
+        if let Some(hit) = self.memo.get(key) {
             return Some(hit);
         }
-        match self.shared.cache.get(key) {
+        match self.cache.get(key) {
             Ok(Some((bytes, meta))) => {
                 let bytes: Arc<[u8]> = bytes.into();
-                self.shared.memo.put(key, bytes.clone(), meta.clone());
+                self.memo.put(key, bytes.clone(), meta.clone());
                 Some((bytes, meta))
             }
             Ok(None) => None,
@@ -125,38 +191,13 @@ impl Store {
             .into();
         let meta = CacheMeta {
             watermark,
-            cached_at_us: self.shared.config.now_us(),
+            cached_at_us: self.config.now_us(),
         };
-        self.shared.memo.put(key, bytes.clone(), meta.clone());
-        if let Err(e) = self.shared.cache.put(key, &bytes, meta) {
+        self.memo.put(key, bytes.clone(), meta.clone());
+        if let Err(e) = self.cache.put(key, &bytes, meta) {
             tracing::warn!(error = %e.display_chain(), "batpak: projection cache write failed");
         }
         Ok(())
-    }
-
-    /// Fold `entity`'s events into a `T`.
-    ///
-    /// `Consistent` never returns a value older than the entity's newest
-    /// event of a kind `T` reads; `MaybeStale { max_stale_ms }` may return a
-    /// cached value younger than `max_stale_ms` by the store's clock (0
-    /// behaves like `Consistent`). With `incremental_projection` enabled and
-    /// `T::supports_incremental_apply()`, a cached value is brought up to
-    /// date by applying only the newer events.
-    ///
-    /// # Errors
-    /// `Serialization` if a cached or computed value cannot be (de)serialized,
-    /// read errors of the events.
-    pub fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>
-    where
-        T: EventSourced<serde_json::Value>
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + 'static,
-    {
-        match self.latest_relevant::<T>(entity) {
-            Some(latest) => self.project_at(entity, freshness, latest),
-            None => Ok(T::from_events(&[])),
-        }
     }
 
     /// [`Store::project`] for an entity whose newest relevant event has
@@ -173,7 +214,7 @@ impl Store {
             + serde::de::DeserializeOwned
             + 'static,
     {
-        let key = cache_key::<T>(entity, self.shared.history_epoch());
+        let key = cache_key::<T>(entity, self.epoch);
         let decode =
             |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
         let cached = self.cached(&key);
@@ -182,11 +223,7 @@ impl Store {
             let fresh = meta.watermark == latest
                 || match freshness {
                     Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
-                        let age_us = self
-                            .shared
-                            .config
-                            .now_us()
-                            .saturating_sub(meta.cached_at_us);
+                        let age_us = self.config.now_us().saturating_sub(meta.cached_at_us);
                         u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
                     }
                     _ => false,
@@ -199,7 +236,7 @@ impl Store {
             }
         }
         let incremental =
-            self.shared.config.index.incremental_projection && T::supports_incremental_apply();
+            self.config.index.incremental_projection && T::supports_incremental_apply();
         if let (true, Some((bytes, meta))) = (incremental, &cached) {
             if meta.watermark < latest {
                 if let Ok(mut state) = decode(bytes) {

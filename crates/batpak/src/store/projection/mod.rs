@@ -12,6 +12,7 @@ mod watch;
 
 pub use flow::cache_key;
 pub(crate) use flow::relevant;
+pub(crate) use flow::Projector;
 pub(crate) use memo::Memo;
 pub(crate) use native::key_hash;
 pub use native::NativeCache;

@@ -29,10 +29,11 @@ use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
 use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
-use crate::store::write::durability::Watermark;
+use crate::store::write::durability::Visibility;
 use crate::store::StoreError;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Most slots one step of a read examines, and so most entries it builds,
 /// under one hold of the index read lock: bounds how long an append can
@@ -154,22 +155,65 @@ impl Selection<'_> {
     }
 }
 
+/// The read layer's owned handle, for consumers that outlive one call
+/// (cursors, reactor and watcher threads): the store's shared state behind
+/// a field private to this module, so a holder gets a [`Reader`] and the
+/// closed flag and cannot reach the writer, maintenance or the config.
+#[derive(Clone)]
+pub(crate) struct Follower {
+    shared: Arc<crate::store::Shared>,
+}
+
+impl Follower {
+    pub(crate) fn new(shared: Arc<crate::store::Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// A reader for one call.
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        self.shared.reader()
+    }
+
+    /// Whether the store has closed (waiting consumers end).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+}
+
 /// The read layer's handle (see the module docs): borrowed from the
 /// store's shared state for one read.
 #[derive(Clone, Copy)]
 pub(crate) struct Reader<'s> {
     log: &'s Log,
     index: &'s RwLock<Index>,
-    visible: &'s Watermark,
+    visibility: Visibility<'s>,
 }
 
 impl<'s> Reader<'s> {
-    pub(crate) fn new(log: &'s Log, index: &'s RwLock<Index>, visible: &'s Watermark) -> Self {
+    pub(crate) fn new(log: &'s Log, index: &'s RwLock<Index>, visibility: Visibility<'s>) -> Self {
         Self {
             log,
             index,
-            visible,
+            visibility,
         }
+    }
+
+    /// The index, for reading: pick slots under it, hold it briefly, and
+    /// never read frames while holding it (see the module docs).
+    pub(crate) fn index(&self) -> RwLockReadGuard<'s, Index> {
+        self.index.read()
+    }
+
+    /// Slots below this are visible.
+    #[inline]
+    pub(crate) fn visible(&self) -> u32 {
+        self.visibility.visible()
+    }
+
+    /// Sleep until slots at or above `seen` become visible, or `deadline`
+    /// passes (false), or the store wakes its waiters.
+    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Option<Instant>) -> bool {
+        self.visibility.wait_for_visible(seen, deadline)
     }
 
     /// A reader released the index lock and is about to read frames (where
@@ -231,8 +275,7 @@ impl<'s> Reader<'s> {
                     if seen != index.compactions() {
                         break None;
                     }
-                    let selection =
-                        selection.get_or_insert_with(|| select(&index, self.visible.get()));
+                    let selection = selection.get_or_insert_with(|| select(&index, self.visible()));
                     if !selection.step(&index, &mut slots) {
                         break Some(seen);
                     }
@@ -251,7 +294,7 @@ impl<'s> Reader<'s> {
         let mut entries = Vec::new();
         let unchained = {
             let index = self.index.read();
-            let mut selection = select(&index, self.visible.get());
+            let mut selection = select(&index, self.visible());
             while selection.step(&index, &mut slots) {}
             self.pin_entries(&index, &slots, &mut entries)
         };
@@ -337,7 +380,7 @@ impl<'s> Reader<'s> {
             let index = self.index.read();
             let slot = index
                 .slot_of(event_id)
-                .filter(|&s| s < self.visible.get())
+                .filter(|&s| s < self.visible())
                 .ok_or(StoreError::NotFound(event_id))?;
             self.locate(&index, slot)?
         };
@@ -423,7 +466,7 @@ impl<'s> Reader<'s> {
         limit: usize,
     ) -> Vec<StoredEvent<serde_json::Value>> {
         let mut out: Vec<StoredEvent<serde_json::Value>> = Vec::new();
-        let visible = self.visible.get();
+        let visible = self.visible();
         let locate = |index: &Index, s: u32| self.locate(index, s).map(|l| (s, l));
         let mut next = {
             let index = self.index.read();

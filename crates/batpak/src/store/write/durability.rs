@@ -33,6 +33,26 @@ impl Watermark {
     }
 }
 
+/// What a reader of committed events may do with [`Durability`]: read the
+/// visible watermark and sleep until it moves. The reference is private to
+/// this module, so a holder cannot publish slots, poison the store or take
+/// part in group commit.
+#[derive(Clone, Copy)]
+pub(crate) struct Visibility<'s>(&'s Durability);
+
+impl Visibility<'_> {
+    /// Slots below this are visible.
+    #[inline]
+    pub(crate) fn visible(self) -> u32 {
+        self.0.visible()
+    }
+
+    /// See [`Durability::wait_for_visible`].
+    pub(crate) fn wait_for_visible(self, seen: u32, deadline: Option<Instant>) -> bool {
+        self.0.wait_for_visible(seen, deadline)
+    }
+}
+
 /// Shared durability state of a store.
 #[derive(Default)]
 pub(crate) struct Durability {
@@ -178,10 +198,9 @@ impl Durability {
         self.visible.get()
     }
 
-    /// The visible watermark alone: what the read layer may know of the
-    /// write path (it can read it, never move it).
-    pub(crate) fn watermark(&self) -> &Watermark {
-        &self.visible
+    /// The readers' view: the watermark and the wait for it to move.
+    pub(crate) fn visibility(&self) -> Visibility<'_> {
+        Visibility(self)
     }
 
     /// Make slots below `n` visible (never moves backwards).
