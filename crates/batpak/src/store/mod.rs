@@ -111,6 +111,21 @@ impl Shared {
         read::Reader::new(&self.log, &self.index, self.durability.visibility())
     }
 
+    /// The maintenance layer's handle.
+    pub(crate) fn maintainer(&self) -> maintenance::Maintainer<'_> {
+        maintenance::Maintainer {
+            log: &self.log,
+            index: &self.index,
+            writer: self.writer.as_ref(),
+            durability: &self.durability,
+            lock: &self.maintenance,
+            follow: &self.follow,
+            epoch: &self.epoch,
+            config: &self.config,
+            syncer: write::Syncer::new(self),
+        }
+    }
+
     /// The projection layer's handle.
     pub(crate) fn projector(&self) -> projection::Projector<'_> {
         projection::Projector {
@@ -700,7 +715,7 @@ impl Store<Open> {
     /// a directory that is not empty; `Io` when copying fails; `Poisoned`
     /// when the store cannot make its events durable first.
     pub fn snapshot(&self, dest: &std::path::Path) -> Result<(), StoreError> {
-        maintenance::snapshot(&self.shared, dest)
+        maintenance::snapshot(&self.shared.maintainer(), dest)
     }
 
     /// Compact the sealed segments (never the active one): merge them and,
@@ -723,7 +738,7 @@ impl Store<Open> {
         &self,
         config: &CompactionConfig,
     ) -> Result<segment::CompactionResult, StoreError> {
-        maintenance::compact(&self.shared, config)
+        maintenance::compact(&self.shared.maintainer(), config)
     }
 
     /// Check the integrity of everything committed: every frame's checksum,
@@ -735,7 +750,7 @@ impl Store<Open> {
     /// `Io` when a file cannot be read at all (damage inside a file is a
     /// [`VerifyProblem`], not an error).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        maintenance::verify::verify(&self.shared)
+        maintenance::verify::verify(&self.shared.maintainer())
     }
 
     /// Sync, stop the store's threads and release the directory.
@@ -759,7 +774,7 @@ impl Store<Open> {
             .check()
             .and_then(|()| self.shared.sync_all_written());
         if result.is_ok() && self.shared.config.index.enable_checkpoint {
-            result = maintenance::write_checkpoint(&self.shared);
+            result = maintenance::write_checkpoint(&self.shared.maintainer());
         }
         // Cached projections are only a speed-up: a failure is a warning.
         if let Err(e) = self.shared.cache.sync() {

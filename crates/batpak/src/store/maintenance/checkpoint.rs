@@ -1,18 +1,19 @@
 //! Writing the checkpoint on `close()`.
 
+use super::Maintainer;
 use crate::store::format::checkpoint::{encode, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::log::{write_atomically, InjectionPoint};
-use crate::store::{Shared, StoreError};
+use crate::store::StoreError;
 
 /// Write a checkpoint of everything written so far. The caller has synced
 /// the log: the checkpoint never covers an event that is not durable.
-pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
-    let Some(writer) = shared.writer.as_ref() else {
+pub(crate) fn write_checkpoint(maint: &Maintainer<'_>) -> Result<(), StoreError> {
+    let Some(writer) = maint.writer.as_ref() else {
         return Ok(());
     };
     let w = writer.lock();
-    let live = shared.index.read();
+    let live = maint.index.read();
     // After a compaction the index holds dead slots; the checkpoint stores
     // the survivors, numbered as the next open would number them.
     let renumbered;
@@ -30,7 +31,7 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
         let pos = index.disk_pos(slot);
         last.insert(pos.segment_id, (pos, index.event_id(slot)));
     }
-    let segments: Vec<CoveredSegment> = shared
+    let segments: Vec<CoveredSegment> = maint
         .log
         .segment_ids()
         .into_iter()
@@ -56,8 +57,8 @@ pub(crate) fn write_checkpoint(shared: &Shared) -> Result<(), StoreError> {
     let bytes = encode(w.next_seq, &segments, index);
     drop(live);
     write_atomically(
-        shared.log.io(),
-        shared.log.dir(),
+        maint.log.io(),
+        maint.log.dir(),
         CHECKPOINT_FILE,
         &bytes,
         [

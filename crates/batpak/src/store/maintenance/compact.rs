@@ -27,6 +27,7 @@
 //! append still chains onto them).
 
 use super::seal::FooterBuilder;
+use super::Maintainer;
 use crate::event::StoredEvent;
 use crate::store::config::StoreConfig;
 use crate::store::format::footer;
@@ -40,7 +41,7 @@ use crate::store::log::rewrite::{self, SegmentWriter};
 use crate::store::log::{InjectionPoint, Segment, SegmentIo};
 use crate::store::read::stored_event;
 use crate::store::recovery::load_removed;
-use crate::store::{Shared, StoreError, MAX_SEGMENT_BYTES};
+use crate::store::{StoreError, MAX_SEGMENT_BYTES};
 use std::sync::Arc;
 
 /// Decides whether an event survives: `true` keeps it.
@@ -139,26 +140,26 @@ struct Item<'a> {
 const LOOKUP_CHUNK: usize = 1024;
 
 pub(crate) fn compact(
-    shared: &Shared,
+    maint: &Maintainer<'_>,
     config: &CompactionConfig,
 ) -> Result<CompactionResult, StoreError> {
-    let writer = shared.writer.as_ref().ok_or(StoreError::ReadOnly)?;
-    let target = target(&shared.config);
-    shared.durability.check()?;
-    let _maintenance = shared.maintenance.lock();
+    let writer = maint.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+    let target = target(maint.config);
+    maint.durability.check()?;
+    let _maintenance = maint.lock.lock();
     // Under the writer lock no append is half-done: every frame of a sealed
     // segment is now either indexed or the remains of a failed append.
     let active_id = writer.lock().active.segment().id();
-    let runs = choose(shared, active_id, config, target);
+    let runs = choose(maint, active_id, config, target);
     if runs.is_empty() {
         return Ok(CompactionResult::default());
     }
-    let rewritten = rewrite_runs(shared, config, target, &runs)?;
-    let before = bytes_on_disk(shared, &rewritten.inputs);
-    let prepared = prepare(shared, rewritten)?;
-    commit(shared, &prepared.intent)?;
-    let new_segments = install(shared, &prepared.intent)?;
-    swap_in(shared, &prepared, new_segments)?;
+    let rewritten = rewrite_runs(maint, config, target, &runs)?;
+    let before = bytes_on_disk(maint, &rewritten.inputs);
+    let prepared = prepare(maint, rewritten)?;
+    commit(maint, &prepared.intent)?;
+    let new_segments = install(maint, &prepared.intent)?;
+    swap_in(maint, &prepared, new_segments)?;
     Ok(CompactionResult {
         segments_removed: prepared.intent.deleted.len(),
         bytes_reclaimed: before.saturating_sub(prepared.output_bytes),
@@ -170,17 +171,17 @@ pub(crate) fn compact(
 /// The runs of sealed segments (below `active_id`) to rewrite, or none
 /// when fewer than `config.min_segments` are sealed.
 fn choose(
-    shared: &Shared,
+    maint: &Maintainer<'_>,
     active_id: u64,
     config: &CompactionConfig,
     target: u64,
 ) -> Vec<Vec<Arc<Segment>>> {
-    let sealed: Vec<Arc<Segment>> = shared
+    let sealed: Vec<Arc<Segment>> = maint
         .log
         .segment_ids()
         .into_iter()
         .filter(|&id| id < active_id)
-        .filter_map(|id| shared.log.segment(id))
+        .filter_map(|id| maint.log.segment(id))
         .collect();
     if sealed.is_empty() || sealed.len() < config.min_segments {
         return Vec::new();
@@ -202,13 +203,13 @@ struct Rewritten {
 /// Write the outputs of every run under temporary names (deleted again if
 /// anything fails).
 fn rewrite_runs(
-    shared: &Shared,
+    maint: &Maintainer<'_>,
     config: &CompactionConfig,
     target: u64,
     runs: &[Vec<Arc<Segment>>],
 ) -> Result<Rewritten, StoreError> {
     let mut run = Run {
-        shared,
+        maint,
         config,
         target,
         inputs: Vec::new(),
@@ -238,8 +239,8 @@ fn rewrite_runs(
 
 /// The inputs' lengths on disk (a footer the sealer appended after the
 /// segment was mapped is not in its mapping's length).
-fn bytes_on_disk(shared: &Shared, inputs: &[Arc<Segment>]) -> u64 {
-    let dir = shared.log.dir();
+fn bytes_on_disk(maint: &Maintainer<'_>, inputs: &[Arc<Segment>]) -> u64 {
+    let dir = maint.log.dir();
     inputs
         .iter()
         .map(|s| {
@@ -261,9 +262,9 @@ struct Prepared {
 
 /// Write the next removed-event record (if events are removed or
 /// redacted) and decide the intent. A failure deletes the temporaries.
-fn prepare(shared: &Shared, rewritten: Rewritten) -> Result<Prepared, StoreError> {
-    let io = shared.log.io();
-    let dir = shared.log.dir();
+fn prepare(maint: &Maintainer<'_>, rewritten: Rewritten) -> Result<Prepared, StoreError> {
+    let io = maint.log.io();
+    let dir = maint.log.dir();
     let Rewritten {
         inputs,
         outputs,
@@ -273,7 +274,7 @@ fn prepare(shared: &Shared, rewritten: Rewritten) -> Result<Prepared, StoreError
     } = rewritten;
     let events_removed = removed.len() as u64;
     let rewrites_history = events_removed > 0 || tombstoned > 0;
-    let epoch = shared.history_epoch() + u64::from(rewrites_history);
+    let epoch = maint.history_epoch() + u64::from(rewrites_history);
     let written = (|| {
         if rewrites_history {
             let mut record = load_removed(io, dir, true, false)?;
@@ -309,12 +310,12 @@ fn prepare(shared: &Shared, rewritten: Rewritten) -> Result<Prepared, StoreError
 }
 
 /// The commit point: the intent made durable.
-fn commit(shared: &Shared, intent: &Intent) -> Result<(), StoreError> {
-    let committed = rewrite::commit(shared.log.io(), shared.log.dir(), intent);
+fn commit(maint: &Maintainer<'_>, intent: &Intent) -> Result<(), StoreError> {
+    let committed = rewrite::commit(maint.log.io(), maint.log.dir(), intent);
     if let Err(e) = &committed {
         // Whether the intent reached the disk is unknown: open decides (it
         // finishes the compaction if the file is there, else discards it).
-        shared
+        maint
             .durability
             .poison(format!("compaction commit failed: {}", e.display_chain()));
     }
@@ -324,14 +325,14 @@ fn commit(shared: &Shared, intent: &Intent) -> Result<(), StoreError> {
 /// Rename the new files into place and delete the old, then map the
 /// outputs. Committed: a failure leaves the directory to be finished by
 /// the next open, while this process still serves the old segments.
-fn install(shared: &Shared, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreError> {
-    let io = shared.log.io();
+fn install(maint: &Maintainer<'_>, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreError> {
+    let io = maint.log.io();
     let installed = io
         .at(InjectionPoint::CompactionCommitted)
         .and_then(|()| {
             rewrite::install(
                 io,
-                shared.log.dir(),
+                maint.log.dir(),
                 intent,
                 Some(InjectionPoint::CompactionInstalling),
             )
@@ -340,11 +341,11 @@ fn install(shared: &Shared, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreE
             intent
                 .outputs
                 .iter()
-                .map(|&id| shared.log.open_installed(id))
+                .map(|&id| maint.log.open_installed(id))
                 .collect::<Result<Vec<_>, _>>()
         });
     installed.inspect_err(|e| {
-        shared.durability.poison(format!(
+        maint.durability.poison(format!(
             "compaction committed but not installed ({}); reopen the store to finish it",
             e.display_chain()
         ));
@@ -355,22 +356,22 @@ fn install(shared: &Shared, intent: &Intent) -> Result<Vec<Arc<Segment>>, StoreE
 /// the moved events' new positions, the removed events' dead slots, the
 /// new segments, the new history epoch.
 fn swap_in(
-    shared: &Shared,
+    maint: &Maintainer<'_>,
     prepared: &Prepared,
     new_segments: Vec<Arc<Segment>>,
 ) -> Result<(), StoreError> {
-    let mut index = shared.index.write();
+    let mut index = maint.index.write();
     if let Err(e) = index.apply_compaction(&prepared.fates) {
-        shared.durability.poison(format!(
+        maint.durability.poison(format!(
             "compaction could not update the index: {}",
             e.display_chain()
         ));
         return Err(e);
     }
-    shared
+    maint
         .log
         .replace_segments(new_segments, &prepared.intent.deleted);
-    shared
+    maint
         .epoch
         .store(prepared.epoch, std::sync::atomic::Ordering::Release);
     Ok(())
@@ -427,7 +428,7 @@ fn plan(
 
 /// One compaction's state while it writes.
 struct Run<'s, 'a> {
-    shared: &'s Shared,
+    maint: &'s Maintainer<'s>,
     config: &'s CompactionConfig,
     /// Event-frame bytes an output may hold before it is cut.
     target: u64,
@@ -485,7 +486,7 @@ impl<'a> Run<'_, 'a> {
     fn read_input(&mut self, seg: &'a Arc<Segment>) -> Result<(), StoreError> {
         // An output keeps the creation time of the input it starts in.
         self.created_us = SegmentHeader::decode(seg.bytes())
-            .map_or_else(|_| self.shared.config.now_us(), |h| h.created_us);
+            .map_or_else(|_| self.maint.config.now_us(), |h| h.created_us);
         let mut chunk: Vec<(u64, &'a [u8], EventRecord<'a>)> = Vec::with_capacity(LOOKUP_CHUNK);
         let bytes: &'a [u8] = seg.bytes();
         // Only indexed events are rewritten (`decide`); what recovery never
@@ -543,7 +544,7 @@ impl<'a> Run<'_, 'a> {
         };
         let mut looked_up = Vec::with_capacity(chunk.len());
         {
-            let index = self.shared.index.read();
+            let index = self.maint.index.read();
             for (offset, _, rec) in chunk.iter() {
                 // The frame must be the indexed copy of its event: remains of
                 // a failed append (possibly sharing an id with its retry) are not.
@@ -708,8 +709,8 @@ impl<'a> Run<'_, 'a> {
         }
         self.current = Some(Output {
             writer: SegmentWriter::create(
-                self.shared.log.io(),
-                self.shared.log.dir(),
+                self.maint.log.io(),
+                self.maint.log.dir(),
                 self.last_input,
                 self.created_us,
             )?,
@@ -734,7 +735,7 @@ impl<'a> Run<'_, 'a> {
             }
         }
         self.outputs.push((id, len));
-        self.shared
+        self.maint
             .log
             .io()
             .at(InjectionPoint::CompactionSegmentWritten)
@@ -744,7 +745,7 @@ impl<'a> Run<'_, 'a> {
     fn abandon(&mut self) {
         // Closed first (its buffer flushes on drop), then deleted with the rest.
         drop(self.current.take());
-        if let Err(e) = rewrite::discard_temporaries(self.shared.log.io(), self.shared.log.dir()) {
+        if let Err(e) = rewrite::discard_temporaries(self.maint.log.io(), self.maint.log.dir()) {
             tracing::warn!(error = %e.display_chain(), "batpak: could not delete an abandoned compaction's files; the next open will");
         }
     }

@@ -11,13 +11,14 @@
 //! Reads the store's files; writes only the destination and its staging
 //! directory beside it.
 
+use super::Maintainer;
 use crate::store::config::SyncMode;
 use crate::store::format::footer;
 use crate::store::format::removed::REMOVED_FILE;
 use crate::store::format::segment::{segment_file_name, SEGMENT_HEADER_LEN};
 use crate::store::log::rewrite::write_synced;
 use crate::store::log::{InjectionPoint, Segment, SegmentIo};
-use crate::store::{Shared, StoreError};
+use crate::store::StoreError;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,15 +35,15 @@ struct Part {
     from: u64,
 }
 
-pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
+pub(crate) fn snapshot(maint: &Maintainer<'_>, dest: &Path) -> Result<(), StoreError> {
     check_destination(dest)?;
-    let _maintenance = shared.maintenance.lock();
-    let parts = commit_point(shared)?;
+    let _maintenance = maint.lock.lock();
+    let parts = commit_point(maint)?;
     let staging = staging_dir(dest)?;
-    let io = shared.log.io();
+    let io = maint.log.io();
     let copied = (|| {
         std::fs::create_dir(&staging)?;
-        let writable = shared.writer.is_some();
+        let writable = maint.writer.is_some();
         for part in &parts {
             let name = segment_file_name(part.segment.id());
             let to = staging.join(&name);
@@ -50,7 +51,7 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                 // A sealed segment of a store we own: its file is stable
                 // while we hold the maintenance lock, so the kernel copies it.
                 None if writable => {
-                    std::fs::copy(shared.log.dir().join(&name), &to)?;
+                    std::fs::copy(maint.log.dir().join(&name), &to)?;
                     io.sync(&File::open(&to)?, &to, SyncMode::SyncAll, None, None)?;
                 }
                 // Otherwise the bytes this handle maps are the ones it serves.
@@ -78,9 +79,9 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
                 }
             }
         }
-        shared.log.io().at(InjectionPoint::SnapshotCopied)?;
+        maint.log.io().at(InjectionPoint::SnapshotCopied)?;
         // The removed-event record: ids and sequences compaction removed.
-        let removed = std::fs::read(shared.log.dir().join(REMOVED_FILE))?;
+        let removed = std::fs::read(maint.log.dir().join(REMOVED_FILE))?;
         if !writable {
             // A read-only handle copies the segments it mapped; if the owner
             // has compacted history since, the record on disk no longer
@@ -88,7 +89,7 @@ pub(crate) fn snapshot(shared: &Shared, dest: &Path) -> Result<(), StoreError> {
             let on_disk = crate::store::format::removed::decode(&removed)
                 .map(|r| r.epoch)
                 .unwrap_or(u64::MAX);
-            if on_disk != shared.history_epoch() {
+            if on_disk != maint.history_epoch() {
                 return Err(StoreError::Io(std::io::Error::other(
                     "the store's history was compacted after this read-only handle opened it; reopen the handle to snapshot it",
                 )));
@@ -157,26 +158,26 @@ fn parent_of(path: &Path) -> PathBuf {
 }
 
 /// The segments to copy and where the copy stops, fixed at one instant.
-fn commit_point(shared: &Shared) -> Result<Vec<Part>, StoreError> {
-    let (newest, end) = match &shared.writer {
+fn commit_point(maint: &Maintainer<'_>) -> Result<Vec<Part>, StoreError> {
+    let (newest, end) = match maint.writer {
         Some(writer) => {
             let w = writer.lock();
             (w.active.segment().id(), w.active.write_pos())
         }
-        None => match shared.follow.lock().as_ref() {
+        None => match maint.follow.lock().as_ref() {
             Some(f) => f.position(),
             None => (u64::MAX, 0),
         },
     };
     // Everything up to that point becomes durable before it is copied.
-    shared.sync_all_written()?;
-    let follow = shared.follow.lock();
-    Ok(shared
+    maint.syncer.sync_all_written()?;
+    let follow = maint.follow.lock();
+    Ok(maint
         .log
         .segment_ids()
         .into_iter()
         .filter(|&id| id <= newest)
-        .filter_map(|id| shared.log.segment(id))
+        .filter_map(|id| maint.log.segment(id))
         .map(|segment| Part {
             upto: (segment.id() == newest).then_some(end),
             from: follow

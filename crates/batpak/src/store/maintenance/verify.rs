@@ -36,6 +36,7 @@
 //! (the expensive part; the walker helps once its walk is done), and one
 //! decodes the checkpoint and checks its records against the frames.
 
+use super::Maintainer;
 use crate::store::format::checkpoint::{self, CoveredSegment, CHECKPOINT_FILE};
 use crate::store::format::footer::{self, Footer, FooterEntry, TRAILER_LEN};
 use crate::store::format::frame::all_zero;
@@ -47,7 +48,7 @@ use crate::store::format::segment::{self, segment_file_name, SEGMENT_HEADER_LEN}
 use crate::store::format::{chain, FormatError};
 use crate::store::log::{map_whole_file, rewrite, Segment, SegmentListing};
 use crate::store::recovery::{check_last_frame, event_in_frame, RemovedPredecessors};
-use crate::store::{Shared, StoreError};
+use crate::store::StoreError;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -167,31 +168,31 @@ const MAX_LISTED: u64 = 32;
 const HASH_CHUNK: usize = 2048;
 
 /// Check everything committed when the call starts.
-pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, StoreError> {
-    let _maintenance = shared.maintenance.lock();
+pub(crate) fn verify(maint: &Maintainer<'_>) -> Result<VerifyReport, StoreError> {
+    let _maintenance = maint.lock.lock();
     // The writer's committed position, taken once: appends after it are not checked.
-    let active = match &shared.writer {
+    let active = match maint.writer {
         Some(writer) => {
             let mut w = writer.lock();
             // Frames of a poisoned store's failed group commit stay where
             // they are (in memory): the file is checked as it is.
-            if !shared.durability.is_poisoned() {
+            if !maint.durability.is_poisoned() {
                 w.active.flush_pending()?;
             }
             Some((w.active.segment().id(), w.active.write_pos()))
         }
         None => None,
     };
-    let dir = shared.log.dir();
+    let dir = maint.log.dir();
     // A read-only handle reads a compaction its owner committed but has not
     // installed yet as finished, as its open did: the files the intent
     // replaces or deletes, and the checkpoint it deletes, are not the
     // store's any more. (A writable store installs it at open.)
-    let pending = match shared.writer {
+    let pending = match maint.writer {
         Some(_) => None,
         None => rewrite::pending_intent(dir)?,
     };
-    let targets = collect_targets(shared, dir, active, pending.as_ref())?;
+    let targets = collect_targets(maint, dir, active, pending.as_ref())?;
     let removed_path = pending.as_ref().map_or_else(
         || dir.join(REMOVED_FILE),
         |intent| rewrite::pending_removed_path(dir, intent),
@@ -289,7 +290,7 @@ impl Target {
 /// store) and every segment file in the directory (up to the active segment
 /// of a writable store).
 fn collect_targets(
-    shared: &Shared,
+    maint: &Maintainer<'_>,
     dir: &Path,
     active: Option<(u64, u64)>,
     pending: Option<&Intent>,
@@ -297,8 +298,8 @@ fn collect_targets(
     let mut ids: BTreeMap<u64, Option<PathBuf>> = BTreeMap::new();
     // A read-only handle checks the files as they are: the owner may have
     // compacted away segments the handle still maps.
-    if shared.writer.is_some() {
-        for id in shared.log.segment_ids() {
+    if maint.writer.is_some() {
+        for id in maint.log.segment_ids() {
             ids.insert(id, None);
         }
     }
@@ -321,9 +322,9 @@ fn collect_targets(
         // A sealed segment is read as the file is now: the log's mapping
         // may be shorter than the file (a footer is written after the
         // frames, possibly past the capacity the segment was mapped with).
-        let seg = match (active_end, shared.log.segment(id)) {
+        let seg = match (active_end, maint.log.segment(id)) {
             (Some(_), Some(seg)) => seg,
-            (_, registered) => match Segment::open_read_only(&path, id, shared.log.io()) {
+            (_, registered) => match Segment::open_read_only(&path, id, maint.log.io()) {
                 Ok(seg) => Arc::new(seg),
                 Err(e) => registered.ok_or(e)?,
             },

@@ -796,6 +796,24 @@ impl Shared {
     }
 }
 
+/// What another layer may ask of the write path: make everything written so
+/// far durable. The shared state is private to this module, so a holder
+/// (maintenance, before a snapshot copies segments) cannot append, rotate
+/// or publish.
+#[derive(Clone, Copy)]
+pub(crate) struct Syncer<'s>(&'s Shared);
+
+impl<'s> Syncer<'s> {
+    pub(crate) fn new(shared: &'s Shared) -> Self {
+        Self(shared)
+    }
+
+    /// See [`Shared::sync_all_written`].
+    pub(crate) fn sync_all_written(self) -> Result<(), StoreError> {
+        self.0.sync_all_written()
+    }
+}
+
 /// The record of an imported event: its own clock, time and hashes, checked
 /// against its entity's tail (`Continuation::check`).
 fn imported_record<'d>(
