@@ -11,7 +11,10 @@
 //! (waiting asynchronously when the queue is full) and awaits a one-shot
 //! reply; a pool thread runs it on the blocking store. No task is spawned
 //! per call, and many tasks' appends reach the store at the same time, so
-//! the file store's group commit still shares one fsync among them. A
+//! the file store's group commit still shares one fsync among them. Over
+//! a durable file store, single appends skip the pool: an append lane
+//! appends every queued one relaxed, covers them with one `sync`, then
+//! answers them (ADR 0033), sparing each its two thread hand-offs. A
 //! cursor stream gets one reader thread for its whole life (not one per
 //! event), which forwards entries over a bounded channel (back-pressure)
 //! and ends when the stream is dropped. A subscription stream needs no
@@ -45,8 +48,8 @@
 use batpak::coordinate::{Coordinate, Region};
 use batpak::event::{EventKind, StoredEvent};
 use batpak::store::{
-    AppendOptions, AppendReceipt, BatchAppendItem, EventCursor, EventFeed, EventStore, IndexEntry,
-    Notification, StoreError, StoreStats, Subscription,
+    AppendOptions, AppendReceipt, BatchAppendItem, Durability, EventCursor, EventFeed, EventStore,
+    IndexEntry, Notification, StoreError, StoreStats, Subscription,
 };
 use futures_core::Stream;
 use parking_lot::Mutex;
@@ -79,11 +82,26 @@ const READER_CHECK: Duration = Duration::from_millis(20);
 
 type Panic = Box<dyn Any + Send>;
 type Job<S> = Box<dyn FnOnce(&S) + Send>;
+/// A laned append's first step: append relaxed, and either answer at once
+/// (an error, a panic) or return the step that answers once a sync covered
+/// the event (its argument: whether the lane's sync succeeded).
+type LaneJob<S> = Box<dyn FnOnce(&S) -> Option<Finish<S>> + Send>;
+type Finish<S> = Box<dyn FnOnce(&S, bool) + Send>;
+
+/// Threads that append for stores whose `sync` covers relaxed appends
+/// (see [`AsyncStore::with_threads`]). One: while it syncs, the next
+/// appends gather in its queue; a second lane measured slower, its rounds
+/// splitting the group-commit groups (ADR 0033).
+const LANES: usize = 1;
+
+/// Most appends one lane covers with one sync.
+const LANE_MAX: usize = 256;
 
 /// Names of the threads this crate starts (at most 15 bytes: Linux keeps
 /// no more of a thread's name).
 const WORKER_THREAD: &str = "bp-tokio-worker";
 const READER_THREAD: &str = "bp-tokio-cursor";
+const LANE_THREAD: &str = "bp-tokio-lane";
 
 /// An async handle on a blocking store `S`. Cheap to clone: every clone
 /// shares one pool of threads and one store.
@@ -103,6 +121,9 @@ struct Inner<S: EventStore + 'static> {
     /// `None` once shut down; dropping it lets the pool threads finish
     /// the queue and exit.
     jobs: Option<flume::Sender<Job<S>>>,
+    /// Present when the store's `sync` covers relaxed appends: the lanes'
+    /// queue (`None` once shut down, like `jobs`).
+    lanes: Option<flume::Sender<LaneJob<S>>>,
     /// Taken by `close`; the pool threads hold their own clones.
     store: Option<Arc<S>>,
     workers: Vec<JoinHandle<()>>,
@@ -125,14 +146,28 @@ impl<S: EventStore + 'static> AsyncStore<S> {
     /// at once, and with it how many appends one fsync can cover: make it
     /// at least the number of tasks expected to append concurrently.
     ///
+    /// When the store says its `sync` covers relaxed appends
+    /// ([`EventStore::sync_covers_relaxed_appends`]: the file store with
+    /// durable receipts), single appends that want the store's default or
+    /// `Durable` go to one append lane instead (ADR 0033): it takes every
+    /// append queued, appends each relaxed, makes them all durable with one
+    /// `sync`, and only then answers each caller. Every receipt still
+    /// means what it means on the blocking API (the event is durable and
+    /// visible), and each append keeps its own CAS, idempotency and error;
+    /// the lane only spares the thread hand-offs of one pool call per
+    /// append.
+    ///
     /// # Errors
     /// `Io` when a thread cannot be started (those already started are
     /// stopped again).
     pub fn with_threads(store: S, threads: usize) -> Result<Self, StoreError> {
         let store = Arc::new(store);
         let (tx, rx) = flume::bounded::<Job<S>>(QUEUE_CAPACITY);
+        let (lane_tx, lane_rx) = flume::bounded::<LaneJob<S>>(QUEUE_CAPACITY);
+        let laned = store.sync_covers_relaxed_appends();
         let mut inner = Inner {
             jobs: Some(tx),
+            lanes: laned.then_some(lane_tx),
             store: Some(store.clone()),
             workers: Vec::new(),
             readers: Mutex::new(Vec::new()),
@@ -153,6 +188,15 @@ impl<S: EventStore + 'static> AsyncStore<S> {
             inner
                 .workers
                 .push(spawned.map_err(|e| io_error("start a pool thread", e))?);
+        }
+        for _ in 0..if laned { LANES } else { 0 } {
+            let (rx, store) = (lane_rx.clone(), store.clone());
+            let spawned = std::thread::Builder::new()
+                .name(LANE_THREAD.into())
+                .spawn(move || lane(&*store, &rx));
+            inner
+                .workers
+                .push(spawned.map_err(|e| io_error("start an append lane", e))?);
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -220,8 +264,19 @@ impl<S: EventStore + 'static> AsyncStore<S> {
         T: Serialize + Send + 'static,
     {
         let coord = coord.clone();
-        self.run(move |s| s.append_with_options(&coord, kind, &payload, opts))
-            .await?
+        match &self.inner.lanes {
+            Some(lanes) if opts.durability != Some(Durability::Relaxed) => {
+                let job = move |s: &S| {
+                    let relaxed = opts.with_durability(Durability::Relaxed);
+                    s.append_with_options(&coord, kind, &payload, relaxed)
+                };
+                laned(lanes, job).await
+            }
+            _ => {
+                self.run(move |s| s.append_with_options(&coord, kind, &payload, opts))
+                    .await?
+            }
+        }
     }
 
     /// [`EventStore::append_reaction`].
@@ -431,8 +486,10 @@ impl<S: EventStore + 'static> Inner<S> {
     /// Stop the pool and the readers and join them all.
     fn shut_down(&mut self) {
         self.stopping.store(true, Ordering::Release);
-        // The pool threads finish what is queued, then see the channel close.
+        // The pool threads and lanes finish what is queued, then see their
+        // channel close.
         self.jobs = None;
+        self.lanes = None;
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
@@ -448,6 +505,74 @@ impl<S: EventStore + 'static> Inner<S> {
         match Arc::try_unwrap(store) {
             Ok(store) => store.close(),
             Err(_) => Err(StoreError::WriterCrashed),
+        }
+    }
+}
+
+/// Queue a laned append (`append` runs it relaxed) and await its answer,
+/// which comes once a lane's sync covered the event.
+async fn laned<S: EventStore + 'static>(
+    lanes: &flume::Sender<LaneJob<S>>,
+    append: impl FnOnce(&S) -> Result<AppendReceipt, StoreError> + Send + 'static,
+) -> Result<AppendReceipt, StoreError> {
+    type Answer = Result<Result<AppendReceipt, StoreError>, Panic>;
+    let (reply, answer) = tokio::sync::oneshot::channel::<Answer>();
+    let job: LaneJob<S> = Box::new(move |s: &S| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| append(s))) {
+            Ok(Ok(receipt)) => Some(Box::new(move |s: &S, synced: bool| {
+                // The lane's sync failed: ask again, so that each caller
+                // gets its own error (a poisoned store answers at once), or
+                // its receipt if the event is durable after all.
+                let outcome = if synced {
+                    Ok(receipt)
+                } else {
+                    s.sync().map(|()| receipt)
+                };
+                let _ = reply.send(Ok(outcome));
+            })),
+            Ok(Err(e)) => {
+                let _ = reply.send(Ok(Err(e)));
+                None
+            }
+            Err(panic) => {
+                let _ = reply.send(Err(panic));
+                None
+            }
+        }
+    });
+    lanes
+        .send_async(job)
+        .await
+        .map_err(|_| StoreError::WriterCrashed)?;
+    match answer.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(StoreError::WriterCrashed),
+    }
+}
+
+/// An append lane: take every queued append (up to [`LANE_MAX`]), run each
+/// (relaxed), cover them with one `sync`, then answer them.
+fn lane<S: EventStore>(store: &S, jobs: &flume::Receiver<LaneJob<S>>) {
+    // Ends when every sender is gone and the queue is empty.
+    while let Ok(first) = jobs.recv() {
+        let mut waiting: Vec<Finish<S>> = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            waiting.extend(job(store));
+            next = if waiting.len() < LANE_MAX {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let synced =
+            std::panic::catch_unwind(AssertUnwindSafe(|| store.sync().is_ok())).unwrap_or(false);
+        for finish in waiting {
+            finish(store, synced);
         }
     }
 }

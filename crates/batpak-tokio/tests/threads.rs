@@ -51,16 +51,17 @@ fn no_thread_outlives_the_wrapper_or_its_streams() {
         assert_eq!(wrapper_threads(), Vec::<String>::new());
         let store = AsyncStore::with_threads(Store::open(StoreConfig::new(dir.path())).unwrap(), 3)
             .unwrap();
-        eventually_threads(3, "three pool threads");
+        // Three pool threads and the append lane (a durable file store).
+        eventually_threads(4, "three pool threads and the lane");
         let c = Coordinate::new("t:1", "s").unwrap();
         store.append(&c, EventKind::custom(1, 1), 1).await.unwrap();
 
         let mut first = store.cursor_stream(&Region::all(), None).unwrap();
         first.next().await.unwrap().unwrap();
         let _second = store.cursor_stream(&Region::all(), None).unwrap();
-        eventually_threads(5, "one reader per stream");
+        eventually_threads(6, "one reader per stream");
         drop(first);
-        eventually_threads(4, "a dropped stream's reader stops");
+        eventually_threads(5, "a dropped stream's reader stops");
 
         // `_second` is still alive: close stops its reader too.
         store.close().await.unwrap();
@@ -73,7 +74,7 @@ fn no_thread_outlives_the_wrapper_or_its_streams() {
         let store = AsyncStore::with_threads(Store::open(StoreConfig::new(dir.path())).unwrap(), 2)
             .unwrap();
         let _stream = store.cursor_stream(&Region::all(), None).unwrap();
-        eventually_threads(3, "pool and reader");
+        eventually_threads(4, "pool, lane and reader");
         drop(store);
         assert_eq!(
             wrapper_threads(),

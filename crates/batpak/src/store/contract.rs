@@ -225,6 +225,17 @@ pub trait EventStore: Send + Sync {
     /// The backend's sync failure.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Whether this store's default is durable receipts and an append made
+    /// with `Durability::Relaxed` is, once a later [`EventStore::sync`]
+    /// returns, as durable and as visible as one made with that default.
+    /// When true, a caller holding many independent appends may make them
+    /// relaxed and cover them all with one `sync` before it hands out any
+    /// receipt (what `batpak-tokio` does to spare a thread hand-off per
+    /// append); when false (the default) it must not.
+    fn sync_covers_relaxed_appends(&self) -> bool {
+        false
+    }
+
     /// Release the store: sync, stop its threads or connections.
     ///
     /// # Errors
@@ -575,6 +586,10 @@ impl EventStore for Store {
 
     fn sync(&self) -> Result<(), StoreError> {
         Store::sync(self)
+    }
+
+    fn sync_covers_relaxed_appends(&self) -> bool {
+        self.shared.config.durable_receipts()
     }
 
     fn close(self) -> Result<(), StoreError> {

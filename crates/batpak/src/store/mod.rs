@@ -651,7 +651,11 @@ impl Store<Open> {
     /// # Errors
     /// `Poisoned` after an earlier I/O failure, or the sync's own failure.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.shared.sync_all_written()
+        self.shared.sync_all_written()?;
+        // Relaxed events of a durable store became visible here: the lossy
+        // subscribers hear of them now, not at the next append.
+        self.shared.dispatch();
+        Ok(())
     }
 
     /// Test hook (feature `dangerous-test-hooks`): do what a power cut now
