@@ -46,6 +46,59 @@ impl Rate {
     }
 }
 
+/// 16 OS threads, `per_worker` blocking appends each; the time taken.
+fn sync_round(store: &Arc<Store>, cs: &Arc<Vec<Coordinate>>, per_worker: u64) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CONCURRENCY)
+        .map(|t| {
+            let (store, cs) = (store.clone(), cs.clone());
+            std::thread::spawn(move || {
+                let p = payload(t);
+                for k in 0..per_worker {
+                    store
+                        .append(&cs[((k + t) % 100) as usize], KIND, &p)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+/// 16 tokio tasks, `per_worker` appends each through the wrapper; the time
+/// taken.
+fn async_round(
+    rt: &tokio::runtime::Runtime,
+    store: &AsyncStore<Store>,
+    cs: &Arc<Vec<Coordinate>>,
+    per_worker: u64,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|t| {
+                let (store, cs) = (store.clone(), cs.clone());
+                tokio::spawn(async move {
+                    // The API takes the payload by value: one clone per
+                    // append, as a caller handing it over pays.
+                    let p = payload(t);
+                    for k in 0..per_worker {
+                        let c = &cs[((k + t) % 100) as usize];
+                        store.append(c, KIND, p.clone()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
 fn durable_16(c: &mut Criterion) {
     let mut g = c.benchmark_group("async_append");
     g.sample_size(10);
@@ -57,24 +110,7 @@ fn durable_16(c: &mut Criterion) {
     let store = Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
     g.bench_function("durable_16_threads_sync_api", |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            let handles: Vec<_> = (0..CONCURRENCY)
-                .map(|t| {
-                    let (store, cs) = (store.clone(), cs.clone());
-                    std::thread::spawn(move || {
-                        let p = payload(t);
-                        for k in 0..iters {
-                            store
-                                .append(&cs[((k + t) % 100) as usize], KIND, &p)
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            let took = start.elapsed();
+            let took = sync_round(&store, &cs, iters);
             sync_rate.add(iters * CONCURRENCY, took);
             took
         })
@@ -84,7 +120,7 @@ fn durable_16(c: &mut Criterion) {
     let async_rate = Rate::new();
     let dir = tempfile::tempdir().unwrap();
     // As many runtime threads as this machine's cores would give; the
-    // store's calls run on the wrapper's own pool.
+    // store's calls run on the wrapper's own threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -92,27 +128,7 @@ fn durable_16(c: &mut Criterion) {
     let store = AsyncStore::new(Store::open(StoreConfig::new(dir.path())).unwrap()).unwrap();
     g.bench_function("durable_16_tasks_async_store", |b| {
         b.iter_custom(|iters| {
-            let took = rt.block_on(async {
-                let start = Instant::now();
-                let tasks: Vec<_> = (0..CONCURRENCY)
-                    .map(|t| {
-                        let (store, cs) = (store.clone(), cs.clone());
-                        tokio::spawn(async move {
-                            // The API takes the payload by value: one clone
-                            // per append, as a caller handing it over pays.
-                            let p = payload(t);
-                            for k in 0..iters {
-                                let c = &cs[((k + t) % 100) as usize];
-                                store.append(c, KIND, p.clone()).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-                start.elapsed()
-            });
+            let took = async_round(&rt, &store, &cs, iters);
             async_rate.add(iters * CONCURRENCY, took);
             took
         })
@@ -141,44 +157,9 @@ fn interleaved(rt: &tokio::runtime::Runtime, cs: &Arc<Vec<Coordinate>>) {
         AsyncStore::new(Store::open(StoreConfig::new(async_dir.path())).unwrap()).unwrap();
     let (sync_rate, async_rate) = (Rate::new(), Rate::new());
     for _ in 0..ROUNDS {
-        let start = Instant::now();
-        let handles: Vec<_> = (0..CONCURRENCY)
-            .map(|t| {
-                let (store, cs) = (sync_store.clone(), cs.clone());
-                std::thread::spawn(move || {
-                    let p = payload(t);
-                    for k in 0..PER_WORKER {
-                        store
-                            .append(&cs[((k + t) % 100) as usize], KIND, &p)
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-        sync_rate.add(PER_WORKER * CONCURRENCY, start.elapsed());
-
-        let took = rt.block_on(async {
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..CONCURRENCY)
-                .map(|t| {
-                    let (store, cs) = (async_store.clone(), cs.clone());
-                    tokio::spawn(async move {
-                        let p = payload(t);
-                        for k in 0..PER_WORKER {
-                            let c = &cs[((k + t) % 100) as usize];
-                            store.append(c, KIND, p.clone()).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            start.elapsed()
-        });
+        let took = sync_round(&sync_store, cs, PER_WORKER);
+        sync_rate.add(PER_WORKER * CONCURRENCY, took);
+        let took = async_round(rt, &async_store, cs, PER_WORKER);
         async_rate.add(PER_WORKER * CONCURRENCY, took);
     }
     let syncs = |d: batpak::store::StoreDiagnostics| d.event_count as f64 / d.syncs.max(1) as f64;
