@@ -458,12 +458,12 @@ impl crate::store::Store {
         )
     }
 
-    /// As [`Store::import_events`], for events that carry their payload
+    /// As [`crate::store::Store::import_events`], for events that carry their payload
     /// version (read with `Store::events_versioned`): each keeps it, and its
     /// event hash, which covers the version, is checked with it.
     ///
     /// # Errors
-    /// As [`Store::import_events`].
+    /// As [`crate::store::Store::import_events`].
     pub fn import_versioned_events(
         &self,
         events: Vec<crate::event::VersionedEvent>,
