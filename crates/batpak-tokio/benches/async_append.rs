@@ -2,26 +2,21 @@
 //! 16 OS threads on the blocking API, same store configuration (durable
 //! receipts, group commit). Prints the async/sync ratio measured in this run.
 
+#[path = "../../batpak/benches/common.rs"]
+mod common;
+
 use batpak::prelude::*;
 use batpak_tokio::AsyncStore;
+use common::{append_from_threads, payload, KIND};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: u64 = 16;
-const KIND: EventKind = EventKind::custom(1, 1);
 
 fn coords() -> Arc<Vec<Coordinate>> {
-    Arc::new(
-        (0..100)
-            .map(|i| Coordinate::new(format!("bench:{i}"), "tenant:bench").unwrap())
-            .collect(),
-    )
-}
-
-fn payload(t: u64) -> serde_json::Value {
-    serde_json::json!({"task": t, "pad": "x".repeat(200)})
+    Arc::new(common::coords(100))
 }
 
 /// Events per second over every iteration a benchmark ran.
@@ -46,28 +41,6 @@ impl Rate {
     }
 }
 
-/// 16 OS threads, `per_worker` blocking appends each; the time taken.
-fn sync_round(store: &Arc<Store>, cs: &Arc<Vec<Coordinate>>, per_worker: u64) -> Duration {
-    let start = Instant::now();
-    let handles: Vec<_> = (0..CONCURRENCY)
-        .map(|t| {
-            let (store, cs) = (store.clone(), cs.clone());
-            std::thread::spawn(move || {
-                let p = payload(t);
-                for k in 0..per_worker {
-                    store
-                        .append(&cs[((k + t) % 100) as usize], KIND, &p)
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    start.elapsed()
-}
-
 /// 16 tokio tasks, `per_worker` appends each through the wrapper; the time
 /// taken.
 fn async_round(
@@ -86,7 +59,7 @@ fn async_round(
                     // append, as a caller handing it over pays.
                     let p = payload(t);
                     for k in 0..per_worker {
-                        let c = &cs[((k + t) % 100) as usize];
+                        let c = &cs[((k + t) % cs.len() as u64) as usize];
                         store.append(c, KIND, p.clone()).await.unwrap();
                     }
                 })
@@ -110,7 +83,7 @@ fn durable_16(c: &mut Criterion) {
     let store = Arc::new(Store::open(StoreConfig::new(dir.path())).unwrap());
     g.bench_function("durable_16_threads_sync_api", |b| {
         b.iter_custom(|iters| {
-            let took = sync_round(&store, &cs, iters);
+            let took = append_from_threads(&store, &cs, CONCURRENCY, iters);
             sync_rate.add(iters * CONCURRENCY, took);
             took
         })
@@ -157,7 +130,7 @@ fn interleaved(rt: &tokio::runtime::Runtime, cs: &Arc<Vec<Coordinate>>) {
         AsyncStore::new(Store::open(StoreConfig::new(async_dir.path())).unwrap()).unwrap();
     let (sync_rate, async_rate) = (Rate::new(), Rate::new());
     for _ in 0..ROUNDS {
-        let took = sync_round(&sync_store, cs, PER_WORKER);
+        let took = append_from_threads(&sync_store, cs, CONCURRENCY, PER_WORKER);
         sync_rate.add(PER_WORKER * CONCURRENCY, took);
         let took = async_round(rt, &async_store, cs, PER_WORKER);
         async_rate.add(PER_WORKER * CONCURRENCY, took);

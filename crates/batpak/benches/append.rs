@@ -9,7 +9,7 @@ use common::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn relaxed(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
@@ -70,26 +70,7 @@ fn durable(c: &mut Criterion) {
     const THREADS: u64 = 16;
     g.throughput(Throughput::Elements(THREADS));
     g.bench_function("durable_16_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let (store, cs) = (store.clone(), cs.clone());
-                    std::thread::spawn(move || {
-                        let p = payload(t);
-                        for k in 0..iters {
-                            store
-                                .append(&cs[((k + t) % 100) as usize], KIND, &p)
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            start.elapsed()
-        })
+        b.iter_custom(|iters| append_from_threads(&store, &cs, THREADS, iters))
     });
     g.finish();
     let d = store.diagnostics();

@@ -4,6 +4,8 @@
 use batpak::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const KIND: EventKind = EventKind::custom(1, 1);
 
@@ -44,4 +46,32 @@ pub fn build_store(dir: &Path, n: u64, entities: usize, segment_max_bytes: u64) 
     }
     store.close().unwrap();
     ids
+}
+
+/// `threads` OS threads, each appending `per_thread` events (payload
+/// `payload(thread)`, coordinates round-robin over `cs`) with the blocking
+/// API; the wall time taken.
+pub fn append_from_threads(
+    store: &Arc<Store>,
+    cs: &Arc<Vec<Coordinate>>,
+    threads: u64,
+    per_thread: u64,
+) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, cs) = (store.clone(), cs.clone());
+            std::thread::spawn(move || {
+                let p = payload(t);
+                for k in 0..per_thread {
+                    let c = &cs[((k + t) % cs.len() as u64) as usize];
+                    store.append(c, KIND, &p).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
 }

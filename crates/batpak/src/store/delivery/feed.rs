@@ -293,7 +293,7 @@ impl EventFeed for Store {
     where
         T: EventSourced<Value> + 'static,
     {
-        Ok(self.latest_relevant::<T>(entity))
+        Ok(self.shared.projector().latest_relevant::<T>(entity))
     }
 
     fn project_through<T>(
@@ -305,7 +305,9 @@ impl EventFeed for Store {
     where
         T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
     {
-        self.project_at(entity, freshness, through)
+        self.shared
+            .projector()
+            .project_at(entity, freshness, through)
     }
 
     fn watch_projection<T>(

@@ -30,6 +30,18 @@ pub(crate) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::E
     kinds.is_empty() || kinds.contains(&kind)
 }
 
+/// What `Store::project` folds into (its bounds, named once for the
+/// internal steps).
+pub(crate) trait Folded:
+    EventSourced<serde_json::Value> + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}
+
+impl<T> Folded for T where
+    T: EventSourced<serde_json::Value> + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+}
+
 /// The projection layer's handle: reads, the schema that upcasts old
 /// payloads, the two cache tiers, the history epoch and the configuration
 /// (clock, incremental projection), and nothing of the write path or
@@ -44,14 +56,6 @@ pub(crate) struct Projector<'s> {
 }
 
 impl Store {
-    /// See [`Projector::latest_relevant`].
-    pub(crate) fn latest_relevant<T: EventSourced<serde_json::Value>>(
-        &self,
-        entity: &str,
-    ) -> Option<u64> {
-        self.shared.projector().latest_relevant::<T>(entity)
-    }
-
     /// Fold `entity`'s events into a `T`.
     ///
     /// `Consistent` never returns a value older than the entity's newest
@@ -76,24 +80,6 @@ impl Store {
             Some(latest) => projector.project_at(entity, freshness, latest),
             None => Ok(T::from_events(&[])),
         }
-    }
-
-    /// See [`Projector::project_at`].
-    pub(crate) fn project_at<T>(
-        &self,
-        entity: &str,
-        freshness: &Freshness,
-        latest: u64,
-    ) -> Result<Option<T>, StoreError>
-    where
-        T: EventSourced<serde_json::Value>
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + 'static,
-    {
-        self.shared
-            .projector()
-            .project_at(entity, freshness, latest)
     }
 }
 
@@ -202,18 +188,12 @@ impl Projector<'_> {
 
     /// [`Store::project`] for an entity whose newest relevant event has
     /// global sequence `latest` (the caller looked it up).
-    pub(crate) fn project_at<T>(
+    pub(crate) fn project_at<T: Folded>(
         &self,
         entity: &str,
         freshness: &Freshness,
         latest: u64,
-    ) -> Result<Option<T>, StoreError>
-    where
-        T: EventSourced<serde_json::Value>
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + 'static,
-    {
+    ) -> Result<Option<T>, StoreError> {
         let key = cache_key::<T>(entity, self.epoch);
         let decode =
             |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
