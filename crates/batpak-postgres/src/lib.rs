@@ -68,9 +68,9 @@ pub use read::StableRead;
 pub use schema::SCHEMA_VERSION;
 pub use verify::{PgProblem, PgProblemKind, PgVerifyReport};
 
-use batpak::coordinate::{Coordinate, Region};
+use batpak::coordinate::{Coordinate, KindFilter, Region};
 use batpak::event::{
-    EventKind, EventSourced, Reactive, Schema, StoredEvent, TypedError, VersionedEvent,
+    EventKind, EventSourced, Reactive, Schema, StoredEvent, TypedError, TypedEvent, VersionedEvent,
 };
 use batpak::store::codec;
 use batpak::store::{
@@ -476,18 +476,50 @@ impl EventStore for PgStore {
         self.get_versioned_event(event_id)
     }
 
+    fn get_as<T: TypedEvent>(&self, event_id: u128) -> Result<StoredEvent<T>, StoreError> {
+        self.get_typed_event(event_id)
+    }
+
+    fn events_as<'a, T: TypedEvent>(
+        &'a self,
+        region: &Region,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        let schema = self.schema();
+        let region = region.clone().with_fact(KindFilter::Exact(T::KIND));
+        let decode = Box::new(move |row: &postgres::Row| read::typed::<T>(row, &schema));
+        Box::new(typed::PgEvents::region(self, &region, decode))
+    }
+
+    fn stream_events_as<'a, T: TypedEvent>(
+        &'a self,
+        entity: &str,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent<T>, StoreError>> + 'a> {
+        let schema = self.schema();
+        let decode = Box::new(move |row: &postgres::Row| read::typed::<T>(row, &schema));
+        Box::new(typed::PgEvents::entity(self, entity, Some(T::KIND), decode))
+    }
+
     fn events_versioned<'a>(
         &'a self,
         region: &Region,
     ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
-        Box::new(typed::PgEvents::region(self, region))
+        Box::new(typed::PgEvents::region(
+            self,
+            region,
+            Box::new(read::versioned),
+        ))
     }
 
     fn stream_events_versioned<'a>(
         &'a self,
         entity: &str,
     ) -> Box<dyn Iterator<Item = Result<VersionedEvent, StoreError>> + 'a> {
-        Box::new(typed::PgEvents::entity(self, entity))
+        Box::new(typed::PgEvents::entity(
+            self,
+            entity,
+            None,
+            Box::new(read::versioned),
+        ))
     }
 
     fn project<T>(&self, entity: &str, freshness: &Freshness) -> Result<Option<T>, StoreError>

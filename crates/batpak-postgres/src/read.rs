@@ -8,7 +8,9 @@
 use crate::schema::ENTRY_COLUMNS;
 use crate::PgStore;
 use batpak::coordinate::{Coordinate, DagPosition, KindFilter, Region};
-use batpak::event::{Event, EventHeader, EventKind, HashChain, StoredEvent, VersionedEvent};
+use batpak::event::{
+    Event, EventHeader, EventKind, HashChain, Schema, StoredEvent, TypedEvent, VersionedEvent,
+};
 use batpak::store::{codec, DiskPos, IndexEntry, StoreError, StoreStats};
 use postgres::types::ToSql;
 use postgres::Row;
@@ -64,6 +66,30 @@ pub(crate) fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
 
 /// A stored event from a row of [`EVENT_COLUMNS`].
 pub(crate) fn event(row: &Row) -> Result<StoredEvent<serde_json::Value>, StoreError> {
+    event_with(row, |e, payload| {
+        codec::decode_payload(payload)
+            .map_err(|err| damaged("payload", format!("event {:032x}: {err}", e.event_id)))
+    })
+}
+
+/// A stored event from a row of [`VERSIONED_COLUMNS`], its payload decoded
+/// as `T` (straight from the bytes at `T`'s version, upcast when older).
+pub(crate) fn typed<T: TypedEvent>(
+    row: &Row,
+    schema: &Schema,
+) -> Result<StoredEvent<T>, StoreError> {
+    let version = version_of(col(row, 15)?);
+    event_with(row, |e, payload| {
+        codec::decode_typed_payload::<T>(schema, e.event_id, e.kind, version, payload)
+    })
+}
+
+/// A stored event from a row of [`EVENT_COLUMNS`], its payload decoded by
+/// `decode` (given the row's entry and the payload bytes).
+fn event_with<P>(
+    row: &Row,
+    decode: impl FnOnce(&IndexEntry, &[u8]) -> Result<P, StoreError>,
+) -> Result<StoredEvent<P>, StoreError> {
     let e = entry(row)?;
     let flags: i16 = col(row, 11)?;
     let hlc: i32 = col(row, 12)?;
@@ -84,8 +110,7 @@ pub(crate) fn event(row: &Row) -> Result<StoredEvent<serde_json::Value>, StoreEr
         flags: u8::try_from(flags).map_err(|_| damaged("flags", flags))?,
         content_hash: hash(row, 13, "content hash")?,
     };
-    let value = codec::decode_payload(payload)
-        .map_err(|err| damaged("payload", format!("event {:032x}: {err}", e.event_id)))?;
+    let value = decode(&e, payload)?;
     Ok(StoredEvent {
         coordinate: e.coord,
         event: Event::new(header, value).with_hash_chain(e.hash_chain),
@@ -107,7 +132,7 @@ pub(crate) fn versioned(row: &Row) -> Result<VersionedEvent, StoreError> {
 
 /// The core's own region rule, applied to what the SQL filter returned, so
 /// the two backends cannot disagree on what a region holds.
-fn in_region(region: &Region, e: &IndexEntry) -> bool {
+pub(crate) fn in_region(region: &Region, e: &IndexEntry) -> bool {
     region.matches_event(e.coord.entity(), e.coord.scope(), e.kind) && region.matches_clock(e.clock)
 }
 
@@ -278,6 +303,17 @@ impl PgStore {
         let rows = self.rows(&self.sql.get_versioned, &[&Uuid::from_u128(event_id)])?;
         match rows.first() {
             Some(row) => versioned(row),
+            None => Err(StoreError::NotFound(event_id)),
+        }
+    }
+
+    pub(crate) fn get_typed_event<T: TypedEvent>(
+        &self,
+        event_id: u128,
+    ) -> Result<StoredEvent<T>, StoreError> {
+        let rows = self.rows(&self.sql.get_versioned, &[&Uuid::from_u128(event_id)])?;
+        match rows.first() {
+            Some(row) => typed::<T>(row, &batpak::store::EventStore::schema(self)),
             None => Err(StoreError::NotFound(event_id)),
         }
     }

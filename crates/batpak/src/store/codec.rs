@@ -9,13 +9,15 @@
 //! (MessagePack of the `serde_json::Value`), the content and event hashes,
 //! the per-entity timestamp rule, the size limits, and the validation of an
 //! append or a batch before it is written ([`prepare_event`],
-//! [`prepare_batch`], [`Condition`]).
+//! [`prepare_batch`], [`Condition`]), and how a stored payload becomes a
+//! typed event ([`decode_typed_payload`]).
 //!
 //! It owns no encoding of its own: every function calls the private code
 //! the file store itself runs (`format::payload`, `format::chain`,
 //! `write::encode_payload`), so the two cannot drift apart. It never
 //! touches files, the index or the log.
 
+pub use crate::store::typed::decode_typed_payload;
 pub use crate::store::write::{
     prepare_batch, prepare_event, prepare_imports, AppendLimits, Condition, Continuation,
     PreparedEvent,

@@ -58,22 +58,44 @@ pub(crate) fn decode_typed<T: TypedEvent>(
     rec: &EventRecord<'_>,
     coord: Coordinate,
 ) -> Result<StoredEvent<T>, StoreError> {
-    let id = rec.event_id;
-    let version = payload_version(rec);
-    schema.admit::<T>(id, EventKind::from_raw(rec.visible_kind()), version)?;
-    let payload = if version == T::VERSION {
-        match decode_direct::<T>(rec.payload) {
-            Ok(t) => t,
+    let payload = decode_typed_payload::<T>(
+        schema,
+        rec.event_id,
+        EventKind::from_raw(rec.visible_kind()),
+        payload_version(rec),
+        rec.payload,
+    )?;
+    Ok(stored_event_with(rec, coord, payload))
+}
+
+/// Decode a stored payload (the bytes `codec::encode_payload` wrote) as
+/// `T`, for every backend's typed reads: kind and version checked against
+/// the schema, straight from the bytes when the payload is at `T::VERSION`,
+/// through a `serde_json::Value` and the schema's upcasters when it is
+/// older.
+///
+/// # Errors
+/// `Typed(KindClaimedTwice | KindMismatch | VersionTooNew | NoUpcaster |
+/// UpcastFailed | ShapeMismatch)`; `Serialization` for bytes that are not
+/// a payload.
+pub fn decode_typed_payload<T: TypedEvent>(
+    schema: &Schema,
+    event_id: u128,
+    kind: EventKind,
+    version: u16,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    schema.admit::<T>(event_id, kind, version)?;
+    let value = if version == T::VERSION {
+        match decode_direct::<T>(bytes) {
+            Ok(t) => return Ok(t),
             // The `Value` path decides (and names the error).
-            Err(_) => {
-                serde_json::from_value(decode_value(rec.payload)?).map_err(|e| shape::<T>(id, e))?
-            }
+            Err(_) => decode_value(bytes)?,
         }
     } else {
-        let v = schema.upcast_to::<T>(id, version, decode_value(rec.payload)?)?;
-        serde_json::from_value(v).map_err(|e| shape::<T>(id, e))?
+        schema.upcast_to::<T>(event_id, version, decode_value(bytes)?)?
     };
-    Ok(stored_event_with(rec, coord, payload))
+    Ok(serde_json::from_value(value).map_err(|e| shape::<T>(event_id, e))?)
 }
 
 fn decode_untyped(
