@@ -156,8 +156,39 @@ pub(crate) fn chain_in_frame(frame: &[u8]) -> Option<([u8; 32], [u8; 32])> {
     ))
 }
 
+/// How a decoder checks a record's coordinate strings.
+#[derive(Clone, Copy)]
+pub(crate) enum CoordCheck<'c> {
+    /// Check them against the rules of `Coordinate::new` (frames read for
+    /// the first time: recovery, verify, fuzzing).
+    Validate,
+    /// They must be exactly these strings, which were validated when
+    /// indexed (reads of indexed events): two byte comparisons instead of
+    /// UTF-8 decoding and a scan for control characters, and a frame that
+    /// names another coordinate than its index entry is refused.
+    Equal { entity: &'c str, scope: &'c str },
+}
+
+impl<'c> CoordCheck<'c> {
+    /// Equal to `coord`'s strings.
+    pub(crate) fn of(coord: &'c crate::coordinate::Coordinate) -> Self {
+        Self::Equal {
+            entity: coord.entity(),
+            scope: coord.scope(),
+        }
+    }
+}
+
 /// Decode an event record from a frame body (the checksum was checked by the frame decoder).
 pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> {
+    decode_event_checked(body, CoordCheck::Validate)
+}
+
+/// [`decode_event`], checking the coordinate strings as `check` says.
+pub(crate) fn decode_event_checked<'a>(
+    body: &'a [u8],
+    check: CoordCheck<'_>,
+) -> Result<EventRecord<'a>, FormatError> {
     if body.len() < EVENT_FIXED_LEN {
         return Err(FormatError::Short {
             what: "event record",
@@ -199,12 +230,8 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
     }
     let e_end = EVENT_FIXED_LEN + entity_len;
     let s_end = e_end + scope_len;
-    let entity = std::str::from_utf8(&body[EVENT_FIXED_LEN..e_end])
-        .map_err(|_| FormatError::invalid("entity", "not UTF-8"))?;
-    let scope = std::str::from_utf8(&body[e_end..s_end])
-        .map_err(|_| FormatError::invalid("scope", "not UTF-8"))?;
-    crate::coordinate::validate(entity, scope)
-        .map_err(|e| FormatError::invalid("coordinate", e.to_string()))?;
+    let (entity, scope) =
+        coordinate_strings(&body[EVENT_FIXED_LEN..e_end], &body[e_end..s_end], check)?;
     let batch_size = le::u32_at(body, off::BATCH_SIZE);
     let batch_index = le::u32_at(body, off::BATCH_INDEX);
     if batch_size != 0 && batch_index >= batch_size {
@@ -236,6 +263,48 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, FormatError> 
         payload: &body[s_end..],
         payload_version: le::u16_at(body, off::PAYLOAD_VERSION),
     })
+}
+
+/// The record's entity and scope, checked as `check` says.
+fn coordinate_strings<'a>(
+    entity: &'a [u8],
+    scope: &'a [u8],
+    check: CoordCheck<'_>,
+) -> Result<(&'a str, &'a str), FormatError> {
+    match check {
+        CoordCheck::Equal {
+            entity: want_entity,
+            scope: want_scope,
+        } => {
+            if entity != want_entity.as_bytes() || scope != want_scope.as_bytes() {
+                return Err(FormatError::invalid(
+                    "coordinate",
+                    format!(
+                        "the frame names {}@{}, its index entry {want_entity}@{want_scope}",
+                        String::from_utf8_lossy(entity),
+                        String::from_utf8_lossy(scope)
+                    ),
+                ));
+            }
+            // SAFETY: both slices are byte-for-byte equal to a `&str`, so
+            // they are valid UTF-8.
+            unsafe {
+                Ok((
+                    std::str::from_utf8_unchecked(entity),
+                    std::str::from_utf8_unchecked(scope),
+                ))
+            }
+        }
+        CoordCheck::Validate => {
+            let entity = std::str::from_utf8(entity)
+                .map_err(|_| FormatError::invalid("entity", "not UTF-8"))?;
+            let scope = std::str::from_utf8(scope)
+                .map_err(|_| FormatError::invalid("scope", "not UTF-8"))?;
+            crate::coordinate::validate(entity, scope)
+                .map_err(|e| FormatError::invalid("coordinate", e.to_string()))?;
+            Ok((entity, scope))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +354,32 @@ pub(crate) mod tests {
         let mut high = body.to_vec();
         high[46] = 1;
         assert!(decode_event(&high).is_err());
+    }
+
+    #[test]
+    fn a_read_checks_the_frame_names_the_indexed_coordinate() {
+        let rec = sample(b"\x81\xa1a\x01");
+        let frame = rec.to_frame();
+        let body = decode_frame(&frame).unwrap().0;
+        let same = CoordCheck::Equal {
+            entity: "order:1",
+            scope: "tenant",
+        };
+        assert_eq!(decode_event_checked(body, same).unwrap(), rec);
+        for (entity, scope) in [
+            ("order:2", "tenant"),
+            ("order:1", "tenant2"),
+            ("order:", "1tenant"),
+        ] {
+            let other = CoordCheck::Equal { entity, scope };
+            let err = decode_event_checked(body, other).unwrap_err().to_string();
+            assert!(err.contains("order:1@tenant"), "{err}");
+        }
+        // Bytes that are not UTF-8 never equal an indexed (valid) string.
+        let mut bad = body.to_vec();
+        bad[EVENT_FIXED_LEN] = 0xff;
+        assert!(decode_event_checked(&bad, same).is_err());
+        assert!(decode_event(&bad).is_err());
     }
 
     #[test]

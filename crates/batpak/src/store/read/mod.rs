@@ -25,7 +25,7 @@ use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
 use crate::store::format::frame::decode_frame;
 use crate::store::format::payload::decode_value;
-use crate::store::format::record::{chain_in_frame, decode_event, EventRecord};
+use crate::store::format::record::{chain_in_frame, decode_event_checked, CoordCheck, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
 use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
@@ -346,7 +346,7 @@ impl<'s> Reader<'s> {
         located: Located,
     ) -> Result<StoredEvent<serde_json::Value>, StoreError> {
         let Located { frame, pos, coord } = located;
-        let rec = decode_at(frame.bytes(), pos)?;
+        let rec = decode_at(frame.bytes(), pos, CoordCheck::of(&coord))?;
         stored_event(&rec, coord).map_err(|e| match e {
             StoreError::Serialization(inner) => StoreError::corrupt(
                 pos.segment_id,
@@ -364,7 +364,7 @@ impl<'s> Reader<'s> {
         decode: impl FnOnce(&EventRecord<'_>, Coordinate) -> Result<P, StoreError>,
     ) -> Result<P, StoreError> {
         let Located { frame, pos, coord } = located;
-        let rec = decode_at(frame.bytes(), pos)?;
+        let rec = decode_at(frame.bytes(), pos, CoordCheck::of(&coord))?;
         decode(&rec, coord).map_err(|e| match e {
             StoreError::Serialization(inner) => StoreError::corrupt(
                 pos.segment_id,
@@ -546,7 +546,13 @@ fn filler_entry() -> IndexEntry {
 }
 
 /// Decode the event frame in `bytes` (exactly one frame) at `pos`.
-pub(crate) fn decode_at(bytes: &[u8], pos: DiskPos) -> Result<EventRecord<'_>, StoreError> {
+/// Decode the indexed event frame at `pos`, its coordinate checked as
+/// `check` says.
+pub(crate) fn decode_at<'a>(
+    bytes: &'a [u8],
+    pos: DiskPos,
+    check: CoordCheck<'_>,
+) -> Result<EventRecord<'a>, StoreError> {
     let (body, _) = decode_frame(bytes).map_err(|e| match e {
         FormatError::Checksum(_) => StoreError::CrcMismatch {
             segment_id: pos.segment_id,
@@ -557,7 +563,7 @@ pub(crate) fn decode_at(bytes: &[u8], pos: DiskPos) -> Result<EventRecord<'_>, S
             format!("frame at offset {}: {other}", pos.offset),
         ),
     })?;
-    decode_event(body).map_err(|e| {
+    decode_event_checked(body, check).map_err(|e| {
         StoreError::corrupt(
             pos.segment_id,
             format!("record at offset {}: {e}", pos.offset),

@@ -37,7 +37,7 @@ use crate::event::EventKind;
 use crate::store::format::chain;
 use crate::store::format::payload::{encode_value, PayloadError};
 use crate::store::format::payload_ser;
-use crate::store::format::record::EventRecord;
+use crate::store::format::record::{CoordCheck, EventRecord};
 use crate::store::format::segment::SEGMENT_HEADER_LEN;
 use crate::store::index::{DiskPos, EntityTail, Index, NewRecord, MAX_SLOTS};
 use crate::store::log::{ActiveSegment, InjectionPoint, SegmentIo};
@@ -259,7 +259,11 @@ impl Shared {
                     hit.disk_pos.length,
                 )
                 .and_then(|f| {
-                    crate::store::read::decode_at(f.bytes(), hit.disk_pos).map(|r| r.kind)
+                    let check = CoordCheck::Equal {
+                        entity: hit.entity,
+                        scope: hit.scope,
+                    };
+                    crate::store::read::decode_at(f.bytes(), hit.disk_pos, check).map(|r| r.kind)
                 })
                 .map_or(hit.kind, EventKind::from_raw)
         } else {
