@@ -5,9 +5,13 @@ use batpak::prelude::*;
 use batpak_conformance::Settings;
 use std::path::Path;
 
-/// The config of a file store in `dir` with the check's `settings`.
+/// The config of a file store in `dir` with the check's `settings`, in
+/// 64 KiB segments so that every check also runs across segment rotations
+/// (and sealed segments) while it writes and reads.
 pub fn config(dir: &Path, settings: &Settings) -> StoreConfig {
-    let mut cfg = StoreConfig::new(dir).with_clock(settings.clock.clone());
+    let mut cfg = StoreConfig::new(dir)
+        .with_clock(settings.clock.clone())
+        .with_segment_max_bytes(64 * 1024);
     if let Some(n) = settings.single_append_max_bytes {
         cfg = cfg.with_single_append_max_bytes(n);
     }
