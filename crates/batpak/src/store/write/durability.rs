@@ -306,12 +306,16 @@ impl Durability {
         epoch::wake_all(&self.epoch);
     }
 
-    /// Raise the synced watermark to `n`.
+    /// Raise the synced watermark to `n` (its fsync has returned).
     fn advance(&self, n: u32, publish: bool) {
-        self.synced.fetch_max(n, Ordering::AcqRel);
+        // Visible first: a waiter released by `synced` (a durable receipt,
+        // or `sync()`) must find its events readable when it returns. The
+        // fsync already happened, so publishing first shows nothing that is
+        // not durable.
         if publish {
             self.publish(n);
         }
+        self.synced.fetch_max(n, Ordering::AcqRel);
     }
 
     /// Record that everything below `n` is durable (a rotation synced a segment).
