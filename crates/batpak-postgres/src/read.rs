@@ -80,7 +80,16 @@ pub(crate) fn typed<T: TypedEvent>(
 ) -> Result<StoredEvent<T>, StoreError> {
     let version = version_of(col(row, 15)?);
     event_with(row, |e, payload| {
-        codec::decode_typed_payload::<T>(schema, e.event_id, e.kind, version, payload)
+        // As `event` and the file store: bytes that do not decode are
+        // damage; typed errors (kind, shape, version) pass as they are.
+        codec::decode_typed_payload::<T>(schema, e.event_id, e.kind, version, payload).map_err(
+            |err| match err {
+                StoreError::Serialization(inner) => {
+                    damaged("payload", format!("event {:032x}: {inner}", e.event_id))
+                }
+                other => other,
+            },
+        )
     })
 }
 

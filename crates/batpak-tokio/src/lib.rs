@@ -66,7 +66,9 @@ use std::time::Duration;
 
 /// Pool threads when the caller does not say: enough for 16 concurrent
 /// appenders to reach the store together (each pool thread runs one call
-/// at a time, so the pool bounds the group-commit group).
+/// at a time, so the pool bounds the group-commit group of the appends it
+/// runs; single appends to a durable file store go to the append lane
+/// instead, whose rounds cover up to 256 appends).
 pub const DEFAULT_THREADS: usize = 16;
 
 /// Calls queued for the pool before callers wait (asynchronously) for room.
@@ -142,9 +144,10 @@ impl<S: EventStore + 'static> AsyncStore<S> {
     }
 
     /// Wrap `store` with `threads` pool threads (at least 1). Each runs one
-    /// call at a time, so `threads` bounds how many calls reach the store
-    /// at once, and with it how many appends one fsync can cover: make it
-    /// at least the number of tasks expected to append concurrently.
+    /// call at a time, so `threads` bounds how many pool calls reach the
+    /// store at once, and with it how many of their appends one fsync can
+    /// cover: make it at least the number of tasks expected to append
+    /// concurrently (laned appends, below, are not bounded by it).
     ///
     /// When the store says its `sync` covers relaxed appends
     /// ([`EventStore::sync_covers_relaxed_appends`]: the file store with
@@ -517,29 +520,29 @@ async fn laned<S: EventStore + 'static>(
 ) -> Result<AppendReceipt, StoreError> {
     type Answer = Result<Result<AppendReceipt, StoreError>, Panic>;
     let (reply, answer) = tokio::sync::oneshot::channel::<Answer>();
-    let job: LaneJob<S> = Box::new(move |s: &S| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| append(s))) {
-            Ok(Ok(receipt)) => Some(Box::new(move |s: &S, synced: bool| {
-                // The lane's sync failed: ask again, so that each caller
-                // gets its own error (a poisoned store answers at once), or
-                // its receipt if the event is durable after all.
-                let outcome = if synced {
-                    Ok(receipt)
-                } else {
-                    s.sync().map(|()| receipt)
-                };
-                let _ = reply.send(Ok(outcome));
-            })),
-            Ok(Err(e)) => {
-                let _ = reply.send(Ok(Err(e)));
-                None
-            }
-            Err(panic) => {
-                let _ = reply.send(Err(panic));
-                None
-            }
-        }
-    });
+    let job: LaneJob<S> =
+        Box::new(
+            move |s: &S| match std::panic::catch_unwind(AssertUnwindSafe(|| append(s))) {
+                Ok(Ok(receipt)) => Some(Box::new(move |s: &S, synced: bool| {
+                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        if synced {
+                            Ok(receipt)
+                        } else {
+                            after_failed_sync(s, receipt)
+                        }
+                    }));
+                    let _ = reply.send(answer);
+                })),
+                Ok(Err(e)) => {
+                    let _ = reply.send(Ok(Err(e)));
+                    None
+                }
+                Err(panic) => {
+                    let _ = reply.send(Err(panic));
+                    None
+                }
+            },
+        );
     lanes
         .send_async(job)
         .await
@@ -549,6 +552,21 @@ async fn laned<S: EventStore + 'static>(
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         Err(_) => Err(StoreError::WriterCrashed),
     }
+}
+
+/// The answer for an appended event when the lane's sync failed: its
+/// receipt if the event is durable after all (another sync covered it
+/// before the failure; such a store shows relaxed events only once they are
+/// durable, see [`EventStore::sync_covers_relaxed_appends`]), else this
+/// caller's own sync attempt (its error, or its receipt if that succeeds).
+fn after_failed_sync<S: EventStore>(
+    store: &S,
+    receipt: AppendReceipt,
+) -> Result<AppendReceipt, StoreError> {
+    if store.get(receipt.event_id).is_ok() {
+        return Ok(receipt);
+    }
+    store.sync().map(|()| receipt)
 }
 
 /// An append lane: take every queued append (up to [`LANE_MAX`]), run each
@@ -710,5 +728,56 @@ impl Stream for SubscriptionStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
         Pin::new(&mut self.notes).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_failed_sync;
+    use batpak::prelude::*;
+    use batpak::store::{FaultAction, FaultInjector, InjectionPoint};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Fails every fsync once armed.
+    #[derive(Default)]
+    struct FailingSyncs(AtomicBool);
+
+    impl FaultInjector for FailingSyncs {
+        fn on(&self, point: InjectionPoint) -> FaultAction {
+            if point == InjectionPoint::Sync && self.0.load(Ordering::Acquire) {
+                FaultAction::Fail
+            } else {
+                FaultAction::Continue
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_failed_sync_a_durable_event_keeps_its_receipt_and_an_unsynced_one_errs() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(FailingSyncs::default());
+        let mut cfg = StoreConfig::new(dir.path());
+        cfg.fault_injector = Some(faults.clone());
+        let store = Store::open(cfg).unwrap();
+        assert!(store.sync_covers_relaxed_appends());
+        let c = Coordinate::new("order:1", "t").unwrap();
+        let kind = EventKind::custom(1, 1);
+        let durable = store.append(&c, kind, &1).unwrap();
+        faults.0.store(true, Ordering::Release);
+        let relaxed = store
+            .append_with_options(
+                &c,
+                kind,
+                &2,
+                AppendOptions::new().with_durability(Durability::Relaxed),
+            )
+            .unwrap();
+        assert!(store.sync().is_err(), "the armed fsync fails");
+        // The lane's answers after that failed round.
+        let kept = after_failed_sync(&store, durable).unwrap();
+        assert_eq!(kept.event_id, durable.event_id);
+        assert!(after_failed_sync(&store, relaxed).is_err());
+        assert!(store.get(relaxed.event_id).is_err(), "never shown unsynced");
     }
 }

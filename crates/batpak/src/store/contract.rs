@@ -231,7 +231,10 @@ pub trait EventStore: Send + Sync {
     /// When true, a caller holding many independent appends may make them
     /// relaxed and cover them all with one `sync` before it hands out any
     /// receipt (what `batpak-tokio` does to spare a thread hand-off per
-    /// append); when false (the default) it must not.
+    /// append); when false (the default) it must not. A store that says
+    /// true also shows no relaxed event to readers before it is durable, so
+    /// a caller whose `sync` failed may read an event back to learn that
+    /// it was made durable anyway.
     fn sync_covers_relaxed_appends(&self) -> bool {
         false
     }

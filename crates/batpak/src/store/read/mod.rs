@@ -545,9 +545,8 @@ fn filler_entry() -> IndexEntry {
     }
 }
 
-/// Decode the event frame in `bytes` (exactly one frame) at `pos`.
-/// Decode the indexed event frame at `pos`, its coordinate checked as
-/// `check` says.
+/// Decode the indexed event frame in `bytes` (exactly one frame) at
+/// `pos`, its coordinate checked as `check` says.
 pub(crate) fn decode_at<'a>(
     bytes: &'a [u8],
     pos: DiskPos,
