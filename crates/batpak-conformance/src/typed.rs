@@ -284,9 +284,8 @@ pub fn upcasters_apply_on_every_read_path<H: Harness>(h: &H) {
 /// version-1 import of a later-version event fails its hash check and
 /// writes nothing (never a misread).
 pub fn versioned_events_import_with_their_versions<H: Harness>(h: &H) {
-    let Some(other) = H::new() else {
-        return;
-    };
+    // The harness made `h`, so it runs here and must make a second place.
+    let other = H::new().expect("a second place for a store");
     let source = h.open(&Settings::default());
     let cart = coord("cart:9");
     let old = ItemAddedV1 {

@@ -359,21 +359,22 @@ fn laned_appends_keep_their_own_cas_idempotency_and_errors() {
         let c = coord("contested");
         for round in 0..20u32 {
             let expect = round.checked_sub(1);
-            let tasks: Vec<_> = (0..8)
-                .map(|t| {
-                    let (store, c) = (store.clone(), c.clone());
-                    tokio::spawn(async move {
-                        let opts = match expect {
-                            Some(seq) => AppendOptions::new().with_cas(seq),
-                            None => AppendOptions::new().with_cas_empty(),
-                        };
-                        store.append_with_options(&c, KIND, t, opts).await
-                    })
-                })
-                .collect();
+            // Joined in one task: one poll queues all eight, so they reach
+            // the lane together (at most the first runs before the rest
+            // are queued) and share its round and its sync.
+            let contenders = (0..8).map(|t| {
+                let (store, c) = (store.clone(), c.clone());
+                async move {
+                    let opts = match expect {
+                        Some(seq) => AppendOptions::new().with_cas(seq),
+                        None => AppendOptions::new().with_cas_empty(),
+                    };
+                    store.append_with_options(&c, KIND, t, opts).await
+                }
+            });
             let mut wins = 0;
-            for t in tasks {
-                match t.await.unwrap() {
+            for outcome in futures_util::future::join_all(contenders).await {
+                match outcome {
                     Ok(_) => wins += 1,
                     Err(e) => assert!(
                         matches!(
@@ -389,22 +390,17 @@ fn laned_appends_keep_their_own_cas_idempotency_and_errors() {
         assert_eq!(store.stream("contested").await.unwrap().len(), 20);
 
         let key = 0xfeed_u128;
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let opts = AppendOptions::new().with_idempotency(key);
-                    store
-                        .append_with_options(&coord("once"), KIND, "x", opts)
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        let mut receipts = Vec::new();
-        for t in tasks {
-            receipts.push(t.await.unwrap());
-        }
+        let retries = (0..8).map(|_| {
+            let store = store.clone();
+            async move {
+                let opts = AppendOptions::new().with_idempotency(key);
+                store
+                    .append_with_options(&coord("once"), KIND, "x", opts)
+                    .await
+                    .unwrap()
+            }
+        });
+        let receipts = futures_util::future::join_all(retries).await;
         assert!(receipts.windows(2).all(|w| w[0] == w[1]), "{receipts:?}");
         assert_eq!(store.stream("once").await.unwrap().len(), 1);
         store.close().await.unwrap();
