@@ -22,6 +22,10 @@ fn damaged(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored event has an invalid {what}: {detail}").into())
 }
 
+fn damaged_payload(event_id: u128, err: impl std::fmt::Display) -> StoreError {
+    damaged("payload", format!("event {event_id:032x}: {err}"))
+}
+
 fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
     row.try_get(i).map_err(|e| damaged("column", e))
 }
@@ -67,8 +71,7 @@ pub(crate) fn entry_at(row: &Row, at: usize) -> Result<IndexEntry, StoreError> {
 /// A stored event from a row of [`EVENT_COLUMNS`].
 pub(crate) fn event(row: &Row) -> Result<StoredEvent<serde_json::Value>, StoreError> {
     event_with(row, |e, payload| {
-        codec::decode_payload(payload)
-            .map_err(|err| damaged("payload", format!("event {:032x}: {err}", e.event_id)))
+        codec::decode_payload(payload).map_err(|err| damaged_payload(e.event_id, err))
     })
 }
 
@@ -84,9 +87,7 @@ pub(crate) fn typed<T: TypedEvent>(
         // damage; typed errors (kind, shape, version) pass as they are.
         codec::decode_typed_payload::<T>(schema, e.event_id, e.kind, version, payload).map_err(
             |err| match err {
-                StoreError::Serialization(inner) => {
-                    damaged("payload", format!("event {:032x}: {inner}", e.event_id))
-                }
+                StoreError::Serialization(inner) => damaged_payload(e.event_id, inner),
                 other => other,
             },
         )

@@ -520,29 +520,25 @@ async fn laned<S: EventStore + 'static>(
 ) -> Result<AppendReceipt, StoreError> {
     type Answer = Result<Result<AppendReceipt, StoreError>, Panic>;
     let (reply, answer) = tokio::sync::oneshot::channel::<Answer>();
-    let job: LaneJob<S> =
-        Box::new(
-            move |s: &S| match std::panic::catch_unwind(AssertUnwindSafe(|| append(s))) {
-                Ok(Ok(receipt)) => Some(Box::new(move |s: &S, synced: bool| {
-                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        if synced {
-                            Ok(receipt)
-                        } else {
-                            after_failed_sync(s, receipt)
-                        }
-                    }));
-                    let _ = reply.send(answer);
-                })),
-                Ok(Err(e)) => {
-                    let _ = reply.send(Ok(Err(e)));
-                    None
-                }
-                Err(panic) => {
-                    let _ = reply.send(Err(panic));
-                    None
-                }
-            },
-        );
+    let job: LaneJob<S> = Box::new(move |s: &S| {
+        let appended = std::panic::catch_unwind(AssertUnwindSafe(|| append(s)));
+        match appended {
+            Ok(Ok(receipt)) => Some(Box::new(move |s: &S, synced: bool| {
+                let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    answer_after_round(s, receipt, synced)
+                }));
+                let _ = reply.send(answer);
+            })),
+            Ok(Err(e)) => {
+                let _ = reply.send(Ok(Err(e)));
+                None
+            }
+            Err(panic) => {
+                let _ = reply.send(Err(panic));
+                None
+            }
+        }
+    });
     lanes
         .send_async(job)
         .await
@@ -554,16 +550,18 @@ async fn laned<S: EventStore + 'static>(
     }
 }
 
-/// The answer for an appended event when the lane's sync failed: its
-/// receipt if the event is durable after all (another sync covered it
-/// before the failure; such a store shows relaxed events only once they are
-/// durable, see [`EventStore::sync_covers_relaxed_appends`]), else this
-/// caller's own sync attempt (its error, or its receipt if that succeeds).
-fn after_failed_sync<S: EventStore>(
+/// The answer for an appended event once its lane round's sync ran: the
+/// receipt when the sync succeeded, or when it failed but the event is
+/// durable after all (another sync covered it before the failure; such a
+/// store shows relaxed events only once they are durable, see
+/// [`EventStore::sync_covers_relaxed_appends`]); else this caller's own
+/// sync attempt (its error, or its receipt if that succeeds).
+fn answer_after_round<S: EventStore>(
     store: &S,
     receipt: AppendReceipt,
+    synced: bool,
 ) -> Result<AppendReceipt, StoreError> {
-    if store.get(receipt.event_id).is_ok() {
+    if synced || store.get(receipt.event_id).is_ok() {
         return Ok(receipt);
     }
     store.sync().map(|()| receipt)
@@ -733,7 +731,7 @@ impl Stream for SubscriptionStream {
 
 #[cfg(test)]
 mod tests {
-    use super::after_failed_sync;
+    use super::answer_after_round;
     use batpak::prelude::*;
     use batpak::store::{FaultAction, FaultInjector, InjectionPoint};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -775,9 +773,9 @@ mod tests {
             .unwrap();
         assert!(store.sync().is_err(), "the armed fsync fails");
         // The lane's answers after that failed round.
-        let kept = after_failed_sync(&store, durable).unwrap();
+        let kept = answer_after_round(&store, durable, false).unwrap();
         assert_eq!(kept.event_id, durable.event_id);
-        assert!(after_failed_sync(&store, relaxed).is_err());
+        assert!(answer_after_round(&store, relaxed, false).is_err());
         assert!(store.get(relaxed.event_id).is_err(), "never shown unsynced");
     }
 }

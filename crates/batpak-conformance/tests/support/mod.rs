@@ -6,8 +6,9 @@ use batpak_conformance::Settings;
 use std::path::Path;
 
 /// The config of a file store in `dir` with the check's `settings`, in
-/// 64 KiB segments so that every check also runs across segment rotations
-/// (and sealed segments) while it writes and reads.
+/// 64 KiB segments, so that checks writing more than that (the cursor under
+/// concurrent writers writes ~110 KiB) also run across a segment rotation
+/// and read from sealed segments.
 pub fn config(dir: &Path, settings: &Settings) -> StoreConfig {
     let mut cfg = StoreConfig::new(dir)
         .with_clock(settings.clock.clone())

@@ -163,9 +163,9 @@ pub(crate) enum CoordCheck<'c> {
     /// the first time: recovery, verify, fuzzing).
     Validate,
     /// They must be exactly these strings, which were validated when
-    /// indexed (reads of indexed events): two byte comparisons instead of
-    /// UTF-8 decoding and a scan for control characters, and a frame that
-    /// names another coordinate than its index entry is refused.
+    /// indexed (reads of indexed events): a frame that names another
+    /// coordinate than its index entry is refused, and the rules need not
+    /// be checked again.
     Equal { entity: &'c str, scope: &'c str },
 }
 
@@ -286,25 +286,23 @@ fn coordinate_strings<'a>(
                     ),
                 ));
             }
-            // SAFETY: both slices are byte-for-byte equal to a `&str`, so
-            // they are valid UTF-8.
-            unsafe {
-                Ok((
-                    std::str::from_utf8_unchecked(entity),
-                    std::str::from_utf8_unchecked(scope),
-                ))
-            }
+            utf8(entity, scope)
         }
         CoordCheck::Validate => {
-            let entity = std::str::from_utf8(entity)
-                .map_err(|_| FormatError::invalid("entity", "not UTF-8"))?;
-            let scope = std::str::from_utf8(scope)
-                .map_err(|_| FormatError::invalid("scope", "not UTF-8"))?;
+            let (entity, scope) = utf8(entity, scope)?;
             crate::coordinate::validate(entity, scope)
                 .map_err(|e| FormatError::invalid("coordinate", e.to_string()))?;
             Ok((entity, scope))
         }
     }
+}
+
+fn utf8<'a>(entity: &'a [u8], scope: &'a [u8]) -> Result<(&'a str, &'a str), FormatError> {
+    let entity =
+        std::str::from_utf8(entity).map_err(|_| FormatError::invalid("entity", "not UTF-8"))?;
+    let scope =
+        std::str::from_utf8(scope).map_err(|_| FormatError::invalid("scope", "not UTF-8"))?;
+    Ok((entity, scope))
 }
 
 #[cfg(test)]

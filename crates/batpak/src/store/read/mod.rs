@@ -345,15 +345,7 @@ impl<'s> Reader<'s> {
         &self,
         located: Located,
     ) -> Result<StoredEvent<serde_json::Value>, StoreError> {
-        let Located { frame, pos, coord } = located;
-        let rec = decode_at(frame.bytes(), pos, CoordCheck::of(&coord))?;
-        stored_event(&rec, coord).map_err(|e| match e {
-            StoreError::Serialization(inner) => StoreError::corrupt(
-                pos.segment_id,
-                format!("payload at offset {}: {inner}", pos.offset),
-            ),
-            other => other,
-        })
+        self.read_located(located, stored_event)
     }
 
     /// Check a located frame and hand its record to `decode`, mapping a
