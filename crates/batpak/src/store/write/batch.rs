@@ -140,19 +140,7 @@ pub fn prepare_imports(
     events: Vec<crate::event::VersionedEvent>,
     limits: &AppendLimits,
 ) -> Result<Vec<PreparedEvent>, StoreError> {
-    if events.len() > limits.batch_max_size as usize {
-        let e = StoreError::BatchLimit {
-            limit: "size",
-            actual: events.len() as u64,
-            max: u64::from(limits.batch_max_size),
-        };
-        return Err(failed(
-            limits.batch_max_size as usize,
-            BatchStage::Validation,
-            e,
-        ));
-    }
-    let mut total = 0u64;
+    let mut budget = BatchBudget::new(events.len(), limits)?;
     let mut prepared: Vec<PreparedEvent> = Vec::with_capacity(events.len());
     for (i, versioned) in events.into_iter().enumerate() {
         let ev = versioned.event;
@@ -166,17 +154,7 @@ pub fn prepare_imports(
         })?;
         let payload = super::encode_payload(&ev.event.payload)
             .map_err(|e| failed(i, BatchStage::Encoding, e))?;
-        total += payload.len() as u64;
-        if total > u64::from(limits.batch_max_bytes) {
-            let e = StoreError::BatchLimit {
-                limit: "bytes",
-                actual: total,
-                max: u64::from(limits.batch_max_bytes),
-            };
-            return Err(failed(i, BatchStage::Validation, e));
-        }
-        check_event(h.event_kind, payload.len(), limits.single_append_max_bytes)
-            .map_err(|e| failed(i, BatchStage::Validation, e))?;
+        budget.admit(i, h.event_kind, payload.len())?;
         if prepared.iter().any(|p| p.event_id == h.event_id) {
             let e = StoreError::InvalidBatch(format!("event {:032x} appears twice", h.event_id));
             return Err(failed(i, BatchStage::Validation, e));
@@ -219,6 +197,53 @@ pub struct AppendLimits {
     pub batch_max_size: u32,
     /// Most payload bytes in one batch.
     pub batch_max_bytes: u32,
+}
+
+/// A batch's limits, checked item by item in order, so the error names the
+/// first item that crosses one: the batch's size up front, then each item's
+/// kind and payload and the running payload total.
+struct BatchBudget<'l> {
+    limits: &'l AppendLimits,
+    bytes: u64,
+}
+
+impl<'l> BatchBudget<'l> {
+    fn new(items: usize, limits: &'l AppendLimits) -> Result<Self, StoreError> {
+        if items > limits.batch_max_size as usize {
+            let e = StoreError::BatchLimit {
+                limit: "size",
+                actual: items as u64,
+                max: u64::from(limits.batch_max_size),
+            };
+            return Err(failed(
+                limits.batch_max_size as usize,
+                BatchStage::Validation,
+                e,
+            ));
+        }
+        Ok(Self { limits, bytes: 0 })
+    }
+
+    /// Item `index`, of `kind` with a payload of `payload_len` bytes.
+    fn admit(
+        &mut self,
+        index: usize,
+        kind: EventKind,
+        payload_len: usize,
+    ) -> Result<(), StoreError> {
+        self.bytes += payload_len as u64;
+        let max = u64::from(self.limits.batch_max_bytes);
+        if self.bytes > max {
+            let e = StoreError::BatchLimit {
+                limit: "bytes",
+                actual: self.bytes,
+                max,
+            };
+            return Err(failed(index, BatchStage::Validation, e));
+        }
+        check_event(kind, payload_len, self.limits.single_append_max_bytes)
+            .map_err(|e| failed(index, BatchStage::Validation, e))
+    }
 }
 
 /// Refuse kinds and payloads no backend may write (SPEC §3.10, §3.14).
@@ -286,36 +311,10 @@ pub fn prepare_batch(
     reaction: Option<(u128, u128)>,
     limits: &AppendLimits,
 ) -> Result<Vec<PreparedEvent>, StoreError> {
-    if items.len() > limits.batch_max_size as usize {
-        let e = StoreError::BatchLimit {
-            limit: "size",
-            actual: items.len() as u64,
-            max: u64::from(limits.batch_max_size),
-        };
-        return Err(failed(
-            limits.batch_max_size as usize,
-            BatchStage::Validation,
-            e,
-        ));
-    }
-    let mut total = 0u64;
+    let mut budget = BatchBudget::new(items.len(), limits)?;
     let mut ids = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        total += item.payload_bytes.len() as u64;
-        if total > u64::from(limits.batch_max_bytes) {
-            let e = StoreError::BatchLimit {
-                limit: "bytes",
-                actual: total,
-                max: u64::from(limits.batch_max_bytes),
-            };
-            return Err(failed(i, BatchStage::Validation, e));
-        }
-        check_event(
-            item.kind,
-            item.payload_bytes.len(),
-            limits.single_append_max_bytes,
-        )
-        .map_err(|e| failed(i, BatchStage::Validation, e))?;
+        budget.admit(i, item.kind, item.payload_bytes.len())?;
         payload::validate(&item.payload_bytes)
             .map_err(|e| failed(i, BatchStage::Encoding, e.into()))?;
         let id = match item.options.idempotency_key {

@@ -228,16 +228,17 @@ impl Durability {
             if self.visible.0.load(Ordering::SeqCst) > seen {
                 break true;
             }
-            match deadline {
+            let timeout = match deadline {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         break false;
                     }
-                    epoch::wait_timeout(&self.visibility, e, deadline - now);
+                    Some(deadline - now)
                 }
-                None => epoch::wait(&self.visibility, e),
-            }
+                None => None,
+            };
+            epoch::wait(&self.visibility, e, timeout);
             if self.visibility.load(Ordering::SeqCst) != e {
                 break true;
             }
@@ -389,7 +390,7 @@ impl Durability {
                 && self.synced.load(Ordering::Acquire) < target
                 && !self.is_poisoned();
             if still_waiting {
-                epoch::wait(&self.epoch, seen);
+                epoch::wait(&self.epoch, seen, None);
             }
         }
     }
@@ -536,23 +537,27 @@ mod tests {
 mod epoch {
     use std::sync::atomic::AtomicU32;
 
-    /// Sleep while `word` holds `seen`, at most `timeout`.
-    pub(super) fn wait_timeout(word: &AtomicU32, seen: u32, timeout: std::time::Duration) {
+    /// Sleep while `word` holds `seen`, at most `timeout` when one is given
+    /// (spurious returns are fine).
+    pub(super) fn wait(word: &AtomicU32, seen: u32, timeout: Option<std::time::Duration>) {
         #[cfg(target_os = "linux")]
         {
-            let ts = libc::timespec {
-                tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: timeout.subsec_nanos().into(),
-            };
-            // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference,
-            // with a relative timeout read from a live timespec.
+            let ts = timeout.map(|t| libc::timespec {
+                tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: t.subsec_nanos().into(),
+            });
+            let ts_ptr = ts.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+            // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference
+            // and sleeps only while it equals `seen`, with no timeout or a
+            // relative one read from `ts`, which outlives the call; no memory
+            // is written.
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
                     word.as_ptr(),
                     libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
                     seen,
-                    std::ptr::from_ref(&ts),
+                    ts_ptr,
                 );
             }
         }
@@ -567,37 +572,7 @@ mod epoch {
                 || {},
                 |_, _| {},
                 parking_lot_core::DEFAULT_PARK_TOKEN,
-                Some(std::time::Instant::now() + timeout),
-            );
-        }
-    }
-
-    /// Sleep while `word` holds `seen` (spurious returns are fine).
-    pub(super) fn wait(word: &AtomicU32, seen: u32) {
-        #[cfg(target_os = "linux")]
-        // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference and
-        // sleeps only while it equals `seen`; no memory is written.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                std::ptr::null::<libc::timespec>(),
-            );
-        }
-        #[cfg(not(target_os = "linux"))]
-        // SAFETY: the key is the word's address, used only here; `validate`
-        // only reads the atomic.
-        unsafe {
-            use std::sync::atomic::Ordering;
-            parking_lot_core::park(
-                word.as_ptr() as usize,
-                || word.load(Ordering::Acquire) == seen,
-                || {},
-                |_, _| {},
-                parking_lot_core::DEFAULT_PARK_TOKEN,
-                None,
+                timeout.map(|t| std::time::Instant::now() + t),
             );
         }
     }

@@ -620,91 +620,41 @@ impl Shared {
                     .iter()
                     .rev()
                     .find(|r: &&EventRecord<'_>| r.entity == entity)
-                    .map(|r| EntityTail {
-                        clock: r.clock,
-                        event_hash: r.event_hash,
-                        timestamp_us: r.timestamp_us,
-                        hlc_counter: r.hlc_counter,
-                    })
+                    .map(tail_of)
             };
             let tail = local.or_else(|| index.entity_tail(entity));
-            if let Some(c) = &d.continuation {
-                let rec = imported_record(d, c, entity, tail, next_seq + i as u64, batch_size, i)?;
-                if use_map {
-                    overlay_map.insert(
-                        entity,
-                        EntityTail {
-                            clock: rec.clock,
-                            event_hash: rec.event_hash,
-                            timestamp_us: rec.timestamp_us,
-                            hlc_counter: rec.hlc_counter,
-                        },
-                    );
-                }
-                records.push(rec);
-                continue;
-            }
-            d.condition
-                .check(entity, tail.map(|t| t.clock))
-                .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
-            let clock = match &tail {
-                Some(t) => t.clock.checked_add(1).ok_or_else(|| {
-                    Failure::at(
-                        i,
-                        BatchStage::Validation,
-                        StoreError::ClockOverflow {
-                            entity: entity.to_owned(),
-                        },
-                    )
-                })?,
-                None => 0,
-            };
-            // Per entity, time never goes backwards; events in the same
-            // millisecond are told apart by the HLC counter.
-            let crate::store::codec::EntityTime {
-                timestamp_us,
-                hlc_counter,
-            } = crate::store::codec::next_entity_time(
-                now_us,
-                tail.map(|t| crate::store::codec::EntityTime {
-                    timestamp_us: t.timestamp_us,
-                    hlc_counter: t.hlc_counter,
-                }),
-            );
-            let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
-            let mut rec = EventRecord {
-                flags: d.flags,
-                kind: d.kind.raw(),
-                clock,
+            let at = Placement {
                 global_seq: next_seq + i as u64,
-                timestamp_us,
-                hlc_counter,
                 batch_size,
-                batch_index: if batch_size > 0 { i as u32 } else { 0 },
-                event_id: d.event_id,
-                correlation_id: d.correlation_id.unwrap_or(d.event_id),
-                causation_id: d.causation_id,
-                prev_hash,
-                event_hash: [0; 32],
-                content_hash: d.content_hash,
-                entity,
-                scope: d.coord.scope(),
-                payload_len: d.payload.len() as u32,
-                redacted: false,
-                payload: &d.payload,
-                payload_version: stored_version(d.payload_version),
+                index: i,
             };
-            rec.event_hash = chain::event_hash(&prev_hash, &rec);
+            let rec = match &d.continuation {
+                Some(c) => imported_record(d, c, entity, tail, at)?,
+                None => {
+                    d.condition
+                        .check(entity, tail.map(|t| t.clock))
+                        .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
+                    let clock = match &tail {
+                        Some(t) => t.clock.checked_add(1).ok_or_else(|| {
+                            Failure::at(
+                                i,
+                                BatchStage::Validation,
+                                StoreError::ClockOverflow {
+                                    entity: entity.to_owned(),
+                                },
+                            )
+                        })?,
+                        None => 0,
+                    };
+                    // Per entity, time never goes backwards; events in the
+                    // same millisecond are told apart by the HLC counter.
+                    let time = crate::store::codec::next_entity_time(now_us, tail.map(time_of));
+                    let prev_hash = tail.map_or([0; 32], |t| t.event_hash);
+                    chained_record(d, entity, clock, time, prev_hash, at)
+                }
+            };
             if use_map {
-                overlay_map.insert(
-                    entity,
-                    EntityTail {
-                        clock,
-                        event_hash: rec.event_hash,
-                        timestamp_us,
-                        hlc_counter,
-                    },
-                );
+                overlay_map.insert(entity, tail_of(&rec));
             }
             records.push(rec);
         }
@@ -818,30 +768,41 @@ impl<'s> Syncer<'s> {
     }
 }
 
-/// The record of an imported event: its own clock, time and hashes, checked
-/// against its entity's tail (`Continuation::check`).
-fn imported_record<'d>(
-    d: &'d Draft<'d>,
-    c: &Continuation,
-    entity: &'d str,
-    tail: Option<EntityTail>,
+/// Where a record goes: its global sequence, and its place in its batch.
+#[derive(Clone, Copy)]
+struct Placement {
     global_seq: u64,
     batch_size: u32,
-    i: usize,
-) -> Result<EventRecord<'d>, Failure> {
+    index: usize,
+}
+
+/// The record of draft `d` as the `clock`th event of `entity`, linked to
+/// `prev_hash`, with its event hash.
+fn chained_record<'d>(
+    d: &'d Draft<'d>,
+    entity: &'d str,
+    clock: u32,
+    time: crate::store::codec::EntityTime,
+    prev_hash: [u8; 32],
+    at: Placement,
+) -> EventRecord<'d> {
     let mut rec = EventRecord {
         flags: d.flags,
         kind: d.kind.raw(),
-        clock: c.clock,
-        global_seq,
-        timestamp_us: c.time.timestamp_us,
-        hlc_counter: c.time.hlc_counter,
-        batch_size,
-        batch_index: if batch_size > 0 { i as u32 } else { 0 },
+        clock,
+        global_seq: at.global_seq,
+        timestamp_us: time.timestamp_us,
+        hlc_counter: time.hlc_counter,
+        batch_size: at.batch_size,
+        batch_index: if at.batch_size > 0 {
+            at.index as u32
+        } else {
+            0
+        },
         event_id: d.event_id,
         correlation_id: d.correlation_id.unwrap_or(d.event_id),
         causation_id: d.causation_id,
-        prev_hash: c.prev_hash,
+        prev_hash,
         event_hash: [0; 32],
         content_hash: d.content_hash,
         entity,
@@ -851,18 +812,39 @@ fn imported_record<'d>(
         payload: &d.payload,
         payload_version: stored_version(d.payload_version),
     };
-    rec.event_hash = chain::event_hash(&c.prev_hash, &rec);
-    let tail = tail.map(|t| {
-        (
-            t.clock,
-            t.event_hash,
-            crate::store::codec::EntityTime {
-                timestamp_us: t.timestamp_us,
-                hlc_counter: t.hlc_counter,
-            },
-        )
-    });
+    rec.event_hash = chain::event_hash(&prev_hash, &rec);
+    rec
+}
+
+/// The entity's tail once `rec` is written.
+fn tail_of(rec: &EventRecord<'_>) -> EntityTail {
+    EntityTail {
+        clock: rec.clock,
+        event_hash: rec.event_hash,
+        timestamp_us: rec.timestamp_us,
+        hlc_counter: rec.hlc_counter,
+    }
+}
+
+fn time_of(tail: EntityTail) -> crate::store::codec::EntityTime {
+    crate::store::codec::EntityTime {
+        timestamp_us: tail.timestamp_us,
+        hlc_counter: tail.hlc_counter,
+    }
+}
+
+/// The record of an imported event: its own clock, time and hashes, checked
+/// against its entity's tail (`Continuation::check`).
+fn imported_record<'d>(
+    d: &'d Draft<'d>,
+    c: &Continuation,
+    entity: &'d str,
+    tail: Option<EntityTail>,
+    at: Placement,
+) -> Result<EventRecord<'d>, Failure> {
+    let rec = chained_record(d, entity, c.clock, c.time, c.prev_hash, at);
+    let tail = tail.map(|t| (t.clock, t.event_hash, time_of(t)));
     c.check(entity, tail, rec.event_hash)
-        .map_err(|e| Failure::at(i, BatchStage::Validation, e))?;
+        .map_err(|e| Failure::at(at.index, BatchStage::Validation, e))?;
     Ok(rec)
 }
