@@ -14,7 +14,7 @@
 use crate::read::position;
 use crate::PgStore;
 use batpak::event::{Event, EventSourced};
-use batpak::store::projection::cache_key;
+use batpak::store::projection::{cache_key, fold_cached, FoldInputs};
 use batpak::store::{CacheMeta, Freshness, StoreError};
 use postgres::types::ToSql;
 use serde::de::DeserializeOwned;
@@ -125,7 +125,6 @@ impl PgStore {
             return Ok(T::from_events(&events));
         };
         let key = cache_key::<T>(entity, 0);
-        let decode = |bytes: &[u8]| serde_json::from_slice::<T>(bytes).ok();
         let cached = match cache.get(&key) {
             Ok(c) => c,
             Err(e) => {
@@ -133,36 +132,18 @@ impl PgStore {
                 None
             }
         };
-        if let Some((bytes, meta)) = &cached {
-            let fresh = meta.watermark == through
-                || match freshness {
-                    Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
-                        let age_us = self.config.now_us().saturating_sub(meta.cached_at_us);
-                        u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
-                    }
-                    _ => false,
-                };
-            if fresh {
-                if let Some(v) = decode(bytes) {
-                    return Ok(Some(v));
-                }
-            }
-            if T::supports_incremental_apply() && meta.watermark < through {
-                if let Some(mut state) = decode(bytes) {
-                    for e in self.relevant_events::<T>(entity, Some(meta.watermark), through)? {
-                        state.apply_event(&e);
-                    }
-                    self.store_cached(&key, &state, through)?;
-                    return Ok(Some(state));
-                }
-            }
-        }
-        let events = self.relevant_events::<T>(entity, None, through)?;
-        let state = T::from_events(&events);
-        if let Some(s) = &state {
-            self.store_cached(&key, s, through)?;
-        }
-        Ok(state)
+        let inputs = FoldInputs {
+            cached: cached.as_ref().map(|(bytes, meta)| (&bytes[..], meta)),
+            freshness,
+            latest: through,
+            now_us: self.config.now_us(),
+            incremental: T::supports_incremental_apply(),
+        };
+        fold_cached(
+            inputs,
+            |after| self.relevant_events::<T>(entity, after, through),
+            |value: &T| self.store_cached(&key, value, through),
+        )
     }
 
     fn store_cached<T: Serialize>(

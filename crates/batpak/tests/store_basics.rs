@@ -20,11 +20,40 @@ fn content_hash_covers_the_stored_bytes() {
     let h = store.get(r.event_id).unwrap().event.header;
     let bytes = payload_bytes(&store, r);
     assert_eq!(h.content_hash, batpak::event::compute_hash(&bytes));
+    // The original crate's module path names the same function.
+    assert_eq!(h.content_hash, batpak::event::hash::compute_hash(&bytes));
     assert_eq!(
         bytes,
         batpak::store::codec::encode_payload(&json!({"qty": 2, "sku": "tea"})).unwrap(),
         "the codec's bytes are the bytes on disk"
     );
+}
+
+/// Code written against the original crate's module paths compiles and
+/// gets the same types: the cursor, the subscription and the chain link.
+#[test]
+fn the_original_module_paths_name_the_same_types() {
+    use batpak::event::hash::HashChain;
+    use batpak::store::cursor::Cursor;
+    use batpak::store::subscription::{Subscription, SubscriptionOps};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let c = coord("order:1", "tenant:a");
+    let sub: Subscription = store.subscribe_lossy(&Region::entity("order:1"));
+    let r = store.append(&c, KIND_A, &json!({"n": 1})).unwrap();
+    let mut cursor: Cursor = store.cursor_guaranteed(&Region::entity("order:1"));
+    assert_eq!(cursor.poll().map(|e| e.event_id), Some(r.event_id));
+    let seen = sub
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the subscription sees the append");
+    assert_eq!(seen.event_id, r.event_id);
+    let mut ops: SubscriptionOps = sub.ops().take(0);
+    assert!(
+        ops.recv().is_none(),
+        "a subscription taken to 0 ends at once"
+    );
+    let chain: HashChain = store.get(r.event_id).unwrap().event.hash_chain.unwrap();
+    assert_eq!(chain.prev_hash, [0; 32], "the first event of its entity");
 }
 
 /// The stored payload bytes, read back from the segment file at the receipt's position.

@@ -4,7 +4,8 @@
 //!
 //! Plain data only: how events are encoded on disk belongs to `store::format`.
 
-mod hash;
+/// The per-entity hash chain link and the content hash.
+pub mod hash;
 /// The event header and its flag constants.
 pub mod header;
 mod kind;

@@ -77,6 +77,16 @@ pub mod segment {
     pub use super::maintenance::CompactionResult;
 }
 
+/// The guaranteed cursor, where the original crate had it.
+pub mod cursor {
+    pub use super::delivery::Cursor;
+}
+
+/// The lossy subscription, where the original crate had it.
+pub mod subscription {
+    pub use super::delivery::{Subscription, SubscriptionOps};
+}
+
 /// The write path's public types, where the original crate had them.
 pub mod writer {
     pub use super::config::RestartPolicy;

@@ -24,6 +24,75 @@ pub fn cache_key<T: EventSourced<serde_json::Value>>(entity: &str, epoch: u64) -
     k
 }
 
+/// What a backend knows when it projects an entity: the cached value and
+/// its metadata (if any), the caller's freshness, the global sequence of
+/// the entity's newest relevant event, the backend's clock, and whether a
+/// cached value may be brought up to date by applying newer events.
+pub struct FoldInputs<'a> {
+    /// The cached bytes and their metadata.
+    pub cached: Option<(&'a [u8], &'a CacheMeta)>,
+    /// What the caller accepts.
+    pub freshness: &'a Freshness,
+    /// The newest relevant event's global sequence (the new watermark).
+    pub latest: u64,
+    /// Now, in microseconds since the Unix epoch, by the backend's clock.
+    pub now_us: i64,
+    /// Incremental projection is enabled (and `T` supports it).
+    pub incremental: bool,
+}
+
+/// Every backend's projection decision, in one place: a cached value that
+/// is up to date, or (`MaybeStale`) young enough, is returned as it is; an
+/// older one is brought up to date by applying the newer events when
+/// `incremental`; otherwise every relevant event is folded afresh. A cached
+/// value that no longer decodes (its type changed) is a miss.
+///
+/// `events(after)` gives the relevant events with a global sequence in
+/// `(after, latest]` (`None`: from the start), in order; `keep` caches a
+/// value computed here under the watermark `latest`.
+///
+/// # Errors
+/// Whatever `events` and `keep` return.
+pub fn fold_cached<T>(
+    inputs: FoldInputs<'_>,
+    mut events: impl FnMut(Option<u64>) -> Result<Vec<Event<serde_json::Value>>, StoreError>,
+    mut keep: impl FnMut(&T) -> Result<(), StoreError>,
+) -> Result<Option<T>, StoreError>
+where
+    T: EventSourced<serde_json::Value> + serde::de::DeserializeOwned,
+{
+    let decode = |bytes: &[u8]| serde_json::from_slice::<T>(bytes).ok();
+    if let Some((bytes, meta)) = inputs.cached {
+        let fresh = meta.watermark == inputs.latest
+            || match inputs.freshness {
+                Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
+                    let age_us = inputs.now_us.saturating_sub(meta.cached_at_us);
+                    u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
+                }
+                _ => false,
+            };
+        if fresh {
+            if let Some(v) = decode(bytes) {
+                return Ok(Some(v));
+            }
+        }
+        if inputs.incremental && meta.watermark < inputs.latest {
+            if let Some(mut state) = decode(bytes) {
+                for event in events(Some(meta.watermark))? {
+                    state.apply_event(&event);
+                }
+                keep(&state)?;
+                return Ok(Some(state));
+            }
+        }
+    }
+    let state = T::from_events(&events(None)?);
+    if let Some(s) = &state {
+        keep(s)?;
+    }
+    Ok(state)
+}
+
 /// Whether `T` reads events of `kind` (no kinds listed: every kind).
 pub(crate) fn relevant<T: EventSourced<serde_json::Value>>(kind: crate::event::EventKind) -> bool {
     let kinds = T::relevant_event_kinds();
@@ -195,45 +264,19 @@ impl Projector<'_> {
         latest: u64,
     ) -> Result<Option<T>, StoreError> {
         let key = cache_key::<T>(entity, self.epoch);
-        let decode =
-            |bytes: &[u8]| serde_json::from_slice::<T>(bytes).map_err(StoreError::serialization);
         let cached = self.cached(&key);
-        if let Some((bytes, meta)) = &cached {
-            // Up to date, or (MaybeStale) young enough whatever its watermark.
-            let fresh = meta.watermark == latest
-                || match freshness {
-                    Freshness::MaybeStale { max_stale_ms } if *max_stale_ms > 0 => {
-                        let age_us = self.config.now_us().saturating_sub(meta.cached_at_us);
-                        u64::try_from(age_us).unwrap_or(0) <= max_stale_ms.saturating_mul(1000)
-                    }
-                    _ => false,
-                };
-            if fresh {
-                // A value that no longer decodes (changed type) is a miss.
-                if let Ok(v) = decode(bytes) {
-                    return Ok(Some(v));
-                }
-            }
-        }
-        let incremental =
-            self.config.index.incremental_projection && T::supports_incremental_apply();
-        if let (true, Some((bytes, meta))) = (incremental, &cached) {
-            if meta.watermark < latest {
-                if let Ok(mut state) = decode(bytes) {
-                    let newer = self.relevant_slots::<T>(entity, Some(meta.watermark), latest);
-                    for event in self.read_events(&newer)? {
-                        state.apply_event(&event);
-                    }
-                    self.store_cached(&key, &state, latest)?;
-                    return Ok(Some(state));
-                }
-            }
-        }
-        let events = self.read_events(&self.relevant_slots::<T>(entity, None, latest))?;
-        let state = T::from_events(&events);
-        if let Some(s) = &state {
-            self.store_cached(&key, s, latest)?;
-        }
-        Ok(state)
+        let inputs = FoldInputs {
+            cached: cached.as_ref().map(|(bytes, meta)| (&bytes[..], meta)),
+            freshness,
+            latest,
+            now_us: self.config.now_us(),
+            incremental: self.config.index.incremental_projection
+                && T::supports_incremental_apply(),
+        };
+        fold_cached(
+            inputs,
+            |after| self.read_events(&self.relevant_slots::<T>(entity, after, latest)),
+            |value: &T| self.store_cached(&key, value, latest),
+        )
     }
 }

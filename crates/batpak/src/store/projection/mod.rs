@@ -10,9 +10,9 @@ mod memo;
 mod native;
 mod watch;
 
-pub use flow::cache_key;
 pub(crate) use flow::relevant;
 pub(crate) use flow::Projector;
+pub use flow::{cache_key, fold_cached, FoldInputs};
 pub(crate) use memo::Memo;
 pub(crate) use native::key_hash;
 pub use native::NativeCache;
