@@ -249,3 +249,59 @@ fn a_reactor_thread_ends_when_the_store_is_dropped() {
         "reactor after the store was dropped",
     );
 }
+
+/// SPEC: threads the store starts hold no strong reference to it, so
+/// `Arc::try_unwrap` then `close()` work while a reactor is answering. Each
+/// round unwraps and closes right after appending triggers, mid-answer; a
+/// restart then answers what was left, each trigger exactly once.
+#[test]
+fn a_store_unwraps_and_closes_while_its_reactor_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rounds, per_round) = (12u64, 25u64);
+    for round in 0..rounds {
+        let store = Arc::new(open(dir.path()));
+        let handle = store
+            .react_loop(&Region::entity("order:"), Auditor)
+            .unwrap();
+        for k in 0..per_round {
+            let n = round * per_round + k;
+            store
+                .append(
+                    &coord(&format!("order:{n}"), "s"),
+                    KIND_A,
+                    &json!({ "n": n }),
+                )
+                .unwrap();
+        }
+        // Wait for the reactor to be mid-stream (at least one answer), so
+        // the unwrap races its appends.
+        let mut audit = store.cursor_guaranteed(&Region::entity("audit"));
+        assert!(audit.wait_next(Duration::from_secs(30)).is_some());
+        let store = Arc::try_unwrap(store)
+            .unwrap_or_else(|_| panic!("round {round}: the reactor holds a strong reference"));
+        store.close().unwrap();
+        join_within(handle, Duration::from_secs(10), "reactor after close");
+    }
+    let triggers = rounds * per_round;
+    let expected = (triggers + triggers.div_ceil(10)) as usize;
+    let store = Arc::new(open(dir.path()));
+    let handle = store
+        .react_loop(&Region::entity("order:"), Auditor)
+        .unwrap();
+    let mut audit = store.cursor_guaranteed(&Region::entity("audit"));
+    let mut seen = 0;
+    while seen < expected {
+        assert!(
+            audit.wait_next(Duration::from_secs(30)).is_some(),
+            "only {seen} of {expected} reactions"
+        );
+        seen += 1;
+    }
+    let reactions = store.stream("audit");
+    assert_eq!(reactions.len(), expected, "no trigger answered twice");
+    let causes: std::collections::HashSet<u128> =
+        reactions.iter().map(|e| e.causation_id.unwrap()).collect();
+    assert_eq!(causes.len() as u64, triggers, "every trigger answered");
+    drop(store);
+    join_within(handle, Duration::from_secs(10), "reactor after drop");
+}

@@ -116,6 +116,57 @@ use write::durability::Durability as Watermarks;
 use write::{Condition, Draft, Flusher, Grower, Writer};
 
 impl Shared {
+    /// One event, as [`Store::append_with_options`] appends it. The
+    /// reactor thread appends through this, so it holds no `Store`.
+    pub(crate) fn append_one(
+        &self,
+        coord: &Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let inflight = self.durability.begin_append();
+        let drafts = [self.draft(coord, kind, payload, opts)?];
+        let receipts = self
+            .append_drafts(&drafts, false, inflight)
+            .map_err(|f| f.error)?;
+        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
+    }
+
+    /// Validate and encode one event (as every single append does).
+    pub(crate) fn draft<'a>(
+        &self,
+        coord: &'a Coordinate,
+        kind: EventKind,
+        payload: &impl Serialize,
+        opts: AppendOptions,
+    ) -> Result<Draft<'a>, StoreError> {
+        if kind.is_system() {
+            return Err(StoreError::ReservedKind(kind));
+        }
+        let payload = write::encode_payload(payload)?;
+        self.validate_event(kind, payload.len())?;
+        let content_hash = format::chain::content_hash(&payload);
+        let event_id = opts
+            .idempotency_key
+            .unwrap_or_else(crate::id::generate_v7_id);
+        Ok(Draft {
+            coord,
+            kind,
+            content_hash,
+            payload,
+            event_id,
+            correlation_id: opts.correlation_id,
+            causation_id: opts.causation_id,
+            flags: opts.flags,
+            condition: Condition::from_options(&opts),
+            idempotent: opts.idempotency_key.is_some(),
+            continuation: None,
+            payload_version: 1,
+            durability: opts.durability,
+        })
+    }
+
     /// The read layer's handle: frames, index and visible watermark only.
     pub(crate) fn reader(&self) -> read::Reader<'_> {
         read::Reader::new(&self.log, &self.index, self.durability.visibility())
@@ -176,6 +227,7 @@ impl Shared {
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             closed: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
             follow: Mutex::new(None),
             flusher: None,
             log,
@@ -230,6 +282,10 @@ pub(crate) struct Shared {
     pub(crate) subscribers: delivery::Subscribers,
     /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// Set when the store handle starts closing (or is dropped): appends
+    /// from the threads it started (a reactor holds no `Store`) are refused
+    /// from then on, checked under the writer lock.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
     /// Read-only stores: where `refresh` continues reading.
     pub(crate) follow: Mutex<Option<recovery::Follow>>,
     pub(crate) cache: Box<dyn ProjectionCache>,
@@ -441,39 +497,6 @@ impl Store<Open> {
         Ok(store)
     }
 
-    fn draft<'a>(
-        &self,
-        coord: &'a Coordinate,
-        kind: EventKind,
-        payload: &impl Serialize,
-        opts: AppendOptions,
-    ) -> Result<Draft<'a>, StoreError> {
-        if kind.is_system() {
-            return Err(StoreError::ReservedKind(kind));
-        }
-        let payload = write::encode_payload(payload)?;
-        self.shared.validate_event(kind, payload.len())?;
-        let content_hash = format::chain::content_hash(&payload);
-        let event_id = opts
-            .idempotency_key
-            .unwrap_or_else(crate::id::generate_v7_id);
-        Ok(Draft {
-            coord,
-            kind,
-            content_hash,
-            payload,
-            event_id,
-            correlation_id: opts.correlation_id,
-            causation_id: opts.causation_id,
-            flags: opts.flags,
-            condition: Condition::from_options(&opts),
-            idempotent: opts.idempotency_key.is_some(),
-            continuation: None,
-            payload_version: 1,
-            durability: opts.durability,
-        })
-    }
-
     /// Append a root event: a fresh UUIDv7 id, correlated to itself, no causation.
     ///
     /// # Errors
@@ -520,13 +543,7 @@ impl Store<Open> {
         payload: &impl Serialize,
         opts: AppendOptions,
     ) -> Result<AppendReceipt, StoreError> {
-        let inflight = self.shared.durability.begin_append();
-        let drafts = [self.draft(coord, kind, payload, opts)?];
-        let receipts = self
-            .shared
-            .append_drafts(&drafts, false, inflight)
-            .map_err(|f| f.error)?;
-        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
+        self.shared.append_one(coord, kind, payload, opts)
     }
 
     /// Append a typestate transition: its kind and payload, as [`Store::append`].
@@ -876,6 +893,17 @@ impl<State> Store<State> {
     /// `writer.shutdown_drain_limit` queued ones.
     fn stop_threads(&mut self) {
         let shared = &self.shared;
+        // First the appends of threads that hold no `Store` (reactors): one
+        // that has the writer lock finishes its write; later ones see the
+        // flag under the lock and write nothing, so nothing is written
+        // after the close's final sync and checkpoint, or once the
+        // directory lock is released.
+        shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(writer) = &shared.writer {
+            drop(writer.lock());
+        }
         shared
             .sealer
             .stop(shared.config.writer.shutdown_drain_limit);

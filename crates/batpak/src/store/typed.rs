@@ -323,7 +323,7 @@ impl Store {
         opts: AppendOptions,
     ) -> Result<AppendReceipt, StoreError> {
         let inflight = self.shared.durability.begin_append();
-        let mut draft = self.draft(coord, kind, payload, opts)?;
+        let mut draft = self.shared.draft(coord, kind, payload, opts)?;
         draft.payload_version = payload_version.max(1);
         let receipts = self
             .shared

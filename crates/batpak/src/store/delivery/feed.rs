@@ -12,8 +12,8 @@
 //! Through the traits, reads return `Result` (a database read can fail); the
 //! file store's inherent cursor methods stay infallible.
 
-use crate::coordinate::Region;
-use crate::event::{EventSourced, Reactive, StoredEvent, TypedEvent};
+use crate::coordinate::{Coordinate, Region};
+use crate::event::{EventKind, EventSourced, Reactive, StoredEvent, TypedEvent};
 use crate::store::projection::{relevant, ProjectionWatcher};
 use crate::store::{
     AppendOptions, Cursor, EventStore, Freshness, IndexEntry, Store, StoreError, Subscription,
@@ -227,14 +227,39 @@ where
     S: EventStore + ?Sized,
     R: Reactive<Value> + ?Sized,
 {
-    let event = store.get(trigger)?;
+    answer_with(
+        |id| store.get(id),
+        |coord, kind, payload, opts| store.append_with_options(coord, kind, payload, opts),
+        reactor,
+        trigger,
+    )
+}
+
+/// [`answer_trigger`] over a reading and an appending function (the file
+/// store's reactor thread appends through the store's internals, holding
+/// no `Store`).
+pub(crate) fn answer_with<R>(
+    get: impl FnOnce(u128) -> Result<StoredEvent<Value>, StoreError>,
+    mut append: impl FnMut(
+        &Coordinate,
+        EventKind,
+        &Value,
+        AppendOptions,
+    ) -> Result<crate::store::AppendReceipt, StoreError>,
+    reactor: &R,
+    trigger: u128,
+) -> Result<(), StoreError>
+where
+    R: Reactive<Value> + ?Sized,
+{
+    let event = get(trigger)?;
     let correlation = event.event.header.correlation_id;
     for (i, (coord, kind, payload)) in reactor.react(&event.event).into_iter().enumerate() {
         let opts = AppendOptions::new()
             .with_idempotency(super::reactor::reaction_key(trigger, i))
             .with_correlation(correlation)
             .with_causation(trigger);
-        store.append_with_options(&coord, kind, &payload, opts)?;
+        append(&coord, kind, &payload, opts)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::coordinate::Region;
 use crate::event::Reactive;
-use crate::store::{Store, StoreError};
+use crate::store::{Shared, Store, StoreError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ impl Store {
     {
         let weak: Weak<Store> = Arc::downgrade(self);
         let source = crate::store::read::Follower::new(self.shared.clone());
+        // The thread reads and appends through the shared state, never
+        // through a `Store`: `Arc::try_unwrap` on the caller's store works
+        // whenever it runs (the close then refuses its later appends).
+        let shared = self.shared.clone();
         let resume = self.last_answered_trigger(region);
         let mut cursor = self.cursor_from(region, resume);
         let mut builder = std::thread::Builder::new().name("batpak-reactor".into());
@@ -70,13 +74,15 @@ impl Store {
             // trigger). Only a trigger compaction removed is passed over.
             let mut backoff = RETRY_FIRST;
             loop {
-                // Held only while answering one trigger.
-                let Some(store) = weak.upgrade() else { return };
+                if weak.strong_count() == 0 {
+                    return;
+                }
                 let trigger = || format!("{:032x}", entry.event_id);
-                match answer(&store, &reactor, entry.event_id) {
+                match answer(&shared, &reactor, entry.event_id) {
                     Ok(()) | Err(StoreError::NotFound(_)) => break,
+                    // The store is closing: its handle refuses the rest.
+                    Err(_) if shared.closing.load(std::sync::atomic::Ordering::Acquire) => return,
                     Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
-                        drop(store);
                         if source.is_closed() {
                             return;
                         }
@@ -117,11 +123,16 @@ impl Store {
 /// Run the reactor on one trigger and append its outputs (the code every
 /// backend shares, so the reactions are the same events whoever answers).
 fn answer<R: Reactive<serde_json::Value>>(
-    store: &Store,
+    shared: &Shared,
     reactor: &R,
     trigger: u128,
 ) -> Result<(), StoreError> {
-    super::feed::answer_trigger(store, reactor, trigger)
+    super::feed::answer_with(
+        |id| shared.reader().get(id),
+        |coord, kind, payload, opts| shared.append_one(coord, kind, payload, opts),
+        reactor,
+        trigger,
+    )
 }
 
 #[cfg(test)]

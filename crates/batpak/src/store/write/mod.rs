@@ -316,6 +316,13 @@ impl Shared {
             None => self.config.durable_receipts(),
         };
         let mut w = writer.lock();
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Failure::at(
+                0,
+                BatchStage::Writing,
+                StoreError::WriterCrashed,
+            ));
+        }
         let before = Mark::of(&w);
         let locked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.write_locked(&mut w, before, drafts, now_us, batch_size, durable)
