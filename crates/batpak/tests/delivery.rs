@@ -305,3 +305,71 @@ fn a_store_unwraps_and_closes_while_its_reactor_answers() {
     drop(store);
     join_within(handle, Duration::from_secs(10), "reactor after drop");
 }
+
+/// Answers like [`Auditor`], but first says it has a trigger in hand and
+/// waits for a go-ahead, so a test can close the store mid-answer.
+struct HeldAuditor {
+    entered: std::sync::mpsc::Sender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Reactive<serde_json::Value> for HeldAuditor {
+    fn react(
+        &self,
+        event: &Event<serde_json::Value>,
+    ) -> Vec<(Coordinate, EventKind, serde_json::Value)> {
+        let _ = self.entered.send(());
+        let _ = self
+            .go
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        Auditor.react(event)
+    }
+}
+
+/// A reactor whose store closed while it held a trigger writes nothing
+/// afterwards (its append is refused), ends, and the trigger is answered
+/// once after a restart.
+#[test]
+fn a_reactor_writes_nothing_after_its_store_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let store = Arc::new(open(dir.path()));
+    let reactor = HeldAuditor {
+        entered: entered_tx,
+        go: std::sync::Mutex::new(go_rx),
+    };
+    let handle = store
+        .react_loop(&Region::entity("order:"), reactor)
+        .unwrap();
+    let trigger = store
+        .append(&coord("order:1", "s"), KIND_A, &json!({ "n": 1 }))
+        .unwrap();
+    entered
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the reactor takes the trigger");
+    let store =
+        Arc::try_unwrap(store).unwrap_or_else(|_| panic!("the reactor holds a strong reference"));
+    store.close().unwrap();
+    go.send(()).unwrap();
+    join_within(handle, Duration::from_secs(10), "reactor after close");
+
+    let store = Arc::new(open(dir.path()));
+    assert!(
+        store.stream("audit").is_empty(),
+        "nothing was written after the close"
+    );
+    let handle = store
+        .react_loop(&Region::entity("order:"), Auditor)
+        .unwrap();
+    let mut audit = store.cursor_guaranteed(&Region::entity("audit"));
+    let reaction = audit
+        .wait_next(Duration::from_secs(30))
+        .expect("the restart answers the trigger");
+    assert_eq!(reaction.causation_id, Some(trigger.event_id));
+    assert_eq!(store.stream("audit").len(), 1, "answered once");
+    drop(store);
+    join_within(handle, Duration::from_secs(10), "reactor after drop");
+}
