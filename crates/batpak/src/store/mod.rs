@@ -113,60 +113,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use write::durability::Durability as Watermarks;
-use write::{Condition, Draft, Flusher, Grower, Writer};
+use write::{Flusher, Grower, Writer};
 
 impl Shared {
-    /// One event, as [`Store::append_with_options`] appends it. The
-    /// reactor thread appends through this, so it holds no `Store`.
-    pub(crate) fn append_one(
-        &self,
-        coord: &Coordinate,
-        kind: EventKind,
-        payload: &impl Serialize,
-        opts: AppendOptions,
-    ) -> Result<AppendReceipt, StoreError> {
-        let inflight = self.durability.begin_append();
-        let drafts = [self.draft(coord, kind, payload, opts)?];
-        let receipts = self
-            .append_drafts(&drafts, false, inflight)
-            .map_err(|f| f.error)?;
-        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
-    }
-
-    /// Validate and encode one event (as every single append does).
-    pub(crate) fn draft<'a>(
-        &self,
-        coord: &'a Coordinate,
-        kind: EventKind,
-        payload: &impl Serialize,
-        opts: AppendOptions,
-    ) -> Result<Draft<'a>, StoreError> {
-        if kind.is_system() {
-            return Err(StoreError::ReservedKind(kind));
-        }
-        let payload = write::encode_payload(payload)?;
-        self.validate_event(kind, payload.len())?;
-        let content_hash = format::chain::content_hash(&payload);
-        let event_id = opts
-            .idempotency_key
-            .unwrap_or_else(crate::id::generate_v7_id);
-        Ok(Draft {
-            coord,
-            kind,
-            content_hash,
-            payload,
-            event_id,
-            correlation_id: opts.correlation_id,
-            causation_id: opts.causation_id,
-            flags: opts.flags,
-            condition: Condition::from_options(&opts),
-            idempotent: opts.idempotency_key.is_some(),
-            continuation: None,
-            payload_version: 1,
-            durability: opts.durability,
-        })
-    }
-
     /// The read layer's handle: frames, index and visible watermark only.
     pub(crate) fn reader(&self) -> read::Reader<'_> {
         read::Reader::new(&self.log, &self.index, self.durability.visibility())
@@ -243,6 +192,12 @@ impl Shared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the store handle has started closing (or was dropped): set
+    /// before `closed`, so it also holds once the store has closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Mark the store closed: waiting cursors and subscriptions end.
@@ -543,7 +498,7 @@ impl Store<Open> {
         payload: &impl Serialize,
         opts: AppendOptions,
     ) -> Result<AppendReceipt, StoreError> {
-        self.shared.append_one(coord, kind, payload, opts)
+        self.shared.append_one(coord, kind, payload, 1, opts)
     }
 
     /// Append a typestate transition: its kind and payload, as [`Store::append`].

@@ -322,14 +322,8 @@ impl Store {
         payload_version: u16,
         opts: AppendOptions,
     ) -> Result<AppendReceipt, StoreError> {
-        let inflight = self.shared.durability.begin_append();
-        let mut draft = self.shared.draft(coord, kind, payload, opts)?;
-        draft.payload_version = payload_version.max(1);
-        let receipts = self
-            .shared
-            .append_drafts(&[draft], false, inflight)
-            .map_err(|f| f.error)?;
-        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
+        self.shared
+            .append_one(coord, kind, payload, payload_version, opts)
     }
 
     /// The event with this id and the version its payload was written at.

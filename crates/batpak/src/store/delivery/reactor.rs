@@ -4,7 +4,7 @@
 use crate::coordinate::Region;
 use crate::event::Reactive;
 use crate::store::{Shared, Store, StoreError};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often an idle reactor checks whether its store still exists.
@@ -50,11 +50,10 @@ impl Store {
     where
         R: Reactive<serde_json::Value> + Send + 'static,
     {
-        let weak: Weak<Store> = Arc::downgrade(self);
-        let source = crate::store::read::Follower::new(self.shared.clone());
         // The thread reads and appends through the shared state, never
         // through a `Store`: `Arc::try_unwrap` on the caller's store works
-        // whenever it runs (the close then refuses its later appends).
+        // whenever it runs. Closing or dropping the store sets `closing`
+        // first, which ends the thread and refuses its later appends.
         let shared = self.shared.clone();
         let resume = self.last_answered_trigger(region);
         let mut cursor = self.cursor_from(region, resume);
@@ -64,7 +63,7 @@ impl Store {
         }
         let handle = builder.spawn(move || loop {
             let Some(entry) = cursor.wait_next(IDLE_CHECK) else {
-                if source.is_closed() || weak.strong_count() == 0 {
+                if shared.is_closing() {
                     return;
                 }
                 continue;
@@ -74,18 +73,15 @@ impl Store {
             // trigger). Only a trigger compaction removed is passed over.
             let mut backoff = RETRY_FIRST;
             loop {
-                if weak.strong_count() == 0 {
+                if shared.is_closing() {
                     return;
                 }
                 let trigger = || format!("{:032x}", entry.event_id);
                 match answer(&shared, &reactor, entry.event_id) {
                     Ok(()) | Err(StoreError::NotFound(_)) => break,
-                    // The store is closing: its handle refuses the rest.
-                    Err(_) if shared.closing.load(std::sync::atomic::Ordering::Acquire) => return,
+                    // The store is closing: it refuses the rest.
+                    Err(_) if shared.is_closing() => return,
                     Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
-                        if source.is_closed() {
-                            return;
-                        }
                         tracing::warn!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor retries a trigger");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(RETRY_MAX);
@@ -129,7 +125,7 @@ fn answer<R: Reactive<serde_json::Value>>(
 ) -> Result<(), StoreError> {
     super::feed::answer_with(
         |id| shared.reader().get(id),
-        |coord, kind, payload, opts| shared.append_one(coord, kind, payload, opts),
+        |coord, kind, payload, opts| shared.append_one(coord, kind, payload, 1, opts),
         reactor,
         trigger,
     )

@@ -272,13 +272,27 @@ pub fn prepare_event(
     opts: AppendOptions,
     limits: &AppendLimits,
 ) -> Result<PreparedEvent, StoreError> {
+    draft_event(coord, kind, payload, opts, limits.single_append_max_bytes)
+        .map(Draft::into_prepared)
+}
+
+/// The draft of a single append (the file store appends it as it is; other
+/// backends get it as a [`PreparedEvent`]). A reserved kind is refused
+/// before the payload is encoded.
+pub(crate) fn draft_event<'a>(
+    coord: &'a Coordinate,
+    kind: EventKind,
+    payload: &impl Serialize,
+    opts: AppendOptions,
+    max_payload_bytes: u32,
+) -> Result<Draft<'a>, StoreError> {
     if kind.is_system() {
         return Err(StoreError::ReservedKind(kind));
     }
     let payload = super::encode_payload(payload)?;
-    check_event(kind, payload.len(), limits.single_append_max_bytes)?;
-    Ok(PreparedEvent {
-        coord: coord.clone(),
+    check_event(kind, payload.len(), max_payload_bytes)?;
+    Ok(Draft {
+        coord,
         kind,
         content_hash: chain::content_hash(&payload),
         payload,
@@ -294,6 +308,42 @@ pub fn prepare_event(
         payload_version: 1,
         durability: opts.durability,
     })
+}
+
+impl Draft<'_> {
+    /// This draft as a backend-neutral prepared event (the coordinate copied).
+    fn into_prepared(self) -> PreparedEvent {
+        let Draft {
+            coord,
+            kind,
+            content_hash,
+            payload,
+            event_id,
+            correlation_id,
+            causation_id,
+            flags,
+            condition,
+            idempotent,
+            continuation,
+            payload_version,
+            durability,
+        } = self;
+        PreparedEvent {
+            coord: coord.clone(),
+            kind,
+            payload,
+            content_hash,
+            event_id,
+            correlation_id,
+            causation_id,
+            flags,
+            condition,
+            idempotent,
+            continuation,
+            payload_version,
+            durability,
+        }
+    }
 }
 
 /// Validate the items of a batch and resolve their ids and causal links, as

@@ -223,13 +223,30 @@ enum KeyLookup {
 }
 
 impl Shared {
-    /// Refuse kinds and payloads the store must not write (SPEC §3.10, §3.14).
-    pub(crate) fn validate_event(
+    /// One event at `payload_version` (1: unversioned), as
+    /// [`Store::append_with_options`] appends it. The reactor thread
+    /// appends through this, so it holds no `Store`.
+    pub(crate) fn append_one(
         &self,
+        coord: &Coordinate,
         kind: EventKind,
-        payload_len: usize,
-    ) -> Result<(), StoreError> {
-        batch::check_event(kind, payload_len, self.config.single_append_max_bytes)
+        payload: &impl Serialize,
+        payload_version: u16,
+        opts: AppendOptions,
+    ) -> Result<AppendReceipt, StoreError> {
+        let inflight = self.durability.begin_append();
+        let mut draft = batch::draft_event(
+            coord,
+            kind,
+            payload,
+            opts,
+            self.config.single_append_max_bytes,
+        )?;
+        draft.payload_version = payload_version.max(1);
+        let receipts = self
+            .append_drafts(&[draft], false, inflight)
+            .map_err(|f| f.error)?;
+        receipts.into_iter().next().ok_or(StoreError::WriterCrashed)
     }
 
     /// A named step of the write path (see [`SegmentIo::at`]): nothing in
@@ -316,7 +333,7 @@ impl Shared {
             None => self.config.durable_receipts(),
         };
         let mut w = writer.lock();
-        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_closing() {
             return Err(Failure::at(
                 0,
                 BatchStage::Writing,
