@@ -120,18 +120,16 @@ impl PgStore {
     where
         T: EventSourced<Value> + Serialize + DeserializeOwned + 'static,
     {
-        let Some(cache) = self.cache.as_deref() else {
-            let events = self.relevant_events::<T>(entity, None, through)?;
-            return Ok(T::from_events(&events));
-        };
         let key = cache_key::<T>(entity, 0);
-        let cached = match cache.get(&key) {
+        // No cache, or one that fails, is a miss (and `store_cached` then
+        // keeps nothing).
+        let cached = self.cache.as_deref().and_then(|cache| match cache.get(&key) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e.display_chain(), "batpak: projection cache read failed");
                 None
             }
-        };
+        });
         let inputs = FoldInputs {
             cached: cached.as_ref().map(|(bytes, meta)| (&bytes[..], meta)),
             freshness,
