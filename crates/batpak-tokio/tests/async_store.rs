@@ -189,6 +189,33 @@ fn a_panic_in_run_reaches_the_caller_and_the_pool_survives() {
     });
 }
 
+/// A payload whose serialization panics.
+struct Exploding;
+
+impl serde::Serialize for Exploding {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("exploding payload")
+    }
+}
+
+#[test]
+fn a_panic_in_a_laned_append_reaches_its_caller_and_the_lane_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime(2).block_on(async {
+        // Durable receipts by default: single appends take the append lane.
+        let store = open(dir.path());
+        let s = store.clone();
+        let joined =
+            tokio::spawn(async move { s.append(&coord("boom"), KIND, Exploding).await }).await;
+        let panic = joined.expect_err("the task panicked").into_panic();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"exploding payload"));
+        // The lane still answers, and nothing of the panicked append was written.
+        store.append(&coord("after"), KIND, 1).await.unwrap();
+        assert!(store.stream("boom").await.unwrap().is_empty());
+        store.close().await.unwrap();
+    });
+}
+
 #[test]
 fn close_refuses_while_other_handles_live() {
     let dir = tempfile::tempdir().unwrap();
