@@ -167,8 +167,9 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
         buf: bytes,
         pos: 0,
         reserve_budget: bytes.len(),
+        fault: None,
     };
-    let v = r.value(0)?;
+    let v = r.value(0).map_err(|Faulted| r.take_fault())?;
     if r.pos != bytes.len() {
         return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
     }
@@ -182,8 +183,9 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<(), PayloadError> {
         buf: bytes,
         pos: 0,
         reserve_budget: 0,
+        fault: None,
     };
-    r.skip(0)?;
+    r.skip(0).map_err(|Faulted| r.take_fault())?;
     if r.pos != bytes.len() {
         return Err(PayloadError::TrailingBytes(bytes.len() - r.pos));
     }
@@ -198,38 +200,62 @@ struct Reader<'a> {
     /// so a well-formed payload never reserves more than its length in total;
     /// nested arrays that each claim all the bytes left cannot multiply it.
     reserve_budget: usize,
+    fault: Option<PayloadError>,
 }
 
+/// A decode stopped; why is in `Reader::fault`. The reader's methods return
+/// this zero-sized marker rather than the `PayloadError` itself so that
+/// `Result<Value, Faulted>` has exactly a `Value`'s layout: with the error
+/// inline, every decoded value was copied field by field out of a wider
+/// `Result`, which stalled store forwarding on each step (about a tenth of
+/// a typical payload's decode).
+struct Faulted;
+
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
+    /// Record why decoding stops; every caller returns at once, so the
+    /// first fault is the one reported.
+    #[cold]
+    fn fault(&mut self, e: PayloadError) -> Faulted {
+        self.fault = Some(e);
+        Faulted
+    }
+
+    /// The recorded fault (every `Faulted` is made by `fault`, so there is one).
+    fn take_fault(&mut self) -> PayloadError {
+        self.fault
+            .take()
+            .unwrap_or(PayloadError::Truncated(self.pos))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Faulted> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
-            .ok_or(PayloadError::Truncated(self.pos))?;
+            .ok_or_else(|| self.fault(PayloadError::Truncated(self.pos)))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], PayloadError> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Faulted> {
         let s = self.take(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u8(&mut self) -> Result<u8, PayloadError> {
+    fn u8(&mut self) -> Result<u8, Faulted> {
         Ok(self.array::<1>()?[0])
     }
 
-    fn len16(&mut self) -> Result<usize, PayloadError> {
+    fn len16(&mut self) -> Result<usize, Faulted> {
         Ok(usize::from(u16::from_be_bytes(self.array()?)))
     }
 
-    fn len32(&mut self) -> Result<usize, PayloadError> {
+    fn len32(&mut self) -> Result<usize, Faulted> {
         usize::try_from(u32::from_be_bytes(self.array()?))
-            .map_err(|_| PayloadError::Truncated(self.pos))
+            .map_err(|_| self.fault(PayloadError::Truncated(self.pos)))
     }
 
     fn remaining(&self) -> usize {
@@ -238,7 +264,7 @@ impl<'a> Reader<'a> {
 
     /// A map key, which must be a string: refused by its tag, as `skip`
     /// does, before anything is decoded or allocated.
-    fn key(&mut self) -> Result<String, PayloadError> {
+    fn key(&mut self) -> Result<String, Faulted> {
         let at = self.pos;
         let len = match self.buf.get(at) {
             Some(&tag @ 0xa0..=0xbf) => {
@@ -257,12 +283,12 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 self.len32()?
             }
-            _ => return Err(PayloadError::NonStringKey(at)),
+            _ => return Err(self.fault(PayloadError::NonStringKey(at))),
         };
         self.string(len)
     }
 
-    fn string(&mut self, len: usize) -> Result<String, PayloadError> {
+    fn string(&mut self, len: usize) -> Result<String, Faulted> {
         let at = self.pos;
         let bytes = self.take(len)?;
         // Keys and most values are short ASCII, where checking for ASCII
@@ -275,12 +301,12 @@ impl<'a> Reader<'a> {
         }
         std::str::from_utf8(bytes)
             .map(str::to_owned)
-            .map_err(|_| PayloadError::InvalidUtf8(at))
+            .map_err(|_| self.fault(PayloadError::InvalidUtf8(at)))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, PayloadError> {
+    fn value(&mut self, depth: usize) -> Result<Value, Faulted> {
         if depth > MAX_DEPTH {
-            return Err(PayloadError::TooDeep);
+            return Err(self.fault(PayloadError::TooDeep));
         }
         let at = self.pos;
         let tag = self.u8()?;
@@ -298,8 +324,9 @@ impl<'a> Reader<'a> {
             0xd1 => Value::from(i16::from_be_bytes(self.array()?)),
             0xd2 => Value::from(i32::from_be_bytes(self.array()?)),
             0xd3 => Value::from(i64::from_be_bytes(self.array()?)),
-            0xca => float(f64::from(f32::from_be_bytes(self.array()?)), at)?,
-            0xcb => float(f64::from_be_bytes(self.array()?), at)?,
+            0xca => float(f64::from(f32::from_be_bytes(self.array()?)), at)
+                .map_err(|e| self.fault(e))?,
+            0xcb => float(f64::from_be_bytes(self.array()?), at).map_err(|e| self.fault(e))?,
             0xa0..=0xbf => Value::String(self.string(usize::from(tag & 0x1f))?),
             0xd9 => {
                 let n = usize::from(self.u8()?);
@@ -331,14 +358,14 @@ impl<'a> Reader<'a> {
                 let n = self.len32()?;
                 self.map_items(n, depth)?
             }
-            _ => return Err(PayloadError::UnsupportedTag { tag, at }),
+            _ => return Err(self.fault(PayloadError::UnsupportedTag { tag, at })),
         })
     }
 
     /// Like `value`, but only checks and advances.
-    fn skip(&mut self, depth: usize) -> Result<(), PayloadError> {
+    fn skip(&mut self, depth: usize) -> Result<(), Faulted> {
         if depth > MAX_DEPTH {
-            return Err(PayloadError::TooDeep);
+            return Err(self.fault(PayloadError::TooDeep));
         }
         let at = self.pos;
         let tag = self.u8()?;
@@ -348,8 +375,16 @@ impl<'a> Reader<'a> {
             0xcd | 0xd1 => return self.take(2).map(drop),
             0xce | 0xd2 => return self.take(4).map(drop),
             0xcf | 0xd3 => return self.take(8).map(drop),
-            0xca => return float(f64::from(f32::from_be_bytes(self.array()?)), at).map(drop),
-            0xcb => return float(f64::from_be_bytes(self.array()?), at).map(drop),
+            0xca => {
+                return float(f64::from(f32::from_be_bytes(self.array()?)), at)
+                    .map(drop)
+                    .map_err(|e| self.fault(e))
+            }
+            0xcb => {
+                return float(f64::from_be_bytes(self.array()?), at)
+                    .map(drop)
+                    .map_err(|e| self.fault(e))
+            }
             0xa0..=0xbf => (Some(usize::from(tag & 0x1f)), 0, 0),
             0xd9 => (Some(usize::from(self.u8()?)), 0, 0),
             0xda => (Some(self.len16()?), 0, 0),
@@ -360,17 +395,17 @@ impl<'a> Reader<'a> {
             0x80..=0x8f => (None, 0, usize::from(tag & 0x0f)),
             0xde => (None, 0, self.len16()?),
             0xdf => (None, 0, self.len32()?),
-            _ => return Err(PayloadError::UnsupportedTag { tag, at }),
+            _ => return Err(self.fault(PayloadError::UnsupportedTag { tag, at })),
         };
         if let Some(n) = strlen {
             let at = self.pos;
             let bytes = self.take(n)?;
             return std::str::from_utf8(bytes)
                 .map(drop)
-                .map_err(|_| PayloadError::InvalidUtf8(at));
+                .map_err(|_| self.fault(PayloadError::InvalidUtf8(at)));
         }
         if items.max(pairs.saturating_mul(2)) > self.remaining() {
-            return Err(PayloadError::Truncated(self.pos));
+            return Err(self.fault(PayloadError::Truncated(self.pos)));
         }
         for _ in 0..items {
             self.skip(depth + 1)?;
@@ -379,17 +414,17 @@ impl<'a> Reader<'a> {
             let at = self.pos;
             match self.buf.get(at) {
                 Some(0xa0..=0xbf | 0xd9 | 0xda | 0xdb) => self.skip(depth + 1)?,
-                _ => return Err(PayloadError::NonStringKey(at)),
+                _ => return Err(self.fault(PayloadError::NonStringKey(at))),
             }
             self.skip(depth + 1)?;
         }
         Ok(())
     }
 
-    fn array_items(&mut self, n: usize, depth: usize) -> Result<Value, PayloadError> {
+    fn array_items(&mut self, n: usize, depth: usize) -> Result<Value, Faulted> {
         // Every element takes at least one byte, so the input bounds the allocation.
         if n > self.remaining() {
-            return Err(PayloadError::Truncated(self.pos));
+            return Err(self.fault(PayloadError::Truncated(self.pos)));
         }
         let reserve = n.min(self.reserve_budget);
         self.reserve_budget -= reserve;
@@ -400,9 +435,9 @@ impl<'a> Reader<'a> {
         Ok(Value::Array(items))
     }
 
-    fn map_items(&mut self, n: usize, depth: usize) -> Result<Value, PayloadError> {
+    fn map_items(&mut self, n: usize, depth: usize) -> Result<Value, Faulted> {
         if n.saturating_mul(2) > self.remaining() {
-            return Err(PayloadError::Truncated(self.pos));
+            return Err(self.fault(PayloadError::Truncated(self.pos)));
         }
         // Inserted as decoded: a payload's maps are small, where one
         // search of a single node per key costs less than collecting the
