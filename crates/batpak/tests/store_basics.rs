@@ -56,6 +56,115 @@ fn the_original_module_paths_name_the_same_types() {
     assert_eq!(chain.prev_hash, [0; 32], "the first event of its entity");
 }
 
+/// Code written against the seed builds the configuration and option
+/// structs by literal and matches the enums API.md lists without
+/// `#[non_exhaustive]` with no wildcard arm; this test does not compile if
+/// one of them gains that mark or a config struct gains a private field.
+#[test]
+fn seed_code_builds_structs_by_literal_and_matches_enums_exhaustively() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        segment_max_bytes: 1 << 20,
+        batch: BatchConfig {
+            max_size: 8,
+            max_bytes: 1 << 16,
+            group_commit_max_batch: 0,
+        },
+        sync: SyncConfig {
+            mode: SyncMode::SyncData,
+            every_n_events: 1,
+        },
+        index: IndexConfig {
+            layout: IndexLayout::SoA,
+            incremental_projection: false,
+            enable_checkpoint: true,
+        },
+        ..StoreConfig::new(dir.path())
+    };
+    let store = Store::open(config).unwrap();
+    let c = coord("order:1", "tenant:a");
+    let opts = AppendOptions {
+        expect_empty: true,
+        ..Default::default()
+    };
+    let first = store
+        .append_with_options(&c, KIND_A, &json!({"n": 1}), opts)
+        .unwrap();
+    let item = BatchAppendItem {
+        coord: c.clone(),
+        kind: KIND_A,
+        payload_bytes: batpak::store::codec::encode_payload(&json!({"n": 2})).unwrap(),
+        options: AppendOptions::default(),
+        causation: CausationRef::Absolute(first.event_id),
+    };
+    let err = store
+        .append_batch(vec![item, bad_item(&c)])
+        .expect_err("the second item is too large for the batch limit");
+    let stage = match err {
+        StoreError::BatchFailed { stage, .. } => stage,
+        other => panic!("expected BatchFailed, got {other:?}"),
+    };
+    let named = match stage {
+        BatchStage::Validation => "validation",
+        BatchStage::Encoding => "encoding",
+        BatchStage::Writing => "writing",
+        BatchStage::Syncing => "syncing",
+        BatchStage::Indexing => "indexing",
+    };
+    assert_eq!(named, "validation");
+    let causes: Vec<Option<u128>> = [
+        CausationRef::None,
+        CausationRef::Absolute(first.event_id),
+        CausationRef::PriorItem(0),
+    ]
+    .iter()
+    .map(|c| match c {
+        CausationRef::None | CausationRef::PriorItem(_) => None,
+        CausationRef::Absolute(id) => Some(*id),
+    })
+    .collect();
+    assert_eq!(causes, vec![None, Some(first.event_id), None]);
+    let mode = match SyncMode::SyncData {
+        SyncMode::SyncAll => "all",
+        SyncMode::SyncData => "data",
+    };
+    let layouts = [
+        IndexLayout::AoS,
+        IndexLayout::SoA,
+        IndexLayout::AoSoA8,
+        IndexLayout::AoSoA16,
+        IndexLayout::AoSoA64,
+        IndexLayout::SoAoS,
+    ];
+    let widths: Vec<u8> = layouts
+        .iter()
+        .map(|l| match l {
+            IndexLayout::AoS | IndexLayout::SoA | IndexLayout::SoAoS => 0,
+            IndexLayout::AoSoA8 => 8,
+            IndexLayout::AoSoA16 => 16,
+            IndexLayout::AoSoA64 => 64,
+        })
+        .collect();
+    assert_eq!((mode, widths), ("data", vec![0, 0, 8, 16, 64, 0]));
+    assert_eq!(
+        store.stream("order:1").len(),
+        1,
+        "the failed batch wrote nothing"
+    );
+}
+
+/// A batch item whose payload exceeds the 64 KiB batch byte limit set above.
+fn bad_item(c: &Coordinate) -> BatchAppendItem {
+    BatchAppendItem {
+        coord: c.clone(),
+        kind: KIND_A,
+        payload_bytes: batpak::store::codec::encode_payload(&json!({"big": "x".repeat(70_000)}))
+            .unwrap(),
+        options: AppendOptions::default(),
+        causation: CausationRef::None,
+    }
+}
+
 /// The stored payload bytes, read back from the segment file at the receipt's position.
 fn payload_bytes(store: &Store, r: AppendReceipt) -> Vec<u8> {
     let d = store.diagnostics();

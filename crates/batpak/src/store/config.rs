@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 /// How a sync reaches stable storage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum SyncMode {
     /// `fsync`: data and all metadata.
     SyncAll,
@@ -109,7 +108,6 @@ impl Default for WriterConfig {
 /// Index layouts accepted for compatibility with the original crate. batpak
 /// serves every value with one index design; the choice changes nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum IndexLayout {
     /// Array of structs (default).
     #[default]

@@ -15,7 +15,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which step of a batch append failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum BatchStage {
     /// Limits, CAS, idempotency or causation references were checked.
     Validation,

@@ -154,7 +154,6 @@ pub struct AppendReceipt {
 
 /// Where a batch item's causation points.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CausationRef {
     /// Use `options.causation_id` (or, in a reaction batch, the batch's causation).
     #[default]
