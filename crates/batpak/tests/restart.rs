@@ -322,3 +322,39 @@ fn a_panicking_sync_leader_is_retried() {
         assert_eq!(open(dir.path()).stream("a").len(), 4);
     }
 }
+
+/// The original crate's hook: `panic_writer_for_test` panics the writer
+/// between calls. Under `Once` the first is survived (appends go on), the
+/// second stops writes; the hook then reports `WriterCrashed` itself, and
+/// everything acknowledged survives a reopen.
+#[test]
+fn panic_writer_for_test_counts_against_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let c = coord("a", "s");
+    store.append(&c, KIND_A, &1).unwrap();
+    store.panic_writer_for_test().unwrap();
+    assert_eq!(store.diagnostics().writer_restarts, 1);
+    store.append(&c, KIND_A, &2).unwrap();
+    store.panic_writer_for_test().unwrap();
+    assert!(crashed(&store.append(&c, KIND_A, &3).unwrap_err()));
+    assert!(matches!(
+        store.panic_writer_for_test(),
+        Err(StoreError::WriterCrashed)
+    ));
+    assert_eq!(store.stream("a").len(), 2, "reads keep working");
+    assert!(matches!(store.close(), Err(StoreError::WriterCrashed)));
+    let store = open(dir.path());
+    let values: Vec<i64> = payloads(&store, &store.stream("a"))
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(values, vec![1, 2]);
+    check_consistent(&store);
+    assert!(matches!(
+        Store::open_read_only(StoreConfig::new(dir.path()))
+            .unwrap()
+            .panic_writer_for_test(),
+        Err(StoreError::ReadOnly)
+    ));
+}

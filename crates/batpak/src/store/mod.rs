@@ -640,6 +640,22 @@ impl Store<Open> {
         Ok(())
     }
 
+    /// Test hook (feature `dangerous-test-hooks`): make the writer panic now,
+    /// as if a write had panicked before changing anything. The panic is
+    /// caught and counted against `writer.restart_policy` exactly as one
+    /// inside an append is: within the budget the writer restarts and the
+    /// next append works; past it every later write, and `close`, return
+    /// `WriterCrashed`. Returns once the panic was counted.
+    ///
+    /// # Errors
+    /// `WriterCrashed` (or `Poisoned`) when the writer had already stopped,
+    /// `ReadOnly` on a read-only handle.
+    #[cfg(feature = "dangerous-test-hooks")]
+    #[doc(hidden)]
+    pub fn panic_writer_for_test(&self) -> Result<(), StoreError> {
+        self.shared.panic_writer_for_test()
+    }
+
     /// Test hook (feature `dangerous-test-hooks`): do what a power cut now
     /// would. The store stops writing (`Poisoned`); bytes of segment files
     /// not yet synced become zeros and new segment files whose directory

@@ -113,6 +113,33 @@ impl Shared {
         Failure::at(0, BatchStage::Writing, self.count_restart(message))
     }
 
+    /// Test hook: the writer panics now, between calls, as if a write had
+    /// panicked before changing anything; the panic is caught and counted
+    /// exactly as one inside an append is (`restart_after_panic`).
+    /// `Ok` once it was counted, within the budget or past it (then later
+    /// writes get `WriterCrashed`); `WriterCrashed` (or the store's
+    /// `Poisoned`) when the writer had already stopped; `ReadOnly` without a
+    /// writer.
+    #[cfg(feature = "dangerous-test-hooks")]
+    pub(crate) fn panic_writer_for_test(&self) -> Result<(), StoreError> {
+        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+        self.durability.check()?;
+        let mut w = writer.lock();
+        if self.is_closing() {
+            return Err(StoreError::WriterCrashed);
+        }
+        let before = Mark::of(&w);
+        // `resume_unwind` unwinds without running the panic hook, so the
+        // test's output is not cluttered with a panic message.
+        let panicked = std::panic::catch_unwind(|| -> () {
+            std::panic::resume_unwind(Box::new("panic_writer_for_test"))
+        });
+        if let Err(panic) = panicked {
+            let _counted = self.restart_after_panic(&mut w, before, panic);
+        }
+        Ok(())
+    }
+
     /// Count a restart after a panic with `message`: the error for the call
     /// that panicked (`WriterPanicked`, or `WriterCrashed` past the budget).
     pub(crate) fn count_restart(&self, message: String) -> StoreError {
