@@ -55,7 +55,7 @@ impl Order<Placed> {
 }
 
 fn describe<S: OrderState>(order: &Order<S>) -> String {
-    format!("order {} is {}", order.id, S::STATE_NAME)
+    format!("order {} is {}", order.id, S::state_name())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

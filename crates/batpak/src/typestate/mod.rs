@@ -38,7 +38,7 @@
 //!
 //! // Code generic over every state:
 //! fn describe<S: DoorState>(door: &Door<S>) -> String {
-//!     format!("{} is {}", door.name, S::STATE_NAME)
+//!     format!("{} is {}", door.name, S::state_name())
 //! }
 //!
 //! let door = Door::<Open>::new("front".into(), 1);
@@ -64,7 +64,7 @@
 //! ```compile_fail
 //! batpak::define_state_machine!(DoorState { Open, Closed });
 //! struct Ajar;
-//! impl DoorState for Ajar { const STATE_NAME: &'static str = "Ajar"; }
+//! impl DoorState for Ajar { fn state_name() -> &'static str { "Ajar" } }
 //! ```
 //!
 //! Nor can a type that is not a state be used as one:
@@ -107,7 +107,7 @@ pub mod __private {
 /// Declares a sealed state trait and one marker type per state.
 ///
 /// `define_state_machine!(DoorState { Open, Closed })` expands to
-/// `pub trait DoorState` (sealed, with an associated `STATE_NAME`) and
+/// `pub trait DoorState` (sealed, with `fn state_name() -> &'static str`) and
 /// `#[derive(Debug, Clone, Copy, PartialEq, Eq)] pub struct Open;` (and so on)
 /// implementing it. Doc comments and other attributes may precede the machine
 /// name and each state. Several machines may be declared in one module, but a
@@ -127,7 +127,9 @@ macro_rules! define_state_machine {
             impl $crate::typestate::__private::StateOf<$Key> for $State {}
 
             impl $Machine for $State {
-                const STATE_NAME: &'static str = stringify!($State);
+                fn state_name() -> &'static str {
+                    stringify!($State)
+                }
             }
         )+
     };
@@ -148,8 +150,12 @@ macro_rules! define_state_machine {
         )]
         pub trait $Machine: $crate::typestate::__private::StateOf<( $($State,)+ )> {
             /// The state's name as written in `define_state_machine!`.
+            /// (A function, not a constant, so that the trait stays usable
+            /// as `dyn`, as the original crate's empty trait is.)
             #[allow(dead_code)]
-            const STATE_NAME: &'static str;
+            fn state_name() -> &'static str
+            where
+                Self: Sized;
         }
 
         $crate::define_state_machine!(@states $Machine, ( $($State,)+ ); $( $(#[$smeta])* $State ),+);
@@ -256,7 +262,7 @@ mod tests {
     }
 
     fn state_of<M: DoorState>(_: &Door<M>) -> &'static str {
-        M::STATE_NAME
+        M::state_name()
     }
 
     #[test]
@@ -272,7 +278,10 @@ mod tests {
         assert_eq!(door.clone(), door);
 
         let lamp = Lamp::<Off>::new(60).switch_on();
-        assert_eq!(<On as LightState>::STATE_NAME, "On");
+        assert_eq!(<On as LightState>::state_name(), "On");
+        // The trait is dyn-compatible, as the original crate's empty one is.
+        let states: Vec<Box<dyn DoorState>> = vec![Box::new(Open), Box::new(Closed)];
+        assert_eq!(states.len(), 2);
         assert_eq!(lamp.into_data(), (60,));
         let token = Token::<Only>::new();
         let () = token.data();

@@ -10,12 +10,16 @@ struct Ajar;
 
 // A foreign type cannot join a machine...
 impl machines::DoorState for Ajar {
-    const STATE_NAME: &'static str = "Ajar";
+    fn state_name() -> &'static str {
+        "Ajar"
+    }
 }
 
 // ...and a state of one machine cannot join another.
 impl machines::LightState for machines::Open {
-    const STATE_NAME: &'static str = "Open";
+    fn state_name() -> &'static str {
+        "Open"
+    }
 }
 
 fn main() {}
