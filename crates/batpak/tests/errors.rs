@@ -87,7 +87,7 @@ fn a_nested_chain_reads_top_down_with_the_path_and_operation_once() {
     let printed = chain(&e);
     assert!(
         printed.starts_with(
-            "batch failed at item 3 during Writing: I/O error: write segment /data/000007.seg: "
+            "batch failed at item 3 during Writing: IO error: write segment /data/000007.seg: "
         ),
         "{printed}"
     );
@@ -138,7 +138,7 @@ fn a_real_io_failure_names_its_operation_and_path() {
         "{printed}"
     );
     assert!(
-        printed.starts_with("I/O error: stat directory "),
+        printed.starts_with("IO error: stat directory "),
         "{printed}"
     );
 }

@@ -4,7 +4,7 @@
 //! Each variant's `Display` describes its own layer only; the cause, if
 //! any, is its `source()`. So a chain printer (anyhow's `{:#}`, or a loop
 //! over `source()`) prints every cause once: "batch failed at item 2
-//! during Writing: I/O error: write segment /data/000003.seg: No space
+//! during Writing: IO error: write segment /data/000003.seg: No space
 //! left on device (os error 28)".
 
 use crate::coordinate::CoordinateError;
@@ -36,13 +36,13 @@ pub enum StoreError {
     /// operations, it carries an [`IoContext`] (the operation and the
     /// path; see [`StoreError::io_context`]) inside the `std::io::Error`,
     /// whose `kind()` is the original one.
-    #[error("I/O error")]
+    #[error("IO error")]
     Io(#[from] std::io::Error),
     /// An invalid coordinate.
-    #[error("invalid coordinate")]
+    #[error("coordinate error")]
     Coordinate(#[from] CoordinateError),
     /// A payload or stored value could not be (de)serialized.
-    #[error("serialization failed")]
+    #[error("serialization error")]
     Serialization(#[source] BoxError),
     /// A frame's checksum did not match when it was read.
     #[error("CRC mismatch in segment {segment_id} at offset {offset}")]
@@ -98,7 +98,7 @@ pub enum StoreError {
     #[error("writer thread crashed")]
     WriterCrashed,
     /// A projection cache backend failed.
-    #[error("projection cache failed")]
+    #[error("cache error")]
     CacheFailed(#[source] BoxError),
     /// A configuration value is out of range.
     #[error("invalid config: {0}")]
