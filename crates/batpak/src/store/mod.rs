@@ -118,7 +118,12 @@ use write::{Flusher, Grower, Writer};
 impl Shared {
     /// The read layer's handle: frames, index and visible watermark only.
     pub(crate) fn reader(&self) -> read::Reader<'_> {
-        read::Reader::new(&self.log, &self.index, self.durability.visibility())
+        read::Reader::new(
+            &self.log,
+            &self.index,
+            self.durability.visibility(),
+            &self.compactions,
+        )
     }
 
     /// The maintenance layer's handle.
@@ -131,6 +136,7 @@ impl Shared {
             lock: &self.maintenance,
             follow: &self.follow,
             epoch: &self.epoch,
+            compactions: &self.compactions,
             config: &self.config,
             syncer: write::Syncer::new(self),
         }
@@ -175,6 +181,7 @@ impl Shared {
             subscribers: delivery::Subscribers::default(),
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
+            compactions: std::sync::atomic::AtomicU64::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             follow: Mutex::new(None),
@@ -248,6 +255,10 @@ pub(crate) struct Shared {
     pub(crate) memo: projection::Memo,
     /// Part of every projection cache key; bumped when compaction rewrites history.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// Compactions applied to the live index (each may remove, redact or
+    /// move events), raised under the index write lock: readers that keep
+    /// entries between calls (cursors) compare it to see theirs went stale.
+    pub(crate) compactions: std::sync::atomic::AtomicU64,
     /// Held by compaction, snapshot, verify and footer writing: at most one
     /// of them reads or replaces sealed segments at a time.
     pub(crate) maintenance: Mutex<()>,

@@ -165,7 +165,10 @@ pub struct EventIter<'s, I> {
     schema: Arc<Schema>,
     source: Source,
     decode: Decode<I>,
-    pending: VecDeque<Result<Located, StoreError>>,
+    /// Located frames of the current step, with their slots.
+    pending: VecDeque<(u32, Result<Located, StoreError>)>,
+    /// `Reader::compactions` when `pending` was located.
+    pending_at: u64,
     slots: Vec<u32>,
     exhausted: bool,
 }
@@ -178,14 +181,33 @@ impl<'s, I> EventIter<'s, I> {
             source,
             decode,
             pending: VecDeque::new(),
+            pending_at: 0,
             slots: Vec::new(),
             exhausted: false,
+        }
+    }
+
+    /// Forget located frames a compaction may have removed or redacted
+    /// since, and go on from the first of them with the index as it is now.
+    fn forget_stale_pending(&mut self) {
+        let Some(&(first, _)) = self.pending.front() else {
+            return;
+        };
+        if self.reader.compactions() == self.pending_at {
+            return;
+        }
+        self.pending.clear();
+        self.exhausted = false;
+        match &mut self.source {
+            Source::Region { next, .. } => *next = first,
+            Source::Entity { after, .. } => *after = first.checked_sub(1),
         }
     }
 
     /// Resolve the next step's frames under the index lock.
     fn refill(&mut self) {
         let index = self.reader.index();
+        self.pending_at = self.reader.compactions();
         let visible = self.reader.visible();
         self.slots.clear();
         match &mut self.source {
@@ -220,7 +242,8 @@ impl<'s, I> EventIter<'s, I> {
             }
         }
         for &slot in &self.slots {
-            self.pending.push_back(self.reader.locate(&index, slot));
+            self.pending
+                .push_back((slot, self.reader.locate(&index, slot)));
         }
         drop(index);
         self.reader.reading_frames();
@@ -232,7 +255,8 @@ impl<I> Iterator for EventIter<'_, I> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(located) = self.pending.pop_front() {
+            self.forget_stale_pending();
+            if let Some((_, located)) = self.pending.pop_front() {
                 let schema = &self.schema;
                 let decode = self.decode;
                 return Some(located.and_then(|l| {

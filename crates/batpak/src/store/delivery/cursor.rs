@@ -20,6 +20,9 @@ pub struct Cursor {
     next_slot: u32,
     position: Option<u64>,
     buffer: VecDeque<IndexEntry>,
+    /// `Reader::compactions` when `buffer` was read: a compaction since
+    /// may have removed or redacted what it holds, so it is read again.
+    buffered_at: u64,
     /// A refill's entries before they join the buffer, kept so a refill
     /// allocates nothing under the index lock.
     scratch: Vec<IndexEntry>,
@@ -42,6 +45,7 @@ impl Cursor {
             next_slot,
             position: after,
             buffer: VecDeque::new(),
+            buffered_at: 0,
             scratch: Vec::new(),
             slots: Vec::new(),
             work: 0,
@@ -64,6 +68,9 @@ impl Cursor {
             crate::store::read::prefault(out, (to - self.next_slot) as usize);
             let unchained = {
                 let index = reader.index();
+                // Stable while the read lock is held (compaction raises it
+                // under the write lock).
+                self.buffered_at = reader.compactions();
                 self.work += SlotQuery::range(&index, &self.region, self.next_slot, to)
                     .collect_into(&mut self.slots);
                 reader.pin_entries(&index, &self.slots, out)
@@ -75,8 +82,23 @@ impl Cursor {
         out.len() > start
     }
 
+    /// Drop buffered entries read before a compaction (they may name
+    /// removed events, or kinds and positions it changed) and continue
+    /// after the last event delivered, from the index as it is now.
+    fn forget_stale_buffer(&mut self) {
+        if self.buffer.is_empty() || self.source.reader().compactions() == self.buffered_at {
+            return;
+        }
+        self.buffer.clear();
+        self.next_slot = match self.position {
+            Some(seq) => self.source.reader().index().first_slot_after_seq(seq),
+            None => 0,
+        };
+    }
+
     /// The next matching event, or `None` if there is none yet.
     pub fn poll(&mut self) -> Option<IndexEntry> {
+        self.forget_stale_buffer();
         if self.buffer.is_empty() {
             let mut window = std::mem::take(&mut self.scratch);
             let found = self.refill_into(&mut window);
@@ -93,6 +115,7 @@ impl Cursor {
 
     /// Up to `max` next matching events (possibly none).
     pub fn poll_batch(&mut self, max: usize) -> Vec<IndexEntry> {
+        self.forget_stale_buffer();
         let mut out = Vec::with_capacity(max.min(4 * STEP as usize));
         while out.len() < max {
             if self.buffer.is_empty() {

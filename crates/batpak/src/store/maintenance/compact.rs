@@ -369,6 +369,9 @@ fn swap_in(
         return Err(e);
     }
     maint
+        .compactions
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
+    maint
         .log
         .replace_segments(new_segments, &prepared.intent.deleted);
     maint

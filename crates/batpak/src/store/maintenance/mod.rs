@@ -49,6 +49,8 @@ pub(crate) struct Maintainer<'s> {
     pub(crate) follow: &'s Mutex<Option<Follow>>,
     /// The history epoch (bumped when compaction rewrites history).
     pub(crate) epoch: &'s AtomicU64,
+    /// Compactions applied to the live index (`Shared::compactions`).
+    pub(crate) compactions: &'s AtomicU64,
     pub(crate) config: &'s StoreConfig,
     pub(crate) syncer: Syncer<'s>,
 }

@@ -32,6 +32,7 @@ use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
 use crate::store::write::durability::Visibility;
 use crate::store::StoreError;
 use parking_lot::{RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -187,15 +188,31 @@ pub(crate) struct Reader<'s> {
     log: &'s Log,
     index: &'s RwLock<Index>,
     visibility: Visibility<'s>,
+    compactions: &'s AtomicU64,
 }
 
 impl<'s> Reader<'s> {
-    pub(crate) fn new(log: &'s Log, index: &'s RwLock<Index>, visibility: Visibility<'s>) -> Self {
+    pub(crate) fn new(
+        log: &'s Log,
+        index: &'s RwLock<Index>,
+        visibility: Visibility<'s>,
+        compactions: &'s AtomicU64,
+    ) -> Self {
         Self {
             log,
             index,
             visibility,
+            compactions,
         }
+    }
+
+    /// Compactions applied to the index so far (`Shared::compactions`;
+    /// stable while the index read lock is held). What a reader keeps
+    /// between calls, read before it changed, may name removed events or
+    /// old kinds and positions.
+    #[inline]
+    pub(crate) fn compactions(&self) -> u64 {
+        self.compactions.load(Ordering::Acquire)
     }
 
     /// The index, for reading: pick slots under it, hold it briefly, and
