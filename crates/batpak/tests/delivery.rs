@@ -328,9 +328,10 @@ impl Reactive<serde_json::Value> for HeldAuditor {
     }
 }
 
-/// A reactor whose store closed while it held a trigger writes nothing
-/// afterwards (its append is refused), ends, and the trigger is answered
-/// once after a restart.
+/// A reactor that holds a trigger when its store closes: `close` waits for
+/// it (SPEC §5.2: close joins every thread the store started), its append
+/// is refused, so nothing is written after the close, and the trigger is
+/// answered once after a restart.
 #[test]
 fn a_reactor_writes_nothing_after_its_store_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,9 +353,25 @@ fn a_reactor_writes_nothing_after_its_store_closed() {
         .expect("the reactor takes the trigger");
     let store =
         Arc::try_unwrap(store).unwrap_or_else(|_| panic!("the reactor holds a strong reference"));
-    store.close().unwrap();
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    let closer = std::thread::spawn(move || {
+        let result = store.close().map(drop);
+        // Checked as close returns: the reactor thread has ended.
+        closed_tx.send(handle.is_finished()).unwrap();
+        result
+    });
+    // The reactor is held inside `react`, so close cannot have returned
+    // (were it not to wait, it would return within a millisecond or so).
+    assert!(
+        closed.recv_timeout(Duration::from_millis(300)).is_err(),
+        "close returned while its reactor was still answering"
+    );
     go.send(()).unwrap();
-    join_within(handle, Duration::from_secs(10), "reactor after close");
+    let finished = closed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("close returns once the reactor ended");
+    assert!(finished, "close returned before joining the reactor");
+    closer.join().unwrap().unwrap();
 
     let store = Arc::new(open(dir.path()));
     assert!(

@@ -179,6 +179,7 @@ impl Shared {
             grower: Grower::default(),
             maintenance: Mutex::new(()),
             subscribers: delivery::Subscribers::default(),
+            reactors: delivery::ReactorThreads::default(),
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             compactions: std::sync::atomic::AtomicU64::new(0),
@@ -242,6 +243,8 @@ pub(crate) struct Shared {
     pub(crate) grower: Grower,
     /// Lossy subscribers.
     pub(crate) subscribers: delivery::Subscribers,
+    /// Reactor threads still running: closing waits for them.
+    pub(crate) reactors: delivery::ReactorThreads,
     /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
     pub(crate) closed: std::sync::atomic::AtomicBool,
     /// Set when the store handle starts closing (or is dropped): appends
@@ -883,9 +886,14 @@ impl<State> Store<State> {
         shared
             .closing
             .store(true, std::sync::atomic::Ordering::Release);
+        // Idle reactors wake and end (their cursors end once closing).
+        shared.durability.wake_visibility_waiters();
         if let Some(writer) = &shared.writer {
             drop(writer.lock());
         }
+        // SPEC: close joins every thread the store started. A busy
+        // reactor finishes the trigger in hand (its append is refused).
+        shared.reactors.wait_ended(shared);
         shared
             .sealer
             .stop(shared.config.writer.shutdown_drain_limit);

@@ -14,7 +14,7 @@ mod subscription;
 
 pub use cursor::Cursor;
 pub use feed::{answer_trigger, EventCursor, EventFeed, TypedCursor};
-pub(crate) use reactor::reaction_key;
+pub(crate) use reactor::{reaction_key, ReactorThreads};
 pub use subscription::{Notification, Subscription, SubscriptionFeed, SubscriptionOps};
 
 use crate::coordinate::Region;

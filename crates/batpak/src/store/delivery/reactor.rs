@@ -4,8 +4,10 @@
 use crate::coordinate::Region;
 use crate::event::Reactive;
 use crate::store::{Shared, Store, StoreError};
+use parking_lot::{Condvar, Mutex};
+use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often an idle reactor checks whether its store still exists.
 const IDLE_CHECK: Duration = Duration::from_millis(50);
@@ -25,6 +27,64 @@ pub fn reaction_key(trigger: u128, index: usize) -> u128 {
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How long closing (or dropping) a store waits for a reactor that is
+/// still inside the user's `react` before it gives up on joining it.
+const JOIN_LIMIT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// On a reactor thread: the address of its store's shared state.
+    static REACTOR_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A store's reactor threads that have not ended, so that closing can
+/// wait for them (SPEC §5.2: `close` joins every thread the store started).
+#[derive(Default)]
+pub(crate) struct ReactorThreads {
+    running: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl ReactorThreads {
+    /// Wait, up to [`JOIN_LIMIT`], until every reactor thread of `shared`
+    /// has ended, but for the calling thread itself (a reactor whose
+    /// `react` drops the last handle of its own store).
+    pub(crate) fn wait_ended(&self, shared: &Shared) {
+        let own = REACTOR_OF.with(Cell::get) == std::ptr::from_ref(shared) as usize;
+        let others_end = usize::from(own);
+        let deadline = Instant::now() + JOIN_LIMIT;
+        let mut running = self.running.lock();
+        while *running > others_end {
+            if self.ended.wait_until(&mut running, deadline).timed_out() {
+                tracing::warn!(
+                    running = *running - others_end,
+                    "batpak: a reactor is still inside `react`; the store closes without it"
+                );
+                return;
+            }
+        }
+    }
+
+    fn started(&self) {
+        *self.running.lock() += 1;
+    }
+
+    fn ended(&self) {
+        *self.running.lock() -= 1;
+        self.ended.notify_all();
+    }
+}
+
+/// Counts a reactor thread as running until dropped (at the end of the
+/// thread, before the reactor value it owns is dropped).
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        REACTOR_OF.with(|r| r.set(0));
+        self.0.reactors.ended();
+    }
+}
+
 impl Store {
     /// Start a thread that feeds every event of `region` (from the start of
     /// history, then as they are committed) to `reactor` and appends each
@@ -38,7 +98,8 @@ impl Store {
     /// thread, so a restart resumes at that trigger. A trigger that
     /// compaction removed meanwhile is passed over. The thread holds no
     /// strong reference to the store and ends when the store is closed or
-    /// dropped.
+    /// dropped; closing and dropping wait for it to end (a reactor inside
+    /// `react` finishes that call; after 10 s the close goes on without it).
     ///
     /// # Errors
     /// `Io` if the thread cannot be spawned.
@@ -54,14 +115,25 @@ impl Store {
         // through a `Store`: `Arc::try_unwrap` on the caller's store works
         // whenever it runs. Closing or dropping the store sets `closing`
         // first, which ends the thread and refuses its later appends.
-        let shared = self.shared.clone();
         let resume = self.last_answered_trigger(region);
         let mut cursor = self.cursor_from(region, resume);
         let mut builder = std::thread::Builder::new().name("batpak-reactor".into());
         if let Some(size) = self.shared.config.writer.stack_size {
             builder = builder.stack_size(size);
         }
-        let handle = builder.spawn(move || loop {
+        // Counted before the thread starts, so a close that begins at once
+        // still waits for it.
+        self.shared.reactors.started();
+        let running = Running(self.shared.clone());
+        let handle = builder.spawn(move || {
+            // Locals drop in reverse order: the thread stops counting as
+            // running before the reactor is dropped, which may drop the
+            // last handle of this very store (if the reactor kept one).
+            let reactor = reactor;
+            let running = running;
+            REACTOR_OF.with(|r| r.set(Arc::as_ptr(&running.0) as usize));
+            let shared = &*running.0;
+            loop {
             let Some(entry) = cursor.wait_next(IDLE_CHECK) else {
                 if shared.is_closing() {
                     return;
@@ -77,7 +149,7 @@ impl Store {
                     return;
                 }
                 let trigger = || format!("{:032x}", entry.event_id);
-                match answer(&shared, &reactor, entry.event_id) {
+                match answer(shared, &reactor, entry.event_id) {
                     Ok(()) | Err(StoreError::NotFound(_)) => break,
                     // The store is closing: it refuses the rest.
                     Err(_) if shared.is_closing() => return,
@@ -91,6 +163,7 @@ impl Store {
                         return;
                     }
                 }
+            }
             }
         })?;
         Ok(handle)

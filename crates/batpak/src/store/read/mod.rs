@@ -177,7 +177,9 @@ impl Follower {
 
     /// Whether the store has closed (waiting consumers end).
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.is_closed()
+        // Closing counts: the store's own reactors must end before close
+        // returns, and nothing new becomes visible from then on anyway.
+        self.shared.is_closing() || self.shared.is_closed()
     }
 }
 
