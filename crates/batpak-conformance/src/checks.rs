@@ -411,7 +411,7 @@ pub fn refused_payloads_and_kinds_write_nothing<H: Harness>(h: &H) {
     ));
     assert!(matches!(
         store.append(&c, KIND_A, &"x".repeat(2000)),
-        Err(StoreError::PayloadTooLarge { max: 1024, .. })
+        Err(StoreError::Configuration(m)) if m.contains("exceeds max 1024")
     ));
     for kind in [
         EventKind::SYSTEM_INIT,
@@ -890,20 +890,20 @@ pub fn invalid_batches_write_nothing<H: Harness>(h: &H) {
 
     let too_many: Vec<_> = (0..5).map(|i| item("a", json!(i))).collect();
     assert!(matches!(
-        assert_batch_failed(store.append_batch(too_many), 4, BatchStage::Validation),
-        StoreError::BatchLimit { limit: "size", .. }
+        assert_batch_failed(store.append_batch(too_many), 0, BatchStage::Validation),
+        StoreError::Configuration(m) if m.starts_with("batch size 5")
     ));
 
     let too_big: Vec<_> = (0..3).map(|_| item("a", json!("x".repeat(90)))).collect();
     assert!(matches!(
-        assert_batch_failed(store.append_batch(too_big), 2, BatchStage::Validation),
-        StoreError::BatchLimit { limit: "bytes", .. }
+        assert_batch_failed(store.append_batch(too_big), 0, BatchStage::Validation),
+        StoreError::Configuration(m) if m.starts_with("batch bytes")
     ));
 
     let one_huge = vec![item("a", json!(1)), item("a", json!("y".repeat(150)))];
     assert!(matches!(
         assert_batch_failed(store.append_batch(one_huge), 1, BatchStage::Validation),
-        StoreError::PayloadTooLarge { .. }
+        StoreError::Configuration(m) if m.starts_with("single append bytes")
     ));
 
     let mut reserved = vec![item("a", json!(1)), item("a", json!(2))];

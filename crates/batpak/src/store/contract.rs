@@ -59,7 +59,7 @@ pub trait EventStore: Send + Sync {
     /// condition, both atomically with the write.
     ///
     /// # Errors
-    /// `ReservedKind`, `Serialization`, `PayloadTooLarge`, `SequenceMismatch`,
+    /// `ReservedKind`, `Serialization`, `Configuration` (payload too large), `SequenceMismatch`,
     /// `StreamIsEmpty`, `StreamNotEmpty`, `IdempotencyConflict`, and the
     /// backend's own failures (`Io`, `Poisoned`, `Unavailable`, ...).
     fn append_with_options(

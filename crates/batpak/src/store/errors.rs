@@ -100,7 +100,9 @@ pub enum StoreError {
     /// A projection cache backend failed.
     #[error("cache error")]
     CacheFailed(#[source] BoxError),
-    /// A configuration value is out of range.
+    /// A configuration value is out of range, or a call exceeds a
+    /// configured limit (a payload over `single_append_max_bytes`, a batch
+    /// over `batch.max_size` or `batch.max_bytes`), as in the original crate.
     #[error("invalid config: {0}")]
     Configuration(String),
     /// Kept for compatibility; batpak never requires idempotency keys.
@@ -135,14 +137,6 @@ pub enum StoreError {
     /// The writer stopped after an I/O failure; reopen the store to recover.
     #[error("writer stopped after an I/O failure ({0}); reopen the store to recover")]
     Poisoned(String),
-    /// The encoded payload is larger than `single_append_max_bytes`.
-    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
-    PayloadTooLarge {
-        /// Encoded size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
     /// The entity already has `u32::MAX + 1` events.
     #[error("entity {entity} has reached the maximum clock")]
     ClockOverflow {
@@ -162,16 +156,6 @@ pub enum StoreError {
     /// repeated idempotency key, or keys of which only some were used before.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
-    /// A batch exceeds `batch.max_size` or `batch.max_bytes`.
-    #[error("batch {limit} is {actual}, over the limit of {max}")]
-    BatchLimit {
-        /// Which limit (`"size"` in items or `"bytes"` of payload).
-        limit: &'static str,
-        /// The batch's value.
-        actual: u64,
-        /// The configured limit.
-        max: u64,
-    },
     /// An internal invariant of the store failed: a defect in batpak, not
     /// bad input or damaged files. The operation had no effect where that
     /// can be known; the message says what did not hold.
@@ -339,9 +323,10 @@ impl StoreError {
     ///
     /// Everything else is not: a CAS failure (`SequenceMismatch`,
     /// `StreamIsEmpty`, `StreamNotEmpty`) needs a re-read and a decision;
-    /// invalid input (`Coordinate`, `Serialization`, `PayloadTooLarge`,
-    /// `ReservedKind`, `InvalidBatch`, `BatchLimit`, `IdempotencyConflict`,
-    /// `ChainMismatch`, `Configuration`) fails the same way again;
+    /// invalid input (`Coordinate`, `Serialization`, `ReservedKind`,
+    /// `InvalidBatch`, `IdempotencyConflict`, `ChainMismatch`,
+    /// `Configuration`, which also covers payloads and batches over their
+    /// limits) fails the same way again;
     /// `Poisoned` and `WriterCrashed` stop the writer until the store is
     /// reopened; `Io` needs its cause fixed first (a failed append was
     /// taken back, so after freeing a full disk the same call may then

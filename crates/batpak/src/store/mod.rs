@@ -470,7 +470,7 @@ impl Store<Open> {
     ///
     /// # Errors
     /// `ReservedKind`, `Serialization` (the payload cannot become a JSON value),
-    /// `PayloadTooLarge`, `Io`, `Poisoned`, `ReadOnly`.
+    /// `Configuration` (payload over `single_append_max_bytes`), `Io`, `Poisoned`, `ReadOnly`.
     pub fn append(
         &self,
         coord: &Coordinate,

@@ -199,9 +199,10 @@ pub struct AppendLimits {
     pub batch_max_bytes: u32,
 }
 
-/// A batch's limits, checked item by item in order, so the error names the
-/// first item that crosses one: the batch's size up front, then each item's
-/// kind and payload and the running payload total.
+/// A batch's limits, checked item by item in order: the batch's size up
+/// front, then each item's kind and payload and the running payload total.
+/// An item's own kind or payload fails at that item; the batch-wide limits
+/// fail at item 0, as in the original crate.
 struct BatchBudget<'l> {
     limits: &'l AppendLimits,
     bytes: u64,
@@ -210,16 +211,12 @@ struct BatchBudget<'l> {
 impl<'l> BatchBudget<'l> {
     fn new(items: usize, limits: &'l AppendLimits) -> Result<Self, StoreError> {
         if items > limits.batch_max_size as usize {
-            let e = StoreError::BatchLimit {
-                limit: "size",
-                actual: items as u64,
-                max: u64::from(limits.batch_max_size),
-            };
-            return Err(failed(
-                limits.batch_max_size as usize,
-                BatchStage::Validation,
-                e,
+            // As the original crate: a batch-wide limit is item 0's failure.
+            let e = StoreError::Configuration(format!(
+                "batch size {items} exceeds max {}",
+                limits.batch_max_size
             ));
+            return Err(failed(0, BatchStage::Validation, e));
         }
         Ok(Self { limits, bytes: 0 })
     }
@@ -234,12 +231,13 @@ impl<'l> BatchBudget<'l> {
         self.bytes += payload_len as u64;
         let max = u64::from(self.limits.batch_max_bytes);
         if self.bytes > max {
-            let e = StoreError::BatchLimit {
-                limit: "bytes",
-                actual: self.bytes,
-                max,
-            };
-            return Err(failed(index, BatchStage::Validation, e));
+            // A batch-wide limit, reported as item 0's failure (as the
+            // original crate does); the message names the item that crossed it.
+            let e = StoreError::Configuration(format!(
+                "batch bytes exceed max {max}: {} bytes up to item {index}",
+                self.bytes
+            ));
+            return Err(failed(0, BatchStage::Validation, e));
         }
         check_event(kind, payload_len, self.limits.single_append_max_bytes)
             .map_err(|e| failed(index, BatchStage::Validation, e))
@@ -251,12 +249,11 @@ pub(crate) fn check_event(kind: EventKind, payload_len: usize, max: u32) -> Resu
     if kind.is_system() {
         return Err(StoreError::ReservedKind(kind));
     }
-    let max = max as usize;
-    if payload_len > max {
-        return Err(StoreError::PayloadTooLarge {
-            size: payload_len,
-            max,
-        });
+    if payload_len > max as usize {
+        // `Configuration`, with the original crate's message.
+        return Err(StoreError::Configuration(format!(
+            "single append bytes {payload_len} exceeds max {max}"
+        )));
     }
     Ok(())
 }
@@ -264,7 +261,7 @@ pub(crate) fn check_event(kind: EventKind, payload_len: usize, max: u32) -> Resu
 /// Validate and encode a single append, as `Store::append_with_options` does.
 ///
 /// # Errors
-/// `ReservedKind`, `Serialization`, `PayloadTooLarge`.
+/// `ReservedKind`, `Serialization`, `Configuration` (payload too large).
 pub fn prepare_event(
     coord: &Coordinate,
     kind: EventKind,
