@@ -66,6 +66,14 @@ fn crashed(e: &StoreError) -> bool {
     }
 }
 
+/// The entity's payloads, which these tests make plain numbers.
+fn numbers_of(store: &Store, entity: &str) -> Vec<i64> {
+    payloads(store, &store.stream(entity))
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect()
+}
+
 /// Each entity's stream: clocks 0..n, linked hashes, unique sequences.
 fn check_consistent(store: &Store) {
     let all = store.query(&Region::all());
@@ -200,11 +208,7 @@ fn past_the_budget_every_write_and_close_report_writer_crashed() {
     assert!(matches!(store.close(), Err(StoreError::WriterCrashed)));
     // Nothing acknowledged was lost.
     let store = open(dir.path());
-    let values: Vec<i64> = payloads(&store, &store.stream("a"))
-        .iter()
-        .map(|p| p.as_i64().unwrap())
-        .collect();
-    assert_eq!(values, vec![1, 3]);
+    assert_eq!(numbers_of(&store, "a"), vec![1, 3]);
 }
 
 #[test]
@@ -345,11 +349,7 @@ fn panic_writer_for_test_counts_against_the_policy() {
     assert_eq!(store.stream("a").len(), 2, "reads keep working");
     assert!(matches!(store.close(), Err(StoreError::WriterCrashed)));
     let store = open(dir.path());
-    let values: Vec<i64> = payloads(&store, &store.stream("a"))
-        .iter()
-        .map(|p| p.as_i64().unwrap())
-        .collect();
-    assert_eq!(values, vec![1, 2]);
+    assert_eq!(numbers_of(&store, "a"), vec![1, 2]);
     check_consistent(&store);
     assert!(matches!(
         Store::open_read_only(StoreConfig::new(dir.path()))

@@ -63,6 +63,7 @@ fn the_original_module_paths_name_the_same_types() {
 #[test]
 fn seed_code_builds_structs_by_literal_and_matches_enums_exhaustively() {
     let dir = tempfile::tempdir().unwrap();
+    let config_layout = IndexLayout::SoA;
     let config = StoreConfig {
         segment_max_bytes: 1 << 20,
         batch: BatchConfig {
@@ -75,7 +76,7 @@ fn seed_code_builds_structs_by_literal_and_matches_enums_exhaustively() {
             every_n_events: 1,
         },
         index: IndexConfig {
-            layout: IndexLayout::SoA,
+            layout: config_layout,
             incremental_projection: false,
             enable_checkpoint: true,
         },
@@ -98,7 +99,7 @@ fn seed_code_builds_structs_by_literal_and_matches_enums_exhaustively() {
         causation: CausationRef::Absolute(first.event_id),
     };
     let err = store
-        .append_batch(vec![item, bad_item(&c)])
+        .append_batch(vec![item.clone(), bad_item(&c)])
         .expect_err("the second item is too large for the batch limit");
     let stage = match err {
         StoreError::BatchFailed { stage, .. } => stage,
@@ -112,43 +113,51 @@ fn seed_code_builds_structs_by_literal_and_matches_enums_exhaustively() {
         BatchStage::Indexing => "indexing",
     };
     assert_eq!(named, "validation");
-    let causes: Vec<Option<u128>> = [
+    // Each causation as a store resolves it, next to what it was resolved to.
+    let refs = [
         CausationRef::None,
         CausationRef::Absolute(first.event_id),
         CausationRef::PriorItem(0),
-    ]
-    .iter()
-    .map(|c| match c {
-        CausationRef::None | CausationRef::PriorItem(_) => None,
-        CausationRef::Absolute(id) => Some(*id),
-    })
-    .collect();
-    assert_eq!(causes, vec![None, Some(first.event_id), None]);
-    let mode = match SyncMode::SyncData {
+    ];
+    let items = refs
+        .iter()
+        .map(|&causation| BatchAppendItem {
+            causation,
+            ..item.clone()
+        })
+        .collect();
+    let receipts = store.append_batch(items).unwrap();
+    let expected: Vec<Option<u128>> = refs
+        .iter()
+        .map(|c| match c {
+            CausationRef::None => None,
+            CausationRef::Absolute(id) => Some(*id),
+            CausationRef::PriorItem(i) => Some(receipts[*i].event_id),
+        })
+        .collect();
+    let stored: Vec<Option<u128>> = receipts
+        .iter()
+        .map(|r| store.get(r.event_id).unwrap().event.header.causation_id)
+        .collect();
+    assert_eq!(stored, expected);
+    // The configuration echoed back, read through exhaustive matches.
+    let d = store.diagnostics();
+    let mode = match d.sync_mode {
         SyncMode::SyncAll => "all",
         SyncMode::SyncData => "data",
     };
-    let layouts = [
-        IndexLayout::AoS,
-        IndexLayout::SoA,
-        IndexLayout::AoSoA8,
-        IndexLayout::AoSoA16,
-        IndexLayout::AoSoA64,
-        IndexLayout::SoAoS,
-    ];
-    let widths: Vec<u8> = layouts
-        .iter()
-        .map(|l| match l {
-            IndexLayout::AoS | IndexLayout::SoA | IndexLayout::SoAoS => 0,
-            IndexLayout::AoSoA8 => 8,
-            IndexLayout::AoSoA16 => 16,
-            IndexLayout::AoSoA64 => 64,
-        })
-        .collect();
-    assert_eq!((mode, widths), ("data", vec![0, 0, 8, 16, 64, 0]));
+    let layout = match config_layout {
+        IndexLayout::AoS => "AoS",
+        IndexLayout::SoA => "SoA",
+        IndexLayout::AoSoA8 => "AoSoA8",
+        IndexLayout::AoSoA16 => "AoSoA16",
+        IndexLayout::AoSoA64 => "AoSoA64",
+        IndexLayout::SoAoS => "SoAoS",
+    };
+    assert_eq!((mode, layout), ("data", d.index_layout));
     assert_eq!(
         store.stream("order:1").len(),
-        1,
+        4,
         "the failed batch wrote nothing"
     );
 }

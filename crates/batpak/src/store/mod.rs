@@ -183,7 +183,6 @@ impl Shared {
             memo: projection::Memo::default(),
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             compactions: std::sync::atomic::AtomicU64::new(0),
-            closed: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             follow: Mutex::new(None),
             flusher: None,
@@ -198,22 +197,9 @@ impl Shared {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Whether the store handle has started closing (or was dropped): set
-    /// before `closed`, so it also holds once the store has closed.
+    /// Whether the store handle has started closing (or was dropped).
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Mark the store closed: waiting cursors and subscriptions end.
-    fn mark_closed(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.durability.wake_visibility_waiters();
-        self.subscribers.clear();
     }
 }
 
@@ -245,10 +231,9 @@ pub(crate) struct Shared {
     pub(crate) subscribers: delivery::Subscribers,
     /// Reactor threads still running: closing waits for them.
     pub(crate) reactors: delivery::ReactorThreads,
-    /// Set by `close` and `Drop`: cursors, subscriptions and store threads end.
-    pub(crate) closed: std::sync::atomic::AtomicBool,
-    /// Set when the store handle starts closing (or is dropped): appends
-    /// from the threads it started (a reactor holds no `Store`) are refused
+    /// Set when the store handle starts closing (`close` or `Drop`):
+    /// waiting cursors end, reactor threads end, and appends from the
+    /// threads the store started (a reactor holds no `Store`) are refused
     /// from then on, checked under the writer lock.
     pub(crate) closing: std::sync::atomic::AtomicBool,
     /// Read-only stores: where `refresh` continues reading.
@@ -258,9 +243,9 @@ pub(crate) struct Shared {
     pub(crate) memo: projection::Memo,
     /// Part of every projection cache key; bumped when compaction rewrites history.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
-    /// Compactions applied to the live index (each may remove, redact or
-    /// move events), raised under the index write lock: readers that keep
-    /// entries between calls (cursors) compare it to see theirs went stale.
+    /// `Index::compactions`, published under the index write lock so that
+    /// readers which keep entries between calls (cursors, event iterators)
+    /// can see without the lock that theirs may have gone stale.
     pub(crate) compactions: std::sync::atomic::AtomicU64,
     /// Held by compaction, snapshot, verify and footer writing: at most one
     /// of them reads or replaces sealed segments at a time.
@@ -871,10 +856,10 @@ impl Store<Open> {
 }
 
 impl<State> Store<State> {
-    /// Mark the store closed and end its threads. Each is asked to stop
-    /// before anyone is told the store closed and before any is waited for,
-    /// so each wait is bounded by the step that thread is in: a sync, one
-    /// growth step, or the footer in hand plus at most
+    /// Mark the store closing and end its threads: first the reactors
+    /// (see below), then the background threads, each asked to stop before
+    /// any is waited for, so each wait is bounded by the step that thread
+    /// is in: a sync, one growth step, or the footer in hand plus at most
     /// `writer.shutdown_drain_limit` queued ones.
     fn stop_threads(&mut self) {
         let shared = &self.shared;
@@ -886,7 +871,7 @@ impl<State> Store<State> {
         shared
             .closing
             .store(true, std::sync::atomic::Ordering::Release);
-        // Idle reactors wake and end (their cursors end once closing).
+        // Waiting cursors (idle reactors among them) wake and end.
         shared.durability.wake_visibility_waiters();
         if let Some(writer) = &shared.writer {
             drop(writer.lock());
@@ -901,7 +886,8 @@ impl<State> Store<State> {
         if let Some(f) = &shared.flusher {
             f.stop();
         }
-        shared.mark_closed();
+        // Every append has finished or been refused: subscriptions end.
+        shared.subscribers.clear();
         for thread in [
             self.flusher_thread.take(),
             self.grower_thread.take(),

@@ -35,10 +35,7 @@ pub struct Cursor {
 
 impl Cursor {
     pub(crate) fn new(source: Follower, region: &Region, after: Option<u64>) -> Self {
-        let next_slot = match after {
-            Some(seq) => source.reader().index().first_slot_after_seq(seq),
-            None => 0,
-        };
+        let next_slot = first_slot_after(&source, after);
         Self {
             source,
             region: region.clone(),
@@ -90,10 +87,7 @@ impl Cursor {
             return;
         }
         self.buffer.clear();
-        self.next_slot = match self.position {
-            Some(seq) => self.source.reader().index().first_slot_after_seq(seq),
-            None => 0,
-        };
+        self.next_slot = first_slot_after(&self.source, self.position);
     }
 
     /// The next matching event, or `None` if there is none yet.
@@ -169,6 +163,12 @@ impl Cursor {
     pub fn region(&self) -> &Region {
         &self.region
     }
+}
+
+/// The first slot after the event of global sequence `after` (all of
+/// them without one).
+fn first_slot_after(source: &Follower, after: Option<u64>) -> u32 {
+    after.map_or(0, |seq| source.reader().index().first_slot_after_seq(seq))
 }
 
 /// The events available now: `next` is [`Cursor::poll`], so iteration ends

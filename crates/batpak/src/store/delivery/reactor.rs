@@ -3,7 +3,7 @@
 
 use crate::coordinate::Region;
 use crate::event::Reactive;
-use crate::store::{Shared, Store, StoreError};
+use crate::store::{Cursor, Shared, Store, StoreError};
 use parking_lot::{Condvar, Mutex};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -78,6 +78,19 @@ impl ReactorThreads {
 /// thread, before the reactor value it owns is dropped).
 struct Running(Arc<Shared>);
 
+impl Running {
+    fn start(shared: Arc<Shared>) -> Self {
+        shared.reactors.started();
+        Self(shared)
+    }
+
+    /// The store's shared state, marking the calling thread as its reactor.
+    fn shared(&self) -> &Shared {
+        REACTOR_OF.with(|r| r.set(Arc::as_ptr(&self.0) as usize));
+        &self.0
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         REACTOR_OF.with(|r| r.set(0));
@@ -123,48 +136,14 @@ impl Store {
         }
         // Counted before the thread starts, so a close that begins at once
         // still waits for it.
-        self.shared.reactors.started();
-        let running = Running(self.shared.clone());
+        let running = Running::start(self.shared.clone());
         let handle = builder.spawn(move || {
             // Locals drop in reverse order: the thread stops counting as
             // running before the reactor is dropped, which may drop the
             // last handle of this very store (if the reactor kept one).
             let reactor = reactor;
             let running = running;
-            REACTOR_OF.with(|r| r.set(Arc::as_ptr(&running.0) as usize));
-            let shared = &*running.0;
-            loop {
-            let Some(entry) = cursor.wait_next(IDLE_CHECK) else {
-                if shared.is_closing() {
-                    return;
-                }
-                continue;
-            };
-            // A trigger is never skipped: a passing failure is retried, a
-            // lasting one stops the reactor (a restart resumes at that
-            // trigger). Only a trigger compaction removed is passed over.
-            let mut backoff = RETRY_FIRST;
-            loop {
-                if shared.is_closing() {
-                    return;
-                }
-                let trigger = || format!("{:032x}", entry.event_id);
-                match answer(shared, &reactor, entry.event_id) {
-                    Ok(()) | Err(StoreError::NotFound(_)) => break,
-                    // The store is closing: it refuses the rest.
-                    Err(_) if shared.is_closing() => return,
-                    Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
-                        tracing::warn!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor retries a trigger");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(RETRY_MAX);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e.display_chain(), trigger = %trigger(), "batpak reactor stopped: it cannot answer this trigger");
-                        return;
-                    }
-                }
-            }
-            }
+            serve(running.shared(), &reactor, &mut cursor);
         })?;
         Ok(handle)
     }
@@ -187,6 +166,48 @@ impl Store {
                 .and_then(|seq| seq.checked_sub(1))
         })
     }
+}
+
+/// The reactor thread: answer every trigger the cursor delivers until the
+/// store closes. A trigger is never skipped: a passing failure is retried,
+/// a lasting one stops the reactor (a restart resumes at that trigger).
+/// Only a trigger compaction removed is passed over.
+fn serve<R: Reactive<serde_json::Value>>(shared: &Shared, reactor: &R, cursor: &mut Cursor) {
+    while !shared.is_closing() {
+        if let Some(entry) = cursor.wait_next(IDLE_CHECK) {
+            if !answer_until_done(shared, reactor, entry.event_id) {
+                return;
+            }
+        }
+    }
+}
+
+/// Answer `trigger`, retrying passing failures; false when the reactor
+/// must stop (the store is closing, or the trigger cannot be answered).
+fn answer_until_done<R: Reactive<serde_json::Value>>(
+    shared: &Shared,
+    reactor: &R,
+    trigger: u128,
+) -> bool {
+    let mut backoff = RETRY_FIRST;
+    while !shared.is_closing() {
+        let id = || format!("{trigger:032x}");
+        match answer(shared, reactor, trigger) {
+            Ok(()) | Err(StoreError::NotFound(_)) => return true,
+            // The store is closing: it refuses the rest.
+            Err(_) if shared.is_closing() => return false,
+            Err(e @ (StoreError::Io(_) | StoreError::WriterPanicked(_))) => {
+                tracing::warn!(error = %e.display_chain(), trigger = %id(), "batpak reactor retries a trigger");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                tracing::error!(error = %e.display_chain(), trigger = %id(), "batpak reactor stopped: it cannot answer this trigger");
+                return false;
+            }
+        }
+    }
+    false
 }
 
 /// Run the reactor on one trigger and append its outputs (the code every

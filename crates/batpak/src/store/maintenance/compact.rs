@@ -368,9 +368,11 @@ fn swap_in(
         ));
         return Err(e);
     }
+    // Published under the write lock, so readers holding the read lock
+    // see the count that matches the index.
     maint
         .compactions
-        .fetch_add(1, std::sync::atomic::Ordering::Release);
+        .store(index.compactions(), std::sync::atomic::Ordering::Release);
     maint
         .log
         .replace_segments(new_segments, &prepared.intent.deleted);

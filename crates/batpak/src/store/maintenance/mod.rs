@@ -49,7 +49,7 @@ pub(crate) struct Maintainer<'s> {
     pub(crate) follow: &'s Mutex<Option<Follow>>,
     /// The history epoch (bumped when compaction rewrites history).
     pub(crate) epoch: &'s AtomicU64,
-    /// Compactions applied to the live index (`Shared::compactions`).
+    /// The lock-free copy of `Index::compactions` (`Shared::compactions`).
     pub(crate) compactions: &'s AtomicU64,
     pub(crate) config: &'s StoreConfig,
     pub(crate) syncer: Syncer<'s>,

@@ -175,11 +175,11 @@ impl Follower {
         self.shared.reader()
     }
 
-    /// Whether the store has closed (waiting consumers end).
+    /// Whether the store has started closing: waiting consumers end (the
+    /// store's own reactors must end before `close` returns, and nothing
+    /// new becomes visible from then on).
     pub(crate) fn is_closed(&self) -> bool {
-        // Closing counts: the store's own reactors must end before close
-        // returns, and nothing new becomes visible from then on anyway.
-        self.shared.is_closing() || self.shared.is_closed()
+        self.shared.is_closing()
     }
 }
 
