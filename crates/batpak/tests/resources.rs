@@ -453,11 +453,12 @@ fn close_and_drop_leave_queued_footers_to_the_next_open() {
 /// writer, off the append path: its file grows past its first allocation
 /// before any append reaches it, and no append grows it. Before this change
 /// the growth request queued behind that footer job, so the file stayed at
-/// its first megabyte and the appends grew it themselves, zero-filling and
+/// its first allocation and the appends grew it themselves, zero-filling and
 /// syncing under the writer lock.
 #[test]
 fn growth_does_not_wait_behind_footers_while_maintenance_runs() {
-    const SEGMENT: u64 = 2 * 1024 * 1024;
+    // Twice the first allocation of a new segment (2 MiB).
+    const SEGMENT: u64 = 4 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let hold = HoldAt::new(InjectionPoint::CompactionSegmentWritten);
     let mut cfg = StoreConfig::new(dir.path()).with_segment_max_bytes(SEGMENT);
@@ -501,7 +502,7 @@ fn growth_does_not_wait_behind_footers_while_maintenance_runs() {
         // Rotate into segment 3 while the compaction holds the lock.
         while in_segment(&batch(&store)) < 3 {}
         let path = dir.path().join(format!("{:020}.seg", 3));
-        let first_allocation = 1024 * 1024;
+        let first_allocation = 2 * 1024 * 1024;
         eventually(
             "segment 3 never grew ahead of the writer while maintenance held its lock",
             || std::fs::metadata(&path).unwrap().len() > first_allocation,

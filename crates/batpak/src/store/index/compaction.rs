@@ -114,6 +114,7 @@ impl Index {
                     let (segment, offset) = narrow_pos(pos)?;
                     let rec = self.records.get_mut(slot);
                     rec.set_disk_pos(segment, offset, pos.length);
+                    self.frame_hints.note(slot, segment, offset);
                     // A redacted event changes kind: out of its kind's list,
                     // into TOMBSTONE's.
                     if redacted && rec.kind() != tombstone {

@@ -183,6 +183,7 @@ impl IndexLoader {
             let slot = idx.records.len();
             return Err(format!("record {slot} names coordinate {}", r.coord));
         }
+        idx.frame_hints.note(idx.records.len(), r.segment, r.offset);
         idx.records.push(Record::new(
             r.event_id,
             r.wall_ms,

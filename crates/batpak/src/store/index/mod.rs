@@ -13,6 +13,7 @@
 
 mod compaction;
 mod entry;
+mod frame_hints;
 mod ids;
 mod image;
 mod query;
@@ -21,6 +22,7 @@ mod rollback;
 
 pub(crate) use compaction::Fate;
 pub use entry::{ClockKey, DiskPos, IndexEntry};
+pub(crate) use frame_hints::FrameGuess;
 pub(crate) use image::{EntityImage, IndexLoader, IndexTables, LinkImage, RecordImage};
 pub(crate) use query::SlotQuery;
 
@@ -120,6 +122,8 @@ pub(crate) struct Index {
     /// `(first slot, its sequence)`. Usually a single run.
     seq_runs: Vec<(u32, u64)>,
     by_id: ids::IdTable,
+    /// Likely frame positions, for prefetching (see `frame_hints`).
+    frame_hints: frame_hints::FrameHints,
     entities: Vec<EntityInfo>,
     entity_ids: HashMap<&'static str, u32>,
     /// Entity names in order, for prefix queries.
@@ -188,6 +192,24 @@ impl Index {
         let records = &self.records;
         self.by_id
             .find(id_hash(id), |slot| records.get(slot).event_id() == id)
+    }
+
+    /// [`Self::slot_of`], handing `prefetch` the likely frame of the
+    /// candidate slot before its record is read, so the two loads overlap.
+    #[inline]
+    pub(crate) fn slot_of_prefetching(
+        &self,
+        id: u128,
+        mut prefetch: impl FnMut(FrameGuess),
+    ) -> Option<u32> {
+        let (records, hints) = (&self.records, &self.frame_hints);
+        self.by_id.find(id_hash(id), |slot| {
+            records.prefetch(slot);
+            if let Some(guess) = hints.guess(slot) {
+                prefetch(guess);
+            }
+            records.get(slot).event_id() == id
+        })
     }
 
     /// Find a live or removed event by id.
@@ -428,6 +450,7 @@ impl Index {
             new.clock,
             corr != NO_REF || cause != NO_REF,
         ));
+        self.frame_hints.note(slot, segment, offset);
         if corr != NO_REF || cause != NO_REF {
             self.links.push(Link { slot, corr, cause });
         }
@@ -531,6 +554,7 @@ impl Index {
         self.records.heap_bytes()
             + vec_bytes(&self.seq_runs)
             + self.by_id.buckets() * size_of::<u64>()
+            + self.frame_hints.bytes()
             + self
                 .entities
                 .iter()
@@ -673,5 +697,65 @@ mod tests {
         // One comparison per lookup, plus the rare false match of a 32-bit
         // tag within a probe run.
         assert!(seeded <= n + n / 4, "{seeded} comparisons for {n} lookups");
+    }
+    /// The lookup that prefetches finds what `slot_of` finds, and the
+    /// frame it hands out to prefetch is the record's own when frames are
+    /// of one size, also after a compaction moved them.
+    #[test]
+    fn lookups_guess_the_frame_of_the_record_they_find() {
+        let mut index = Index::new();
+        let ids: Vec<u128> = (0..200u128).map(|i| 0xabc0_0000 + i).collect();
+        for (seq, &id) in ids.iter().enumerate() {
+            index.insert(&record(id, seq as u64)).unwrap();
+        }
+        let guessed = |index: &Index, id: u128| {
+            let mut guess = None;
+            let slot = index.slot_of_prefetching(id, |g| guess = Some(g));
+            assert_eq!(slot, index.slot_of(id));
+            let pos = index.disk_pos(slot.unwrap());
+            (guess, pos)
+        };
+        for &id in &ids {
+            let (guess, pos) = guessed(&index, id);
+            let guess = guess.expect("a guess for frames of one size");
+            assert_eq!(
+                (
+                    u64::from(guess.segment),
+                    u64::from(guess.offset),
+                    guess.length
+                ),
+                (pos.segment_id, pos.offset, pos.length)
+            );
+        }
+        // Compaction moves every event to segment 5, 80 bytes apart.
+        let fates: Vec<(u32, Fate)> = (0..ids.len() as u32)
+            .map(|slot| {
+                let pos = DiskPos {
+                    segment_id: 5,
+                    offset: 32 + u64::from(slot) * 80,
+                    length: 80,
+                };
+                (
+                    slot,
+                    Fate::Moved {
+                        pos,
+                        redacted: false,
+                    },
+                )
+            })
+            .collect();
+        index.apply_compaction(&fates).unwrap();
+        for &id in &ids[..190] {
+            let (guess, pos) = guessed(&index, id);
+            let guess = guess.unwrap();
+            assert_eq!(
+                (u64::from(guess.segment), u64::from(guess.offset)),
+                (5, pos.offset)
+            );
+        }
+        assert_eq!(
+            index.slot_of_prefetching(0xdead, |_| panic!("no candidate")),
+            None
+        );
     }
 }

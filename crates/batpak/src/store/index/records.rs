@@ -122,12 +122,15 @@ impl RecordArena {
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let p = std::ptr::from_ref(self.get(slot)).cast::<i8>();
-            // SAFETY: a prefetch is only a hint to the cache: it reads
-            // nothing architecturally and never faults (here the address is
-            // of a live record).
-            #[allow(unused_unsafe)]
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p);
+            // Both ends: most records straddle two cache lines.
+            for at in [0, std::mem::size_of::<Record>() - 1] {
+                // SAFETY: a prefetch is only a hint to the cache: it reads
+                // nothing architecturally and never faults (here the address
+                // is inside a live record).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at));
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -73,6 +73,7 @@ impl Index {
         let runs = self.seq_runs.partition_point(|&(first, _)| first < len);
         self.seq_runs.truncate(runs);
         self.records.truncate(len);
+        self.frame_hints.truncate(len);
         // The log belongs to the write that began at `undo_base`; an older
         // write's log (the failed call panicked before inserting) is not ours.
         if self.undo_base == len {

@@ -35,7 +35,7 @@ pub(crate) use segment::{ActiveSegment, FrameWrites, GrowthCounters, Segment, Wr
 use crate::store::config::SyncMode;
 use crate::store::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::store::StoreError;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,6 +122,12 @@ impl Log {
         self.segments.read().len()
     }
 
+    /// The readable segments, held for one read: a lookup by id and a
+    /// prefetch take this lock once instead of once each.
+    pub(crate) fn view(&self) -> SegmentsView<'_> {
+        SegmentsView(self.segments.read())
+    }
+
     /// Bytes of frames readable at `segment_id:offset`, `length` long.
     pub(crate) fn read(
         &self,
@@ -129,15 +135,7 @@ impl Log {
         offset: u64,
         length: u32,
     ) -> Result<FrameBytes, StoreError> {
-        let seg = self
-            .segment(segment_id)
-            .ok_or_else(|| StoreError::corrupt(segment_id, "segment is not part of the store"))?;
-        seg.check_range(offset, u64::from(length))?;
-        Ok(FrameBytes {
-            seg,
-            offset,
-            length,
-        })
+        self.view().read(segment_id, offset, length)
     }
 
     /// Capacity of a new segment that must hold a frame of `frame_len` bytes.
@@ -224,6 +222,40 @@ impl Log {
         let new = self.create_segment(old.segment().id() + 1, frame_len, now_us)?;
         old.segment().close_descriptor();
         Ok(new)
+    }
+}
+
+/// The log's segments, read-locked (see [`Log::view`]).
+pub(crate) struct SegmentsView<'a>(RwLockReadGuard<'a, BTreeMap<u64, Arc<Segment>>>);
+
+impl SegmentsView<'_> {
+    /// Start loading the bytes of a frame that probably lies at
+    /// `segment_id:offset` (a hint only: a range the segment does not hold
+    /// is ignored).
+    #[inline]
+    pub(crate) fn prefetch(&self, segment_id: u64, offset: u64, length: u32) {
+        if let Some(seg) = self.0.get(&segment_id) {
+            seg.prefetch_frame(offset, length);
+        }
+    }
+
+    /// Bytes of frames readable at `segment_id:offset`, `length` long.
+    pub(crate) fn read(
+        &self,
+        segment_id: u64,
+        offset: u64,
+        length: u32,
+    ) -> Result<FrameBytes, StoreError> {
+        let seg = self
+            .0
+            .get(&segment_id)
+            .ok_or_else(|| StoreError::corrupt(segment_id, "segment is not part of the store"))?;
+        seg.check_range(offset, u64::from(length))?;
+        Ok(FrameBytes {
+            seg: seg.clone(),
+            offset,
+            length,
+        })
     }
 }
 

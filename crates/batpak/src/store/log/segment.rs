@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// First allocation of a new segment, and the largest single growth step
 /// (smaller when growth writes zeros, which the growing append waits for).
-const MIN_GROW: u64 = 1024 * 1024;
+const MIN_GROW: u64 = 2 * 1024 * 1024;
 
 /// Most bytes of a frame [`Segment::prefetch_frame`] asks for ahead (past
 /// them the hardware prefetcher has caught up with the checksum).
@@ -441,8 +441,6 @@ impl ActiveSegment {
         let file = io.create_new(path)?;
         let initial = capacity.min(MIN_GROW.max(header.len() as u64));
         io.allocate(&file, path, 0, initial, how.prealloc)?;
-        io.write_at(&file, path, header, 0, None)?;
-        io.sync(&file, path, SyncMode::SyncAll, None, None)?;
         let seg = Segment::map(
             id,
             path,
@@ -452,6 +450,16 @@ impl ActiveSegment {
             how.prealloc,
             io,
         )?;
+        // Read the first byte through the map (advised for huge pages)
+        // before anything writes the file: the page cache then holds the
+        // start of the file in one large folio where the filesystem allows
+        // it, instead of the small one a write of the header would create.
+        let _ = seg.slice(0, 1).first().map(|b| std::hint::black_box(*b));
+        let file = seg
+            .descriptor()
+            .ok_or_else(|| StoreError::internal("a new segment without a descriptor"))?;
+        io.write_at(&file, path, header, 0, None)?;
+        io.sync(&file, path, SyncMode::SyncAll, None, None)?;
         seg.reset_written_to(header.len() as u64);
         Self::new(seg, header.len() as u64, how)
     }

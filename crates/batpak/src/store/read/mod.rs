@@ -24,11 +24,11 @@
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
 use crate::store::format::frame::decode_frame;
-use crate::store::format::payload::decode_value;
+use crate::store::format::payload::{decode_value_apart, PayloadError};
 use crate::store::format::record::{chain_in_frame, decode_event_checked, CoordCheck, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
-use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo};
+use crate::store::log::{FrameBytes, InjectionPoint, Log, Segment, SegmentIo, SegmentsView};
 use crate::store::write::durability::Visibility;
 use crate::store::StoreError;
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -347,8 +347,18 @@ impl<'s> Reader<'s> {
     /// a position is only meaningful until the lock is released, while the
     /// returned bytes stay valid (they keep their segment mapped).
     pub(crate) fn locate(&self, index: &Index, slot: u32) -> Result<Located, StoreError> {
+        self.locate_in(index, &self.log.view(), slot)
+    }
+
+    /// [`Self::locate`] with the log's segments already in hand.
+    fn locate_in(
+        &self,
+        index: &Index,
+        segments: &SegmentsView<'_>,
+        slot: u32,
+    ) -> Result<Located, StoreError> {
         let pos = index.disk_pos(slot);
-        let frame = self.log.read(pos.segment_id, pos.offset, pos.length)?;
+        let frame = segments.read(pos.segment_id, pos.offset, pos.length)?;
         // The frame is read right after the lock is released: its lines
         // load meanwhile.
         frame.prefetch();
@@ -389,11 +399,18 @@ impl<'s> Reader<'s> {
     pub(crate) fn locate_id(&self, event_id: u128) -> Result<Located, StoreError> {
         let located = {
             let index = self.index.read();
+            let segments = self.log.view();
             let slot = index
-                .slot_of(event_id)
+                .slot_of_prefetching(event_id, |guess| {
+                    segments.prefetch(
+                        u64::from(guess.segment),
+                        u64::from(guess.offset),
+                        guess.length,
+                    );
+                })
                 .filter(|&s| s < self.visible())
                 .ok_or(StoreError::NotFound(event_id))?;
-            self.locate(&index, slot)?
+            self.locate_in(&index, &segments, slot)?
         };
         self.reading_frames();
         Ok(located)
@@ -587,13 +604,19 @@ pub(crate) fn stored_event(
     coord: Coordinate,
 ) -> Result<StoredEvent<serde_json::Value>, StoreError> {
     // A redacted event keeps its original kind and content hash on disk (for
-    // the chain); readers see a tombstone with no payload.
-    let payload = if rec.redacted {
-        serde_json::Value::Null
-    } else {
-        decode_value(rec.payload)?
-    };
-    Ok(stored_event_with(rec, coord, payload))
+    // the chain); readers see a tombstone with no payload. The payload is
+    // decoded last, straight into its place: moved through intermediate
+    // results, the value's mixed-width head was copied by loads that wait
+    // on the stores that wrote it.
+    let mut event = stored_event_with(rec, coord, serde_json::Value::Null);
+    if !rec.redacted {
+        let mut fault = None;
+        match decode_value_apart(rec.payload, &mut fault) {
+            Some(payload) => event.event.payload = payload,
+            None => return Err(fault.unwrap_or(PayloadError::Truncated(0)).into()),
+        }
+    }
+    Ok(event)
 }
 
 /// The payload version of a decoded record (0 on disk means 1).
