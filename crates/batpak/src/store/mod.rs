@@ -199,7 +199,8 @@ impl Shared {
 
     /// Whether the store handle has started closing (or was dropped).
     pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(std::sync::atomic::Ordering::Acquire)
+        // SeqCst, as the store in close: see `Durability::wait_for_visible`.
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -870,7 +871,7 @@ impl<State> Store<State> {
         // directory lock is released.
         shared
             .closing
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // Waiting cursors (idle reactors among them) wake and end.
         shared.durability.wake_visibility_waiters();
         if let Some(writer) = &shared.writer {

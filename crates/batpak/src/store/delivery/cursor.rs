@@ -144,7 +144,13 @@ impl Cursor {
             if let Some(e) = self.poll() {
                 return Some(e);
             }
-            if self.source.is_closed() || !self.source.reader().wait_for_visible(seen, deadline) {
+            let closed = || self.source.is_closed();
+            if closed()
+                || !self
+                    .source
+                    .reader()
+                    .wait_for_visible(seen, deadline, closed)
+            {
                 // One last look: events may have become visible just now.
                 return self.poll();
             }

@@ -231,8 +231,13 @@ impl<'s> Reader<'s> {
 
     /// Sleep until slots at or above `seen` become visible, or `deadline`
     /// passes (false), or the store wakes its waiters.
-    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Option<Instant>) -> bool {
-        self.visibility.wait_for_visible(seen, deadline)
+    pub(crate) fn wait_for_visible(
+        &self,
+        seen: u32,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> bool {
+        self.visibility.wait_for_visible(seen, deadline, stop)
     }
 
     /// A reader released the index lock and is about to read frames (where

@@ -48,8 +48,13 @@ impl Visibility<'_> {
     }
 
     /// See [`Durability::wait_for_visible`].
-    pub(crate) fn wait_for_visible(self, seen: u32, deadline: Option<Instant>) -> bool {
-        self.0.wait_for_visible(seen, deadline)
+    pub(crate) fn wait_for_visible(
+        self,
+        seen: u32,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> bool {
+        self.0.wait_for_visible(seen, deadline, stop)
     }
 }
 
@@ -219,14 +224,29 @@ impl Durability {
 
     /// Sleep until more than `seen` slots are visible, someone calls
     /// [`Durability::wake_visibility_waiters`], or `deadline` passes.
-    /// Returns false on timeout.
+    /// Returns false on timeout, or at once when `stop` holds.
     /// `deadline: None` waits without a time limit.
-    pub(crate) fn wait_for_visible(&self, seen: u32, deadline: Option<Instant>) -> bool {
+    ///
+    /// `stop` is asked after the wake-up count is read, so a condition set
+    /// (with `SeqCst`) before a wake-up is never missed: either this read
+    /// saw the count before that wake-up, and the sleep returns at once, or
+    /// it saw it after, and `stop` sees the condition. (Asked before
+    /// waiting, as cursors once did, a close that landed in between left
+    /// the waiter asleep until its timeout.)
+    pub(crate) fn wait_for_visible(
+        &self,
+        seen: u32,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> bool {
         self.visibility_waiters.fetch_add(1, Ordering::SeqCst);
         let woken = loop {
             let e = self.visibility.load(Ordering::SeqCst);
             if self.visible.0.load(Ordering::SeqCst) > seen {
                 break true;
+            }
+            if stop() {
+                break false;
             }
             let timeout = match deadline {
                 Some(deadline) => {
@@ -431,6 +451,48 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Barrier};
+
+    /// A close that lands between a waiter's last check and its sleep: the
+    /// flag is set and the wake-up sent before the waiter reads the wake-up
+    /// count. The waiter must still return at once (it slept until its
+    /// timeout, here forever, when the flag was only checked before).
+    #[test]
+    fn a_stop_set_before_the_wait_began_is_not_missed() {
+        let d = Arc::new(Durability::new(0, 64));
+        let closing = Arc::new(AtomicBool::new(false));
+        closing.store(true, Ordering::SeqCst);
+        d.wake_visibility_waiters();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (d, closing) = (d.clone(), closing.clone());
+            std::thread::spawn(move || {
+                let woken = d.wait_for_visible(0, None, || closing.load(Ordering::SeqCst));
+                tx.send(woken).unwrap();
+            })
+        };
+        let woken = rx.recv_timeout(std::time::Duration::from_secs(30));
+        if woken.is_err() {
+            // Let the stuck waiter go before failing.
+            d.publish(1);
+        }
+        assert_eq!(woken, Ok(false), "the waiter returned, as stopped");
+        waiter.join().unwrap();
+        // Without a stop, a waiter sleeps until events become visible.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let d = d.clone();
+            std::thread::spawn(move || tx.send(d.wait_for_visible(0, None, || false)).unwrap())
+        };
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .is_err());
+        d.publish(1);
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)),
+            Ok(true)
+        );
+        waiter.join().unwrap();
+    }
 
     #[test]
     fn one_sync_covers_all_waiters() {
