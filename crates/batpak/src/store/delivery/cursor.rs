@@ -145,11 +145,10 @@ impl Cursor {
                 return Some(e);
             }
             let closed = || self.source.is_closed();
-            if closed()
-                || !self
-                    .source
-                    .reader()
-                    .wait_for_visible(seen, deadline, closed)
+            if !self
+                .source
+                .reader()
+                .wait_for_visible(seen, deadline, closed)
             {
                 // One last look: events may have become visible just now.
                 return self.poll();

@@ -128,16 +128,6 @@ impl Log {
         SegmentsView(self.segments.read())
     }
 
-    /// Bytes of frames readable at `segment_id:offset`, `length` long.
-    pub(crate) fn read(
-        &self,
-        segment_id: u64,
-        offset: u64,
-        length: u32,
-    ) -> Result<FrameBytes, StoreError> {
-        self.view().read(segment_id, offset, length)
-    }
-
     /// Capacity of a new segment that must hold a frame of `frame_len` bytes.
     fn capacity_for(&self, frame_len: u64) -> u64 {
         (SEGMENT_HEADER_LEN as u64 + frame_len).max(self.segment_max_bytes)

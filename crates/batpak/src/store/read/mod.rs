@@ -229,8 +229,9 @@ impl<'s> Reader<'s> {
         self.visibility.visible()
     }
 
-    /// Sleep until slots at or above `seen` become visible, or `deadline`
-    /// passes (false), or the store wakes its waiters.
+    /// Sleep until slots at or above `seen` become visible, or the store
+    /// wakes its waiters; false when `deadline` passes or `stop` holds
+    /// (see [`Durability::wait_for_visible`](crate::store::write::durability::Durability::wait_for_visible)).
     pub(crate) fn wait_for_visible(
         &self,
         seen: u32,

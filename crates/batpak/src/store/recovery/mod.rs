@@ -707,6 +707,7 @@ fn fill_tail_hashes(index: &mut Index, log: &Log) {
     for (entity, slot) in index.tails_without_hash() {
         let pos = index.disk_pos(slot);
         let hash = log
+            .view()
             .read(pos.segment_id, pos.offset, pos.length)
             .ok()
             .and_then(|f| crate::store::format::record::chain_in_frame(f.bytes()));

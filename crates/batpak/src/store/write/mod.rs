@@ -270,6 +270,7 @@ impl Shared {
         // original kind, which is what a retry of its append names.
         let kind = if hit.kind == EventKind::TOMBSTONE && hit.slot.is_some() {
             self.log
+                .view()
                 .read(
                     hit.disk_pos.segment_id,
                     hit.disk_pos.offset,
