@@ -75,6 +75,7 @@ pub(crate) mod intent;
 pub(crate) mod payload;
 pub(crate) mod payload_de;
 pub(crate) mod payload_ser;
+mod payload_shapes;
 pub(crate) mod record;
 pub(crate) mod removed;
 pub(crate) mod scan;

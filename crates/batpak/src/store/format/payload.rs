@@ -7,7 +7,8 @@
 //! hand-written so that decoding bytes from disk never panics, never recurses
 //! without bound and never allocates more than the input can justify.
 
-use serde_json::{Map, Number, Value};
+use super::payload_shapes as shapes;
+use serde_json::{Number, Value};
 
 /// Deepest nesting accepted when encoding or decoding a payload (the same
 /// limit `serde_json` applies when parsing). Deeper payloads are refused at
@@ -163,31 +164,32 @@ fn sized_header(n: usize, tag16: u8, tag32: u8) -> ([u8; 5], usize) {
 
 /// Decode a complete payload; trailing bytes are an error.
 pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
-    let mut fault = None;
-    decode_value_apart(bytes, &mut fault).ok_or_else(|| fault.unwrap_or(PayloadError::Truncated(0)))
+    let mut v = Value::Null;
+    decode_value_into(bytes, &mut v)?;
+    Ok(v)
 }
 
-/// [`decode_value`], with the error (when `None` comes back) left in
-/// `fault`. An `Option<Value>` is laid out like a `Value`, so the read
-/// path moves a decoded payload to its place whole; converted to a wider
-/// `Result` on the way, its mixed-width head was copied by loads that had
-/// to wait for the stores that wrote it (seen in `perf annotate`).
-pub(crate) fn decode_value_apart(bytes: &[u8], fault: &mut Option<PayloadError>) -> Option<Value> {
+/// [`decode_value`], written into `out` (which should hold `Null`; on an
+/// error it is `Null` again). The read path decodes a payload straight
+/// into the event that carries it: a `Value` returned and then moved is
+/// stored field by field and copied by wider loads, which wait for those
+/// stores (seen in `perf annotate`).
+pub(crate) fn decode_value_into(bytes: &[u8], out: &mut Value) -> Result<(), PayloadError> {
     let mut r = Reader {
         buf: bytes,
         pos: 0,
         reserve_budget: bytes.len(),
         fault: None,
     };
-    let Ok(v) = r.value(0) else {
-        *fault = Some(r.take_fault());
-        return None;
+    let outcome = match r.value_into(out, 0) {
+        Err(Faulted) => Err(r.take_fault()),
+        Ok(()) if r.pos != bytes.len() => Err(PayloadError::TrailingBytes(bytes.len() - r.pos)),
+        Ok(()) => Ok(()),
     };
-    if r.pos != bytes.len() {
-        *fault = Some(PayloadError::TrailingBytes(bytes.len() - r.pos));
-        return None;
+    if outcome.is_err() {
+        *out = Value::Null;
     }
-    Some(v)
+    outcome
 }
 
 /// Check that `bytes` decode to a payload, without building it (batch items
@@ -217,21 +219,10 @@ struct Reader<'a> {
     fault: Option<PayloadError>,
 }
 
-/// Maps of at least this many entries are built from a sorted list rather
-/// than by inserting each entry. A one-off measurement on `serde_json::Map`
-/// (a throwaway program, best of 3 runs, per map, keys and values
-/// included; no benchmark here pins it): inserting cost 73 ns for 2 keys,
-/// 127 for 3, 224 for 5 and 637 for 12; collecting and building cost 101,
-/// 129, 180 and 428.
-const BULK_BUILD_FROM: usize = 4;
-
 /// A decode stopped; why is in `Reader::fault`. The reader's methods return
-/// this zero-sized marker rather than the `PayloadError` itself so that
-/// `Result<Value, Faulted>` has exactly a `Value`'s layout: with the error
-/// inline, every decoded value was copied field by field out of a wider
-/// `Result`, which stalled store forwarding on each step (seen with `perf
-/// annotate`; decode+drop of the benchmarks' 5-field payload went from
-/// ~540 to ~492 ns in a one-off measurement, no benchmark pins it).
+/// this zero-sized marker rather than the `PayloadError` itself, so that
+/// their results stay as small as what they carry (a flag for the values
+/// written in place, a `&str` for a key) and come back in registers.
 struct Faulted;
 
 impl<'a> Reader<'a> {
@@ -287,7 +278,7 @@ impl<'a> Reader<'a> {
 
     /// A map key, which must be a string: refused by its tag, as `skip`
     /// does, before anything is decoded or allocated.
-    fn key(&mut self) -> Result<String, Faulted> {
+    fn key(&mut self) -> Result<&'a str, Faulted> {
         let at = self.pos;
         let len = match self.buf.get(at) {
             Some(&tag @ 0xa0..=0xbf) => {
@@ -308,32 +299,38 @@ impl<'a> Reader<'a> {
             }
             _ => return Err(self.fault(PayloadError::NonStringKey(at))),
         };
-        self.string(len)
+        self.text(len)
     }
 
     fn string(&mut self, len: usize) -> Result<String, Faulted> {
+        self.text(len).map(str::to_owned)
+    }
+
+    fn text(&mut self, len: usize) -> Result<&'a str, Faulted> {
         let at = self.pos;
         let bytes = self.take(len)?;
         // Keys and most values are short ASCII, where checking for ASCII
-        // and copying costs less than UTF-8 validation (about a tenth of a
-        // payload's decode in `examples`-style measurements).
+        // costs less than UTF-8 validation (about a tenth of a payload's
+        // decode in `examples`-style measurements).
         if bytes.is_ascii() {
             // SAFETY: every ASCII byte sequence is valid UTF-8 (each byte is
             // a one-byte code point); `is_ascii` has just checked them all.
-            return Ok(unsafe { String::from_utf8_unchecked(bytes.to_vec()) });
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
         }
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| self.fault(PayloadError::InvalidUtf8(at)))
+        std::str::from_utf8(bytes).map_err(|_| self.fault(PayloadError::InvalidUtf8(at)))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, Faulted> {
+    /// Decode one value into `out`, which holds `Value::Null`. Values are
+    /// written where they end up rather than returned: a returned `Value`
+    /// is stored field by field and then copied by wider loads, which wait
+    /// for those stores (seen in `perf annotate` at every level).
+    fn value_into(&mut self, out: &mut Value, depth: usize) -> Result<(), Faulted> {
         if depth > MAX_DEPTH {
             return Err(self.fault(PayloadError::TooDeep));
         }
         let at = self.pos;
         let tag = self.u8()?;
-        Ok(match tag {
+        let value = match tag {
             0x00..=0x7f => Value::from(tag),
             0xe0..=0xff => Value::from(tag as i8),
             0xc0 => Value::Null,
@@ -363,26 +360,28 @@ impl<'a> Reader<'a> {
                 let n = self.len32()?;
                 Value::String(self.string(n)?)
             }
-            0x90..=0x9f => self.array_items(usize::from(tag & 0x0f), depth)?,
+            0x90..=0x9f => return self.array_into(out, usize::from(tag & 0x0f), depth),
             0xdc => {
                 let n = self.len16()?;
-                self.array_items(n, depth)?
+                return self.array_into(out, n, depth);
             }
             0xdd => {
                 let n = self.len32()?;
-                self.array_items(n, depth)?
+                return self.array_into(out, n, depth);
             }
-            0x80..=0x8f => self.map_items(usize::from(tag & 0x0f), depth)?,
+            0x80..=0x8f => return self.map_into(out, usize::from(tag & 0x0f), depth),
             0xde => {
                 let n = self.len16()?;
-                self.map_items(n, depth)?
+                return self.map_into(out, n, depth);
             }
             0xdf => {
                 let n = self.len32()?;
-                self.map_items(n, depth)?
+                return self.map_into(out, n, depth);
             }
             _ => return Err(self.fault(PayloadError::UnsupportedTag { tag, at })),
-        })
+        };
+        put(out, value);
+        Ok(())
     }
 
     /// Like `value`, but only checks and advances.
@@ -444,7 +443,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn array_items(&mut self, n: usize, depth: usize) -> Result<Value, Faulted> {
+    fn array_into(&mut self, out: &mut Value, n: usize, depth: usize) -> Result<(), Faulted> {
         // Every element takes at least one byte, so the input bounds the allocation.
         if n > self.remaining() {
             return Err(self.fault(PayloadError::Truncated(self.pos)));
@@ -452,37 +451,61 @@ impl<'a> Reader<'a> {
         let reserve = n.min(self.reserve_budget);
         self.reserve_budget -= reserve;
         let mut items = Vec::with_capacity(reserve);
-        for _ in 0..n {
-            items.push(self.value(depth + 1)?);
+        for i in 0..n {
+            items.push(Value::Null);
+            self.value_into(&mut items[i], depth + 1)?;
         }
-        Ok(Value::Array(items))
+        put(out, Value::Array(items));
+        Ok(())
     }
 
-    fn map_items(&mut self, n: usize, depth: usize) -> Result<Value, Faulted> {
+    fn map_into(&mut self, out: &mut Value, n: usize, depth: usize) -> Result<(), Faulted> {
         if n.saturating_mul(2) > self.remaining() {
             return Err(self.fault(PayloadError::Truncated(self.pos)));
         }
-        // Duplicate keys: the last one wins (both ways below).
-        if n < BULK_BUILD_FROM {
-            let mut map = Map::new();
-            for _ in 0..n {
-                let key = self.key()?;
-                let v = self.value(depth + 1)?;
-                map.insert(key, v);
+        if n <= shapes::MAX_KEYS {
+            // Keys stay borrowed and values wait here until the map is
+            // built whole, from a template of its shape when there is one.
+            let mut keys = [""; shapes::MAX_KEYS];
+            let mut values: [Value; shapes::MAX_KEYS] = Default::default();
+            for i in 0..n {
+                keys[i] = self.key()?;
+                self.value_into(&mut values[i], depth + 1)?;
             }
-            return Ok(Value::Object(map));
+            put(out, Value::Object(shapes::build(&keys[..n], &mut values)));
+            // `build` took every value, leaving `Null`s with nothing to
+            // free; dropping them anyway costs an out-of-line call each.
+            debug_assert!(values.iter().all(Value::is_null));
+            std::mem::forget(values);
+            return Ok(());
         }
-        // Collected, then sorted (already, for maps the store encoded) and
-        // built bottom-up: cheaper than a search and insert per key.
         let reserve = n.min(self.reserve_budget);
         self.reserve_budget -= reserve;
-        let mut entries = Vec::with_capacity(reserve);
-        for _ in 0..n {
-            let key = self.key()?;
-            entries.push((key, self.value(depth + 1)?));
+        let mut entries: Vec<(&str, Value)> = Vec::with_capacity(reserve);
+        for i in 0..n {
+            entries.push((self.key()?, Value::Null));
+            self.value_into(&mut entries[i].1, depth + 1)?;
         }
-        Ok(Value::Object(entries.into_iter().collect()))
+        // Duplicate keys: the last one wins, as in `shapes::from_entries`.
+        put(
+            out,
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            ),
+        );
+        Ok(())
     }
+}
+
+/// Put `value` into `slot`, which holds `Null`: nothing to drop, so no
+/// call to `Value`'s out-of-line drop (an assignment makes one per value).
+#[inline(always)]
+pub(super) fn put(slot: &mut Value, value: Value) {
+    debug_assert!(slot.is_null());
+    std::mem::forget(std::mem::replace(slot, value));
 }
 
 fn float(f: f64, at: usize) -> Result<Value, PayloadError> {
@@ -498,9 +521,10 @@ pub(crate) mod tests {
     use serde_json::json;
 
     /// Raw MessagePack maps with keys out of order and repeated decode the
-    /// way `serde_json` builds them (sorted, the last value of a key wins),
-    /// on both sides of `BULK_BUILD_FROM`; a map that claims more entries
-    /// than it holds is refused either way.
+    /// way `serde_json` builds them (sorted, the last value of a key wins):
+    /// small and large maps, each decoded three times so that the shape
+    /// template is made and then used. A map that claims more entries than
+    /// it holds is refused either way.
     #[test]
     fn maps_with_unsorted_and_repeated_keys_keep_the_last_value() {
         fn fixmap(entries: &[(&str, u8)]) -> Vec<u8> {
@@ -512,11 +536,20 @@ pub(crate) mod tests {
             }
             b
         }
-        let cases: [&[(&str, u8)]; 4] = [
+        let large: Vec<(&str, u8)> = ["m", "l", "k", "j", "i", "h", "g", "f", "e", "d", "c", "b"]
+            .iter()
+            .zip(0..)
+            .map(|(k, v)| (*k, v))
+            .chain([("a", 12), ("m", 13), ("n", 14)])
+            .collect();
+        assert!(large.len() > shapes::MAX_KEYS);
+        let cases: [&[(&str, u8)]; 6] = [
             &[("b", 1), ("a", 2), ("b", 3)],
             &[("z", 1), ("y", 2), ("x", 3), ("z", 4), ("w", 5), ("y", 6)],
             &[("k", 1), ("k", 2), ("k", 3), ("k", 4), ("k", 5)],
             &[("e", 5), ("d", 4), ("c", 3), ("b", 2), ("a", 1)],
+            &[("only", 1)],
+            &large,
         ];
         for entries in cases {
             let mut expected = serde_json::Map::new();
@@ -524,11 +557,20 @@ pub(crate) mod tests {
                 expected.insert((*k).to_string(), json!(v));
             }
             let bytes = fixmap(entries);
-            assert_eq!(
-                decode_value(&bytes),
-                Ok(Value::Object(expected)),
-                "{entries:?}"
-            );
+            for round in 0..3 {
+                let decoded = decode_value(&bytes);
+                assert_eq!(decoded, Ok(Value::Object(expected.clone())), "{entries:?}");
+                let order: Vec<String> = match decoded {
+                    Ok(Value::Object(m)) => m.keys().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                let expected_order: Vec<&String> = expected.keys().collect();
+                assert_eq!(
+                    order.iter().collect::<Vec<_>>(),
+                    expected_order,
+                    "{entries:?} round {round}"
+                );
+            }
             let mut short = bytes.clone();
             short[0] += 1;
             assert!(
@@ -673,6 +715,31 @@ pub(crate) mod tests {
         );
     }
 
+    /// The deepest payload the store accepts, maps of a few keys at every
+    /// level (each level gathers its values on the stack), decodes on a
+    /// thread with a 512 KiB stack, a quarter of Rust's default, in debug
+    /// builds too; 129 levels are refused.
+    #[test]
+    fn the_deepest_payload_decodes_on_a_small_stack() {
+        let mut v = json!(1);
+        for level in 0..MAX_DEPTH {
+            v = json!({"a": level, "b": "x", "c": v});
+        }
+        let mut bytes = Vec::new();
+        encode_value(&v, &mut bytes).unwrap();
+        // One more level: a map whose one value is the whole payload.
+        let mut too_deep = vec![0x81, 0xa1, b'd'];
+        too_deep.extend_from_slice(&bytes);
+        let back = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || (decode_value(&bytes), decode_value(&too_deep)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(back.0, Ok(v));
+        assert_eq!(back.1, Err(PayloadError::TooDeep));
+    }
+
     /// Arbitrary JSON values (shared with the hostile-input tests).
     pub(crate) fn arb_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -698,6 +765,17 @@ pub(crate) mod tests {
         #[test]
         fn any_value_round_trips(v in arb_value()) {
             prop_assert_eq!(round_trip(&v), v);
+        }
+
+        /// Decoding the same bytes again (when its maps' shapes have
+        /// templates) builds the same value as the first time.
+        #[test]
+        fn repeated_decodes_agree(v in arb_value()) {
+            let mut buf = Vec::new();
+            encode_value(&v, &mut buf).unwrap();
+            for _ in 0..3 {
+                prop_assert_eq!(decode_value(&buf).unwrap(), v.clone());
+            }
         }
 
         #[test]

@@ -24,7 +24,7 @@
 use crate::coordinate::{Coordinate, DagPosition, Region};
 use crate::event::{Event, EventHeader, EventKind, HashChain, StoredEvent};
 use crate::store::format::frame::decode_frame;
-use crate::store::format::payload::{decode_value_apart, PayloadError};
+use crate::store::format::payload::decode_value_into;
 use crate::store::format::record::{chain_in_frame, decode_event_checked, CoordCheck, EventRecord};
 use crate::store::format::FormatError;
 use crate::store::index::{DiskPos, Index, IndexEntry, SlotQuery};
@@ -616,11 +616,7 @@ pub(crate) fn stored_event(
     // on the stores that wrote it.
     let mut event = stored_event_with(rec, coord, serde_json::Value::Null);
     if !rec.redacted {
-        let mut fault = None;
-        match decode_value_apart(rec.payload, &mut fault) {
-            Some(payload) => event.event.payload = payload,
-            None => return Err(fault.unwrap_or(PayloadError::Truncated(0)).into()),
-        }
+        decode_value_into(rec.payload, &mut event.event.payload)?;
     }
     Ok(event)
 }
