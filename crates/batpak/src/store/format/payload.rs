@@ -169,12 +169,16 @@ pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, PayloadError> {
     Ok(v)
 }
 
-/// [`decode_value`], written into `out` (which should hold `Null`; on an
-/// error it is `Null` again). The read path decodes a payload straight
-/// into the event that carries it: a `Value` returned and then moved is
-/// stored field by field and copied by wider loads, which wait for those
-/// stores (seen in `perf annotate`).
+/// [`decode_value`], written into `out` (whatever it held is dropped; on
+/// an error it is `Null`). The read path decodes a payload straight into
+/// the event that carries it: a `Value` returned and then moved is stored
+/// field by field and copied by wider loads, which wait for those stores
+/// (seen in `perf annotate`).
 pub(crate) fn decode_value_into(bytes: &[u8], out: &mut Value) -> Result<(), PayloadError> {
+    // The decoder writes over `Null`s without dropping them (`put`).
+    if !out.is_null() {
+        *out = Value::Null;
+    }
     let mut r = Reader {
         buf: bytes,
         pos: 0,
@@ -738,6 +742,20 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(back.0, Ok(v));
         assert_eq!(back.1, Err(PayloadError::TooDeep));
+    }
+
+    /// Decoding into a place that already holds a value replaces it; a
+    /// failed decode leaves `Null` there, not a half-built value.
+    #[test]
+    fn decoding_into_a_place_replaces_what_it_held() {
+        let mut bytes = Vec::new();
+        encode_value(&json!({"a": [1, 2], "b": "x"}), &mut bytes).unwrap();
+        let mut place = json!({"old": ["payload", 1]});
+        assert_eq!(decode_value_into(&bytes, &mut place), Ok(()));
+        assert_eq!(place, json!({"a": [1, 2], "b": "x"}));
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(decode_value_into(cut, &mut place).is_err());
+        assert_eq!(place, Value::Null);
     }
 
     /// Arbitrary JSON values (shared with the hostile-input tests).
