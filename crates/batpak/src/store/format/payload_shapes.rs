@@ -31,7 +31,8 @@ pub(super) const MAX_KEYS: usize = 12;
 const MAX_KEY_BYTES: usize = 64;
 
 /// Templates per thread, chosen by the shape's fingerprint. With the two
-/// limits above, a thread's templates hold at most ~25 KiB.
+/// limits above, a thread's templates hold at most ~45 KiB (16 templates
+/// of 12 keys of 64 bytes: 44,160 bytes with `BTreeMap`).
 const SLOTS: usize = 16;
 
 thread_local! {
@@ -130,8 +131,10 @@ struct Slot {
     template: Option<Template>,
     /// Fingerprint of the last shape that found this slot without a
     /// matching template: a shape gets a template when it comes twice in a
-    /// row, so maps whose keys are data (never the same twice) cost a
-    /// fingerprint each and never a template.
+    /// row, so maps whose keys are data cost a fingerprint each and make a
+    /// template only when the same map is decoded twice running (reading
+    /// one event again). Such keys then stay in the thread's cache until
+    /// another shape takes the slot.
     candidate: u64,
 }
 
@@ -313,6 +316,11 @@ mod tests {
             build_checked(&mut shapes, &["a", long.as_str()], &values(2));
         }
         assert_eq!(shapes.templates_made, 0);
+        let at_limit = "y".repeat(MAX_KEY_BYTES);
+        for _ in 0..3 {
+            build_checked(&mut shapes, &["a", at_limit.as_str()], &values(2));
+        }
+        assert_eq!(shapes.templates_made, 1);
     }
 
     /// A map built by a thread-local destructor that runs after the cache's
