@@ -424,11 +424,7 @@ impl<'a> Reader<'a> {
             _ => return Err(self.fault(PayloadError::UnsupportedTag { tag, at })),
         };
         if let Some(n) = strlen {
-            let at = self.pos;
-            let bytes = self.take(n)?;
-            return std::str::from_utf8(bytes)
-                .map(drop)
-                .map_err(|_| self.fault(PayloadError::InvalidUtf8(at)));
+            return self.text(n).map(drop);
         }
         if items.max(pairs.saturating_mul(2)) > self.remaining() {
             return Err(self.fault(PayloadError::Truncated(self.pos)));
@@ -485,21 +481,14 @@ impl<'a> Reader<'a> {
         }
         let reserve = n.min(self.reserve_budget);
         self.reserve_budget -= reserve;
-        let mut entries: Vec<(&str, Value)> = Vec::with_capacity(reserve);
+        let mut keys = Vec::with_capacity(reserve);
+        let mut values = Vec::with_capacity(reserve);
         for i in 0..n {
-            entries.push((self.key()?, Value::Null));
-            self.value_into(&mut entries[i].1, depth + 1)?;
+            keys.push(self.key()?);
+            values.push(Value::Null);
+            self.value_into(&mut values[i], depth + 1)?;
         }
-        // Duplicate keys: the last one wins, as in `shapes::from_entries`.
-        put(
-            out,
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            ),
-        );
+        put(out, Value::Object(shapes::from_entries(&keys, &mut values)));
         Ok(())
     }
 }
