@@ -15,7 +15,7 @@
 //! `MAX_DEPTH` levels and allocates nothing the input does not justify
 //! (it allocates nothing itself; the visitor builds `T`).
 
-use super::payload::MAX_DEPTH;
+use super::payload::{as_text, MAX_DEPTH};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use std::fmt;
 
@@ -91,7 +91,7 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self, len: usize) -> Result<&'a str, Fallback> {
-        std::str::from_utf8(self.take(len)?).map_err(|_| Fallback)
+        as_text(self.take(len)?).ok_or(Fallback)
     }
 
     /// The string at the reader (a map key or an enum's name).
