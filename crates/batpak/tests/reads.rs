@@ -155,6 +155,12 @@ fn every_read_carries_each_entrys_own_hash_chain() {
     assert!(store.diagnostics().segment_count > 10);
     let all = store.query(&Region::all());
     assert_eq!(all.len(), 3500);
+    // Each step writes its entries in place after the ones before it: each
+    // entry is the event appended at that position, with its own fields.
+    for (e, r) in all.iter().zip(&receipts) {
+        assert_eq!((e.event_id, e.global_sequence), (r.event_id, r.sequence));
+        assert_eq!(e.disk_pos, r.disk_pos);
+    }
     assert_chains_match_get(&store, &all);
     let stream = store.stream("acct:3");
     assert_eq!(stream.len(), 500);

@@ -259,22 +259,29 @@ impl<'s> Reader<'s> {
     ) -> Unchained {
         let mut runs: Vec<(usize, u64, Option<Arc<Segment>>)> = Vec::new();
         entries.reserve(slots.len());
-        // `extend` over a slice's exact-length iterator writes each entry
-        // straight into the reserved room (no copy through a temporary, no
-        // capacity check per entry). The records of slots a few ahead are
-        // asked for first: an entity's slots are scattered through the
-        // index, and each would otherwise be a cache miss taken in turn.
-        entries.extend(slots.iter().enumerate().map(|(i, &slot)| {
+        let start = entries.len();
+        // Each entry is built where it ends up, in the reserved room: built
+        // and then pushed (or collected through `extend`), its 192 bytes
+        // were copied twice, by calls to `memcpy` (~10% of a region query).
+        // The records of slots a few ahead are asked for first: an entity's
+        // slots are scattered through the index, and each would otherwise
+        // be a cache miss taken in turn.
+        let room = &mut entries.spare_capacity_mut()[..slots.len()];
+        for (i, (&slot, place)) in slots.iter().zip(room).enumerate() {
             if let Some(&ahead) = slots.get(i + RECORDS_AHEAD) {
                 index.prefetch_record(ahead);
             }
-            let e = index.entry(slot);
-            let id = e.disk_pos.segment_id;
+            let id = place.write(index.entry(slot)).disk_pos.segment_id;
             if runs.last().is_none_or(|r| r.1 != id) {
                 runs.push((i, id, self.log.segment(id)));
             }
-            e
-        }));
+        }
+        // SAFETY: the loop wrote every one of the `slots.len()` places after
+        // `start` (`room` is exactly that long, and `zip` stops at the
+        // shorter of two equally long sequences). Should `entry` panic
+        // midway, the length stays at `start`: the entries written so far
+        // are leaked, never read or dropped uninitialised.
+        unsafe { entries.set_len(start + slots.len()) };
         Unchained { runs }
     }
 
