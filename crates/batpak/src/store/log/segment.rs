@@ -285,13 +285,21 @@ impl Segment {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let base = self.map.as_ptr().wrapping_add(offset as usize);
             let len = (length as usize).min(FRAME_PREFETCH_MAX);
-            for at in (0..len).step_by(64) {
+            // Every line the frame touches, from the one holding its first
+            // byte: stepping 64 bytes from the frame's own start missed its
+            // last line whenever the frame did not start on a line, and
+            // the checksum then waited for that line at its end.
+            let skew = base as usize % 64;
+            for at in (0..len + skew).step_by(64) {
                 // SAFETY: a prefetch is only a hint to the cache: it reads
-                // nothing architecturally and never faults (here the
-                // address is inside the mapping, checked above).
+                // nothing architecturally and never faults (the addresses
+                // are inside the mapping's pages: the range was checked
+                // above, and a line never crosses a page).
                 #[allow(unused_unsafe)]
                 unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(at).cast::<i8>());
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        base.wrapping_add(at).wrapping_sub(skew).cast::<i8>(),
+                    );
                 }
             }
         }
