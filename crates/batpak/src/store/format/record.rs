@@ -287,8 +287,8 @@ fn coordinate_strings<'a>(
                 ));
             }
             // SAFETY: `entity` and `scope` are byte for byte the bytes of
-            // two `&str`s, so they are valid UTF-8. Checking again cost a
-            // percent of a random `get`.
+            // two `&str`s, so they are valid UTF-8. Checking again cost
+            // about 2% of a random `get`.
             unsafe {
                 Ok((
                     std::str::from_utf8_unchecked(entity),

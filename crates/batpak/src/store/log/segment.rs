@@ -285,10 +285,10 @@ impl Segment {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let base = self.map.as_ptr().wrapping_add(offset as usize);
             let len = (length as usize).min(FRAME_PREFETCH_MAX);
-            // Every line the frame touches, from the one holding its first
-            // byte: stepping 64 bytes from the frame's own start missed its
-            // last line whenever the frame did not start on a line, and
-            // the checksum then waited for that line at its end.
+            // Every line of the frame's first `len` bytes, from the one
+            // holding its first byte: stepping 64 bytes from the frame's
+            // own start missed its last line whenever the frame did not
+            // start on a line, and the checksum then waited for that line.
             let skew = base as usize % 64;
             for at in (0..len + skew).step_by(64) {
                 // SAFETY: a prefetch is only a hint to the cache: it reads

@@ -278,9 +278,9 @@ impl<'s> Reader<'s> {
         }
         // SAFETY: the loop wrote every one of the `slots.len()` places after
         // `start` (`room` is exactly that long, and `zip` stops at the
-        // shorter of two equally long sequences). Should `entry` panic
-        // midway, the length stays at `start`: the entries written so far
-        // are leaked, never read or dropped uninitialised.
+        // shorter of two equally long sequences). Should anything in the
+        // loop panic, the length stays at `start`: the entries written so
+        // far are leaked, never read or dropped uninitialised.
         unsafe { entries.set_len(start + slots.len()) };
         Unchained { runs }
     }
@@ -400,7 +400,8 @@ impl<'s> Reader<'s> {
         let Located { frame, pos, coord } = located;
         let check = CoordCheck::of(&coord);
         // The record is used where `decode_at` returned it: moved out of
-        // its result (`?`), its 176 bytes were copied by a call to `memcpy`.
+        // its result (`?`), it was copied, 176 of its bytes by a call to
+        // `memcpy`.
         match decode_at(frame.bytes(), pos, check) {
             Ok(ref rec) => decode(rec, coord).map_err(|e| match e {
                 StoreError::Serialization(inner) => StoreError::corrupt(
