@@ -519,7 +519,7 @@ impl Index {
 
     /// The public view of one record. Its `hash_chain` is left zero: hashes
     /// live in the frames, and the read path fills them in.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn entry(&self, slot: u32) -> IndexEntry {
         let rec = self.records.get(slot);
         let link = self.link(slot);

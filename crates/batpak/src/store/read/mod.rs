@@ -398,20 +398,14 @@ impl<'s> Reader<'s> {
         decode: impl FnOnce(&EventRecord<'_>, Coordinate) -> Result<P, StoreError>,
     ) -> Result<P, StoreError> {
         let Located { frame, pos, coord } = located;
-        let check = CoordCheck::of(&coord);
-        // The record is used where `decode_at` returned it: moved out of
-        // its result (`?`), it was copied, 176 of its bytes by a call to
-        // `memcpy`.
-        match decode_at(frame.bytes(), pos, check) {
-            Ok(ref rec) => decode(rec, coord).map_err(|e| match e {
-                StoreError::Serialization(inner) => StoreError::corrupt(
-                    pos.segment_id,
-                    format!("payload at offset {}: {inner}", pos.offset),
-                ),
-                other => other,
-            }),
-            Err(e) => Err(e),
-        }
+        let rec = decode_at(frame.bytes(), pos, CoordCheck::of(&coord))?;
+        decode(&rec, coord).map_err(|e| match e {
+            StoreError::Serialization(inner) => StoreError::corrupt(
+                pos.segment_id,
+                format!("payload at offset {}: {inner}", pos.offset),
+            ),
+            other => other,
+        })
     }
 
     /// The located frame of the visible event `event_id`.
