@@ -15,6 +15,28 @@ pub fn generate_v7_id() -> u128 {
     uuid::Uuid::now_v7().as_u128()
 }
 
+/// `id` with its lowest 32 bits replaced by `slot`: how a store marks an
+/// event id it generated with the event's place in its index, so a lookup
+/// by id can read that place first (ADR 0037).
+///
+/// The bits replaced are random padding in a UUIDv7 from
+/// [`generate_v7_id`]: the version, the variant, the millisecond time and
+/// the 42-bit counter that orders and separates ids made in one process all
+/// lie above them, so the result is still a UUIDv7, in the same order
+/// among ids of one process as before.
+#[must_use]
+pub(crate) const fn with_slot_hint(id: u128, slot: u32) -> u128 {
+    (id & !(u32::MAX as u128)) | slot as u128
+}
+
+/// The place in the index an id names, if the store generated it (see
+/// [`with_slot_hint`]); for any other id, a number that the caller must
+/// check and will almost never find confirmed.
+#[must_use]
+pub(crate) const fn slot_hint(id: u128) -> u32 {
+    id as u32
+}
+
 /// A typed wrapper around a `u128` id, displayed as `"{ENTITY_NAME}:{32 hex digits}"`.
 pub trait EntityIdType:
     Copy + Clone + Eq + Hash + Debug + Display + FromStr + Send + Sync + 'static

@@ -93,6 +93,27 @@ impl IdTable {
         }
     }
 
+    /// Start loading the entry where a lookup of `hash` begins.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if self.entries.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(e) = self.entries.get(home(tag(hash), self.bits())) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch is only a hint to the cache: it reads
+            // nothing architecturally and never faults (here the address
+            // is inside the table).
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(e).cast::<i8>());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     /// Add `slot` under `hash` (the caller knows the id is not in the table).
     pub(crate) fn insert_unique(&mut self, hash: u64, slot: u32) {
         if (self.len + 1) * 4 > self.entries.len() * 3 {

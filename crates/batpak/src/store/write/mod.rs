@@ -636,6 +636,7 @@ impl Shared {
         let mut overlay_map: hashbrown::HashMap<&str, EntityTail> = hashbrown::HashMap::new();
         let use_map = drafts.len() > 16;
         let mut records = Vec::with_capacity(drafts.len());
+        let mut ids = FinalIds::new(drafts.len());
         for (i, d) in drafts.iter().enumerate() {
             let entity = d.coord.entity();
             let local = if use_map {
@@ -652,6 +653,7 @@ impl Shared {
                 global_seq: next_seq + i as u64,
                 batch_size,
                 index: i,
+                ids: ids.of(d, index.len() + i as u32),
             };
             let rec = match &d.continuation {
                 Some(c) => imported_record(d, c, entity, tail, at)?,
@@ -793,12 +795,74 @@ impl<'s> Syncer<'s> {
     }
 }
 
-/// Where a record goes: its global sequence, and its place in its batch.
+/// Where a record goes: its global sequence, its place in its batch, and
+/// the ids it is written with.
 #[derive(Clone, Copy)]
 struct Placement {
     global_seq: u64,
     batch_size: u32,
     index: usize,
+    ids: EventIds,
+}
+
+/// A record's own id, correlation and causation as written.
+#[derive(Clone, Copy)]
+struct EventIds {
+    event: u128,
+    correlation: u128,
+    causation: Option<u128>,
+}
+
+/// The ids drafts are written with. A draft whose id the store generated
+/// gets its slot in the id's low bits (`id::with_slot_hint`, ADR 0037),
+/// which only the writer knows; a caller's id (an idempotency key, an
+/// imported event) is kept as it is. A later draft of the same call that
+/// names a renamed draft as its correlation or cause (a batch's
+/// `CausationRef::PriorItem`) is pointed at the new id.
+struct FinalIds {
+    /// `(generated, written)` of the drafts renamed so far.
+    renamed: Vec<(u128, u128)>,
+    /// The same pairs for calls with many drafts.
+    renamed_map: Option<hashbrown::HashMap<u128, u128>>,
+}
+
+impl FinalIds {
+    fn new(drafts: usize) -> Self {
+        Self {
+            renamed: Vec::new(),
+            renamed_map: (drafts > 16).then(hashbrown::HashMap::new),
+        }
+    }
+
+    /// The ids of draft `d`, written at `slot`.
+    fn of(&mut self, d: &Draft<'_>, slot: u32) -> EventIds {
+        let renamed = |id: u128| -> u128 {
+            let found = match &self.renamed_map {
+                Some(map) => map.get(&id).copied(),
+                None => self.renamed.iter().find(|r| r.0 == id).map(|r| r.1),
+            };
+            found.unwrap_or(id)
+        };
+        let correlation = d.correlation_id.map(renamed);
+        let causation = d.causation_id.map(renamed);
+        let event = if d.idempotent || d.continuation.is_some() {
+            d.event_id
+        } else {
+            let event = crate::id::with_slot_hint(d.event_id, slot);
+            match &mut self.renamed_map {
+                Some(map) => {
+                    map.insert(d.event_id, event);
+                }
+                None => self.renamed.push((d.event_id, event)),
+            }
+            event
+        };
+        EventIds {
+            event,
+            correlation: correlation.unwrap_or(event),
+            causation,
+        }
+    }
 }
 
 /// The record of draft `d` as the `clock`th event of `entity`, linked to
@@ -824,9 +888,9 @@ fn chained_record<'d>(
         } else {
             0
         },
-        event_id: d.event_id,
-        correlation_id: d.correlation_id.unwrap_or(d.event_id),
-        causation_id: d.causation_id,
+        event_id: at.ids.event,
+        correlation_id: at.ids.correlation,
+        causation_id: at.ids.causation,
         prev_hash,
         event_hash: [0; 32],
         content_hash: d.content_hash,
