@@ -258,8 +258,11 @@ impl Shared {
 
     /// Check `draft`'s idempotency key (if any) against the stored events.
     fn lookup_key(&self, index: &Index, draft: &Draft<'_>) -> Result<KeyLookup, StoreError> {
-        // A freshly generated UUIDv7 (48-bit time, 74 random bits) cannot
-        // name a stored event; only caller-chosen keys need the lookup.
+        // A freshly generated UUIDv7 cannot name a stored event of this
+        // store: its millisecond and 42-bit counter (seeded at random each
+        // millisecond) order it after every id this process made before,
+        // and the writer gives it a slot no live event holds (ADR 0037).
+        // Only caller-chosen keys need the lookup.
         if !draft.idempotent {
             return Ok(KeyLookup::New);
         }
