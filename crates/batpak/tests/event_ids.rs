@@ -62,14 +62,17 @@ fn generated_ids_are_v7_in_order_and_name_their_slot() {
             .unwrap(),
     );
     let key = key_naming(0, 1);
-    let keyed = store
-        .append_with_options(
-            &c,
-            KIND,
-            &json!({ "i": 8 }),
-            AppendOptions::new().with_idempotency(key),
-        )
-        .unwrap();
+    let append_keyed = || {
+        store
+            .append_with_options(
+                &c,
+                KIND,
+                &json!({ "i": 8 }),
+                AppendOptions::new().with_idempotency(key),
+            )
+            .unwrap()
+    };
+    let keyed = append_keyed();
     assert_eq!(keyed.event_id, key, "a caller's id is kept as it is");
 
     for (n, r) in receipts.iter().enumerate() {
@@ -109,14 +112,7 @@ fn generated_ids_are_v7_in_order_and_name_their_slot() {
         vec![receipts[6].event_id]
     );
     // A retry of the keyed append answers with its receipt.
-    let again = store
-        .append_with_options(
-            &c,
-            KIND,
-            &json!({ "i": 8 }),
-            AppendOptions::new().with_idempotency(key),
-        )
-        .unwrap();
+    let again = append_keyed();
     assert_eq!(again.event_id, key);
     assert_eq!(again.sequence, keyed.sequence);
 }
