@@ -3,7 +3,8 @@
 //! ids to UUIDv7, to their order and to their causal links, and show that
 //! a lookup finds the right event whatever an id's low bits say: keys that
 //! name another event's slot, slots removed by compaction, survivors
-//! renumbered by the next open.
+//! renumbered by the next open. An import whose id the store already
+//! holds (two stores' ids colliding) writes nothing.
 
 mod common;
 
@@ -209,4 +210,36 @@ fn compaction_and_reopen_keep_every_lookup_right() {
         store.get(r.event_id).unwrap().event.payload["i"],
         json!(1000)
     );
+}
+
+/// ADR 0037's answer to two stores whose ids collide: an imported event
+/// whose id this store already holds writes nothing. With the stored
+/// event's coordinate and kind it is taken for a retry; elsewhere it is
+/// refused.
+#[test]
+fn an_import_that_meets_a_stored_id_writes_nothing() {
+    let (here_dir, there_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (here, there) = (open(here_dir.path()), open(there_dir.path()));
+    let key = key_naming(0, 7);
+    let keyed = AppendOptions::new().with_idempotency(key);
+    let mine = here
+        .append_with_options(&coord("acct:1", "bank"), KIND, &json!("mine"), keyed)
+        .unwrap();
+    let theirs = there
+        .append_with_options(&coord("acct:2", "bank"), KIND, &json!("theirs"), keyed)
+        .unwrap();
+    let exported = there.get(theirs.event_id).unwrap();
+
+    let refused = here.import_events(vec![exported]);
+    assert!(
+        matches!(refused, Err(StoreError::IdempotencyConflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(here.stats().event_count, 1);
+    assert_eq!(here.get(key).unwrap().event.payload, json!("mine"));
+    assert!(here.stream("acct:2").is_empty());
+
+    let again = here.import_events(vec![here.get(key).unwrap()]).unwrap();
+    assert_eq!(again, vec![mine]);
+    assert_eq!(here.stats().event_count, 1);
 }

@@ -258,11 +258,10 @@ impl Shared {
 
     /// Check `draft`'s idempotency key (if any) against the stored events.
     fn lookup_key(&self, index: &Index, draft: &Draft<'_>) -> Result<KeyLookup, StoreError> {
-        // A freshly generated UUIDv7 cannot name a stored event of this
-        // store: its millisecond and 42-bit counter (seeded at random each
-        // millisecond) order it after every id this process made before,
-        // and the writer gives it a slot no live event holds (ADR 0037).
-        // Only caller-chosen keys need the lookup.
+        // A generated id repeats a stored one only if its millisecond, its
+        // counter (reseeded from 41 random bits each millisecond) and its
+        // slot bits all do (ADR 0037): too unlikely to pay a lookup for.
+        // Only caller-chosen keys are looked up.
         if !draft.idempotent {
             return Ok(KeyLookup::New);
         }
